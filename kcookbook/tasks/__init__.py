@@ -1,0 +1,12 @@
+"""Task models: a backbone + head + preprocessor that fit/predict on raw inputs."""
+
+from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
+from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
+from kcookbook.tasks.task import Task
+from kcookbook.tasks.text_classifier import TextClassifier
+from kcookbook.tasks.text_embedder import TextEmbedder
+
+__all__ = [
+    "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
+    "TextClassifierPreprocessor", "TextEmbedder",
+]

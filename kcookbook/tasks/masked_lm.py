@@ -1,0 +1,112 @@
+"""MaskedLM: predict hidden tokens, BERT's pretraining task, on raw strings.
+
+``fit`` masks 15% of the tokens of each string at random (80% → [MASK], 10% → random, 10% kept) and
+learns to predict the originals. ``predict`` on a string that already holds ``[MASK]`` tokens
+returns the logits at those positions (fill-mask).
+
+    >>> mlm = MaskedLM.from_preset("bert_tiny_en_uncased")  # doctest: +SKIP (needs Kaggle)
+"""
+
+import keras
+import numpy as np
+
+from kcookbook.components import MaskedLMHead, MaskedLMMaskGenerator
+from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
+from kcookbook.tasks.task import Task
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class MaskedLMPreprocessor(TextClassifierPreprocessor):
+    """Pack text like a classifier, then choose and corrupt positions to predict.
+
+    Rows that already contain the mask token keep their masks and nothing else is corrupted
+    (fill-mask); other rows are masked at random with ``mask_selection_rate``.
+    Returns ``(x, y, sample_weight)`` = ``({token_ids, segment_ids, padding_mask, mask_positions},
+    mask_ids, mask_weights)``.
+    """
+
+    output_names = ("token_ids", "segment_ids", "padding_mask", "mask_positions", "mask_ids",
+                    "mask_weights")
+
+    def __init__(self, tokenizer, sequence_length=512, truncate="round_robin", mask_selection_rate=0.15,
+                 mask_selection_length=None, mask_token_rate=0.8, random_token_rate=0.1, seed=None):
+        super().__init__(tokenizer, sequence_length, truncate)
+        if tokenizer.mask_token_id is None:
+            raise ValueError(f"{tokenizer.name} has no mask token, so it cannot feed a MaskedLM.")
+        self.mask_selection_rate = mask_selection_rate
+        self.mask_selection_length = mask_selection_length or max(1, int(round(
+            sequence_length * mask_selection_rate)))
+        self.mask_token_rate = mask_token_rate
+        self.random_token_rate = random_token_rate
+        self.seed = seed
+        special = [tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id]
+        self.masker = MaskedLMMaskGenerator(
+            tokenizer.vocabulary_size, mask_selection_rate, self.mask_selection_length,
+            tokenizer.mask_token_id, unselectable_token_ids=[t for t in special if t is not None],
+            mask_token_rate=mask_token_rate, random_token_rate=random_token_rate, seed=seed)
+
+    def output_spec(self, name):
+        if name.startswith("mask_"):
+            return ("float32" if name == "mask_weights" else "int32"), self.mask_selection_length
+        return super().output_spec(name)
+
+    def numpy_call(self, segments):
+        packed = super().numpy_call(segments)
+        token_ids = packed["token_ids"]
+        masked = self.masker(token_ids, padding_mask=packed["padding_mask"])
+        mask_id = self.tokenizer.mask_token_id
+        for row in np.flatnonzero((token_ids == mask_id).any(axis=1)):
+            positions = np.flatnonzero(token_ids[row] == mask_id)[: self.mask_selection_length]
+            masked["token_ids"][row] = token_ids[row]
+            for key, value in (("mask_positions", 0), ("mask_ids", mask_id), ("mask_weights", 0.0)):
+                masked[key][row] = value
+            masked["mask_positions"][row, : len(positions)] = positions
+            masked["mask_weights"][row, : len(positions)] = 1.0
+        return {**packed, **masked}
+
+    def pack(self, features, y=None, sample_weight=None):
+        x = {k: features[k] for k in ("token_ids", "segment_ids", "padding_mask", "mask_positions")}
+        return x, features["mask_ids"], features["mask_weights"]
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"mask_selection_rate": self.mask_selection_rate,
+                       "mask_selection_length": self.mask_selection_length,
+                       "mask_token_rate": self.mask_token_rate,
+                       "random_token_rate": self.random_token_rate, "seed": self.seed})
+        return config
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class MaskedLM(Task):
+    """Masked language model on an encoder backbone with a tied ``token_embedding``.
+
+    Args:
+        backbone: an encoder with ``sequence_output`` and a ``token_embedding`` attribute.
+        preprocessor: a ``MaskedLMPreprocessor``, or None to feed dicts with ``mask_positions``.
+    """
+
+    preprocessor_cls = MaskedLMPreprocessor
+
+    def __init__(self, backbone, preprocessor=None, name="masked_lm", **kwargs):
+        inputs = dict(backbone.input)
+        inputs["mask_positions"] = keras.Input(shape=(None,), dtype="int32", name="mask_positions")
+        outputs = backbone({k: v for k, v in inputs.items() if k != "mask_positions"})
+        head = MaskedLMHead(
+            backbone.token_embedding.input_dim, token_embedding=backbone.token_embedding,
+            activation="gelu", layer_norm_epsilon=getattr(backbone, "layer_norm_epsilon", 1e-5),
+            kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.02), name="mlm_head")
+        logits = head(outputs["sequence_output"], mask_positions=inputs["mask_positions"])
+        super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
+        self._init_task(backbone, preprocessor)
+        self.compile()
+
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+        """Defaults: Adam(5e-5), cross-entropy on the masked positions, weighted accuracy."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(5e-5)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)

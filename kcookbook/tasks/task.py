@@ -1,0 +1,153 @@
+"""The Task contract: a backbone, a head and a preprocessor, trained and run on raw inputs.
+
+``fit``/``predict``/``evaluate`` take raw inputs (lists of strings, a ``tf.data`` dataset of
+strings…) and preprocess them with the task's preprocessor; a dict of arrays is passed through
+untouched, so the same task also runs on already-preprocessed data.
+"""
+
+import keras
+
+from kcookbook.presets import files
+
+
+def _is_dataset(x):
+    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
+
+
+class Task(keras.Model):
+    """Base class of the task models (functional: ``inputs`` are the backbone's inputs)."""
+
+    preprocessor_cls = None
+
+    def _init_task(self, backbone, preprocessor):
+        self.backbone = backbone
+        self.preprocessor = preprocessor
+
+    # ----- raw inputs → model inputs -----
+    def _model_inputs(self, x):
+        """Keep the keys the backbone takes (a preprocessor may produce more, e.g. segment_ids)."""
+        if isinstance(x, dict) and isinstance(self.input, dict):
+            return {k: v for k, v in x.items() if k in self.input}
+        return x
+
+    def preprocess(self, x, y=None, sample_weight=None):
+        """Raw ``x`` → model inputs, eagerly; dicts pass through."""
+        if isinstance(x, dict):
+            return keras.utils.pack_x_y_sample_weight(self._model_inputs(x), y, sample_weight)
+        if self.preprocessor is None:
+            raise ValueError(
+                f"{type(self).__name__} has no preprocessor, so it takes a dict of arrays "
+                f"({', '.join(self.input) if isinstance(self.input, dict) else 'the model inputs'}), "
+                f"not {type(x).__name__}. Build it with a preprocessor to feed raw inputs."
+            )
+        out = self.preprocessor(x, y, sample_weight)
+        if isinstance(out, tuple):
+            return (self._model_inputs(out[0]),) + out[1:]
+        return self._model_inputs(out)
+
+    def _dataset(self, ds):
+        if self.preprocessor is None:
+            return ds
+        import tensorflow as tf
+
+        def fn(*element):
+            x, y, sw = keras.utils.unpack_x_y_sample_weight(element if len(element) > 1 else element[0])
+            if isinstance(x, dict):
+                return keras.utils.pack_x_y_sample_weight(self._model_inputs(x), y, sw)
+            return self.preprocess(x, y, sw)
+
+        return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+    def _prepare(self, x, y=None, sample_weight=None):
+        if _is_dataset(x):
+            return self._dataset(x), None, None
+        out = self.preprocess(x, y, sample_weight)
+        return keras.utils.unpack_x_y_sample_weight(out) if isinstance(out, tuple) else (out, y, sample_weight)
+
+    def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None, **kwargs):
+        if _is_dataset(x):
+            kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
+        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        if validation_data is not None:
+            if _is_dataset(validation_data):
+                validation_data = self._dataset(validation_data)
+            else:
+                validation_data = keras.utils.pack_x_y_sample_weight(*self._prepare(*validation_data))
+        return super().fit(x=x, y=y, batch_size=batch_size, validation_data=validation_data,
+                           sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+
+    def predict(self, x, batch_size=None, **kwargs):
+        x, _, _ = self._prepare(x)
+        return super().predict(x, batch_size=batch_size, **kwargs)
+
+    # ----- weights of the head alone (task.weights.h5) -----
+    def head_variables(self):
+        backbone_ids = {id(v) for v in self.backbone.weights}
+        return {v.path: v for v in self.weights if id(v) not in backbone_ids}
+
+    def save_head_weights(self, path):
+        files.save_variables_h5(path, self.head_variables())
+
+    def load_head_weights(self, path):
+        arrays = files.read_h5_arrays(path)
+        head = self.head_variables()
+        files.assign_weights(_Variables(self.name, head), arrays, path)
+
+    # ----- serialisation and presets -----
+    def get_config(self):
+        return {
+            "backbone": keras.saving.serialize_keras_object(self.backbone),
+            "preprocessor": keras.saving.serialize_keras_object(self.preprocessor)
+            if self.preprocessor is not None else None,
+            "name": self.name,
+        }
+
+    @classmethod
+    def from_config(cls, config):
+        config = dict(config)
+        for key in ("backbone", "preprocessor"):
+            if isinstance(config.get(key), dict):
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
+
+    @classmethod
+    def from_preset(cls, handle, load_weights=True, **kwargs):
+        """Build this task on a preset (built-in name, directory, ``kaggle://…``, ``hf://…``).
+
+        A preset saved with this task's head (``task.json``) and the same arguments loads that head;
+        otherwise a new head is built on the preset's backbone and preprocessor.
+        """
+        from kcookbook import presets
+        from kcookbook.presets.loaders import accepted_kwargs
+
+        loader = presets.load(handle)
+        task = loader.load_task(cls, load_weights=load_weights, **kwargs)
+        if task is not None:
+            return task
+        backbone_kwargs = kwargs.pop("backbone_kwargs", {})
+        backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
+        preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
+        preprocessor = None
+        if cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
+            preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
+        defaults = accepted_kwargs(cls.__init__, loader.task_defaults())
+        return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})
+
+    def save_to_preset(self, directory, metadata=None):
+        """Write backbone, tokenizer, preprocessor and head as one preset directory, atomically."""
+        from kcookbook import presets
+
+        presets.save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
+                            task=self, metadata=metadata)
+
+
+class _Variables:
+    """Adapter so assign_weights can address a dict of variables like a model."""
+
+    def __init__(self, name, variables):
+        self.name = name
+        self.weights = list(variables.values())
