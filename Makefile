@@ -18,7 +18,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
-.PHONY: setup lab run test test-unit test-recipes benchmark clean
+.PHONY: setup lab run test test-unit test-cross-backend test-recipes benchmark clean
 
 setup: $(STAMP)
 
@@ -36,13 +36,19 @@ lab: setup
 run: setup
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
 
-test: setup test-unit test-recipes
+test: setup
+	$(MAKE) --no-print-directory test-unit test-cross-backend test-recipes
 
+# Every unit test runs once per backend; tests/cross_backend starts one subprocess per backend itself.
 test-unit:
 	@set -e; for b in $(BACKENDS); do \
 	  echo "== unit tests, KERAS_BACKEND=$$b"; \
-	  KERAS_BACKEND=$$b $(PY) -m pytest -q tests; \
+	  KERAS_BACKEND=$$b $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend; \
 	done
+
+test-cross-backend:
+	@echo "== the three backends agree"
+	$(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
 
 test-recipes:
 	@echo "== recipes under nbval"
