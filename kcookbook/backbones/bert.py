@@ -2,7 +2,8 @@
 
     token_ids, segment_ids, padding_mask
       → token + position + segment embeddings → layer norm → dropout
-      → num_layers × TransformerEncoderBlock (post-norm, exact GELU)
+      → num_layers × TransformerEncoderBlock (post-norm, GELU: exact for Hugging Face checkpoints,
+        tanh-approximate for Google's original ones as keras_hub ships them)
       → sequence_output (batch, length, hidden)
       → tanh(dense(sequence_output[:, 0])) = pooled_output (batch, hidden)
 
@@ -20,7 +21,12 @@ the other; checkpoints of both (and Hugging Face's ``BertModel``) convert into i
 import keras
 
 from kcookbook.backbones.backbone import Backbone
-from kcookbook.components import PositionEmbedding, ReversibleEmbedding, TransformerEncoderBlock
+from kcookbook.components import (
+    PositionEmbedding,
+    ReversibleEmbedding,
+    TransformerEncoderBlock,
+    get_activation,
+)
 
 
 def bert_kernel_initializer():
@@ -41,12 +47,14 @@ class BertBackbone(Backbone):
         max_sequence_length: length of the learned position table.
         num_segments: number of segment (token type) ids.
         layer_norm_epsilon: epsilon of every layer norm (1e-12 in BERT).
+        activation: feed-forward activation: ``"gelu"`` (exact, Hugging Face's ``gelu``) or
+            ``"gelu_approximate"`` (tanh approximation: Google's BERT code and keras_hub's presets).
         dtype: dtype policy, e.g. ``"float32"`` or ``"mixed_bfloat16"``.
     """
 
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
                  dropout=0.1, max_sequence_length=512, num_segments=2, layer_norm_epsilon=1e-12,
-                 dtype=None, name="bert_backbone", **kwargs):
+                 activation="gelu", dtype=None, name="bert_backbone", **kwargs):
         init = bert_kernel_initializer
         token_embedding = ReversibleEmbedding(
             vocabulary_size, hidden_dim, embeddings_initializer=init(), dtype=dtype,
@@ -61,7 +69,7 @@ class BertBackbone(Backbone):
         embeddings_dropout = keras.layers.Dropout(dropout, dtype=dtype, name="embeddings_dropout")
         blocks = [
             TransformerEncoderBlock(
-                num_heads, intermediate_dim, activation="gelu", dropout=dropout,
+                num_heads, intermediate_dim, activation=get_activation(activation), dropout=dropout,
                 layer_norm_epsilon=layer_norm_epsilon, normalize_first=False,
                 kernel_initializer=init(), dtype=dtype, name=f"transformer_layer_{i}")
             for i in range(num_layers)
@@ -95,6 +103,7 @@ class BertBackbone(Backbone):
         self.max_sequence_length = max_sequence_length
         self.num_segments = num_segments
         self.layer_norm_epsilon = layer_norm_epsilon
+        self.activation = activation
         self.token_embedding = token_embedding
 
     def get_config(self):
@@ -104,6 +113,6 @@ class BertBackbone(Backbone):
             "num_heads": self.num_heads, "hidden_dim": self.hidden_dim,
             "intermediate_dim": self.intermediate_dim, "dropout": self.dropout,
             "max_sequence_length": self.max_sequence_length, "num_segments": self.num_segments,
-            "layer_norm_epsilon": self.layer_norm_epsilon,
+            "layer_norm_epsilon": self.layer_norm_epsilon, "activation": self.activation,
         })
         return config

@@ -3,6 +3,7 @@
 No file here names a model family; backbones assemble these.
 """
 
+from kcookbook.components.activations import gelu_approximate, get_activation
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.embeddings import (
     PositionEmbedding,
@@ -21,5 +22,5 @@ __all__ = [
     "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
     "MultiSegmentPacker", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
-    "padding_to_attention_mask",
+    "gelu_approximate", "get_activation", "padding_to_attention_mask",
 ]

@@ -17,11 +17,16 @@ from kcookbook.presets.errors import PresetError
 
 # ---------------------------------------------------------------- Hugging Face
 
+# Hugging Face's activation names → ours ("gelu" is exact in both; the others are the tanh form).
+HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate"}
+
 
 def backbone_from_hf(hf_config, **overrides):
-    activation = hf_config.get("hidden_act", "gelu")
-    if activation != "gelu":
-        raise PresetError(f"BERT checkpoint uses hidden_act={activation!r}; kcookbook's BERT uses 'gelu'.")
+    hidden_act = hf_config.get("hidden_act", "gelu")
+    if hidden_act not in HF_ACTIVATIONS:
+        raise PresetError(
+            f"BERT checkpoint uses hidden_act={hidden_act!r}; kcookbook's BERT supports "
+            f"{', '.join(sorted(HF_ACTIVATIONS))}.")
     config = {
         "vocabulary_size": hf_config["vocab_size"],
         "num_layers": hf_config["num_hidden_layers"],
@@ -32,6 +37,7 @@ def backbone_from_hf(hf_config, **overrides):
         "max_sequence_length": hf_config.get("max_position_embeddings", 512),
         "num_segments": hf_config.get("type_vocab_size", 2),
         "layer_norm_epsilon": hf_config.get("layer_norm_eps", 1e-12),
+        "activation": HF_ACTIVATIONS[hidden_act],
     }
     config.update(overrides)
     return BertBackbone(**config)
@@ -110,6 +116,8 @@ def backbone_from_keras_hub(config, **overrides):
     keys = ("vocabulary_size", "num_layers", "num_heads", "hidden_dim", "intermediate_dim",
             "dropout", "max_sequence_length", "num_segments")
     ours = {k: config[k] for k in keys if k in config}
+    # keras_hub's BERT runs the tanh-approximate GELU of Google's original code.
+    ours["activation"] = "gelu_approximate"
     ours.update(overrides)
     return BertBackbone(**ours)
 
