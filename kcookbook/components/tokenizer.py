@@ -115,7 +115,8 @@ class Tokenizer:
         import tensorflow as tf
 
         def encode_flat(strings):
-            flat = strings.reshape(-1)
+            # A scalar tf.string arrives as bytes, a batch as an object array.
+            flat = np.asarray(strings, dtype=object).reshape(-1)
             ids = self.encode_batch([_as_text(s) for s in flat])
             lengths = np.array([len(r) for r in ids], dtype=np.int64)
             values = np.fromiter((i for r in ids for i in r), dtype=np.int32, count=int(lengths.sum()))

@@ -78,10 +78,8 @@ class WordPieceTokenizer(Tokenizer):
             special_tokens = [t for t in BERT_SPECIAL_TOKENS if t in self._vocabulary]
         self.special_tokens = list(special_tokens)
 
-        # The first occurrence of a token wins, as in Hugging Face's vocab loading.
-        self._token_to_id = {}
-        for i, token in enumerate(self._vocabulary):
-            self._token_to_id.setdefault(token, i)
+        # A token listed twice maps to its last line, as in Hugging Face's and keras_hub's vocab loading.
+        self._token_to_id = {token: i for i, token in enumerate(self._vocabulary)}
         engine = _RustTokenizer(
             models.WordPiece(
                 self._token_to_id,

@@ -4,7 +4,7 @@
 learns to predict the originals. ``predict`` on a string that already holds ``[MASK]`` tokens
 returns the logits at those positions (fill-mask).
 
-    >>> mlm = MaskedLM.from_preset("bert_tiny_en_uncased")  # doctest: +SKIP (needs Kaggle)
+    >>> mlm = MaskedLM.from_preset("bert_tiny_en_uncased")  # needs Kaggle  # doctest: +SKIP
 """
 
 import keras
