@@ -1,0 +1,117 @@
+"""Tasks on raw strings: TextClassifier fit/predict on lists and tf.data, MaskedLM training, TextEmbedder.
+
+Tiny BERT over a tiny vocabulary so that each fit takes a second or two on every backend.
+"""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from kcookbook.backbones import BertBackbone
+from kcookbook.components import WordPieceTokenizer
+from kcookbook.tasks import (
+    MaskedLM,
+    MaskedLMPreprocessor,
+    TextClassifier,
+    TextClassifierPreprocessor,
+    TextEmbedder,
+)
+
+SEQUENCE_LENGTH = 16
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_vocabulary):
+    return WordPieceTokenizer(tiny_vocabulary)
+
+
+@pytest.fixture(scope="module")
+def data(labelled_tweets):
+    rows = labelled_tweets[:96]
+    return [text for text, _ in rows], np.array([label for _, label in rows])
+
+
+def _backbone(config):
+    keras.utils.set_random_seed(11)
+    return BertBackbone(**config)
+
+
+def _classifier(config, tokenizer, **kwargs):
+    preprocessor = TextClassifierPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH)
+    return TextClassifier(_backbone(config), num_classes=3, preprocessor=preprocessor, **kwargs)
+
+
+def test_classifier_fits_and_predicts_on_lists_of_strings(tiny_bert_config, tokenizer, data):
+    texts, labels = data
+    classifier = _classifier(tiny_bert_config, tokenizer)
+    classifier.compile(optimizer=keras.optimizers.Adam(3e-3))
+    history = classifier.fit(texts, labels, batch_size=16, epochs=3, verbose=0,
+                             validation_data=(texts[:32], labels[:32]))
+
+    losses = history.history["loss"]
+    assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert "val_accuracy" in history.history
+    logits = classifier.predict(texts[:10], batch_size=4, verbose=0)
+    assert logits.shape == (10, 3) and np.isfinite(logits).all()
+    assert classifier.predict("one single string", verbose=0).shape == (1, 3)
+    loss, accuracy = classifier.evaluate(texts[:32], labels[:32], verbose=0)
+    assert np.isfinite(loss) and 0.0 <= accuracy <= 1.0
+
+
+def test_classifier_fits_on_a_tf_data_dataset_of_strings(tiny_bert_config, tokenizer, data):
+    texts, labels = data
+    classifier = _classifier(tiny_bert_config, tokenizer, pooling="mean")
+    dataset = tf.data.Dataset.from_tensor_slices((texts, labels)).batch(16)
+    history = classifier.fit(dataset, epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    strings_only = tf.data.Dataset.from_tensor_slices(texts[:20]).batch(8)
+    from_dataset = classifier.predict(strings_only, verbose=0)
+    from_list = classifier.predict(texts[:20], batch_size=8, verbose=0)
+    assert from_dataset.shape == (20, 3)
+    np.testing.assert_allclose(from_dataset, from_list, atol=1e-5)
+
+
+def test_classifier_accepts_already_preprocessed_dicts(tiny_bert_config, tokenizer, data):
+    texts, _ = data
+    classifier = _classifier(tiny_bert_config, tokenizer)
+    features = classifier.preprocessor(texts[:6])
+    np.testing.assert_allclose(classifier.predict(features, verbose=0),
+                               classifier.predict(texts[:6], verbose=0), atol=1e-6)
+
+
+def test_masked_lm_loss_decreases_on_a_repeated_corpus(tiny_bert_config, tokenizer, data):
+    texts, _ = data
+    corpus = texts[:16] * 4
+    preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH,
+                                        mask_selection_rate=0.25, seed=0)
+    masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)
+    masked_lm.compile(optimizer=keras.optimizers.Adam(5e-3))
+    history = masked_lm.fit(corpus, batch_size=16, epochs=10, verbose=0)
+    losses = history.history["loss"]
+    assert all(np.isfinite(losses))
+    assert losses[-1] < 0.8 * losses[0], losses
+
+
+def test_masked_lm_fill_mask_predicts_at_the_mask_positions(tiny_bert_config, tokenizer):
+    preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH, seed=0)
+    masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)
+    x, mask_ids, mask_weights = preprocessor(["the [MASK] is good", "i love [MASK] [MASK]"])
+    assert mask_weights.sum(axis=1).tolist() == [1.0, 2.0]
+    assert x["token_ids"][0][x["mask_positions"][0][0]] == tokenizer.mask_token_id
+    logits = masked_lm.predict(["the [MASK] is good"], verbose=0)
+    assert logits.shape == (1, preprocessor.mask_selection_length, tokenizer.vocabulary_size)
+
+
+def test_text_embedder_on_a_tiny_model(tiny_bert_config, tokenizer, data):
+    texts, _ = data
+    embedder = TextEmbedder(_backbone(tiny_bert_config),
+                            preprocessor=TextClassifierPreprocessor(tokenizer, sequence_length=32))
+    vectors = embedder.predict(texts[:12], batch_size=12, verbose=0)
+    assert vectors.shape == (12, tiny_bert_config["hidden_dim"])
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    # Padding does not change a sentence's vector: alone (short padding) vs in a batch (long padding).
+    alone = embedder.predict([texts[0]], verbose=0)
+    np.testing.assert_allclose(alone[0], vectors[0], atol=1e-5)
+    assert np.abs(vectors[0] - vectors[1]).max() > 1e-3
