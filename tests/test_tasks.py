@@ -94,6 +94,21 @@ def test_masked_lm_loss_decreases_on_a_repeated_corpus(tiny_bert_config, tokeniz
     assert losses[-1] < 0.8 * losses[0], losses
 
 
+def test_masked_lm_fits_on_a_tf_data_dataset_and_round_trips_through_a_preset(tiny_bert_config, tokenizer,
+                                                                              data, tmp_path):
+    texts, _ = data
+    preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH, seed=0)
+    masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)
+    history = masked_lm.fit(tf.data.Dataset.from_tensor_slices(texts[:32]).batch(8), epochs=1, verbose=0)
+    assert np.isfinite(history.history["loss"][0])
+
+    masked_lm.save_to_preset(str(tmp_path / "mlm"))
+    restored = MaskedLM.from_preset(str(tmp_path / "mlm"))
+    x, _, _ = preprocessor(["the [MASK] is good", "i [MASK] this film"])
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(restored(x)),
+                               keras.ops.convert_to_numpy(masked_lm(x)), atol=1e-6)
+
+
 def test_masked_lm_fill_mask_predicts_at_the_mask_positions(tiny_bert_config, tokenizer):
     preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH, seed=0)
     masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)

@@ -119,6 +119,11 @@ def test_preprocessor_inside_tf_data_matches_eager(tokenizer, texts):
     graph = {k: np.concatenate([batch[k].numpy() for batch in dataset]) for k in eager}
     for key in eager:
         np.testing.assert_array_equal(graph[key], eager[key])
+    # keras_hub's usual order: map over single strings, then batch.
+    unbatched = tf.data.Dataset.from_tensor_slices(texts[:100]).map(preprocessor).batch(50)
+    rows = {k: np.concatenate([batch[k].numpy() for batch in unbatched]) for k in eager}
+    for key in eager:
+        np.testing.assert_array_equal(rows[key], eager[key])
 
 
 def test_cased_and_accent_options_match_hf(tmp_path, tweets):
