@@ -31,6 +31,7 @@ def keras_hub_preset(tmp_path_factory, tiny_vocabulary):
     reference.save_to_preset(directory)
     tokenizer = keras_hub.models.BertTokenizer(vocabulary=tiny_vocabulary, lowercase=True)
     tokenizer.save_to_preset(directory)
+    keras_hub.models.BertTextClassifierPreprocessor(tokenizer, sequence_length=20).save_to_preset(directory)
     return directory, reference, tokenizer
 
 
@@ -46,7 +47,8 @@ def inputs(tiny_vocabulary):
 def test_preset_written_by_keras_hub_has_the_kerashub_layout(keras_hub_preset):
     directory, _, _ = keras_hub_preset
     entries = set(os.listdir(directory))
-    assert {"config.json", "model.weights.h5", "tokenizer.json", "metadata.json"} <= entries
+    assert {"config.json", "model.weights.h5", "tokenizer.json", "preprocessor.json",
+            "metadata.json"} <= entries
     assert os.path.exists(os.path.join(directory, "assets", "tokenizer", "vocabulary.txt"))
 
 
@@ -76,3 +78,13 @@ def test_keras_hub_tokenizer_in_the_preset_loads(keras_hub_preset):
     for text in texts:  # plain ASCII: where keras_hub's normaliser and BERT's agree
         assert tokenizer(text) == keras.ops.convert_to_numpy(reference(text)).tolist()
     assert tokenizer.get_vocabulary() == list(reference.get_vocabulary())
+
+
+def test_text_classifier_on_a_keras_hub_preset_takes_its_sequence_length(keras_hub_preset, inputs):
+    directory, reference, _ = keras_hub_preset
+    classifier = kcookbook.tasks.TextClassifier.from_preset(directory, num_classes=2)
+    assert classifier.preprocessor.sequence_length == 20  # from keras_hub's preprocessor.json
+    assert classifier.predict(["the good film", "bad"], verbose=0).shape == (2, 2)
+    expected = keras.ops.convert_to_numpy(reference(inputs)["pooled_output"])
+    ours = keras.ops.convert_to_numpy(classifier.backbone(inputs)["pooled_output"])
+    np.testing.assert_allclose(ours, expected, atol=TOLERANCE, rtol=0)
