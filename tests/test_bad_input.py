@@ -41,6 +41,17 @@ def preset_copy(tmp_path, saved_preset):
     return directory
 
 
+def _tiny_hf_folder(folder, vocabulary_size, **config_changes):
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BertConfig(vocab_size=vocabulary_size, hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(folder)
+    hf_config = json.loads((folder / "config.json").read_text())
+    hf_config.update(config_changes)
+    (folder / "config.json").write_text(json.dumps(hf_config))
+    return folder
+
+
 # ----------------------------------------------------------------------------- handles
 
 
@@ -174,29 +185,37 @@ def test_shape_mismatch_names_the_layer_in_a_kcookbook_preset(preset_copy):
 
 
 def test_shape_mismatch_names_the_layer_in_a_hugging_face_folder(tmp_path, tiny_vocabulary):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=len(tiny_vocabulary), hidden_size=16, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=32,
-                                     max_position_embeddings=32)
-    transformers.BertModel(config).save_pretrained(tmp_path)
-    hf_config = json.loads((tmp_path / "config.json").read_text())
-    hf_config["intermediate_size"] = 48
-    (tmp_path / "config.json").write_text(json.dumps(hf_config))
+    _tiny_hf_folder(tmp_path, len(tiny_vocabulary), intermediate_size=48)
     with pytest.raises(PresetError, match="Shape mismatch in layer 'transformer_layer_0/ffn_intermediate'"):
         Backbone.from_preset(str(tmp_path))
 
 
 def test_corrupt_safetensors_is_named(tmp_path, tiny_vocabulary):
-    transformers = pytest.importorskip("transformers")
-    config = transformers.BertConfig(vocab_size=len(tiny_vocabulary), hidden_size=16, num_hidden_layers=1,
-                                     num_attention_heads=2, intermediate_size=32,
-                                     max_position_embeddings=32)
-    transformers.BertModel(config).save_pretrained(tmp_path)
+    _tiny_hf_folder(tmp_path, len(tiny_vocabulary))
     weights = tmp_path / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:100])
     with pytest.raises(PresetError, match="corrupt or truncated") as error:
         Backbone.from_preset(str(tmp_path))
     assert str(weights) in str(error.value)
+
+
+def test_tokenizer_of_a_preset_without_one_says_so(tmp_path, backbone):
+    backbone.save_to_preset(str(tmp_path / "bare"))
+    with pytest.raises(PresetError, match="has no tokenizer"):
+        kcookbook.components.Tokenizer.from_preset(str(tmp_path / "bare"))
+
+
+def test_hugging_face_folder_of_an_unknown_model_type_lists_the_known_ones(tmp_path, tiny_vocabulary):
+    _tiny_hf_folder(tmp_path, len(tiny_vocabulary), model_type="nosuchmodel")
+    with pytest.raises(PresetError, match="'nosuchmodel'") as error:
+        Backbone.from_preset(str(tmp_path))
+    assert "bert" in str(error.value) and "config.json" in str(error.value)
+
+
+def test_hugging_face_bert_with_an_unsupported_activation(tmp_path, tiny_vocabulary):
+    _tiny_hf_folder(tmp_path, len(tiny_vocabulary), hidden_act="relu")
+    with pytest.raises(PresetError, match="hidden_act='relu'"):
+        Backbone.from_preset(str(tmp_path))
 
 
 # ----------------------------------------------------------------------------- atomic writes

@@ -140,7 +140,14 @@ class Tokenizer:
         """
         from kcookbook import presets
 
-        tokenizer = presets.load(handle).load_tokenizer(**kwargs)
+        loader = presets.load(handle)
+        tokenizer = loader.load_tokenizer(**kwargs)
+        if tokenizer is None:
+            raise presets.PresetError(
+                f"Preset {handle!r} ({loader.path}) has no tokenizer: it holds no tokenizer.json + "
+                "assets/tokenizer/ (KerasHub layout) nor vocab.txt/tokenizer.json (Hugging Face). Save "
+                "the preset with its tokenizer, or build the tokenizer from a vocabulary yourself."
+            )
         if not isinstance(tokenizer, cls):
             raise TypeError(
                 f"Preset {handle!r} has a {type(tokenizer).__name__}, which is not a {cls.__name__}. "
