@@ -46,8 +46,9 @@ def test_classifier_fits_and_predicts_on_lists_of_strings(tiny_bert_config, toke
     texts, labels = data
     classifier = _classifier(tiny_bert_config, tokenizer)
     classifier.compile(optimizer=keras.optimizers.Adam(3e-3))
-    history = classifier.fit(texts, labels, batch_size=16, epochs=3, verbose=0,
-                             validation_data=(texts[:32], labels[:32]))
+    # Labels as a plain Python list, as users (and keras_hub's examples) write them.
+    history = classifier.fit(texts, labels.tolist(), batch_size=16, epochs=3, verbose=0,
+                             validation_data=(texts[:32], labels[:32].tolist()))
 
     losses = history.history["loss"]
     assert len(losses) == 3 and all(np.isfinite(losses)) and losses[-1] < losses[0]
@@ -55,7 +56,7 @@ def test_classifier_fits_and_predicts_on_lists_of_strings(tiny_bert_config, toke
     logits = classifier.predict(texts[:10], batch_size=4, verbose=0)
     assert logits.shape == (10, 3) and np.isfinite(logits).all()
     assert classifier.predict("one single string", verbose=0).shape == (1, 3)
-    loss, accuracy = classifier.evaluate(texts[:32], labels[:32], verbose=0)
+    loss, accuracy = classifier.evaluate(texts[:32], labels[:32].tolist(), verbose=0)
     assert np.isfinite(loss) and 0.0 <= accuracy <= 1.0
 
 

@@ -6,6 +6,7 @@ untouched, so the same task also runs on already-preprocessed data.
 """
 
 import keras
+import numpy as np
 
 from kcookbook.presets import files
 
@@ -61,6 +62,9 @@ class Task(keras.Model):
     def _prepare(self, x, y=None, sample_weight=None):
         if _is_dataset(x):
             return self._dataset(x), None, None
+        # Keras takes arrays, not Python lists, for labels and weights: fit(texts, [2, 0]) should work.
+        y = np.asarray(y) if isinstance(y, list) else y
+        sample_weight = np.asarray(sample_weight) if isinstance(sample_weight, list) else sample_weight
         out = self.preprocess(x, y, sample_weight)
         return keras.utils.unpack_x_y_sample_weight(out) if isinstance(out, tuple) else (out, y, sample_weight)
 
