@@ -73,3 +73,13 @@ def test_backbone_token_states_match_transformers(minilm_path, embedder, sentenc
 
     real = inputs["padding_mask"].astype(bool)
     np.testing.assert_allclose(ours[real], expected[real], atol=TOLERANCE, rtol=0)
+
+
+def test_converted_checkpoint_saved_as_a_kcookbook_preset_still_matches(tmp_path, embedder, sentences,
+                                                                         reference_embeddings):
+    directory = tmp_path / "minilm"
+    embedder.save_to_preset(str(directory))
+    restored = kcookbook.tasks.TextEmbedder.from_preset(str(directory))
+    assert restored.preprocessor.sequence_length == 256 and restored.pooling == "mean"
+    ours = restored.predict(sentences[-12:], verbose=0)
+    np.testing.assert_allclose(ours, reference_embeddings[-12:], atol=TOLERANCE, rtol=0)
