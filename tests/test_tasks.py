@@ -74,6 +74,28 @@ def test_classifier_fits_on_a_tf_data_dataset_of_strings(tiny_bert_config, token
     np.testing.assert_allclose(from_dataset, from_list, atol=1e-5)
 
 
+def test_classifier_on_text_pairs_eagerly_and_in_tf_data(tiny_bert_config, tokenizer, data):
+    texts, labels = data
+    first, second = texts[:24], texts[24:48]
+    classifier = _classifier(tiny_bert_config, tokenizer)
+    pairs = tf.data.Dataset.from_tensor_slices(((first, second), labels[:24])).batch(8)
+    assert np.isfinite(classifier.fit(pairs, epochs=1, verbose=0).history["loss"][0])
+
+    eager = classifier.predict((first, second), verbose=0)
+    # A dataset whose single part is a (first, second) tuple is x alone, not (x, y).
+    unlabelled = tf.data.Dataset.from_tensor_slices(((first, second),)).batch(8)
+    np.testing.assert_allclose(classifier.predict(unlabelled, verbose=0), eager, atol=1e-5)
+    assert np.abs(eager - classifier.predict(first, verbose=0)).max() > 1e-4  # the pair matters
+
+
+def test_classifier_takes_a_pandas_series_of_strings(tiny_bert_config, tokenizer, data):
+    pandas = pytest.importorskip("pandas")
+    texts, _ = data
+    classifier = _classifier(tiny_bert_config, tokenizer)
+    np.testing.assert_allclose(classifier.predict(pandas.Series(texts[:5]), verbose=0),
+                               classifier.predict(texts[:5], verbose=0), atol=1e-6)
+
+
 def test_classifier_accepts_already_preprocessed_dicts(tiny_bert_config, tokenizer, data):
     texts, _ = data
     classifier = _classifier(tiny_bert_config, tokenizer)

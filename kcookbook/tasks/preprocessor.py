@@ -88,6 +88,8 @@ def _texts(segment):
         return [s.decode("utf-8") if isinstance(s, bytes) else s for s in segment.reshape(-1).tolist()]
     if isinstance(segment, (list, tuple)):
         return list(segment)
+    if hasattr(segment, "tolist") and not isinstance(segment, dict):  # e.g. a pandas Series of str
+        return _texts(np.asarray(segment.tolist(), dtype=object))
     raise TypeError(
         f"Text tasks take strings: a str, a list of str, or a tf.data dataset of strings. Got "
         f"{type(segment).__name__}. If you already have token ids, pass a dict of arrays instead."

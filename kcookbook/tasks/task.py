@@ -52,7 +52,12 @@ class Task(keras.Model):
         import tensorflow as tf
 
         def fn(*element):
-            x, y, sw = keras.utils.unpack_x_y_sample_weight(element if len(element) > 1 else element[0])
+            # (x, y[, sample_weight]) when the element has several parts; one part is x alone, even
+            # when it is itself a tuple of text segments ((first, second),).
+            if len(element) > 1:
+                x, y, sw = keras.utils.unpack_x_y_sample_weight(element)
+            else:
+                x, y, sw = element[0], None, None
             if isinstance(x, dict):
                 return keras.utils.pack_x_y_sample_weight(self._model_inputs(x), y, sw)
             return self.preprocess(x, y, sw)
