@@ -174,3 +174,19 @@ def test_builtin_name_and_its_folder_load_the_same_backbone(minilm_path):
     by_path = kcookbook.presets.load(minilm_path)
     assert os.path.realpath(by_name.path) == os.path.realpath(by_path.path)
     assert by_name.format == "huggingface"
+
+
+def test_kaggle_handle_and_builtin_name_load_offline_from_a_complete_kagglehub_cache(tmp_path, backbone,
+                                                                                     monkeypatch):
+    # kagglehub's cache layout: models/<owner>/<model>/<framework>/<variation>/<version>/ plus a
+    # <version>.complete marker. kagglehub itself decides that the copy is usable without network.
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
+    variation = tmp_path / "models" / "keras" / "bert" / "keras" / "bert_tiny_en_uncased"
+    backbone.save_to_preset(str(variation / "3"))
+    (variation / "3.complete").write_text("")
+
+    for handle in ("kaggle://keras/bert/keras/bert_tiny_en_uncased/3", "bert_tiny_en_uncased"):
+        loaded = Backbone.from_preset(handle)
+        assert loaded.get_config() == backbone.get_config(), handle
+        for ours, saved in zip(loaded.weights, backbone.weights):
+            np.testing.assert_array_equal(numpy(ours), numpy(saved))
