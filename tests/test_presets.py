@@ -190,3 +190,29 @@ def test_kaggle_handle_and_builtin_name_load_offline_from_a_complete_kagglehub_c
         assert loaded.get_config() == backbone.get_config(), handle
         for ours, saved in zip(loaded.weights, backbone.weights):
             np.testing.assert_array_equal(numpy(ours), numpy(saved))
+
+
+def test_hf_handle_loads_offline_from_the_hugging_face_cache(tmp_path, tiny_vocabulary, monkeypatch):
+    transformers = pytest.importorskip("transformers")
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    # huggingface_hub's cache layout: models--org--name/refs/main → snapshots/<commit>/files.
+    commit = "0" * 40
+    repo = tmp_path / "models--someone--tiny-bert"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    snapshot = repo / "snapshots" / commit
+    config = transformers.BertConfig(vocab_size=len(tiny_vocabulary), hidden_size=16, num_hidden_layers=1,
+                                     num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
+    transformers.BertModel(config).save_pretrained(snapshot)
+    (snapshot / "vocab.txt").write_text("\n".join(tiny_vocabulary) + "\n", encoding="utf-8")
+
+    loaded = Backbone.from_preset("hf://someone/tiny-bert")
+    from_folder = Backbone.from_preset(str(snapshot))
+    assert loaded.num_layers == 1 and loaded.hidden_dim == 16
+    for ours, reference in zip(loaded.weights, from_folder.weights):
+        np.testing.assert_array_equal(numpy(ours), numpy(reference))
+    assert Tokenizer.from_preset("hf://someone/tiny-bert").get_vocabulary() == tiny_vocabulary
