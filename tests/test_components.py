@@ -333,3 +333,13 @@ def test_docstring_examples_run(module_name):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module_name}"
+    if module_name in FOUNDATION_MODULES_WITH_RUNNABLE_EXAMPLES:
+        assert result.attempted > 0, f"{module_name} lost its runnable docstring example"
+
+
+# Modules whose examples need no network or real weights (the others' examples are marked +SKIP).
+FOUNDATION_MODULES_WITH_RUNNABLE_EXAMPLES = {
+    f"kcookbook.components.{name}" for name in (
+        "activations", "attention", "embeddings", "masked_lm_head", "masking", "packers", "pooling",
+        "transformer", "wordpiece")
+} | {"kcookbook.backbones.bert", "kcookbook.tasks.preprocessor"}
