@@ -83,3 +83,10 @@ def test_converted_checkpoint_saved_as_a_kcookbook_preset_still_matches(tmp_path
     assert restored.preprocessor.sequence_length == 256 and restored.pooling == "mean"
     ours = restored.predict(sentences[-12:], verbose=0)
     np.testing.assert_allclose(ours, reference_embeddings[-12:], atol=TOLERANCE, rtol=0)
+
+
+def test_text_classifier_on_minilm_takes_the_checkpoint_defaults():
+    classifier = kcookbook.tasks.TextClassifier.from_preset("all_minilm_l6_v2", num_classes=3)
+    assert classifier.pooling == "mean"  # from 1_Pooling/config.json
+    assert classifier.preprocessor.sequence_length == 256
+    assert classifier.predict(["a real sentence", "another one"], verbose=0).shape == (2, 3)

@@ -150,3 +150,14 @@ def test_duplicate_vocabulary_lines_map_to_the_last_one_as_hf_does(tmp_path):
 def test_non_string_elements_are_rejected_with_a_clear_message(tokenizer):
     with pytest.raises(TypeError, match="takes strings"):
         tokenizer(["fine", 3])
+
+
+def test_trained_vocabulary_tokenizes_as_hf_does_with_it(tmp_path, tweets):
+    trained = WordPieceTokenizer.train(tweets[:800], vocabulary_size=400)
+    vocabulary = trained.get_vocabulary()
+    assert vocabulary[:5] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    assert 100 < len(vocabulary) <= 400
+    (tmp_path / "vocab.txt").write_text("\n".join(vocabulary) + "\n", encoding="utf-8")
+    reference = transformers.BertTokenizerFast.from_pretrained(str(tmp_path))
+    held_out = list(tweets[1000:1300])
+    assert trained(held_out) == reference(held_out, add_special_tokens=False)["input_ids"]
