@@ -2,5 +2,6 @@
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.backbones.bert import BertBackbone
+from kcookbook.backbones.vit import ViTBackbone
 
-__all__ = ["Backbone", "BertBackbone"]
+__all__ = ["Backbone", "BertBackbone", "ViTBackbone"]

@@ -13,6 +13,7 @@ from kcookbook.components.embeddings import (
 from kcookbook.components.masked_lm_head import MaskedLMHead
 from kcookbook.components.masking import MaskedLMMaskGenerator
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
+from kcookbook.components.patch_embedding import PatchEmbedding
 from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
@@ -20,7 +21,7 @@ from kcookbook.components.wordpiece import WordPieceTokenizer
 
 __all__ = [
     "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
-    "MultiSegmentPacker", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
+    "MultiSegmentPacker", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
     "gelu_approximate", "get_activation", "padding_to_attention_mask",
 ]

@@ -14,6 +14,7 @@ import importlib
 
 HF_MODEL_TYPES = {
     "bert": "kcookbook.presets.converters.bert",
+    "vit": "kcookbook.presets.converters.vit",
 }
 
 KERAS_HUB_CLASSES = {

@@ -1,0 +1,165 @@
+"""ViT: the patch embedding and the backbone against Hugging Face transformers.
+
+Tiny random ``transformers`` ViTs saved with ``save_pretrained`` are the independent reference:
+their folders load with ``Backbone.from_preset`` and give transformers' outputs (torch, eval mode)
+within 1e-4. Every parameter is randomised (LayerNorm too, so a swapped gamma/beta shows), and the
+images are not square, so a height/width mix-up shows.
+"""
+
+import keras
+import numpy as np
+import pytest
+import torch
+import transformers
+
+import kcookbook
+from kcookbook.backbones import ViTBackbone
+from kcookbook.components import PatchEmbedding
+from kcookbook.presets.converters import vit as vit_converter
+
+TOLERANCE = 1e-4
+
+
+def _hf_config(image_size=(16, 12), **kwargs):
+    options = dict(
+        image_size=list(image_size), patch_size=4, num_channels=3, hidden_size=16,
+        num_hidden_layers=2, num_attention_heads=2, intermediate_size=32, hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0, num_labels=5)
+    options.update(kwargs)
+    return transformers.ViTConfig(**options)
+
+
+def _randomise(model, seed):
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator) * 0.2
+            is_norm_scale = "layernorm" in name and name.endswith("weight")
+            parameter.copy_(noise + (1.0 if is_norm_scale else 0.0))
+    return model.eval()
+
+
+def _save(tmp_path_factory, model, name):
+    folder = tmp_path_factory.mktemp(name)
+    model.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def pixels():
+    """(batch 3, channels 3, height 16, width 12) values in HF's normalised range [-1, 1]."""
+    return np.random.default_rng(0).uniform(-1, 1, size=(3, 3, 16, 12)).astype("float32")
+
+
+def _channels_last(pixel_values):
+    return np.transpose(pixel_values, (0, 2, 3, 1))
+
+
+def _numpy(outputs):
+    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+
+
+@pytest.mark.parametrize("qkv_bias", [True, False])
+def test_vit_model_folder_matches_transformers(tmp_path_factory, pixels, qkv_bias):
+    torch.manual_seed(0)
+    model = _randomise(transformers.ViTModel(_hf_config(qkv_bias=qkv_bias)), seed=1)
+    folder = _save(tmp_path_factory, model, f"vit_model_{qkv_bias}")
+    with torch.no_grad():
+        reference = model(pixel_values=torch.tensor(pixels)).last_hidden_state.numpy()
+
+    backbone = kcookbook.backbones.Backbone.from_preset(str(folder))
+    assert isinstance(backbone, ViTBackbone)
+    assert backbone.image_shape == (16, 12, 3)
+    ours = _numpy(backbone(_channels_last(pixels)))
+
+    assert ours["sequence_output"].shape == reference.shape == (3, 1 + 4 * 3, 16)
+    np.testing.assert_allclose(ours["sequence_output"], reference, atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(ours["pooled_output"], reference[:, 0], atol=TOLERANCE, rtol=0)
+
+
+def test_vit_image_classifier_folder_logits_match_transformers(tmp_path_factory, pixels):
+    torch.manual_seed(0)
+    model = _randomise(transformers.ViTForImageClassification(_hf_config()), seed=2)
+    folder = _save(tmp_path_factory, model, "vit_classifier")
+    with torch.no_grad():
+        reference = model(pixel_values=torch.tensor(pixels)).logits.numpy()
+
+    loader = kcookbook.presets.load(str(folder))
+    backbone = loader.load_backbone()
+    kernel, bias = vit_converter.classifier_head_from_hf(loader.read_tensors())
+    pooled = keras.ops.convert_to_numpy(backbone(_channels_last(pixels))["pooled_output"])
+    np.testing.assert_allclose(pooled @ kernel + bias, reference, atol=TOLERANCE, rtol=0)
+    assert vit_converter.class_names_from_hf(loader.config) == [f"LABEL_{i}" for i in range(5)]
+
+
+def test_vit_converted_preset_round_trip(tmp_path_factory, tmp_path, pixels):
+    torch.manual_seed(0)
+    model = _randomise(transformers.ViTModel(_hf_config()), seed=3)
+    folder = _save(tmp_path_factory, model, "vit_round_trip")
+    backbone = kcookbook.backbones.Backbone.from_preset(str(folder))
+    backbone.save_to_preset(tmp_path / "preset")
+    reloaded = ViTBackbone.from_preset(str(tmp_path / "preset"))
+    assert reloaded.get_config() == backbone.get_config()
+    images = _channels_last(pixels)
+    np.testing.assert_allclose(_numpy(reloaded(images))["sequence_output"],
+                               _numpy(backbone(images))["sequence_output"], atol=1e-6, rtol=0)
+
+
+def test_patch_embedding_is_a_dense_layer_on_flattened_patches(seeded):
+    """The strided convolution equals a matmul on each row-major patch, written here in numpy."""
+    embed = PatchEmbedding(image_size=(8, 6), patch_size=2, hidden_dim=5, use_class_token=True)
+    images = seeded.normal(size=(2, 8, 6, 3)).astype("float32")
+    ours = keras.ops.convert_to_numpy(embed(images))
+
+    kernel = keras.ops.convert_to_numpy(embed.projection.kernel)  # (2, 2, 3, 5)
+    bias = keras.ops.convert_to_numpy(embed.projection.bias)
+    patches = images.reshape(2, 4, 2, 3, 2, 3).transpose(0, 1, 3, 2, 4, 5).reshape(2, 12, 12)
+    tokens = patches @ kernel.reshape(12, 5) + bias
+    class_token = np.broadcast_to(keras.ops.convert_to_numpy(embed.class_token), (2, 1, 5))
+    positions = keras.ops.convert_to_numpy(embed.position_embedding.embeddings)
+    expected = np.concatenate([class_token, tokens], axis=1) + positions
+    assert ours.shape == (2, 13, 5)
+    np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
+
+
+def test_vit_without_class_token_pools_the_mean(seeded):
+    backbone = ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2,
+                           hidden_dim=8, intermediate_dim=16, use_class_token=False)
+    out = _numpy(backbone(seeded.normal(size=(2, 8, 8, 1)).astype("float32")))
+    assert out["sequence_output"].shape == (2, 4, 8)
+    np.testing.assert_allclose(out["pooled_output"], out["sequence_output"].mean(axis=1), atol=1e-6)
+    assert ViTBackbone.from_config(backbone.get_config()).count_params() == backbone.count_params()
+
+
+def test_vit_trains_on_every_backend(seeded):
+    """A few steps of fit lower the loss: gradients flow through patches, class token and positions."""
+    backbone = ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2,
+                           hidden_dim=8, intermediate_dim=16)
+    images = keras.Input((8, 8, 1))
+    logits = keras.layers.Dense(2)(backbone(images)["pooled_output"])
+    model = keras.Model(images, logits)
+    model.compile(keras.optimizers.Adam(1e-2),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x = seeded.normal(size=(32, 8, 8, 1)).astype("float32")
+    y = (x[:, :4].mean(axis=(1, 2, 3)) > x[:, 4:].mean(axis=(1, 2, 3))).astype("int32")
+    history = model.fit(x, y, epochs=15, batch_size=32, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+
+
+def test_vit_bad_inputs_say_what_to_do():
+    with pytest.raises(ValueError, match="not a multiple of patch_size"):
+        ViTBackbone(image_shape=(10, 8, 3), patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
+                    intermediate_dim=16)
+    with pytest.raises(ValueError, match=r"image_shape must be \(height, width, channels\)"):
+        ViTBackbone(image_shape=(8, 8), patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
+                    intermediate_dim=16)
+    embed = PatchEmbedding(image_size=8, patch_size=4, hidden_dim=8)
+    with pytest.raises(ValueError, match="Resize the images first"):
+        embed(np.zeros((1, 12, 12, 3), "float32"))
+
+
+def test_vit_unsupported_activation_is_a_clear_error(tmp_path):
+    model = transformers.ViTModel(_hf_config(hidden_act="relu"))
+    model.save_pretrained(tmp_path)
+    with pytest.raises(kcookbook.presets.PresetError, match="hidden_act='relu'"):
+        kcookbook.backbones.Backbone.from_preset(str(tmp_path))
