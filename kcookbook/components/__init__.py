@@ -5,6 +5,8 @@ No file here names a model family; backbones assemble these.
 
 from kcookbook.components.activations import gelu_approximate, get_activation
 from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.augmentation import JitteredResize, Mosaic
+from kcookbook.components.boxes import NonMaxSuppression, non_max_suppression
 from kcookbook.components.embeddings import (
     PositionEmbedding,
     ReversibleEmbedding,
@@ -20,8 +22,8 @@ from kcookbook.components.transformer import TransformerEncoderBlock, padding_to
 from kcookbook.components.wordpiece import WordPieceTokenizer
 
 __all__ = [
-    "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
-    "MultiSegmentPacker", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
+    "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
+    "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
-    "gelu_approximate", "get_activation", "padding_to_attention_mask",
+    "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
 ]
