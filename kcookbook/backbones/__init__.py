@@ -2,6 +2,8 @@
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.backbones.bert import BertBackbone
+from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
 from kcookbook.backbones.vit import ViTBackbone
 
-__all__ = ["Backbone", "BertBackbone", "ViTBackbone"]
+__all__ = ["Backbone", "BertBackbone", "GemmaBackbone", "LlamaBackbone", "MistralBackbone",
+           "MixtralBackbone", "ViTBackbone"]

@@ -5,6 +5,8 @@ No file here names a model family; backbones assemble these.
 
 from kcookbook.components.activations import gelu_approximate, get_activation
 from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
+from kcookbook.components.decoder_block import DecoderBlock
 from kcookbook.components.augmentation import JitteredResize, Mosaic
 from kcookbook.components.boxes import NonMaxSuppression, non_max_suppression
 from kcookbook.components.embeddings import (
@@ -14,9 +16,14 @@ from kcookbook.components.embeddings import (
 )
 from kcookbook.components.masked_lm_head import MaskedLMHead
 from kcookbook.components.masking import MaskedLMMaskGenerator
+from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
+from kcookbook.components.mixture_of_experts import MixtureOfExperts, load_balancing_loss
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
 from kcookbook.components.patch_embedding import PatchEmbedding
 from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
+from kcookbook.components.rms_normalization import RMSNormalization
+from kcookbook.components.rotary_embedding import RotaryEmbedding
+from kcookbook.components.samplers import Sampler, get_sampler
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
 from kcookbook.components.wordpiece import WordPieceTokenizer
@@ -26,4 +33,7 @@ __all__ = [
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
+    "CausalSelfAttention", "DecoderBlock", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
+    "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
+    "load_balancing_loss",
 ]

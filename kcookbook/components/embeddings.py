@@ -11,15 +11,35 @@ class ReversibleEmbedding(keras.layers.Embedding):
     ``layer(ids)`` looks ids up; ``layer(hidden, reverse=True)`` multiplies by the transposed table,
     which is how BERT's masked-LM head and most decoder LMs tie their output layer to the input.
 
+    ``tie_weights=False`` gives the reverse projection its own ``(output_dim, input_dim)`` table
+    (``reverse_embeddings``): decoders whose output layer is not the input embedding (Llama).
+
     >>> emb = ReversibleEmbedding(input_dim=10, output_dim=4)
     >>> tuple(emb(ops.zeros((2, 3), "int32")).shape), tuple(emb(ops.zeros((2, 4)), reverse=True).shape)
     ((2, 3, 4), (2, 10))
     """
 
+    def __init__(self, input_dim, output_dim, tie_weights=True, **kwargs):
+        super().__init__(input_dim, output_dim, **kwargs)
+        self.tie_weights = tie_weights
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        if not self.tie_weights:
+            self.reverse_embeddings = self.add_weight(
+                name="reverse_embeddings", shape=(self.output_dim, self.input_dim),
+                initializer=self.embeddings_initializer)
+
     def call(self, inputs, reverse=False):
         if reverse:
-            return ops.matmul(inputs, ops.cast(ops.transpose(self.embeddings), inputs.dtype))
+            table = ops.transpose(self.embeddings) if self.tie_weights else self.reverse_embeddings
+            return ops.matmul(inputs, ops.cast(table, inputs.dtype))
         return super().call(inputs)
+
+    def get_config(self):
+        config = super().get_config()
+        config["tie_weights"] = self.tie_weights
+        return config
 
     def compute_output_spec(self, inputs, reverse=False):
         if reverse:

@@ -14,6 +14,10 @@ import importlib
 
 HF_MODEL_TYPES = {
     "bert": "kcookbook.presets.converters.bert",
+    "gemma": "kcookbook.presets.converters.gemma",
+    "llama": "kcookbook.presets.converters.llama",
+    "mistral": "kcookbook.presets.converters.mistral",
+    "mixtral": "kcookbook.presets.converters.mixtral",
     "vit": "kcookbook.presets.converters.vit",
 }
 

@@ -1,0 +1,104 @@
+"""Mixture-of-experts feed-forward (Shazeer et al., 2017; Fedus et al., 2021): a router sends each
+token to its top-k experts, each a gated feed-forward network; their outputs are mixed by the
+router's renormalised probabilities.
+
+Training adds the load-balancing auxiliary loss of Switch Transformer,
+``num_experts · Σ_e share_of_tokens_routed_to(e) · mean_router_probability(e)``, times
+``aux_loss_coefficient`` (``top_k`` when every expert gets the same share, more when routing
+collapses onto a few experts).
+
+Every expert runs on every token and the unselected ones are weighted by zero: simple and
+compiler-friendly, at ``num_experts / top_k`` times the FLOPs of a sparse dispatch. Fine for small
+models and for checking numerics; a sparse dispatch is what large models would need.
+
+    >>> moe = MixtureOfExperts(num_experts=4, top_k=2, intermediate_dim=16)
+    >>> tuple(moe(ops.ones((2, 3, 8))).shape)
+    (2, 3, 8)
+"""
+
+import keras
+from keras import ops
+
+from kcookbook.components.activations import get_activation
+
+
+def load_balancing_loss(router_logits, top_k):
+    """Switch Transformer's auxiliary loss from ``(tokens, num_experts)`` router logits."""
+    num_experts = router_logits.shape[-1]
+    probabilities = ops.softmax(ops.cast(router_logits, "float32"), axis=-1)
+    _, selected = ops.top_k(probabilities, top_k)
+    routed = ops.sum(ops.one_hot(selected, num_experts), axis=1)  # (tokens, experts), 0/1
+    return num_experts * ops.sum(ops.mean(routed, axis=0) * ops.mean(probabilities, axis=0))
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class MixtureOfExperts(keras.layers.Layer):
+    """Top-k routed gated feed-forward experts.
+
+    Args:
+        num_experts: experts per layer.
+        top_k: experts each token is sent to.
+        intermediate_dim: hidden width of each expert.
+        activation: the experts' gate activation (``"silu"``: SwiGLU experts).
+        aux_loss_coefficient: weight of the load-balancing loss added in training (0 disables it).
+        kernel_initializer: initializer of the router and the experts.
+
+    Weights: ``router/kernel (hidden, experts)``, ``expert_gate_up (experts, hidden, 2·intermediate)``
+    (gate columns first), ``expert_output (experts, intermediate, hidden)``.
+    """
+
+    def __init__(self, num_experts, top_k, intermediate_dim, activation="silu",
+                 aux_loss_coefficient=0.0, kernel_initializer="glorot_uniform", **kwargs):
+        super().__init__(**kwargs)
+        if not 0 < top_k <= num_experts:
+            raise ValueError(f"top_k={top_k} must be between 1 and num_experts={num_experts}.")
+        self.num_experts = num_experts
+        self.top_k = top_k
+        self.intermediate_dim = intermediate_dim
+        self.activation = activation
+        self.aux_loss_coefficient = aux_loss_coefficient
+        self.kernel_initializer = keras.initializers.get(kernel_initializer)
+
+    def build(self, input_shape):
+        hidden = input_shape[-1]
+        self.router = keras.layers.Dense(
+            self.num_experts, use_bias=False, kernel_initializer=self.kernel_initializer,
+            dtype=self.dtype_policy, name="router")
+        self.router.build(input_shape)
+        self.expert_gate_up = self.add_weight(
+            name="expert_gate_up", shape=(self.num_experts, hidden, 2 * self.intermediate_dim),
+            initializer=self.kernel_initializer)
+        self.expert_output = self.add_weight(
+            name="expert_output", shape=(self.num_experts, self.intermediate_dim, hidden),
+            initializer=self.kernel_initializer)
+        self._activation_fn = get_activation(self.activation)
+
+    def call(self, x, training=None):
+        router_logits = self.router(x)  # (batch, length, experts)
+        probabilities = ops.softmax(ops.cast(router_logits, "float32"), axis=-1)
+        top_probabilities, selected = ops.top_k(probabilities, self.top_k)
+        top_probabilities = top_probabilities / ops.sum(top_probabilities, axis=-1, keepdims=True)
+        # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
+        weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None], axis=-2)
+        gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
+        gate, up = ops.split(gate_up, 2, axis=-1)
+        expert_outputs = ops.einsum("blei,eih->bleh", self._activation_fn(gate) * up,
+                                    ops.cast(self.expert_output, x.dtype))
+        out = ops.einsum("bleh,ble->blh", expert_outputs, ops.cast(weights, x.dtype))
+        if training and self.aux_loss_coefficient:
+            flat_logits = ops.reshape(router_logits, (-1, self.num_experts))
+            self.add_loss(self.aux_loss_coefficient * load_balancing_loss(flat_logits, self.top_k))
+        return out
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({
+            "num_experts": self.num_experts, "top_k": self.top_k,
+            "intermediate_dim": self.intermediate_dim, "activation": self.activation,
+            "aux_loss_coefficient": self.aux_loss_coefficient,
+            "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
+        })
+        return config

@@ -1,0 +1,53 @@
+"""Rotary position embedding (Su et al., 2021, "RoFormer"): positions as rotations of query/key pairs.
+
+Each head vector is split into two halves ``(x1, x2)``; pair ``i`` is rotated by the angle
+``position / max_wavelength ** (2i / head_dim)``. Attention scores then depend only on the distance
+between query and key. This is the "rotate half" layout of Hugging Face checkpoints (Llama, Mistral,
+Gemma, Mixtral, SmolLM2).
+
+    >>> rotary = RotaryEmbedding(max_wavelength=10000)
+    >>> x = ops.ones((1, 3, 2, 4))  # (batch, length, heads, head_dim)
+    >>> tuple(rotary(x, positions=ops.arange(3)).shape)
+    (1, 3, 2, 4)
+"""
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class RotaryEmbedding(keras.layers.Layer):
+    """Rotate ``(batch, length, heads, head_dim)`` vectors by their positions; no weights.
+
+    Args:
+        max_wavelength: the base of the frequencies (``rope_theta``: 10,000 in Llama-2, 100,000 in
+            SmolLM2, 1,000,000 in Mixtral).
+        scaling_factor: positions are divided by it ("linear" RoPE scaling for longer contexts).
+    """
+
+    def __init__(self, max_wavelength=10000, scaling_factor=1.0, **kwargs):
+        super().__init__(**kwargs)
+        self.max_wavelength = max_wavelength
+        self.scaling_factor = scaling_factor
+
+    def call(self, x, positions):
+        """``positions``: int tensor ``(length,)``, the absolute position of each row of ``x``."""
+        head_dim = x.shape[-1]
+        exponents = ops.arange(0, head_dim, 2, dtype="float32") / head_dim
+        inverse_frequencies = 1.0 / ops.power(float(self.max_wavelength), exponents)
+        positions = ops.cast(positions, "float32") / self.scaling_factor
+        angles = positions[:, None] * inverse_frequencies[None, :]  # (length, head_dim / 2)
+        angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
+        cos = ops.cast(ops.cos(angles), x.dtype)
+        sin = ops.cast(ops.sin(angles), x.dtype)
+        first_half, second_half = ops.split(x, 2, axis=-1)
+        rotated_half = ops.concatenate([-second_half, first_half], axis=-1)
+        return x * cos + rotated_half * sin
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"max_wavelength": self.max_wavelength, "scaling_factor": self.scaling_factor})
+        return config

@@ -1,0 +1,310 @@
+"""CausalLM: next-token prediction and text generation on a decoder backbone.
+
+    >>> lm = CausalLM.from_preset("smollm2_135m_instruct")  # doctest: +SKIP
+    >>> lm.generate("The capital of France is", max_length=32)  # doctest: +SKIP
+
+* Calling the model on ``{"token_ids", "padding_mask"}`` gives logits ``(batch, length, vocab)``.
+* ``fit`` on raw strings learns to predict each next token; padding is not counted in the loss.
+* ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
+  a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow, and on torch an
+  eager loop under ``no_grad`` that writes the cache in place. The compiled loop is kept per
+  (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
+  compile again.
+
+Prompts are right-padded. Generation starts at the end of the shortest prompt; for rows whose
+prompt is longer the model's picks are replaced by the prompt's own tokens, so one batch holds
+prompts of any length.
+
+The backbone contract: ``backbone.token_embedding(hidden, reverse=True)`` gives logits,
+``backbone.empty_cache(batch, max_length)`` and ``backbone.call_with_cache(token_ids, caches, index)``
+run the model a few tokens at a time, and ``backbone.max_sequence_length`` bounds ``max_length``.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kcookbook.components.packers import StartEndPacker
+from kcookbook.components.samplers import BeamSampler, ContrastiveSampler, get_sampler
+from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor, _texts
+from kcookbook.tasks.task import Task
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class CausalLMPreprocessor(Preprocessor):
+    """Strings → ``(x, y, sample_weight)`` for next-token training, and prompts for generation.
+
+    A text is tokenized, given the start token (when the tokenizer asks for one, or
+    ``add_start_token=True``) and the end token, and packed to ``sequence_length + 1`` ids; ``x`` is
+    all but the last, ``y`` all but the first, ``sample_weight`` is 0 on padding.
+
+    Args:
+        tokenizer: with ``start_token_id``, ``end_token_id``, ``pad_token_id``.
+        sequence_length: length of the model inputs (longer texts are truncated at the end).
+        add_start_token: prepend the start token; None follows ``tokenizer.add_start_token``
+            (Hugging Face's ``add_bos_token``) and defaults to True when the tokenizer has a start
+            token.
+        add_end_token: append the end token in training.
+    """
+
+    output_names = ("token_ids", "padding_mask", "labels", "label_weights")
+
+    def output_spec(self, name):
+        return ("float32" if name == "label_weights" else "int32"), self.sequence_length
+
+    def __init__(self, tokenizer, sequence_length=1024, add_start_token=None, add_end_token=True):
+        super().__init__(tokenizer, sequence_length)
+        if add_start_token is None:
+            add_start_token = getattr(tokenizer, "add_start_token", True)
+        self.add_start_token = bool(add_start_token) and tokenizer.start_token_id is not None
+        self.add_end_token = bool(add_end_token) and tokenizer.end_token_id is not None
+        self.packer = StartEndPacker(
+            start_value=tokenizer.start_token_id if self.add_start_token else None,
+            end_value=tokenizer.end_token_id if self.add_end_token else None,
+            pad_value=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
+
+    def numpy_call(self, segments):
+        if len(segments) != 1:
+            raise ValueError("CausalLMPreprocessor takes one text segment (a string or a list of them).")
+        ids = self.tokenizer.encode_batch([TextClassifierPreprocessor._check(t) for t in _texts(segments[0])])
+        packed = self.packer(ids, sequence_length=self.sequence_length + 1)
+        token_ids, mask = packed["token_ids"], packed["padding_mask"]
+        return {"token_ids": token_ids[:, :-1], "padding_mask": mask[:, :-1],
+                "labels": token_ids[:, 1:], "label_weights": mask[:, 1:].astype("float32")}
+
+    def pack(self, features, y=None, sample_weight=None):
+        x = {"token_ids": features["token_ids"], "padding_mask": features["padding_mask"]}
+        return x, features["labels"], features["label_weights"]
+
+    # ----- generation -----
+    def generate_preprocess(self, prompts, sequence_length):
+        """Prompts → right-padded ``token_ids`` and ``padding_mask`` of ``sequence_length``, no end token."""
+        ids = self.tokenizer.encode_batch([TextClassifierPreprocessor._check(t) for t in _texts(prompts)])
+        if self.add_start_token:
+            ids = [[self.tokenizer.start_token_id] + list(row) for row in ids]
+        return pad_prompts(ids, sequence_length, self.packer.pad_value)
+
+    def generate_postprocess(self, token_ids, mask):
+        """Generated ids (where ``mask``) → strings, special tokens dropped."""
+        rows = [[int(t) for t, keep in zip(ids, row_mask) if keep] for ids, row_mask in zip(token_ids, mask)]
+        return self.tokenizer.decode_batch(rows, skip_special_tokens=True)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"add_start_token": self.add_start_token, "add_end_token": self.add_end_token})
+        return config
+
+
+def pad_prompts(ids, sequence_length, pad_value=0):
+    """Lists of prompt ids → right-padded int32 ``token_ids`` and ``padding_mask`` arrays."""
+    longest = max((len(row) for row in ids), default=0)
+    if longest > sequence_length:
+        raise ValueError(
+            f"A prompt has {longest} tokens, more than max_length={sequence_length}. Pass a larger "
+            "max_length (up to the model's max_sequence_length) or shorten the prompt; kcookbook does "
+            "not silently truncate prompts.")
+    if any(len(row) == 0 for row in ids):
+        raise ValueError("An empty prompt has no token to continue from: give it at least one token "
+                         "(e.g. the start token).")
+    token_ids = np.full((len(ids), sequence_length), pad_value, dtype="int32")
+    padding_mask = np.zeros((len(ids), sequence_length), dtype="int32")
+    for row, prompt in enumerate(ids):
+        token_ids[row, :len(prompt)] = prompt
+        padding_mask[row, :len(prompt)] = 1
+    return token_ids, padding_mask
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class CausalLM(Task):
+    """A decoder backbone with its (tied or separate) output layer: logits over the vocabulary.
+
+    Args:
+        backbone: a decoder backbone (``LlamaBackbone``, ``GPT2Backbone``…).
+        preprocessor: a ``CausalLMPreprocessor``, or None to feed and generate token ids.
+    """
+
+    preprocessor_cls = CausalLMPreprocessor
+
+    def __init__(self, backbone, preprocessor=None, name="causal_lm", **kwargs):
+        inputs = dict(backbone.input)
+        hidden = backbone(inputs)
+        logits = backbone.token_embedding(hidden, reverse=True)
+        super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
+        self._init_task(backbone, preprocessor)
+        self.generate_trace_count = 0  # how many times a generation loop was traced/compiled
+        self.compile()
+
+    def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
+        """Defaults: Adam(2e-5), next-token cross-entropy, accuracy weighted by non-padding."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(2e-5)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    # ----- generation -----
+    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
+                 strip_prompt=False, seed=0):
+        """Continue prompts until ``max_length`` tokens (prompt included) or a stop token.
+
+        Args:
+            inputs: a string or a list of strings (needs a preprocessor), or token ids: a dict
+                ``{"token_ids", "padding_mask"}`` of right-padded arrays, or a list of id lists.
+            max_length: total length of prompt + continuation; defaults to the preprocessor's
+                ``sequence_length`` (or the width of ``token_ids``). Longer prompts are an error.
+            sampler: a name (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"temperature"``, ``"beam"``,
+                ``"contrastive"``) or a ``Sampler`` with parameters.
+            stop_token_ids: ids that end a row; ``"auto"`` is the tokenizer's end token; None never
+                stops early.
+            strip_prompt: return only the continuation.
+            seed: seed of the random samplers.
+
+        Returns strings for string input (one string for one string), else a dict of numpy
+        ``token_ids`` and ``padding_mask`` (1 on prompt and generated tokens).
+        """
+        sampler = get_sampler(sampler)
+        single = isinstance(inputs, str)
+        texts = single or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str))
+        if texts and self.preprocessor is None:
+            raise ValueError(f"{type(self).__name__} has no preprocessor, so generate takes token ids "
+                             "(a dict with token_ids and padding_mask, or a list of id lists), not text.")
+        if max_length is None:
+            max_length = self.preprocessor.sequence_length if self.preprocessor is not None else None
+        limit = getattr(self.backbone, "max_sequence_length", None)
+        if texts:
+            token_ids, padding_mask = self.preprocessor.generate_preprocess(inputs, max_length)
+        elif isinstance(inputs, dict):
+            token_ids = np.asarray(inputs["token_ids"], "int32")
+            padding_mask = np.asarray(inputs.get("padding_mask", np.ones_like(token_ids)), "int32")
+            width = max_length or token_ids.shape[1]
+            token_ids, padding_mask = pad_prompts(
+                [row[m.astype(bool)].tolist() for row, m in zip(token_ids, padding_mask)], width)
+        else:
+            ids = [list(np.asarray(row).reshape(-1)) for row in inputs]
+            token_ids, padding_mask = pad_prompts(ids, max_length or max(len(r) for r in ids))
+        max_length = token_ids.shape[1]
+        if limit and max_length > limit:
+            raise ValueError(f"max_length={max_length} is more than the model's max_sequence_length="
+                             f"{limit}.")
+        stop = self._stop_token_ids(stop_token_ids)
+        run = self._generate_function(token_ids.shape[0], max_length, sampler, stop)
+        out_ids, out_mask = run(token_ids, padding_mask, np.asarray(seed, "int32"))
+        out_ids = ops.convert_to_numpy(out_ids).astype("int32")
+        out_mask = ops.convert_to_numpy(out_mask).astype("int32")
+        if strip_prompt:
+            out_mask = out_mask * (1 - padding_mask)
+        if not texts:
+            return {"token_ids": out_ids, "padding_mask": out_mask}
+        strings = self.preprocessor.generate_postprocess(out_ids, out_mask)
+        return strings[0] if single else strings
+
+    def _stop_token_ids(self, stop_token_ids):
+        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
+            end = self.preprocessor.tokenizer.end_token_id if self.preprocessor is not None else None
+            return () if end is None else (int(end),)
+        if stop_token_ids is None:
+            return ()
+        return tuple(int(i) for i in np.asarray(stop_token_ids).reshape(-1))
+
+    def _generate_function(self, batch_size, max_length, sampler, stop):
+        """The compiled loop for these shapes and options (built once, then reused)."""
+        if not hasattr(self, "_generate_functions"):
+            self._generate_functions = {}
+        key = (batch_size, max_length, sampler.key, stop)
+        if key not in self._generate_functions:
+            if isinstance(sampler, BeamSampler) and sampler.num_beams > 1:
+                def loop(token_ids, padding_mask, seed):
+                    return self._beam_search(token_ids, padding_mask, sampler, stop)
+            elif isinstance(sampler, ContrastiveSampler):
+                def loop(token_ids, padding_mask, seed):
+                    return self._contrastive_search(token_ids, padding_mask, sampler, stop)
+            else:
+                def loop(token_ids, padding_mask, seed):
+                    return self._sample(token_ids, padding_mask, seed, sampler, stop)
+            self._generate_functions[key] = self._compile_loop(loop)
+        return self._generate_functions[key]
+
+    def _compile_loop(self, loop):
+        backend = keras.backend.backend()
+        if backend == "jax":
+            import jax
+
+            variables = list(self.variables)
+
+            def stateless(values, token_ids, padding_mask, seed):
+                self.generate_trace_count += 1
+                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
+                    return loop(token_ids, padding_mask, seed)
+
+            compiled = jax.jit(stateless)
+            return lambda *args: compiled([v.value for v in variables], *args)
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            def traced(token_ids, padding_mask, seed):
+                self.generate_trace_count += 1
+                return loop(token_ids, padding_mask, seed)
+
+            compiled = tf.function(traced, jit_compile=True)
+            return lambda *args: compiled(*[tf.convert_to_tensor(a) for a in args])
+        if backend == "torch":
+            import torch
+
+            self.generate_trace_count += 1
+
+            def eager(*args):
+                with torch.no_grad():
+                    return loop(*[ops.convert_to_tensor(a) for a in args])
+
+            return eager
+        raise NotImplementedError(f"generate does not support the {backend} backend.")
+
+    def _next_logits(self, token_ids, caches, index):
+        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches."""
+        hidden, caches = self.backbone.call_with_cache(token_ids, caches, index)
+        logits = self.backbone.token_embedding(hidden[:, -1], reverse=True)
+        return ops.cast(logits, "float32"), caches, hidden[:, -1]
+
+    @staticmethod
+    def _column(x, index):
+        return ops.squeeze(ops.slice(x, (0, index), (ops.shape(x)[0], 1)), axis=1)
+
+    def _prefill(self, token_ids, padding_mask):
+        batch_size, max_length = token_ids.shape
+        caches = self.backbone.empty_cache(batch_size, max_length)
+        _, caches = self.backbone.call_with_cache(token_ids, caches, 0)
+        start = ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1)
+        return caches, ops.cast(start, "int32")
+
+    def _sample(self, token_ids, padding_mask, seed, sampler, stop):
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        padding_mask = ops.convert_to_tensor(padding_mask, "int32")
+        batch_size, max_length = token_ids.shape
+        caches, start = self._prefill(token_ids, padding_mask)
+        is_prompt = ops.cast(padding_mask, "bool")
+        stop_ids = ops.convert_to_tensor(list(stop) or [-1], "int32")
+
+        def cond(index, token_ids, valid, caches, done):
+            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
+
+        def body(index, token_ids, valid, caches, done):
+            previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
+            logits, caches, _ = self._next_logits(previous, caches, index - 1)
+            sampled = sampler.next_token(logits, seed, index)
+            in_prompt = self._column(is_prompt, index)
+            chosen = ops.where(in_prompt, self._column(token_ids, index), sampled)
+            keep = ops.logical_or(in_prompt, ops.logical_not(done))
+            chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
+            token_ids = ops.slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
+            valid = ops.slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
+            stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
+            done = ops.logical_or(done, ops.logical_and(stopped, ops.logical_and(
+                keep, ops.logical_not(in_prompt))))
+            return index + 1, token_ids, valid, caches, done
+
+        done = ops.zeros((batch_size,), "bool")
+        _, token_ids, valid, _, _ = ops.while_loop(
+            cond, body, (start, token_ids, padding_mask, caches, done))
+        return token_ids, valid
