@@ -1,0 +1,163 @@
+"""The benchmark harness: StepTimer's arithmetic on a fake clock, time_calls, and the MFU formula."""
+
+import keras
+import numpy as np
+import pytest
+
+from kcookbook.benchmarking import (
+    PEAK_FLOPS,
+    StepTimer,
+    matmul_parameter_count,
+    measure_peak_flops,
+    model_flops_utilization,
+    time_calls,
+    training_flops_per_token,
+)
+
+
+class FakeClock:
+    """Returns the given times in order; fails if read more often than expected."""
+
+    def __init__(self, *times):
+        self.times = list(times)
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return self.times.pop(0)
+
+
+def tiny_model():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    model.compile("sgd", "mse")
+    return model
+
+
+def test_step_timer_hooks_leave_out_batch_zero():
+    clock = FakeClock(10.0, 11.0, 12.5, 13.0, 14.0)
+    timer = StepTimer(clock=clock)
+    timer.on_train_begin()
+    for batch in range(5):
+        timer.on_train_batch_begin(batch)
+        timer.on_train_batch_end(batch, {"loss": 0.0})
+    # start of batch 1 at 10.0, end of batch 4 at 14.0: 4 s over 4 steps.
+    assert timer.steps_timed == 4
+    assert timer.ms_per_step == pytest.approx(1000.0)
+    assert clock.reads == 5  # batch 0 never read the clock
+
+
+def test_step_timer_stop_batch():
+    timer = StepTimer(start_batch=2, stop_batch=3, clock=FakeClock(5.0, 5.3, 5.6))
+    timer.on_predict_begin()
+    for batch in range(6):
+        timer.on_predict_batch_begin(batch)
+        timer.on_predict_batch_end(batch, {"outputs": np.zeros(2)})
+    assert timer.steps_timed == 2
+    assert timer.ms_per_step == pytest.approx(300.0)
+
+
+def test_step_timer_in_fit_and_predict():
+    x, y = np.zeros((20, 3), "float32"), np.zeros((20, 2), "float32")
+    model = tiny_model()
+    # 5 batches of 4: the clock is read at the start of batch 1 and the end of batches 1..4.
+    timer = StepTimer(clock=FakeClock(100.0, 100.2, 100.4, 100.7, 101.0))
+    model.fit(x, y, batch_size=4, epochs=1, verbose=0, shuffle=False, callbacks=[timer])
+    assert timer.steps_timed == 4
+    assert timer.ms_per_step == pytest.approx(250.0)
+
+    timer.clock = FakeClock(0.0, 0.1, 0.3, 0.6, 1.2)
+    model.predict(x, batch_size=4, verbose=0, callbacks=[timer])
+    assert timer.steps_timed == 4
+    assert timer.ms_per_step == pytest.approx(300.0)
+
+
+def test_step_timer_counts_steps_per_execution():
+    # With steps_per_execution=2 Keras (jax, tensorflow) reports batches as (begin, end) = (0, 1),
+    # (2, 3), (4, 5). The first execution is left out; the timed span covers batches 2..5, four steps.
+    timer = StepTimer(clock=FakeClock(1.0, 2.0, 3.0))
+    timer.on_train_begin()
+    for begin, end in ((0, 1), (2, 3), (4, 5)):
+        timer.on_train_batch_begin(begin)
+        timer.on_train_batch_end(end, {"loss": 0.0})
+    assert timer.steps_timed == 4
+    assert timer.ms_per_step == pytest.approx(500.0)
+
+
+def test_step_timer_single_batch_has_no_measurement():
+    timer = StepTimer(clock=FakeClock())
+    tiny_model().fit(np.zeros((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0, callbacks=[timer])
+    assert timer.steps_timed == 0 and timer.ms_per_step is None
+
+
+def test_step_timer_rejects_bad_span():
+    with pytest.raises(ValueError, match="start_batch"):
+        StepTimer(start_batch=3, stop_batch=1)
+
+
+def test_time_calls_makes_two_untimed_calls():
+    calls = []
+    ms, result = time_calls(lambda v: calls.append(v) or len(calls), "x", num_calls=3,
+                            clock=FakeClock(7.0, 7.6))
+    assert len(calls) == 5  # build, overhead, 3 timed
+    assert result == 5
+    assert ms == pytest.approx(200.0)
+    with pytest.raises(ValueError, match="num_calls"):
+        time_calls(lambda: None, num_calls=0)
+
+
+def bert_matmul_parameters(layers, hidden, intermediate):
+    """Parameters of a BERT encoder outside its embedding tables, counted from the architecture."""
+    attention = 4 * (hidden * hidden + hidden)  # query, key, value, output projections with biases
+    feed_forward = hidden * intermediate + intermediate + intermediate * hidden + hidden
+    norms = 2 * 2 * hidden  # two layer norms, gamma and beta
+    pooler = hidden * hidden + hidden
+    embeddings_norm = 2 * hidden
+    return layers * (attention + feed_forward + norms) + pooler + embeddings_norm
+
+
+def test_training_flops_on_a_known_configuration():
+    # 4 layers, hidden 256, intermediate 1024, sequence 128, batch 16: REFERENCE.md's 42.9 GFLOP/step.
+    n = bert_matmul_parameters(4, 256, 1024)
+    assert n == 3_225_344
+    per_token = training_flops_per_token(n, num_layers=4, hidden_dim=256, sequence_length=128)
+    assert per_token == 6 * n + 12 * 4 * 256 * 128
+    assert per_token * 16 * 128 / 1e9 == pytest.approx(42.9, abs=0.05)
+    frozen = training_flops_per_token(n, 4, 256, 128, frozen_weights=True)
+    assert per_token - frozen == 2 * n
+
+
+def test_mfu_reproduces_the_papers_bert_figure():
+    # The paper: bert_base fit, batch 32 × 512, Keras 3 TF 214.49 ms/step on an A100 ≈ 28% of TF32.
+    n = bert_matmul_parameters(12, 768, 3072)
+    tokens_per_second = 32 * 512 / 0.21449
+    mfu = model_flops_utilization(training_flops_per_token(n, 12, 768, 512), tokens_per_second,
+                                  PEAK_FLOPS["a100_tf32"])
+    assert mfu == pytest.approx(0.28, abs=0.01)
+    with pytest.raises(ValueError, match="peak_flops"):
+        model_flops_utilization(1.0, 1.0, 0)
+
+
+def test_matmul_parameter_count_leaves_out_embedding_tables():
+    from kcookbook.backbones import BertBackbone
+
+    backbone = BertBackbone(vocabulary_size=50, num_layers=2, num_heads=2, hidden_dim=8,
+                            intermediate_dim=16, max_sequence_length=12)
+    assert matmul_parameter_count(backbone) == bert_matmul_parameters(2, 8, 16)
+    embeddings = 50 * 8 + 12 * 8 + 2 * 8
+    assert backbone.count_params() == bert_matmul_parameters(2, 8, 16) + embeddings
+
+
+def test_measure_peak_flops_is_positive():
+    assert measure_peak_flops(size=128, num_calls=2) > 0
+
+
+def test_docstring_examples_run():
+    import doctest
+
+    import kcookbook.benchmarking as module
+
+    runner = doctest.DocTestRunner()
+    for test in doctest.DocTestFinder().find(module, "kcookbook.benchmarking", globs=dict(vars(module))):
+        runner.run(test)
+    result = runner.summarize(verbose=False)
+    assert result.attempted > 0 and result.failed == 0
