@@ -5,6 +5,7 @@ No file here names a model family; backbones assemble these.
 
 from kcookbook.components.activations import gelu_approximate, get_activation
 from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.byte_pair import BytePairTokenizer
 from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
 from kcookbook.components.decoder_block import DecoderBlock
 from kcookbook.components.augmentation import JitteredResize, Mosaic
@@ -14,6 +15,7 @@ from kcookbook.components.embeddings import (
     ReversibleEmbedding,
     TokenAndPositionEmbedding,
 )
+from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
 from kcookbook.components.masked_lm_head import MaskedLMHead
 from kcookbook.components.masking import MaskedLMMaskGenerator
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
@@ -29,6 +31,7 @@ from kcookbook.components.transformer import TransformerEncoderBlock, padding_to
 from kcookbook.components.wordpiece import WordPieceTokenizer
 
 __all__ = [
+    "BytePairTokenizer", "HuggingFaceTokenizer",
     "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",

@@ -21,6 +21,7 @@ from kcookbook.presets.builtin import PresetInfo, all_presets, get_preset, regis
 from kcookbook.presets.errors import PresetError
 from kcookbook.presets.loaders import PresetLoader, load, register_format
 from kcookbook.presets.resolve import resolve
+from kcookbook.presets import gguf  # noqa: E402,F401  (registers the "gguf" format)
 
 
 class PresetTable(list):
