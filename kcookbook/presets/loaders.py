@@ -68,6 +68,10 @@ class PresetLoader:
     def load_tokenizer(self, **kwargs):
         return None
 
+    def load_image_converter(self, **kwargs):
+        """The preset's ImageConverter (image size, normalisation), or None for non-vision presets."""
+        return None
+
     def preprocessor_defaults(self):
         """Constructor defaults for a preprocessor of this preset (e.g. sequence_length)."""
         return {}
@@ -178,6 +182,17 @@ class KerasPresetLoader(PresetLoader):
         except Exception as e:
             raise PresetError(f"Could not build the tokenizer from {path} and {assets}: {e}") from e
 
+    def load_image_converter(self, **kwargs):
+        path = self.file(files.IMAGE_CONVERTER_FILE)
+        if not os.path.exists(path):
+            return None
+        config = files.read_json(path, "image converter config")
+        converter = self._converter(config, path)
+        if converter is not None:
+            return converter.image_converter_from_keras_hub(config["config"], **kwargs)
+        config = dict(config, config={**config["config"], **kwargs})
+        return _deserialize(config, path)
+
     def preprocessor_defaults(self):
         path = self.file(files.PREPROCESSOR_FILE)
         if not os.path.exists(path):
@@ -280,6 +295,19 @@ class HuggingFaceLoader(PresetLoader):
     def load_tokenizer(self, **kwargs):
         return self.converter.tokenizer_from_hf(self.path, **kwargs)
 
+    def load_image_converter(self, **kwargs):
+        """From ``preprocessor_config.json``, for families whose converter reads it."""
+        if not hasattr(self.converter, "image_converter_from_hf"):
+            return None
+        return self.converter.image_converter_from_hf(self.path, self.config, **kwargs)
+
+    def load_task(self, task_cls, load_weights=True, **kwargs):
+        """A checkpoint's own head (e.g. ``…ForImageClassification``), for families that convert it."""
+        if not hasattr(self.converter, "task_from_hf"):
+            return None
+        tensors = self.read_tensors() if load_weights else None
+        return self.converter.task_from_hf(task_cls, self.config, tensors, self, **kwargs)
+
     def preprocessor_defaults(self):
         defaults = {}
         st_config = self.file("sentence_bert_config.json")
@@ -302,3 +330,7 @@ class HuggingFaceLoader(PresetLoader):
 
 register_format("keras", KerasPresetLoader.detect, KerasPresetLoader)
 register_format("huggingface", HuggingFaceLoader.detect, HuggingFaceLoader)
+
+from kcookbook.presets.converters import efficientnet_lite as _efficientnet_lite  # noqa: E402
+
+register_format("efficientnet_lite_state_dict", _efficientnet_lite.detect, _efficientnet_lite.StateDictLoader)

@@ -27,6 +27,10 @@ def resolve(handle):
         local = info.offline_path()
         if local is not None:
             return local, info
+        if not info.handle:
+            raise PresetError(
+                f"Built-in preset {handle!r} is only available offline, from the "
+                f"{info.offline_package!r} package, which is not installed. {info.source}")
         path, _ = resolve(info.handle)
         return path, info
     if "/" in handle or os.sep in handle or handle.startswith("."):

@@ -1,6 +1,7 @@
 """Task models: a backbone + head + preprocessor that fit/predict on raw inputs."""
 
 from kcookbook.tasks.causal_lm import CausalLM, CausalLMPreprocessor
+from kcookbook.tasks.image_classifier import ImageClassifier, ImageClassifierPreprocessor
 from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
@@ -8,6 +9,7 @@ from kcookbook.tasks.text_classifier import TextClassifier
 from kcookbook.tasks.text_embedder import TextEmbedder
 
 __all__ = [
+    "ImageClassifier", "ImageClassifierPreprocessor",
     "CausalLM", "CausalLMPreprocessor",
     "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
     "TextClassifierPreprocessor", "TextEmbedder",
