@@ -57,3 +57,36 @@ class Backbone(keras.Model):
         from kcookbook import presets
 
         presets.save_preset(directory, backbone=self, metadata=metadata)
+
+    # ----- LoRA (see kcookbook.components.lora) -----
+    def enable_lora(self, rank, target_names=None, lora_alpha=None):
+        """Add rank-``rank`` LoRA weights to the attention projections and freeze everything else.
+
+        ``target_names`` are layer names; the default adapts the query/key/value projections
+        (``"qkv"`` in kcookbook's attention). Afterwards only the LoRA matrices are trainable.
+
+        >>> backbone.enable_lora(4)  # doctest: +SKIP
+        >>> backbone.fit(...)  # doctest: +SKIP
+        >>> backbone.save_lora_weights("adapter.lora.h5")  # doctest: +SKIP
+        """
+        from kcookbook.components import lora
+
+        return lora.enable_lora(self, rank, target_names or lora.DEFAULT_LORA_TARGETS, lora_alpha)
+
+    def save_lora_weights(self, path):
+        """Write only the LoRA matrices (a few hundred KB for a small model) to ``path`` (.h5)."""
+        from kcookbook.components import lora
+
+        lora.save_lora_weights(self, path)
+
+    def load_lora_weights(self, path):
+        """Load LoRA matrices saved by ``save_lora_weights``; enables LoRA on the same layers if needed."""
+        from kcookbook.components import lora
+
+        lora.load_lora_weights(self, path)
+
+    def merge_lora(self):
+        """Fold the LoRA updates into the kernels and remove the LoRA weights (same outputs)."""
+        from kcookbook.components import lora
+
+        lora.merge_lora(self)

@@ -63,6 +63,7 @@ def render_chat_template(template, messages, add_generation_prompt=True, **varia
     """
     try:
         import jinja2
+        import jinja2.ext
         from jinja2.sandbox import ImmutableSandboxedEnvironment
     except ImportError as e:  # pragma: no cover - jinja2 ships with the project's dependencies
         raise ImportError("Chat templates need jinja2: pip install jinja2.") from e
