@@ -56,6 +56,7 @@ test-recipes:
 
 benchmark: setup
 	$(PY) benchmarks/bert_fit_predict.py
+	$(PY) benchmarks/tokenizer_throughput.py
 
 clean:
 	rm -rf $(VENV)
