@@ -56,7 +56,7 @@ def _channels_last(pixel_values):
 
 
 def _numpy(outputs):
-    return {k: keras.ops.convert_to_numpy(v) for k, v in outputs.items()}
+    return keras.ops.convert_to_numpy(outputs)
 
 
 @pytest.mark.parametrize("qkv_bias", [True, False])
@@ -72,9 +72,8 @@ def test_vit_model_folder_matches_transformers(tmp_path_factory, pixels, qkv_bia
     assert backbone.image_shape == (16, 12, 3)
     ours = _numpy(backbone(_channels_last(pixels)))
 
-    assert ours["sequence_output"].shape == reference.shape == (3, 1 + 4 * 3, 16)
-    np.testing.assert_allclose(ours["sequence_output"], reference, atol=TOLERANCE, rtol=0)
-    np.testing.assert_allclose(ours["pooled_output"], reference[:, 0], atol=TOLERANCE, rtol=0)
+    assert ours.shape == reference.shape == (3, 1 + 4 * 3, 16)
+    np.testing.assert_allclose(ours, reference, atol=TOLERANCE, rtol=0)
 
 
 def test_vit_image_classifier_folder_logits_match_transformers(tmp_path_factory, pixels):
@@ -87,7 +86,7 @@ def test_vit_image_classifier_folder_logits_match_transformers(tmp_path_factory,
     loader = kcookbook.presets.load(str(folder))
     backbone = loader.load_backbone()
     kernel, bias = vit_converter.classifier_head_from_hf(loader.read_tensors())
-    pooled = keras.ops.convert_to_numpy(backbone(_channels_last(pixels))["pooled_output"])
+    pooled = _numpy(backbone(_channels_last(pixels)))[:, 0]  # the [CLS] token
     np.testing.assert_allclose(pooled @ kernel + bias, reference, atol=TOLERANCE, rtol=0)
     assert vit_converter.class_names_from_hf(loader.config) == [f"LABEL_{i}" for i in range(5)]
 
@@ -101,8 +100,7 @@ def test_vit_converted_preset_round_trip(tmp_path_factory, tmp_path, pixels):
     reloaded = ViTBackbone.from_preset(str(tmp_path / "preset"))
     assert reloaded.get_config() == backbone.get_config()
     images = _channels_last(pixels)
-    np.testing.assert_allclose(_numpy(reloaded(images))["sequence_output"],
-                               _numpy(backbone(images))["sequence_output"], atol=1e-6, rtol=0)
+    np.testing.assert_allclose(_numpy(reloaded(images)), _numpy(backbone(images)), atol=1e-6, rtol=0)
 
 
 def test_patch_embedding_is_a_dense_layer_on_flattened_patches(seeded):
@@ -122,12 +120,11 @@ def test_patch_embedding_is_a_dense_layer_on_flattened_patches(seeded):
     np.testing.assert_allclose(ours, expected, atol=1e-5, rtol=0)
 
 
-def test_vit_without_class_token_pools_the_mean(seeded):
+def test_vit_without_class_token_has_one_token_per_patch(seeded):
     backbone = ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2,
                            hidden_dim=8, intermediate_dim=16, use_class_token=False)
     out = _numpy(backbone(seeded.normal(size=(2, 8, 8, 1)).astype("float32")))
-    assert out["sequence_output"].shape == (2, 4, 8)
-    np.testing.assert_allclose(out["pooled_output"], out["sequence_output"].mean(axis=1), atol=1e-6)
+    assert out.shape == (2, 4, 8)
     assert ViTBackbone.from_config(backbone.get_config()).count_params() == backbone.count_params()
 
 
@@ -136,7 +133,7 @@ def test_vit_trains_on_every_backend(seeded):
     backbone = ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2,
                            hidden_dim=8, intermediate_dim=16)
     images = keras.Input((8, 8, 1))
-    logits = keras.layers.Dense(2)(backbone(images)["pooled_output"])
+    logits = keras.layers.Dense(2)(backbone(images)[:, 0])
     model = keras.Model(images, logits)
     model.compile(keras.optimizers.Adam(1e-2),
                   keras.losses.SparseCategoricalCrossentropy(from_logits=True))

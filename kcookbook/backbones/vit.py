@@ -5,9 +5,11 @@
       → dropout
       → num_layers × TransformerEncoderBlock (pre-norm, exact GELU: the same block as the text
         encoders, with ``normalize_first=True``)
-      → layer norm = sequence_output (batch, 1 + num_patches, hidden)
-      → sequence_output[:, 0] = pooled_output (batch, hidden): the [CLS] token that a classifier
-        head reads (Hugging Face's ViTForImageClassification does exactly this)
+      → layer norm → output (batch, 1 + num_patches, hidden)
+
+One output, the token sequence, as keras_hub's ViTBackbone: a classifier reads its first token,
+the [CLS] token (``ImageClassifier``'s ``pooling="first_token"``, its default for sequences, which is
+what Hugging Face's ViTForImageClassification does).
 
 Hugging Face ``ViTModel`` / ``ViTForImageClassification`` checkpoints convert into it
 (``kcookbook/presets/converters/vit.py``). Hugging Face's optional ``pooler`` (a tanh dense layer
@@ -15,9 +17,8 @@ that its image classifier does not use) is not part of this backbone.
 
     >>> backbone = ViTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2,
     ...                        hidden_dim=8, intermediate_dim=16)
-    >>> out = backbone(np.zeros((2, 8, 8, 3), "float32"))
-    >>> tuple(out["sequence_output"].shape), tuple(out["pooled_output"].shape)
-    ((2, 5, 8), (2, 8))
+    >>> tuple(backbone(np.zeros((2, 8, 8, 3), "float32")).shape)  # [CLS] + 2 × 2 patches
+    (2, 5, 8)
 """
 
 import keras
@@ -46,7 +47,7 @@ class ViTBackbone(Backbone):
         layer_norm_epsilon: epsilon of every layer norm (1e-12 in Hugging Face's ViT, 1e-6 in
             Google's original code).
         activation: feed-forward activation (``"gelu"`` is the exact GELU).
-        use_class_token: prepend a [CLS] token; without it ``pooled_output`` is the mean token.
+        use_class_token: prepend a [CLS] token (without it, pool the tokens by their mean).
         dtype: dtype policy, e.g. ``"float32"`` or ``"mixed_bfloat16"``.
     """
 
@@ -76,10 +77,8 @@ class ViTBackbone(Backbone):
         for block in blocks:
             x = block(x)
         x = final_norm(x)
-        pooled = x[:, 0, :] if use_class_token else keras.ops.mean(x, axis=1)
 
-        super().__init__(inputs=images, outputs={"sequence_output": x, "pooled_output": pooled},
-                         dtype=dtype, name=name, **kwargs)
+        super().__init__(inputs=images, outputs=x, dtype=dtype, name=name, **kwargs)
 
         self.image_shape = image_shape
         self.patch_size = patch_size

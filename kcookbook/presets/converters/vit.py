@@ -92,7 +92,7 @@ def weights_from_hf(tensors, backbone):
 def classifier_head_from_hf(tensors):
     """``ViTForImageClassification``'s head as ``(kernel (hidden, classes), bias)``, or None.
 
-    The head is a Dense layer on the final-normed [CLS] token, i.e. on ``pooled_output``.
+    The head is a Dense layer on the final-normed [CLS] token (the backbone output's first token).
     """
     if "classifier.weight" not in tensors:
         return None
