@@ -27,13 +27,14 @@ from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
 from kcookbook.components.samplers import Sampler, get_sampler
+from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
 from kcookbook.components.wordpiece import WordPieceTokenizer
 
 __all__ = [
     "ImageConverter",
-    "BytePairTokenizer", "HuggingFaceTokenizer",
+    "BytePairTokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer",
     "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
