@@ -264,6 +264,8 @@ def report(results, args):
             times.setdefault((r["library"], r["backend"], r["mode"]), []).append(r["ms"])
         elif r["kind"] == "flops":
             flops[r["backend"]] = r
+    by_repeat = {(r["library"], r["backend"], r["mode"], r["repeat"]): r["ms"]
+                 for r in results if r["kind"] == "time"}
     median = {key: statistics.median(v) for key, v in times.items()}
     spread = {key: (min(v), max(v)) for key, v in times.items()}
 
@@ -291,7 +293,8 @@ def report(results, args):
             label = "torch eager" if lib == "transformers" else backend
             print(f"{lib:<14} {label:<11} {cells[0]:>22} {cells[1]:>22}")
 
-    print("\nRatios (median step times; < 1 means kcookbook is faster)")
+    print("\nRatios (median step times; < 1 means kcookbook is faster; 'paired' is the median of the "
+          "per-repeat ratios, each of two calls made back to back, which cancels slow spells better)")
     for backend in args.backends:
         for other, label in (("keras_hub", "keras_hub"), ("keras_hub jit", "keras_hub jit_compile=True"),
                              ("transformers", "transformers torch eager")):
@@ -301,7 +304,12 @@ def report(results, args):
                 b = median.get((other, "torch" if other == "transformers" else backend, mode))
                 if a is None or b is None:
                     break
-                row.append(f"{mode} {a / b:5.2f}")
+                paired = [by_repeat[("kcookbook", backend, mode, i)] /
+                          by_repeat[(other, backend, mode, i)] for i in range(args.repeats)
+                          if ("kcookbook", backend, mode, i) in by_repeat
+                          and (other, backend, mode, i) in by_repeat]
+                extra = f" (paired {statistics.median(paired):4.2f})" if paired else ""
+                row.append(f"{mode} {a / b:5.2f}{extra}")
             if len(row) == 2:
                 note = " (other process: less reliable)" if other == "transformers" and \
                     backend != "torch" else ""
