@@ -16,6 +16,7 @@ import pytest
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
+from kcookbook.components.samplers import BeamSampler  # noqa: E402
 from kcookbook.presets import PresetError  # noqa: E402
 from kcookbook.tasks import CausalLM  # noqa: E402
 
@@ -48,12 +49,26 @@ def save_tiny_hf_model(family, folder):
     return model
 
 
-@pytest.fixture(scope="module", params=["llama", "mistral", "gemma", "mixtral"])
+_CONVERTED = {}
+
+
+def convert(family, tmp_path_factory):
+    """(family, transformers model, our CausalLM), built once per family per test session."""
+    if family not in _CONVERTED:
+        folder = str(tmp_path_factory.mktemp(family))
+        reference = save_tiny_hf_model(family, folder)
+        _CONVERTED[family] = (family, reference, CausalLM.from_preset(folder))
+    return _CONVERTED[family]
+
+
+@pytest.fixture(params=["llama", "mistral", "gemma", "mixtral", "gpt2"])
 def converted(request, tmp_path_factory):
-    family = request.param
-    folder = str(tmp_path_factory.mktemp(family))
-    reference = save_tiny_hf_model(family, folder)
-    return family, reference, CausalLM.from_preset(folder)
+    return convert(request.param, tmp_path_factory)
+
+
+@pytest.fixture(params=["llama", "gpt2"])  # one rotary and one learned-position family
+def converted_for_beams(request, tmp_path_factory):
+    return convert(request.param, tmp_path_factory)
 
 
 def test_logits_match_transformers_with_padding(converted):
@@ -84,6 +99,18 @@ def test_cached_greedy_generation_matches_transformers_generate(converted):
     np.testing.assert_array_equal(ours["token_ids"], expected)
 
 
+def test_beam_search_matches_transformers_beam_search(converted_for_beams):
+    family, reference, lm = converted_for_beams
+    prompt = np.array([[5, 17, 33, 9], [7, 8, 40, 3]], "int32")
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(prompt, dtype=torch.long), num_beams=3,
+                                      do_sample=False, max_new_tokens=6, min_new_tokens=6,
+                                      eos_token_id=None, pad_token_id=0, early_stopping=False).numpy()
+    ours = lm.generate({"token_ids": prompt, "padding_mask": np.ones_like(prompt)}, max_length=10,
+                       sampler=BeamSampler(num_beams=3), stop_token_ids=None)
+    np.testing.assert_array_equal(ours["token_ids"], expected)
+
+
 def test_folder_without_tokenizer_loads_without_preprocessor(converted):
     _, _, lm = converted
     assert lm.preprocessor is None
@@ -106,3 +133,22 @@ def test_unsupported_model_type_and_config_fields_are_named(tmp_path):
             json.dump({**config, **change}, f)
         with pytest.raises(PresetError, match=message):
             CausalLM.from_preset(str(tmp_path))
+
+
+def test_keras_hub_gpt2_preset_loads_with_identical_outputs(tmp_path):
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(7)
+    reference = keras_hub.models.GPT2Backbone(vocabulary_size=VOCAB, num_layers=2, num_heads=4,
+                                              hidden_dim=32, intermediate_dim=64,
+                                              max_sequence_length=32)
+    for variable in reference.weights:  # keras_hub initialises biases and norms to 0/1
+        variable.assign(variable + np.random.default_rng(0).normal(0, 0.2, variable.shape))
+    reference.save_to_preset(str(tmp_path))
+    rng = np.random.default_rng(1)
+    inputs = {"token_ids": rng.integers(0, VOCAB, (2, 9)).astype("int32"),
+              "padding_mask": np.array([[1] * 9, [1] * 5 + [0] * 4], "int32")}
+    expected = keras.ops.convert_to_numpy(reference.token_embedding(reference(inputs), reverse=True))
+    lm = CausalLM.from_preset(str(tmp_path))
+    ours = keras.ops.convert_to_numpy(lm(inputs))
+    real = inputs["padding_mask"].astype(bool)
+    np.testing.assert_allclose(ours[real], expected[real], atol=1e-5, rtol=0)

@@ -34,12 +34,13 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.components import DecoderBlock, ReversibleEmbedding, RMSNormalization
+from kcookbook.components.direct_calls import run_layer
 
 
 def decode(token_embedding, blocks, final_norm, embedding_scale, token_ids, padding_mask=None,
            caches=None, cache_index=0):
     """Token ids → final hidden states; with ``caches`` (one per block) also the updated caches."""
-    x = token_embedding(token_ids)
+    x = run_layer(token_embedding, token_ids)
     if embedding_scale is not None:
         x = x * ops.cast(embedding_scale, x.dtype)
     new_caches = []
@@ -47,9 +48,9 @@ def decode(token_embedding, blocks, final_norm, embedding_scale, token_ids, padd
         if caches is None:
             x = block(x, padding_mask=padding_mask)
         else:
-            x, cache = block(x, cache=caches[i], cache_index=cache_index)
+            x, cache = run_layer(block, x, cache=caches[i], cache_index=cache_index)
             new_caches.append(cache)
-    x = final_norm(x)
+    x = run_layer(final_norm, x)
     return x if caches is None else (x, new_caches)
 
 

@@ -30,6 +30,7 @@ import keras
 from keras import ops
 
 from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.direct_calls import run_layer
 from kcookbook.components.rotary_embedding import RotaryEmbedding
 
 
@@ -90,12 +91,28 @@ class CausalSelfAttention(MultiHeadAttention):
         shape = (batch_size, 2, max_length, self.num_key_value_heads, self.head_dim)
         return ops.zeros(shape, dtype or self.compute_dtype)
 
+    def attend(self, query, key, value, attention_mask=None, is_causal=False):
+        """Grouped-query attention written out: query heads are grouped under their key/value head
+        (no copies of keys and values), scores and softmax in float32. For one-token decoding steps
+        this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF."""
+        batch, length = ops.shape(query)[0], ops.shape(query)[1]
+        groups = self.num_heads // self.num_key_value_heads
+        query = ops.reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
+        scores = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
+        scores = ops.cast(scores, "float32") * (self.head_dim ** -0.5)
+        if attention_mask is not None:
+            scores = ops.where(attention_mask[:, :, None], scores, ops.full_like(scores, -1e30))
+        probabilities = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
+        out = ops.einsum("bhgqk,bkhd->bqhgd", probabilities, value)
+        return run_layer(self.output_dense,
+                         ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
+
     def call(self, x, padding_mask=None, cache=None, cache_index=0):
-        query, key, value = self.split_heads(self.qkv(x))
+        query, key, value = self.split_heads(run_layer(self.qkv, x))
         positions = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(cache_index, "int32")
         if self.rotary is not None:
-            query = self.rotary(query, positions)
-            key = self.rotary(key, positions)
+            query = run_layer(self.rotary, query, positions)
+            key = run_layer(self.rotary, key, positions)
         if cache is None:
             mask = causal_attention_mask(positions, positions, padding_mask, self.sliding_window)
             return self.attend(query, key, value, attention_mask=mask)

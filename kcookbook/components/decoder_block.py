@@ -17,6 +17,7 @@ the ``1 + weight`` variant), ``feed_forward`` (``"dense"``, ``"gated"``, ``"mixt
 import keras
 
 from kcookbook.components.causal_attention import CausalSelfAttention
+from kcookbook.components.direct_calls import run_layer
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
 from kcookbook.components.mixture_of_experts import MixtureOfExperts
 from kcookbook.components.rms_normalization import RMSNormalization
@@ -111,12 +112,13 @@ class DecoderBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x, padding_mask=None, cache=None, cache_index=0, training=None):
-        attended = self.attention(self.attention_norm(x), padding_mask=padding_mask, cache=cache,
-                                  cache_index=cache_index)
+        attended = run_layer(self.attention, run_layer(self.attention_norm, x),
+                             padding_mask=padding_mask, cache=cache, cache_index=cache_index)
         if cache is not None:
             attended, cache = attended
-        x = x + self.dropout_layer(attended, training=training)
-        x = x + self.dropout_layer(self.feed_forward(self.feed_forward_norm(x)), training=training)
+        x = x + run_layer(self.dropout_layer, attended, training=training)
+        feed_forward = run_layer(self.feed_forward, run_layer(self.feed_forward_norm, x))
+        x = x + run_layer(self.dropout_layer, feed_forward, training=training)
         return x if cache is None else (x, cache)
 
     def compute_output_shape(self, input_shape):

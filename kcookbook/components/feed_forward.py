@@ -14,6 +14,7 @@ import keras
 from keras import ops
 
 from kcookbook.components.activations import get_activation
+from kcookbook.components.direct_calls import run_layer
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -39,7 +40,7 @@ class FeedForward(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
     def call(self, x):
-        return self.output_dense(self.intermediate(x))
+        return run_layer(self.output_dense, run_layer(self.intermediate, x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -70,5 +71,5 @@ class GatedFeedForward(FeedForward):
         self._activation_fn = get_activation(self.activation)
 
     def call(self, x):
-        gate, up = ops.split(self.gate_up(x), 2, axis=-1)
-        return self.output_dense(self._activation_fn(gate) * up)
+        gate, up = ops.split(run_layer(self.gate_up, x), 2, axis=-1)
+        return run_layer(self.output_dense, self._activation_fn(gate) * up)

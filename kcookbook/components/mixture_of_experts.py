@@ -20,6 +20,7 @@ import keras
 from keras import ops
 
 from kcookbook.components.activations import get_activation
+from kcookbook.components.direct_calls import run_layer
 
 
 def load_balancing_loss(router_logits, top_k):
@@ -74,7 +75,7 @@ class MixtureOfExperts(keras.layers.Layer):
         self._activation_fn = get_activation(self.activation)
 
     def call(self, x, training=None):
-        router_logits = self.router(x)  # (batch, length, experts)
+        router_logits = run_layer(self.router, x)  # (batch, length, experts)
         probabilities = ops.softmax(ops.cast(router_logits, "float32"), axis=-1)
         top_probabilities, selected = ops.top_k(probabilities, self.top_k)
         top_probabilities = top_probabilities / ops.sum(top_probabilities, axis=-1, keepdims=True)

@@ -6,10 +6,11 @@
 * Calling the model on ``{"token_ids", "padding_mask"}`` gives logits ``(batch, length, vocab)``.
 * ``fit`` on raw strings learns to predict each next token; padding is not counted in the loss.
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
-  a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow, and on torch an
-  eager loop under ``no_grad`` that writes the cache in place. The compiled loop is kept per
+  a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow. On torch the loop
+  runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
+  (``direct_layer_calls``), skipping Keras' per-call bookkeeping. The compiled loop is kept per
   (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
-  compile again.
+  compile again (``generate_trace_count`` counts compilations).
 
 Prompts are right-padded. Generation starts at the end of the shortest prompt; for rows whose
 prompt is longer the model's picks are replaced by the prompt's own tokens, so one batch holds
@@ -25,6 +26,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.components.packers import StartEndPacker
+from kcookbook.components.direct_calls import direct_layer_calls, run_layer
 from kcookbook.components.samplers import BeamSampler, ContrastiveSampler, get_sampler
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor, _texts
 from kcookbook.tasks.task import Task
@@ -135,11 +137,13 @@ class CausalLM(Task):
         self.compile()
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
-        """Defaults: Adam(2e-5), next-token cross-entropy, accuracy weighted by non-padding."""
+        """Defaults: Adam(2e-5); next-token cross-entropy averaged over the real (non-padding)
+        tokens; accuracy weighted the same way."""
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(2e-5)
         if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+            loss = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="mean_with_sample_weight")
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
@@ -255,7 +259,7 @@ class CausalLM(Task):
             self.generate_trace_count += 1
 
             def eager(*args):
-                with torch.no_grad():
+                with torch.no_grad(), direct_layer_calls():
                     return loop(*[ops.convert_to_tensor(a) for a in args])
 
             return eager
@@ -264,7 +268,7 @@ class CausalLM(Task):
     def _next_logits(self, token_ids, caches, index):
         """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches."""
         hidden, caches = self.backbone.call_with_cache(token_ids, caches, index)
-        logits = self.backbone.token_embedding(hidden[:, -1], reverse=True)
+        logits = run_layer(self.backbone.token_embedding, hidden[:, -1], reverse=True)
         return ops.cast(logits, "float32"), caches, hidden[:, -1]
 
     @staticmethod
@@ -277,6 +281,18 @@ class CausalLM(Task):
         _, caches = self.backbone.call_with_cache(token_ids, caches, 0)
         start = ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1)
         return caches, ops.cast(start, "int32")
+
+    def _place(self, index, picked, token_ids, is_prompt, valid, done, stop_ids):
+        """Write the picked tokens at ``index``: prompt tokens win, finished rows get padding."""
+        in_prompt = self._column(is_prompt, index)
+        chosen = ops.where(in_prompt, self._column(token_ids, index), picked)
+        keep = ops.logical_or(in_prompt, ops.logical_not(done))
+        chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
+        token_ids = ops.slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
+        valid = ops.slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
+        stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
+        generated = ops.logical_and(keep, ops.logical_not(in_prompt))
+        return token_ids, valid, ops.logical_or(done, ops.logical_and(stopped, generated))
 
     def _sample(self, token_ids, padding_mask, seed, sampler, stop):
         token_ids = ops.convert_to_tensor(token_ids, "int32")
@@ -292,19 +308,112 @@ class CausalLM(Task):
         def body(index, token_ids, valid, caches, done):
             previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
             logits, caches, _ = self._next_logits(previous, caches, index - 1)
-            sampled = sampler.next_token(logits, seed, index)
-            in_prompt = self._column(is_prompt, index)
-            chosen = ops.where(in_prompt, self._column(token_ids, index), sampled)
-            keep = ops.logical_or(in_prompt, ops.logical_not(done))
-            chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
-            token_ids = ops.slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
-            valid = ops.slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
-            stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
-            done = ops.logical_or(done, ops.logical_and(stopped, ops.logical_and(
-                keep, ops.logical_not(in_prompt))))
+            picked = sampler.next_token(logits, seed, index)
+            token_ids, valid, done = self._place(index, picked, token_ids, is_prompt, valid, done,
+                                                 stop_ids)
             return index + 1, token_ids, valid, caches, done
 
         done = ops.zeros((batch_size,), "bool")
         _, token_ids, valid, _, _ = ops.while_loop(
             cond, body, (start, token_ids, padding_mask, caches, done))
+        return token_ids, valid
+
+    def _contrastive_search(self, token_ids, padding_mask, sampler, stop):
+        """Pick among the top ``k`` the token maximising ``(1 - alpha) p - alpha max cos(h, h_prev)``.
+
+        Each step runs the ``k`` candidates one token further (on a copy of the cache) to get their
+        hidden states, and compares them with the hidden states of every earlier position.
+        """
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        padding_mask = ops.convert_to_tensor(padding_mask, "int32")
+        batch_size, max_length = token_ids.shape
+        k, alpha = sampler.k, sampler.alpha
+        caches = self.backbone.empty_cache(batch_size, max_length)
+        hiddens, caches = self.backbone.call_with_cache(token_ids, caches, 0)
+        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
+        is_prompt = ops.cast(padding_mask, "bool")
+        stop_ids = ops.convert_to_tensor(list(stop) or [-1], "int32")
+        positions = ops.arange(max_length, dtype="int32")
+
+        def normalize(x):
+            return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
+
+        def cond(index, token_ids, valid, caches, hiddens, done):
+            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
+
+        def body(index, token_ids, valid, caches, hiddens, done):
+            previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
+            logits, caches, hidden = self._next_logits(previous, caches, index - 1)
+            hiddens = ops.slice_update(hiddens, (0, index - 1, 0), ops.cast(hidden[:, None], hiddens.dtype))
+            top_probabilities, candidates = ops.top_k(ops.softmax(logits, axis=-1), k)
+            candidate_caches = [ops.repeat(c, k, axis=0) for c in caches]
+            candidate_hidden, _ = self.backbone.call_with_cache(
+                ops.reshape(candidates, (batch_size * k, 1)), candidate_caches, index)
+            candidate_hidden = ops.reshape(candidate_hidden, (batch_size, k, -1))
+            similarity = ops.einsum("bkh,blh->bkl", normalize(ops.cast(candidate_hidden, "float32")),
+                                    normalize(ops.cast(hiddens, "float32")))
+            earlier = (positions < index)[None, None, :]
+            similarity = ops.where(earlier, similarity, ops.full_like(similarity, -1.0))
+            degeneration = ops.max(similarity, axis=-1)
+            score = (1.0 - alpha) * top_probabilities - alpha * degeneration
+            best = ops.argmax(score, axis=-1)[:, None]
+            picked = ops.cast(ops.take_along_axis(candidates, best, axis=1)[:, 0], "int32")
+            token_ids, valid, done = self._place(index, picked, token_ids, is_prompt, valid, done,
+                                                 stop_ids)
+            return index + 1, token_ids, valid, caches, hiddens, done
+
+        done = ops.zeros((batch_size,), "bool")
+        _, token_ids, valid, _, _, _ = ops.while_loop(
+            cond, body, (start, token_ids, padding_mask, caches, hiddens, done))
+        return token_ids, valid
+
+    def _beam_search(self, token_ids, padding_mask, sampler, stop):
+        """Keep the ``num_beams`` continuations with the highest total log-probability per row.
+
+        Every beam has the same length (``max_length``), so no length penalty is needed. Stop tokens
+        end a row's returned ``padding_mask`` after the first one in its best beam.
+        """
+        beams = sampler.num_beams
+        batch_size, max_length = token_ids.shape
+        token_ids = ops.repeat(ops.convert_to_tensor(token_ids, "int32"), beams, axis=0)
+        padding_mask = ops.repeat(ops.convert_to_tensor(padding_mask, "int32"), beams, axis=0)
+        caches, start = self._prefill(token_ids, padding_mask)
+        is_prompt = ops.cast(padding_mask, "bool")
+        vocabulary = self.backbone.token_embedding.input_dim
+        first_beam_only = ops.convert_to_tensor([0.0] + [-float("inf")] * (beams - 1), "float32")
+        scores = ops.tile(first_beam_only[None, :], (batch_size, 1))
+        rows = ops.arange(batch_size, dtype="int32")[:, None] * beams
+
+        def cond(index, token_ids, caches, scores):
+            return index < max_length
+
+        def body(index, token_ids, caches, scores):
+            previous = ops.slice(token_ids, (0, index - 1), (batch_size * beams, 1))
+            logits, caches, _ = self._next_logits(previous, caches, index - 1)
+            log_probabilities = ops.log_softmax(logits, axis=-1)
+            prompt_token = ops.one_hot(self._column(token_ids, index), vocabulary, dtype="float32")
+            forced = ops.where(prompt_token > 0, 0.0, -float("inf"))
+            log_probabilities = ops.where(self._column(is_prompt, index)[:, None], forced,
+                                          log_probabilities)
+            candidates = ops.reshape(scores, (-1, 1)) + log_probabilities
+            scores, best = ops.top_k(ops.reshape(candidates, (batch_size, beams * vocabulary)), beams)
+            source = ops.reshape(rows + ops.cast(best // vocabulary, "int32"), (-1,))
+            token_ids = ops.take(token_ids, source, axis=0)
+            caches = [ops.take(c, source, axis=0) for c in caches]
+            next_tokens = ops.reshape(ops.cast(best % vocabulary, "int32"), (-1, 1))
+            token_ids = ops.slice_update(token_ids, (0, index), next_tokens)
+            return index + 1, token_ids, caches, scores
+
+        _, token_ids, _, scores = ops.while_loop(cond, body, (start, token_ids, caches, scores))
+        best = ops.argmax(scores, axis=1)
+        token_ids = ops.reshape(token_ids, (batch_size, beams, max_length))
+        token_ids = ops.take_along_axis(token_ids, ops.reshape(best, (-1, 1, 1)), axis=1)[:, 0]
+        prompt = ops.reshape(padding_mask, (batch_size, beams, max_length))[:, 0]
+        valid = ops.ones_like(token_ids)
+        if stop:
+            stop_ids = ops.convert_to_tensor(list(stop), "int32")
+            is_stop = ops.logical_and(ops.any(token_ids[..., None] == stop_ids, axis=-1),
+                                      ops.logical_not(ops.cast(prompt, "bool")))
+            stops_before = ops.cumsum(ops.cast(is_stop, "int32"), axis=1) - ops.cast(is_stop, "int32")
+            valid = ops.cast(stops_before == 0, "int32")
         return token_ids, valid

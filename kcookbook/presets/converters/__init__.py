@@ -15,6 +15,7 @@ import importlib
 HF_MODEL_TYPES = {
     "bert": "kcookbook.presets.converters.bert",
     "gemma": "kcookbook.presets.converters.gemma",
+    "gpt2": "kcookbook.presets.converters.gpt2",
     "llama": "kcookbook.presets.converters.llama",
     "mistral": "kcookbook.presets.converters.mistral",
     "mixtral": "kcookbook.presets.converters.mixtral",
@@ -24,6 +25,8 @@ HF_MODEL_TYPES = {
 KERAS_HUB_CLASSES = {
     "BertBackbone": "kcookbook.presets.converters.bert",
     "BertTokenizer": "kcookbook.presets.converters.bert",
+    "GPT2Backbone": "kcookbook.presets.converters.gpt2",
+    "GPT2Tokenizer": "kcookbook.presets.converters.gpt2",
 }
 
 

@@ -1,0 +1,158 @@
+"""CausalLM: preprocessing, training on raw strings, cached compiled generation, bad input."""
+
+import keras
+import numpy as np
+import pytest
+
+from kcookbook.backbones import GPT2Backbone, LlamaBackbone
+from kcookbook.components import WordPieceTokenizer
+from kcookbook.components.samplers import BeamSampler, ContrastiveSampler
+from kcookbook.tasks import CausalLM, CausalLMPreprocessor
+
+TEXTS = ["the film was good", "i love this movie and the food", "bad service", "a very good day"]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_vocabulary):
+    return WordPieceTokenizer(tiny_vocabulary)
+
+
+@pytest.fixture(scope="module")
+def lm(tokenizer):
+    keras.utils.set_random_seed(3)
+    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=4,
+                             num_key_value_heads=2, hidden_dim=16, intermediate_dim=32,
+                             max_sequence_length=32)
+    for variable in backbone.weights:  # larger random weights: distinct, confident predictions
+        variable.assign(np.random.default_rng(0).normal(0, 0.5, variable.shape))
+    return CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=12))
+
+
+def test_preprocessor_shifts_labels_and_masks_padding(tokenizer):
+    pre = CausalLMPreprocessor(tokenizer, sequence_length=8)
+    x, y, weights = pre(["good film", "i love this movie and the food"])
+    ids = [tokenizer.start_token_id] + tokenizer("good film") + [tokenizer.end_token_id]
+    assert x["token_ids"][0, :4].tolist() == ids and x["padding_mask"][0].tolist() == [1] * 4 + [0] * 4
+    assert y[0, :3].tolist() == ids[1:] and weights[0].tolist() == [1] * 3 + [0] * 5
+    assert x["token_ids"].shape == y.shape == weights.shape == (2, 8)
+    np.testing.assert_array_equal(x["token_ids"][1, 1:], y[1, :-1])  # truncated row: full shift
+
+
+def test_preprocessor_in_tf_data_gives_the_same_arrays(tokenizer):
+    import tensorflow as tf
+
+    pre = CausalLMPreprocessor(tokenizer, sequence_length=8)
+    eager = pre(TEXTS)
+    x, y, w = next(iter(tf.data.Dataset.from_tensor_slices(TEXTS).batch(4).map(pre)))
+    np.testing.assert_array_equal(x["token_ids"].numpy(), eager[0]["token_ids"])
+    np.testing.assert_array_equal(y.numpy(), eager[1])
+    np.testing.assert_array_equal(w.numpy(), eager[2])
+
+
+def test_logits_shape_and_loss_is_mean_over_real_tokens(lm):
+    x, y, w = lm.preprocessor(TEXTS)
+    logits = keras.ops.convert_to_numpy(lm(x))
+    assert logits.shape == (4, 12, lm.backbone.vocabulary_size)
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    token_loss = -np.take_along_axis(log_probs, y[..., None], axis=-1)[..., 0]
+    expected = (token_loss * w).sum() / w.sum()
+    loss = lm.evaluate(TEXTS, batch_size=4, verbose=0, return_dict=True)["loss"]
+    assert loss == pytest.approx(expected, rel=1e-4)
+
+
+def test_fit_on_raw_strings_lowers_the_loss(tokenizer):
+    keras.utils.set_random_seed(0)
+    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                             hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
+    lm = CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=10))
+    lm.compile(optimizer=keras.optimizers.Adam(1e-2))
+    history = lm.fit(TEXTS, batch_size=4, epochs=8, verbose=0)
+    assert history.history["loss"][-1] < 0.7 * history.history["loss"][0]
+
+
+def uncached_greedy(lm, token_ids, padding_mask, max_length):
+    """Greedy continuation recomputing the whole sequence every step (no cache).
+
+    Each step runs the full model on the sequence right-padded to ``max_length`` (one shape, so the
+    backends compile once) and takes the argmax at the last real position: with a causal model the
+    padding after it does not matter.
+    """
+    token_ids = np.array(token_ids, "int32")
+    lengths = np.asarray(padding_mask).sum(axis=1)
+    seqs = np.zeros((len(token_ids), max_length), "int32")
+    seqs[:, :token_ids.shape[1]] = token_ids * np.asarray(padding_mask)
+    for length in range(int(lengths.min()), max_length):
+        logits = keras.ops.convert_to_numpy(lm({"token_ids": seqs,
+                                                "padding_mask": np.ones_like(seqs)}))
+        for row in range(len(seqs)):
+            if lengths[row] <= length:
+                seqs[row, length] = logits[row, length - 1].argmax()
+        lengths = np.maximum(lengths, length + 1)
+    return seqs
+
+
+def test_cached_generation_equals_uncached_argmax_for_prompts_of_different_lengths(lm):
+    prompts = {"token_ids": np.array([[2, 10, 11, 12, 13], [2, 20, 0, 0, 0]], "int32"),
+               "padding_mask": np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0]], "int32")}
+    out = lm.generate(prompts, max_length=11, stop_token_ids=None)
+    expected = uncached_greedy(lm, prompts["token_ids"], prompts["padding_mask"], 11)
+    np.testing.assert_array_equal(out["token_ids"], expected)
+    np.testing.assert_array_equal(out["padding_mask"], np.ones((2, 11), "int32"))
+
+
+def test_second_generate_with_same_shapes_does_not_recompile(lm):
+    lm.generate(TEXTS[:2], max_length=10)
+    traces = lm.generate_trace_count
+    lm.generate(TEXTS[2:], max_length=10)
+    assert lm.generate_trace_count == traces
+    lm.generate(TEXTS[:2], max_length=11)  # a new shape compiles once more
+    assert lm.generate_trace_count == traces + 1
+
+
+def test_generate_strings_stop_tokens_and_strip_prompt(lm, tokenizer):
+    single = lm.generate("the film", max_length=10, stop_token_ids=None)
+    assert isinstance(single, str) and single.startswith("the film")
+    batch = lm.generate(["the film", "good"], max_length=10, strip_prompt=True, stop_token_ids=None)
+    assert isinstance(batch, list) and len(batch) == 2 and not batch[0].startswith("the film")
+    # stop at whatever greedy generates first: the row ends right after it
+    ids = {"token_ids": np.array([[2, 10, 11]], "int32"), "padding_mask": np.ones((1, 3), "int32")}
+    free = lm.generate(ids, max_length=10, stop_token_ids=None)
+    first = int(free["token_ids"][0, 3])
+    stopped = lm.generate(ids, max_length=10, stop_token_ids=[first])
+    assert stopped["padding_mask"][0].tolist() == [1, 1, 1, 1] + [0] * 6
+
+
+def test_one_beam_and_contrastive_without_penalty_equal_greedy(lm):
+    prompts = {"token_ids": np.array([[2, 10, 11], [2, 30, 31]], "int32"),
+               "padding_mask": np.ones((2, 3), "int32")}
+    greedy = lm.generate(prompts, max_length=9, stop_token_ids=None)["token_ids"]
+    for sampler in (BeamSampler(num_beams=1), ContrastiveSampler(k=4, alpha=0.0)):
+        np.testing.assert_array_equal(
+            lm.generate(prompts, max_length=9, sampler=sampler, stop_token_ids=None)["token_ids"], greedy)
+    beams = lm.generate(prompts, max_length=9, sampler=BeamSampler(num_beams=3), stop_token_ids=None)
+    assert beams["token_ids"].shape == (2, 9)
+
+
+def test_random_samplers_generate_valid_tokens_reproducibly(lm):
+    a = lm.generate(TEXTS[:2], max_length=10, sampler="top_p", seed=5)
+    b = lm.generate(TEXTS[:2], max_length=10, sampler="top_p", seed=5)
+    assert a == b
+
+
+def test_gpt2_causal_lm_generates_on_token_ids_without_a_preprocessor():
+    keras.utils.set_random_seed(1)
+    lm = CausalLM(GPT2Backbone(vocabulary_size=40, num_layers=1, num_heads=2, hidden_dim=8,
+                               intermediate_dim=16, max_sequence_length=16, dropout=0.0))
+    out = lm.generate([[1, 2, 3], [4, 5]], max_length=8)
+    expected = uncached_greedy(lm, np.array([[1, 2, 3], [4, 5, 0]]), np.array([[1, 1, 1], [1, 1, 0]]), 8)
+    np.testing.assert_array_equal(out["token_ids"], expected)
+
+
+def test_bad_input_is_named(lm):
+    with pytest.raises(ValueError, match="Valid names"):
+        lm.generate("the film", sampler="nucleus")
+    with pytest.raises(ValueError, match="more than max_length=4"):
+        lm.generate("i love this movie and the food", max_length=4)
+    with pytest.raises(ValueError, match="max_sequence_length=32"):
+        lm.generate("the film", max_length=64)
