@@ -39,8 +39,9 @@ def random_images(rng, n, size=(40, 48)):
 def test_fit_and_predict_on_arrays_lists_and_tf_data(seeded):
     classifier = tiny_classifier()
     images, labels = random_images(seeded, 8), [0, 1, 2, 0, 1, 2, 0, 1]
-    history = classifier.fit(images, labels, batch_size=4, epochs=1, verbose=0)
-    assert np.isfinite(history.history["loss"][0])
+    history = classifier.fit(images, labels, batch_size=4, epochs=1, verbose=0,
+                             validation_data=(images[:4], labels[:4]))  # raw uint8 validation too
+    assert np.isfinite(history.history["loss"][0]) and np.isfinite(history.history["val_loss"][0])
     from_array = classifier.predict(images, verbose=0)
     assert from_array.shape == (8, 3)
 
@@ -85,6 +86,10 @@ def test_preset_keeps_the_head_or_builds_a_new_one(tmp_path, seeded):
     backbone_weights = {v.path: keras.ops.convert_to_numpy(v) for v in fresh.backbone.weights}
     for v in classifier.backbone.weights:
         np.testing.assert_array_equal(backbone_weights[v.path], keras.ops.convert_to_numpy(v))
+
+    small = ImageClassifier.from_preset(tmp_path / "preset", image_size=16)
+    assert small.preprocessor.image_converter.image_size == (16, 16)
+    assert small.preprocessor(images).shape == (2, 16, 16, 3)
 
     classifier.backbone.save_to_preset(tmp_path / "backbone_only")
     with pytest.raises(PresetError, match="num_classes"):

@@ -109,3 +109,111 @@ def test_efficientnet_lite_variants_match_the_reference_architecture(variant):
             for kernel, stride, expansion, in_filters, out_filters in block_arguments(width, depth)]
     assert ours == theirs
     assert reference._conv_head.weight.shape[:2] == (1280, ours[-1][-1])
+
+
+# ----- ResNet: Hugging Face and KerasHub checkpoints -----
+def _randomize_batch_norm(model, seed=0):
+    """Random BN statistics and affine terms, so a mix-up of names or order cannot pass."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            n = module.num_features
+            module.running_mean.copy_(torch.rand(n, generator=generator) - 0.5)
+            module.running_var.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.weight.data.copy_(torch.rand(n, generator=generator) + 0.5)
+            module.bias.data.copy_(torch.rand(n, generator=generator) - 0.5)
+
+
+@pytest.mark.parametrize("layer_type, hidden_sizes", [("basic", [8, 16]), ("bottleneck", [16, 32])])
+def test_transformers_resnet_checkpoints_convert(tmp_path, layer_type, hidden_sizes):
+    import torch
+    from transformers import ResNetConfig, ResNetForImageClassification
+
+    from kcookbook.backbones import Backbone, ResNetBackbone
+    from kcookbook.tasks import ImageClassifier
+
+    torch.manual_seed(0)
+    config = ResNetConfig(embedding_size=8, hidden_sizes=hidden_sizes, depths=[1, 2], layer_type=layer_type,
+                          num_labels=5, id2label={i: f"label{i}" for i in range(5)})
+    model = ResNetForImageClassification(config).eval()
+    _randomize_batch_norm(model)
+    model.save_pretrained(tmp_path / "classifier")
+    model.resnet.save_pretrained(tmp_path / "backbone")  # ResNetModel: no "resnet." prefix
+
+    x = np.random.default_rng(0).normal(size=(2, 64, 48, 3)).astype("float32")
+    with torch.no_grad():
+        pixels = torch.from_numpy(x).permute(0, 3, 1, 2)
+        expected_features = model.resnet(pixels).last_hidden_state.permute(0, 2, 3, 1).numpy()
+        expected_logits = model(pixels).logits.numpy()
+
+    backbone = Backbone.from_preset(str(tmp_path / "backbone"))
+    assert isinstance(backbone, ResNetBackbone) and backbone.block_type == layer_type
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(backbone(x)), expected_features, atol=1e-4)
+
+    classifier = ImageClassifier.from_preset(str(tmp_path / "classifier"))  # keeps HF's head
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(classifier(x)), expected_logits, atol=1e-4)
+    assert classifier.class_names == [f"label{i}" for i in range(5)]
+    assert ImageClassifier.from_preset(str(tmp_path / "classifier"), num_classes=3).num_classes == 3
+
+
+@pytest.mark.parametrize("block_type", ["basic_block", "bottleneck_block"])
+def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_type):
+    import keras_hub
+
+    from kcookbook.backbones import Backbone
+    from kcookbook.components import ImageConverter
+
+    keras.utils.set_random_seed(0)
+    theirs = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2], block_type=block_type)
+    rng = np.random.default_rng(0)
+    for layer in theirs.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.5, 0.5, n),
+                               rng.uniform(-0.5, 0.5, n), rng.uniform(0.5, 1.5, n)])
+    theirs.save_to_preset(str(tmp_path / "preset"))
+    their_converter = keras_hub.layers.ResNetImageConverter(
+        image_size=(40, 40), scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
+        offset=[-m / s for m, s in zip((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))])
+    their_converter.save_to_preset(str(tmp_path / "preset"))
+
+    x = rng.normal(size=(2, 64, 64, 3)).astype("float32")
+    ours = Backbone.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)),
+                               keras.ops.convert_to_numpy(theirs(x)), atol=1e-4)
+    image = rng.integers(0, 256, (1, 50, 70, 3)).astype("uint8")
+    np.testing.assert_allclose(ImageConverter.from_preset(str(tmp_path / "preset"))(image),
+                               keras.ops.convert_to_numpy(their_converter(image.astype("float32"))),
+                               atol=1e-4)
+
+
+def test_transformers_vit_classifier_runs_as_an_image_classifier(tmp_path):
+    """The ViT backbone (dict outputs) through ImageClassifier: HF's head, names and processor kept."""
+    import torch
+    from transformers import ViTConfig, ViTForImageClassification, ViTImageProcessor
+
+    from kcookbook.tasks import ImageClassifier
+
+    torch.manual_seed(0)
+    config = ViTConfig(image_size=32, patch_size=8, num_channels=3, hidden_size=16, num_hidden_layers=2,
+                       num_attention_heads=2, intermediate_size=32, num_labels=4,
+                       id2label={i: f"label{i}" for i in range(4)})
+    model = ViTForImageClassification(config).eval()
+    model.save_pretrained(tmp_path / "vit")
+    ViTImageProcessor(size={"height": 32, "width": 32}, image_mean=[0.5, 0.4, 0.3],
+                      image_std=[0.2, 0.3, 0.4]).save_pretrained(tmp_path / "vit")
+
+    classifier = ImageClassifier.from_preset(str(tmp_path / "vit"))
+    x = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    with torch.no_grad():
+        expected = model(torch.from_numpy(x).permute(0, 3, 1, 2)).logits.numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(classifier(x)), expected, atol=1e-4)
+    assert classifier.class_names == [f"label{i}" for i in range(4)]
+    converter = classifier.preprocessor.image_converter
+    assert converter.image_size == (32, 32)
+    np.testing.assert_allclose(converter.offset, [-0.5 / 0.2, -0.4 / 0.3, -0.3 / 0.4], rtol=1e-6)
+    assert classifier.predict(np.zeros((1, 50, 40, 3), "uint8"), verbose=0).shape == (1, 4)

@@ -4,8 +4,9 @@ from kcookbook.backbones.backbone import Backbone
 from kcookbook.backbones.bert import BertBackbone
 from kcookbook.backbones.efficientnet_lite import EfficientNetLiteBackbone
 from kcookbook.backbones.gpt2 import GPT2Backbone
+from kcookbook.backbones.resnet import ResNetBackbone
 from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
 from kcookbook.backbones.vit import ViTBackbone
 
 __all__ = ["Backbone", "BertBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
-           "MixtralBackbone", "ViTBackbone"]
+           "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]

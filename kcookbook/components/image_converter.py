@@ -81,6 +81,21 @@ class ImageConverter:
         scale, offset = 1.0 / (255.0 * std), -mean / std
         return cls(image_size, scale=scale.tolist(), offset=offset.tolist(), **kwargs)
 
+    @classmethod
+    def from_processor_settings(cls, image_size, scale=1.0 / 255.0, mean=None, std=None, **kwargs):
+        """A Hugging Face image processor's steps: ``(resize(x) * scale - mean) / std``.
+
+        >>> c = ImageConverter.from_processor_settings((8, 8), scale=1 / 255, mean=[0.5] * 3, std=[0.5] * 3)
+        >>> c.offset
+        [-1.0, -1.0, -1.0]
+        """
+        mean = np.zeros(1) if mean is None else np.asarray(mean, "float64")
+        std = np.ones(1) if std is None else np.asarray(std, "float64")
+        total_scale, offset = np.broadcast_arrays(scale / std, -mean / std)
+        squeeze = total_scale.size == 1
+        return cls(image_size, scale=float(total_scale[0]) if squeeze else total_scale.tolist(),
+                   offset=float(offset[0]) if squeeze else offset.tolist(), **kwargs)
+
     # ----- calling -----
     def __call__(self, images, bounding_boxes=None):
         """Convert images (and boxes); returns a float32 array, or a dict when boxes are given.

