@@ -136,3 +136,40 @@ def test_mismatches_are_reported(trained, tiny_bert_config, tmp_path):
         backbone.enable_lora(2)
     with pytest.raises(ValueError, match="no LoRA weights to save"):
         BertBackbone(**tiny_bert_config).save_lora_weights(tmp_path / "none.h5")
+
+
+def test_decoder_backbone_lora_trains_merges_and_reloads(seeded, tmp_path):
+    from kcookbook.backbones.llama import LlamaBackbone
+
+    config = dict(vocabulary_size=64, num_layers=2, num_heads=4, num_key_value_heads=2, hidden_dim=16,
+                  intermediate_dim=32, max_sequence_length=32)
+    backbone = LlamaBackbone(**config)
+    base = backbone.get_weights()
+    x = {"token_ids": seeded.integers(0, 64, size=(3, 10)).astype("int32"),
+         "padding_mask": np.ones((3, 10), "int32")}
+    layers = backbone.enable_lora(4)
+    assert [layer.name for layer in layers] == ["qkv", "qkv"]  # fused query/key/value of each block
+    trainable = {v.path for v in backbone.trainable_weights}
+    assert len(trainable) == 4 and all("lora_kernel" in p for p in trainable)
+
+    start = _values(backbone)
+    model = keras.Model(backbone.input, backbone.output)
+    model.compile(optimizer=keras.optimizers.SGD(learning_rate=0.5), loss="mse")
+    model.fit(x, seeded.normal(size=(3, 10, 16)).astype("float32"), batch_size=3, epochs=1, verbose=0)
+    end = _values(backbone)
+    changed = {p for p in start if not np.array_equal(start[p], end[p])}
+    assert changed and changed <= trainable
+
+    for variable in backbone.trainable_weights:
+        variable.assign(seeded.normal(scale=0.3, size=variable.shape).astype("float32"))
+    adapted = np.asarray(backbone.predict(x, verbose=0))
+    backbone.save_lora_weights(tmp_path / "decoder.lora.h5")
+
+    fresh = LlamaBackbone(**config)
+    fresh.set_weights(base)
+    fresh.load_lora_weights(tmp_path / "decoder.lora.h5")
+    np.testing.assert_allclose(np.asarray(fresh.predict(x, verbose=0)), adapted, rtol=1e-5, atol=1e-5)
+
+    backbone.merge_lora()
+    assert not any("lora" in v.path for v in backbone.weights)
+    np.testing.assert_allclose(np.asarray(backbone.predict(x, verbose=0)), adapted, rtol=1e-5, atol=1e-5)
