@@ -160,3 +160,27 @@ def test_vit_unsupported_activation_is_a_clear_error(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(kcookbook.presets.PresetError, match="hidden_act='relu'"):
         kcookbook.backbones.Backbone.from_preset(str(tmp_path))
+
+
+def test_vit_for_image_classification_through_image_classifier(tmp_path_factory):
+    """Raw uint8 images → ImageClassifier.from_preset(HF folder) → the logits transformers gives,
+    with Hugging Face's own image processor (rescale, normalise) as the reference preprocessing."""
+    torch.manual_seed(0)
+    model = _randomise(transformers.ViTForImageClassification(_hf_config()), seed=4)
+    folder = _save(tmp_path_factory, model, "vit_task")
+    processor = transformers.ViTImageProcessor(size={"height": 16, "width": 12}, image_mean=[0.4, 0.5, 0.6],
+                                               image_std=[0.2, 0.25, 0.3])
+    processor.save_pretrained(folder)
+    images = np.random.default_rng(1).integers(0, 256, size=(3, 16, 12, 3), dtype=np.uint8)
+    with torch.no_grad():
+        pixel_values = processor(images=list(images), return_tensors="pt")["pixel_values"]
+        reference = model(pixel_values=pixel_values).logits.numpy()
+
+    classifier = kcookbook.tasks.ImageClassifier.from_preset(str(folder))
+    assert classifier.num_classes == 5
+    assert classifier.class_names == [f"LABEL_{i}" for i in range(5)]
+    ours = classifier.predict(images, verbose=0)
+    np.testing.assert_allclose(ours, reference, atol=TOLERANCE, rtol=0)
+
+    fresh = kcookbook.tasks.ImageClassifier.from_preset(str(folder), num_classes=3)
+    assert fresh.predict(images, verbose=0).shape == (3, 3)
