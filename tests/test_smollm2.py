@@ -103,27 +103,31 @@ def _max_length(reference):
     return max(len(p) for p in reference["prompt_ids"]) + NEW_TOKENS
 
 
-def test_greedy_generation_matches_transformers_token_for_token(causal_lm, reference):
+@pytest.fixture(scope="module")
+def generated(causal_lm, reference):
+    """One batched greedy generation of the three chat prompts (generation is slow on the torch backend)."""
     prompts = reference["prompt_ids"]
-    out = causal_lm.generate(prompts, max_length=_max_length(reference))
+    return causal_lm.generate(prompts, max_length=_max_length(reference))
+
+
+def _new_ids(reference, generated):
+    """Each row's continuation, cut like transformers' generate: 32 tokens or up to the end token."""
     eos = reference["eos_token_id"]
-    for prompt, expected, row, mask in zip(prompts, reference["new_ids"], out["token_ids"], out["padding_mask"]):
+    rows = []
+    for prompt, row, mask in zip(reference["prompt_ids"], generated["token_ids"], generated["padding_mask"]):
         assert row[:len(prompt)].tolist() == prompt
         new = row[mask.astype(bool)][len(prompt):].tolist()[:NEW_TOKENS]
-        if eos in new:
-            new = new[:new.index(eos) + 1]  # transformers stops after the end token
-        assert new == expected
+        rows.append(new[:new.index(eos) + 1] if eos in new else new)
+    return rows
+
+
+def test_greedy_generation_matches_transformers_token_for_token(reference, generated):
+    assert _new_ids(reference, generated) == reference["new_ids"]
     assert sum(len(e) for e in reference["new_ids"]) >= 2 * NEW_TOKENS  # two prompts ran the full 32
-    assert any(eos in e for e in reference["new_ids"])  # and one stopped at <|im_end|>
+    assert any(reference["eos_token_id"] in e for e in reference["new_ids"])  # one stopped at <|im_end|>
 
 
-def test_text_in_text_out_matches_transformers_text(causal_lm, reference):
-    tokenizer = causal_lm.preprocessor.tokenizer
-    prompts = [tokenizer.apply_chat_template(_messages(q)) for q in QUESTIONS]
-    # Same batch size and length as above: the compiled generation loop is reused, not rebuilt.
-    traces = causal_lm.generate_trace_count
-    answers = causal_lm.generate(prompts, max_length=_max_length(reference), strip_prompt=True)
-    assert causal_lm.generate_trace_count == traces
+def test_decoded_answers_match_transformers_text(causal_lm, reference, generated):
+    answers = causal_lm.preprocessor.tokenizer.detokenize(_new_ids(reference, generated))
+    assert answers == reference["new_text"]
     assert "Paris" in answers[0]
-    for answer, expected in zip(answers, reference["new_text"]):
-        assert answer.startswith(expected)  # ours may run past 32 tokens for the shorter prompts
