@@ -190,12 +190,9 @@ def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts)
 
 def test_loader_recognises_the_file_and_its_folder(smollm2_path):
     for handle in (smollm2_path, os.path.dirname(smollm2_path)):
-        try:
-            loader = presets.load(handle)
-        except PresetError as e:  # the llama converter is not installed
-            assert "llama" in str(e) and "converter" in str(e)
-            continue
-        assert isinstance(loader, GGUFLoader)
+        loader = presets.load(handle)
+        assert isinstance(loader, GGUFLoader) and loader.path == smollm2_path
+        assert loader.config["model_type"] == "llama"
         assert loader.metadata["license"] == "apache-2.0"
         assert loader.load_tokenizer().vocabulary_size == 49152
 
