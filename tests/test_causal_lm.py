@@ -156,3 +156,13 @@ def test_bad_input_is_named(lm):
         lm.generate("i love this movie and the food", max_length=4)
     with pytest.raises(ValueError, match="max_sequence_length=32"):
         lm.generate("the film", max_length=64)
+
+
+def test_saved_preset_reloads_with_the_same_logits_and_preprocessor(lm, tmp_path):
+    lm.save_to_preset(str(tmp_path / "preset"))
+    reloaded = CausalLM.from_preset(str(tmp_path / "preset"))
+    x, _, _ = lm.preprocessor(TEXTS)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(reloaded(x)), keras.ops.convert_to_numpy(lm(x)),
+                               atol=1e-6)
+    assert reloaded.preprocessor.sequence_length == 12
+    assert reloaded.generate("the film", max_length=10) == lm.generate("the film", max_length=10)

@@ -111,8 +111,9 @@ class CausalSelfAttention(MultiHeadAttention):
         query, key, value = self.split_heads(run_layer(self.qkv, x))
         positions = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(cache_index, "int32")
         if self.rotary is not None:
-            query = run_layer(self.rotary, query, positions)
-            key = run_layer(self.rotary, key, positions)
+            cos, sin = self.rotary.cos_sin(positions, self.head_dim, query.dtype)
+            query = self.rotary.rotate(query, cos, sin)
+            key = self.rotary.rotate(key, cos, sin)
         if cache is None:
             mask = causal_attention_mask(positions, positions, padding_mask, self.sliding_window)
             return self.attend(query, key, value, attention_mask=mask)

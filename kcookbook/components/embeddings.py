@@ -36,6 +36,13 @@ class ReversibleEmbedding(keras.layers.Embedding):
             return ops.matmul(inputs, ops.cast(table, inputs.dtype))
         return super().call(inputs)
 
+    @property
+    def variable_serialization_spec(self):
+        # Keras' Embedding saves only the variables named here: add the untied output table.
+        spec = dict(super().variable_serialization_spec)
+        spec[None] = list(spec[None]) + ([] if self.tie_weights else ["reverse_embeddings"])
+        return spec
+
     def get_config(self):
         config = super().get_config()
         config["tie_weights"] = self.tie_weights

@@ -32,17 +32,21 @@ class RotaryEmbedding(keras.layers.Layer):
 
     def call(self, x, positions):
         """``positions``: int tensor ``(length,)``, the absolute position of each row of ``x``."""
-        head_dim = x.shape[-1]
-        exponents = ops.arange(0, head_dim, 2, dtype="float32") / head_dim
-        inverse_frequencies = 1.0 / ops.power(float(self.max_wavelength), exponents)
+        return self.rotate(x, *self.cos_sin(positions, x.shape[-1], x.dtype))
+
+    def cos_sin(self, positions, head_dim, dtype="float32"):
+        """The ``(1, length, 1, head_dim)`` cosines and sines of ``positions``' rotation angles; compute
+        them once and ``rotate`` queries and keys with them."""
+        inverse_frequencies = [self.max_wavelength ** (-i / head_dim) for i in range(0, head_dim, 2)]
         positions = ops.cast(positions, "float32") / self.scaling_factor
-        angles = positions[:, None] * inverse_frequencies[None, :]  # (length, head_dim / 2)
+        angles = positions[:, None] * ops.convert_to_tensor(inverse_frequencies, "float32")[None, :]
         angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
-        cos = ops.cast(ops.cos(angles), x.dtype)
-        sin = ops.cast(ops.sin(angles), x.dtype)
+        return ops.cast(ops.cos(angles), dtype), ops.cast(ops.sin(angles), dtype)
+
+    @staticmethod
+    def rotate(x, cos, sin):
         first_half, second_half = ops.split(x, 2, axis=-1)
-        rotated_half = ops.concatenate([-second_half, first_half], axis=-1)
-        return x * cos + rotated_half * sin
+        return x * cos + ops.concatenate([-second_half, first_half], axis=-1) * sin
 
     def compute_output_shape(self, input_shape):
         return input_shape
