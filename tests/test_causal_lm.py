@@ -166,3 +166,30 @@ def test_saved_preset_reloads_with_the_same_logits_and_preprocessor(lm, tmp_path
                                atol=1e-6)
     assert reloaded.preprocessor.sequence_length == 12
     assert reloaded.generate("the film", max_length=10) == lm.generate("the film", max_length=10)
+
+
+def test_generate_and_predict_follow_lora_changes_after_compiling(tokenizer):
+    """enable_lora/merge_lora after a first generate must not leave a stale compiled loop behind."""
+    keras.utils.set_random_seed(5)
+    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                             num_key_value_heads=1, hidden_dim=8, intermediate_dim=16,
+                             max_sequence_length=16)
+    for variable in backbone.weights:
+        variable.assign(np.random.default_rng(1).normal(0, 0.5, variable.shape))
+    lm = CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=8))
+    prompts = {"token_ids": np.array([[2, 10, 11, 0], [2, 20, 21, 22]], "int32"),
+               "padding_mask": np.array([[1, 1, 1, 0], [1, 1, 1, 1]], "int32")}
+    before = lm.generate(prompts, max_length=9, stop_token_ids=None)["token_ids"]
+    lm.predict(prompts, verbose=0)
+    backbone.enable_lora(2)
+    rng = np.random.default_rng(2)
+    for variable in backbone.trainable_weights:  # non-zero LoRA updates change the model
+        variable.assign(rng.normal(0, 1.0, variable.shape))
+    after = lm.generate(prompts, max_length=9, stop_token_ids=None)["token_ids"]
+    np.testing.assert_array_equal(after, uncached_greedy(lm, prompts["token_ids"], prompts["padding_mask"], 9))
+    assert not np.array_equal(after, before)
+    reference = keras.ops.convert_to_numpy(lm(prompts))
+    np.testing.assert_allclose(lm.predict(prompts, verbose=0), reference, atol=1e-5)
+    backbone.merge_lora()
+    np.testing.assert_array_equal(lm.generate(prompts, max_length=9, stop_token_ids=None)["token_ids"], after)
+    np.testing.assert_allclose(lm.predict(prompts, verbose=0), reference, atol=1e-4)

@@ -216,7 +216,9 @@ class CausalLM(Task):
         """The compiled loop for these shapes and options (built once, then reused)."""
         if not hasattr(self, "_generate_functions"):
             self._generate_functions = {}
-        key = (batch_size, max_length, sampler.key, stop)
+        # The variable set is part of the key: enable_lora/merge_lora add or remove variables, and a
+        # loop compiled before that would keep running the old weights.
+        key = (batch_size, max_length, sampler.key, stop, tuple(id(v) for v in self.variables))
         if key not in self._generate_functions:
             if isinstance(sampler, BeamSampler) and sampler.num_beams > 1:
                 def loop(token_ids, padding_mask, seed):

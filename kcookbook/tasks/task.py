@@ -24,6 +24,25 @@ class Task(keras.Model):
         self.backbone = backbone
         self.preprocessor = preprocessor
 
+    # ----- compiled functions follow the variable set -----
+    # Keras caches train/test/predict functions after the first call. Adding or removing variables
+    # (backbone.enable_lora, merge_lora) after that must rebuild them, or they keep the old graph.
+    def _variables_changed(self, kind):
+        signature = tuple(id(v) for v in self.variables)
+        seen = self.__dict__.get("_compiled_variable_ids", {})
+        changed = kind in seen and seen[kind] != signature
+        object.__setattr__(self, "_compiled_variable_ids", {**seen, kind: signature})
+        return changed
+
+    def make_train_function(self, force=False):
+        return super().make_train_function(force=self._variables_changed("train") or force)
+
+    def make_test_function(self, force=False):
+        return super().make_test_function(force=self._variables_changed("test") or force)
+
+    def make_predict_function(self, force=False):
+        return super().make_predict_function(force=self._variables_changed("predict") or force)
+
     # ----- raw inputs → model inputs -----
     def _model_inputs(self, x):
         """Keep the keys the backbone takes (a preprocessor may produce more, e.g. segment_ids)."""
