@@ -74,7 +74,7 @@ class ImageConverter:
         """The converter for ``(x / 255 - mean) / std``, the usual ImageNet normalisation.
 
         >>> c = ImageConverter.from_mean_std((224, 224), mean=0.5, std=0.5)  # to [-1, 1]
-        >>> round(c.scale[0] * 255 + c.offset[0], 6)
+        >>> round(c.scale * 255 + c.offset, 6)  # white maps to 1
         1.0
         """
         mean, std = np.asarray(mean, "float64"), np.asarray(std, "float64")
