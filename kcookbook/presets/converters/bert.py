@@ -12,7 +12,8 @@ import numpy as np
 from kcookbook.backbones.bert import BertBackbone
 from kcookbook.components.tokenizer import read_vocabulary_file
 from kcookbook.components.wordpiece import WordPieceTokenizer
-from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets.converters.common import (keras_hub_layer_suffix, keras_hub_transformer_layer,
+                                                 linear_kernel, strip_prefix, take)
 from kcookbook.presets.errors import PresetError
 
 # ---------------------------------------------------------------- Hugging Face
@@ -122,9 +123,6 @@ def backbone_from_keras_hub(config, **overrides):
     return BertBackbone(**ours)
 
 
-def _suffix(i):
-    return "" if i == 0 else f"_{i}"
-
 
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5`` names layers by class and order (``transformer_encoder_3``)."""
@@ -143,26 +141,10 @@ def weights_from_keras_hub(arrays, backbone):
         "pooled_dense/bias": var("layers/dense/vars/1"),
     }
     for i in range(backbone.num_layers):
-        kh, ours = f"layers/transformer_encoder{_suffix(i)}/", f"transformer_layer_{i}/"
-        attn = kh + "_self_attention_layer/"
-        kernels, biases = [], []
-        for name in ("query", "key", "value"):
-            kernel = var(f"{attn}{name}_dense/vars/0")  # (hidden, heads, head_dim)
-            kernels.append(kernel.reshape(kernel.shape[0], -1))
-            biases.append(var(f"{attn}{name}_dense/vars/1").reshape(-1))
-        out[ours + "attention/qkv/kernel"] = np.concatenate(kernels, axis=1)
-        out[ours + "attention/qkv/bias"] = np.concatenate(biases)
-        output_kernel = var(attn + "output_dense/vars/0")  # (heads, head_dim, hidden)
-        out[ours + "attention/output/kernel"] = output_kernel.reshape(-1, output_kernel.shape[-1])
-        out[ours + "attention/output/bias"] = var(attn + "output_dense/vars/1")
-        for our_name, kh_name in {"attention_norm": "_self_attention_layer_norm",
-                                  "ffn_norm": "_feedforward_layer_norm"}.items():
-            out[ours + our_name + "/gamma"] = var(f"{kh}{kh_name}/vars/0")
-            out[ours + our_name + "/beta"] = var(f"{kh}{kh_name}/vars/1")
-        for our_name, kh_name in {"ffn_intermediate": "_feedforward_intermediate_dense",
-                                  "ffn_output": "_feedforward_output_dense"}.items():
-            out[ours + our_name + "/kernel"] = var(f"{kh}{kh_name}/vars/0")
-            out[ours + our_name + "/bias"] = var(f"{kh}{kh_name}/vars/1")
+        out.update(keras_hub_transformer_layer(
+            var, f"layers/transformer_encoder{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/",
+            norm_names=("attention_norm", "ffn_norm"),
+            feed_forward_names=("ffn_intermediate", "ffn_output")))
     return out
 
 

@@ -29,3 +29,43 @@ def strip_prefix(tensors, prefixes):
                 break
         out[name] = value
     return out
+
+
+# ---------------------------------------------------------------- keras_hub transformer layers
+
+def keras_hub_layer_suffix(i):
+    """keras_hub's weight files name the i-th layer of a class ``name``, ``name_1``, ``name_2``…"""
+    return "" if i == 0 else f"_{i}"
+
+
+def keras_hub_transformer_layer(var, keras_hub_prefix, our_prefix, norm_names, feed_forward_names):
+    """One keras_hub ``TransformerEncoder``/``TransformerDecoder`` layer → our fused-QKV block.
+
+    ``var(path)`` reads one array of keras_hub's ``model.weights.h5``; ``norm_names`` and
+    ``feed_forward_names`` map our sublayer names to the attention norm / feed-forward norm and the
+    intermediate / output dense layers, which differ between our encoder and decoder blocks.
+    """
+    attention = keras_hub_prefix + "_self_attention_layer/"
+    kernels, biases = [], []
+    for name in ("query", "key", "value"):
+        kernel = var(f"{attention}{name}_dense/vars/0")  # (hidden, heads, head_dim)
+        kernels.append(kernel.reshape(kernel.shape[0], -1))
+        biases.append(var(f"{attention}{name}_dense/vars/1").reshape(-1))
+    out = {
+        our_prefix + "attention/qkv/kernel": np.concatenate(kernels, axis=1),
+        our_prefix + "attention/qkv/bias": np.concatenate(biases),
+    }
+    output_kernel = var(attention + "output_dense/vars/0")  # (heads, head_dim, hidden)
+    out[our_prefix + "attention/output/kernel"] = output_kernel.reshape(-1, output_kernel.shape[-1])
+    out[our_prefix + "attention/output/bias"] = var(attention + "output_dense/vars/1")
+    attention_norm, feed_forward_norm = norm_names
+    for our_name, theirs in {attention_norm: "_self_attention_layer_norm",
+                             feed_forward_norm: "_feedforward_layer_norm"}.items():
+        out[f"{our_prefix}{our_name}/gamma"] = var(f"{keras_hub_prefix}{theirs}/vars/0")
+        out[f"{our_prefix}{our_name}/beta"] = var(f"{keras_hub_prefix}{theirs}/vars/1")
+    intermediate, output = feed_forward_names
+    for our_name, theirs in {intermediate: "_feedforward_intermediate_dense",
+                             output: "_feedforward_output_dense"}.items():
+        out[f"{our_prefix}{our_name}/kernel"] = var(f"{keras_hub_prefix}{theirs}/vars/0")
+        out[f"{our_prefix}{our_name}/bias"] = var(f"{keras_hub_prefix}{theirs}/vars/1")
+    return out

@@ -6,10 +6,10 @@ Hugging Face's GPT-2 uses ``Conv1D`` layers whose weights are already ``(in, out
 
 import os
 
-import numpy as np
 
 from kcookbook.backbones.gpt2 import GPT2Backbone
-from kcookbook.presets.converters.common import strip_prefix, take
+from kcookbook.presets.converters.common import (keras_hub_layer_suffix, keras_hub_transformer_layer,
+                                                 strip_prefix, take)
 from kcookbook.presets.converters.llama import HF_ACTIVATIONS
 from kcookbook.presets.errors import PresetError
 
@@ -90,9 +90,6 @@ def backbone_from_keras_hub(config, **overrides):
     return GPT2Backbone(**ours)
 
 
-def _suffix(i):
-    return "" if i == 0 else f"_{i}"
-
 
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5`` names layers by class and order (``transformer_decoder_3``)."""
@@ -108,26 +105,10 @@ def weights_from_keras_hub(arrays, backbone):
         "final_norm/beta": var("layers/layer_normalization/vars/1"),
     }
     for i in range(backbone.num_layers):
-        kh, ours = f"layers/transformer_decoder{_suffix(i)}/", f"transformer_layer_{i}/"
-        attn = kh + "_self_attention_layer/"
-        kernels, biases = [], []
-        for name in ("query", "key", "value"):
-            kernel = var(f"{attn}{name}_dense/vars/0")  # (hidden, heads, head_dim)
-            kernels.append(kernel.reshape(kernel.shape[0], -1))
-            biases.append(var(f"{attn}{name}_dense/vars/1").reshape(-1))
-        out[ours + "attention/qkv/kernel"] = np.concatenate(kernels, axis=1)
-        out[ours + "attention/qkv/bias"] = np.concatenate(biases)
-        output_kernel = var(attn + "output_dense/vars/0")  # (heads, head_dim, hidden)
-        out[ours + "attention/output/kernel"] = output_kernel.reshape(-1, output_kernel.shape[-1])
-        out[ours + "attention/output/bias"] = var(attn + "output_dense/vars/1")
-        for our_name, kh_name in {"attention_norm": "_self_attention_layer_norm",
-                                  "feed_forward_norm": "_feedforward_layer_norm"}.items():
-            out[ours + our_name + "/gamma"] = var(f"{kh}{kh_name}/vars/0")
-            out[ours + our_name + "/beta"] = var(f"{kh}{kh_name}/vars/1")
-        for our_name, kh_name in {"feed_forward/intermediate": "_feedforward_intermediate_dense",
-                                  "feed_forward/output": "_feedforward_output_dense"}.items():
-            out[ours + our_name + "/kernel"] = var(f"{kh}{kh_name}/vars/0")
-            out[ours + our_name + "/bias"] = var(f"{kh}{kh_name}/vars/1")
+        out.update(keras_hub_transformer_layer(
+            var, f"layers/transformer_decoder{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/",
+            norm_names=("attention_norm", "feed_forward_norm"),
+            feed_forward_names=("feed_forward/intermediate", "feed_forward/output")))
     return out
 
 
