@@ -42,7 +42,7 @@ def preset_copy(tmp_path, saved_preset):
 
 
 def _tiny_hf_folder(folder, vocabulary_size, **config_changes):
-    transformers = pytest.importorskip("transformers")
+    import transformers
     config = transformers.BertConfig(vocab_size=vocabulary_size, hidden_size=16, num_hidden_layers=1,
                                      num_attention_heads=2, intermediate_size=32, max_position_embeddings=32)
     transformers.BertModel(config).save_pretrained(folder)

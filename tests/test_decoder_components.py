@@ -25,7 +25,7 @@ from kcookbook.components.samplers import (
     TopPSampler,
 )
 
-torch = pytest.importorskip("torch")
+import torch
 
 
 @pytest.fixture(autouse=True)

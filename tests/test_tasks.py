@@ -89,7 +89,7 @@ def test_classifier_on_text_pairs_eagerly_and_in_tf_data(tiny_bert_config, token
 
 
 def test_classifier_takes_a_pandas_series_of_strings(tiny_bert_config, tokenizer, data):
-    pandas = pytest.importorskip("pandas")
+    import pandas
     texts, _ = data
     classifier = _classifier(tiny_bert_config, tokenizer)
     np.testing.assert_allclose(classifier.predict(pandas.Series(texts[:5]), verbose=0),
