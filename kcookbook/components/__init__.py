@@ -6,10 +6,10 @@ No file here names a model family; backbones assemble these.
 from kcookbook.components.activations import gelu_approximate, get_activation
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.byte_pair import BytePairTokenizer
-from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
-from kcookbook.components.decoder_block import DecoderBlock
 from kcookbook.components.augmentation import JitteredResize, Mosaic
 from kcookbook.components.boxes import NonMaxSuppression, non_max_suppression
+from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
+from kcookbook.components.decoder_block import DecoderBlock
 from kcookbook.components.embeddings import (
     PositionEmbedding,
     ReversibleEmbedding,
