@@ -34,6 +34,7 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.components import DecoderBlock, ReversibleEmbedding, RMSNormalization
+from kcookbook.components.decoder_block import run_decoder_blocks
 from kcookbook.components.direct_calls import run_layer
 
 
@@ -43,15 +44,10 @@ def decode(token_embedding, blocks, final_norm, embedding_scale, token_ids, padd
     x = run_layer(token_embedding, token_ids)
     if embedding_scale is not None:
         x = x * ops.cast(embedding_scale, x.dtype)
-    new_caches = []
-    for i, block in enumerate(blocks):
-        if caches is None:
-            x = block(x, padding_mask=padding_mask)
-        else:
-            x, cache = run_layer(block, x, cache=caches[i], cache_index=cache_index)
-            new_caches.append(cache)
-    x = run_layer(final_norm, x)
-    return x if caches is None else (x, new_caches)
+    if caches is None:
+        return run_layer(final_norm, run_decoder_blocks(blocks, x, padding_mask))
+    x, new_caches = run_decoder_blocks(blocks, x, padding_mask, caches, cache_index)
+    return run_layer(final_norm, x), new_caches
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")

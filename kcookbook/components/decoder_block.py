@@ -141,3 +141,20 @@ class DecoderBlock(keras.layers.Layer):
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config
+
+
+def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0):
+    """Hidden states through a stack of ``DecoderBlock``s.
+
+    Without ``caches`` this is the full-sequence pass (training, scoring); with one cache per block
+    (generation) each block reads and updates its cache, and the updated caches are returned too.
+    """
+    if caches is None:
+        for block in blocks:
+            x = block(x, padding_mask=padding_mask)
+        return x
+    new_caches = []
+    for block, cache in zip(blocks, caches):
+        x, cache = run_layer(block, x, cache=cache, cache_index=cache_index)
+        new_caches.append(cache)
+    return x, new_caches
