@@ -118,14 +118,7 @@ class ImageClassifier(Task):
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Defaults: Adam(1e-3), sparse categorical cross-entropy, accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-3)
-        if loss == "auto":
-            from_logits = self.activation in (None, keras.activations.linear)
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._compile_classifier(1e-3, optimizer, loss, metrics, **kwargs)
 
     def preprocess(self, x, y=None, sample_weight=None):
         if self.preprocessor is None and not _is_float_array(x):

@@ -43,6 +43,18 @@ class Task(keras.Model):
     def make_predict_function(self, force=False):
         return super().make_predict_function(force=self._variables_changed("predict") or force)
 
+    def _compile_classifier(self, learning_rate, optimizer="auto", loss="auto", metrics="auto", **kwargs):
+        """Classifier defaults for ``"auto"``: Adam(learning_rate), sparse categorical cross-entropy
+        (from logits unless the head has an activation) and accuracy."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(learning_rate)
+        if loss == "auto":
+            from_logits = self.activation in (None, keras.activations.linear)
+            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
+        if metrics == "auto":
+            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+
     # ----- raw inputs → model inputs -----
     def _model_inputs(self, x):
         """Keep the keys the backbone takes (a preprocessor may produce more, e.g. segment_ids)."""

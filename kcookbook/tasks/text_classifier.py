@@ -65,14 +65,7 @@ class TextClassifier(Task):
 
     def compile(self, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Defaults: Adam(5e-5), sparse categorical cross-entropy, accuracy."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(5e-5)
-        if loss == "auto":
-            from_logits = self.activation in (None, keras.activations.linear)
-            loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
+        self._compile_classifier(5e-5, optimizer, loss, metrics, **kwargs)
 
     def get_config(self):
         config = super().get_config()
