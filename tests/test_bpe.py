@@ -131,13 +131,58 @@ def test_tokenizer_json_folder_matches(hf_tokenizer, tmp_path, texts):
     json.loads(config["tokenizer_json"])  # the whole pipeline travels in the config
 
 
-def test_train_learns_a_vocabulary_of_the_requested_size(shakespeare_files):
-    with open(shakespeare_files[0], encoding="utf-8", errors="replace") as f:
-        lines = f.read().split("\n")
-    trained = BytePairTokenizer.train(lines, vocabulary_size=400)
-    assert trained.vocabulary_size == 400
-    sample = [line for line in lines if line.strip()][:100]
-    assert trained.detokenize(trained(sample)) == sample
+@pytest.fixture(scope="module")
+def training_lines(shakespeare_files):
+    """Lines of two plays to train on, and lines of a third (never seen in training) to encode."""
+    def lines(path):
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return [line for line in f.read().split("\n") if line.strip()]
+
+    return lines(shakespeare_files[0])[:2500] + lines(shakespeare_files[1])[:2500], lines(shakespeare_files[2])[:800]
+
+
+def test_train_matches_the_tokenizers_byte_level_bpe_trainer(training_lines):
+    from tokenizers.implementations import ByteLevelBPETokenizer
+
+    train, held_out = training_lines
+    trained = BytePairTokenizer.train(train, vocabulary_size=600, end_token="<|endoftext|>")
+    # The independent reference: the library's own ByteLevelBPETokenizer, same texts and settings.
+    reference = ByteLevelBPETokenizer()
+    reference.train_from_iterator(train, vocab_size=600, min_frequency=2,
+                                  special_tokens=["<|endoftext|>"], show_progress=False)
+    assert trained.vocabulary_size == reference.get_vocab_size() == 600
+    assert trained.get_vocabulary() == [reference.id_to_token(i) for i in range(600)]
+    expected = [encoding.ids for encoding in reference.encode_batch(held_out)]
+    assert trained(held_out) == expected, _first_difference(trained(held_out), expected, held_out)
+    assert trained.detokenize(trained(held_out)) == held_out  # byte-level BPE loses nothing
+    assert trained.end_token_id == trained.token_to_id("<|endoftext|>") == 0
+    assert trained("to be<|endoftext|>")[-1] == 0
+
+
+def test_trained_tokenizer_travels_in_a_causal_lm_preset(training_lines, tmp_path):
+    from kcookbook.backbones import GPT2Backbone
+    from kcookbook.tasks import CausalLM, CausalLMPreprocessor
+
+    train, held_out = training_lines
+    trained = BytePairTokenizer.train(train[:1500], vocabulary_size=400, end_token="<|endoftext|>")
+    backbone = GPT2Backbone(vocabulary_size=400, num_layers=1, num_heads=2, hidden_dim=8,
+                            intermediate_dim=16, max_sequence_length=32)
+    lm = CausalLM(backbone, CausalLMPreprocessor(trained, sequence_length=16))
+    lm.save_to_preset(tmp_path / "toy", metadata={"description": "random toy model"})
+    # GPT-2's own file format: transformers reads the saved vocabulary and merges to the same ids.
+    assets = tmp_path / "toy" / "assets" / "tokenizer"
+    reread = transformers.GPT2TokenizerFast(str(assets / "vocabulary.json"), str(assets / "merges.txt"))
+    assert reread(held_out[:200], add_special_tokens=False)["input_ids"] == trained(held_out[:200])
+    loaded = CausalLM.from_preset(str(tmp_path / "toy"))
+    assert loaded.preprocessor.tokenizer(held_out) == trained(held_out)
+    assert loaded.preprocessor.tokenizer.end_token_id == 0
+
+
+def test_train_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="vocabulary_size=100 is too small.*at least 257"):
+        BytePairTokenizer.train(["some text"], vocabulary_size=100)
+    with pytest.raises(TypeError, match="not one string"):
+        BytePairTokenizer.train("some text", vocabulary_size=300)
 
 
 def test_bad_inputs_say_what_is_wrong(gpt2_files, tmp_path):

@@ -181,16 +181,48 @@ class BytePairTokenizer(HuggingFaceTokenizer):
                     merges=os.path.join(directory, cls.MERGES_FILE))
 
     @classmethod
-    def train(cls, texts, vocabulary_size, special_tokens=(GPT2_END_OF_TEXT,), **kwargs):
-        """Learn a byte-level BPE vocabulary from an iterable of strings (Rust trainer)."""
+    def train(cls, texts, vocabulary_size, special_tokens=(GPT2_END_OF_TEXT,), min_frequency=2,
+              **kwargs):
+        """Learn a byte-level BPE vocabulary and merges from texts, GPT-2 style.
+
+        The Rust ``tokenizers`` trainer counts GPT-2 pre-tokens (``pre_tokenizer="gpt2"``), starts
+        from the 256 byte symbols plus ``special_tokens`` (ids ``0…``, in order) and adds the most
+        frequent pair until the vocabulary has ``vocabulary_size`` tokens; pairs seen fewer than
+        ``min_frequency`` times are never merged. These are the settings of the library's
+        ``ByteLevelBPETokenizer.train`` (same vocabulary, merges and ids for the same texts).
+
+        Args:
+            texts: an iterable of strings (whole documents or lines).
+            vocabulary_size: tokens in the result, special tokens included (at least 256 + them).
+            special_tokens: tokens kept whole (e.g. ``<|endoftext|>``, the document separator).
+            min_frequency: the fewest occurrences a pair needs to become a merge.
+            **kwargs: passed to the constructor (``end_token``, ``pad_token``…).
+
+        >>> tokenizer = BytePairTokenizer.train(["to be or not to be"] * 10, vocabulary_size=262,
+        ...                                     end_token="<|endoftext|>")
+        >>> tokenizer.vocabulary_size, tokenizer.end_token_id
+        (262, 0)
+        >>> tokenizer.detokenize(tokenizer("to be, or not to be"))
+        'to be, or not to be'
+        """
         from tokenizers import trainers
 
+        special_tokens = list(special_tokens)
+        smallest = 256 + len(special_tokens)
+        if vocabulary_size < smallest:
+            raise ValueError(
+                f"vocabulary_size={vocabulary_size} is too small: a byte-level vocabulary holds the 256 "
+                f"byte symbols and {len(special_tokens)} special tokens, so at least {smallest}.")
+        if isinstance(texts, str):
+            raise TypeError("BytePairTokenizer.train takes an iterable of strings (e.g. a list of "
+                            "documents), not one string: wrap it in a list.")
         engine = _RustTokenizer(models.BPE())
-        engine.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-        trainer = trainers.BpeTrainer(vocab_size=vocabulary_size, special_tokens=list(special_tokens),
+        engine.pre_tokenizer = _pre_tokenizer("gpt2", add_prefix_space=False)
+        trainer = trainers.BpeTrainer(vocab_size=vocabulary_size, min_frequency=min_frequency,
+                                      special_tokens=special_tokens,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                       show_progress=False)
         engine.train_from_iterator(texts, trainer=trainer)
         model = json.loads(engine.to_str())["model"]
         merges = [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
-        return cls(model["vocab"], merges, special_tokens=list(special_tokens), **kwargs)
+        return cls(model["vocab"], merges, special_tokens=special_tokens, **kwargs)
