@@ -207,3 +207,89 @@ def load_shakespeare(works=None, edition="modern"):
             text = f.read().replace("\r\n", "\n")
         result.append(Work(name=name, title=titles.get(name + suffix, name), text=text))
     return result
+
+
+SHAKESPEARE_POEMS = ("lovers_complaint", "passionate_pilgrim", "phoenix_and_the_turtle", "rape_of_lucrece",
+                     "sonnets")
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkSplits:
+    """Whole works for training and for validation (a work is in one split only)."""
+
+    train: list
+    validation: list
+
+    @property
+    def train_texts(self):
+        return [work.text for work in self.train]
+
+    @property
+    def validation_texts(self):
+        return [work.text for work in self.validation]
+
+    def __repr__(self):
+        def describe(works):
+            return f"{len(works)} works, {sum(len(w.text) for w in works):,} characters"
+
+        return (f"WorkSplits(train: {describe(self.train)}; validation: {describe(self.validation)}: "
+                f"{', '.join(w.title for w in self.validation)})")
+
+
+def load_shakespeare_splits(validation_works=("macbeth", "tempest"), include_poems=False, edition="modern"):
+    """Shakespeare's plays split by play for language modelling: held-out plays, never seen in training.
+
+    Cutting a play in two would let a model see the same scenes and characters on both sides;
+    holding out whole plays measures how it does on text it has never seen.
+
+    Args:
+        validation_works: names of the works held out (see ``load_shakespeare``).
+        include_poems: keep the poems (sonnets, Lucrece…) in training; by default only plays.
+        edition: ``"modern"`` or ``"folio"``.
+
+    >>> splits = load_shakespeare_splits(["macbeth"])
+    >>> len(splits.train), [w.title for w in splits.validation]
+    (36, ['Macbeth'])
+    """
+    if isinstance(validation_works, str):
+        validation_works = [validation_works]
+    validation = load_shakespeare(list(validation_works), edition=edition)
+    held_out = {w.name for w in validation}
+    train = [w for w in load_shakespeare(edition=edition)
+             if w.name not in held_out and (include_poems or w.name not in SHAKESPEARE_POEMS)]
+    return WorkSplits(train=train, validation=validation)
+
+
+def next_token_windows(tokenizer, texts, sequence_length):
+    """Whole documents → next-token training examples cut from one token stream.
+
+    Each text is tokenized and followed by the tokenizer's end token (GPT-2's document separator),
+    the texts are joined into one stream, and the stream is cut into consecutive windows of
+    ``sequence_length + 1`` ids; the last, partial window is dropped. No padding, so every position
+    counts in the loss: how nanoGPT and GPT-2 train on long texts.
+
+    Returns ``(x, y)``: ``x = {"token_ids", "padding_mask"}`` int32 arrays of shape
+    ``(windows, sequence_length)``, ``y`` the same ids one step ahead, ready for
+    ``CausalLM.fit(x, y)`` and ``evaluate(x, y)``.
+
+    >>> from kcookbook.components import BytePairTokenizer
+    >>> tokenizer = BytePairTokenizer.train(["to be or not to be"] * 10, 262, end_token="<|endoftext|>")
+    >>> x, y = next_token_windows(tokenizer, ["to be or not"] * 3, sequence_length=4)
+    >>> x["token_ids"].shape == y.shape, x["token_ids"].shape[1]
+    (True, 4)
+    >>> bool((x["token_ids"][:, 1:] == y[:, :-1]).all())  # y is x one step ahead
+    True
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    end = [tokenizer.end_token_id] if tokenizer.end_token_id is not None else []
+    stream = np.fromiter((i for ids in tokenizer.encode_batch(list(texts)) for i in list(ids) + end),
+                         dtype="int32")
+    width = sequence_length + 1
+    num_windows = len(stream) // width
+    if num_windows == 0:
+        raise ValueError(f"The texts hold {len(stream)} tokens, fewer than one window of "
+                         f"sequence_length + 1 = {width}: pass more text or a shorter sequence_length.")
+    windows = stream[:num_windows * width].reshape(num_windows, width)
+    x = {"token_ids": windows[:, :-1], "padding_mask": np.ones_like(windows[:, :-1])}
+    return x, windows[:, 1:]

@@ -20,7 +20,12 @@ from kcookbook.components.image_converter import ImageConverter
 from kcookbook.components.masked_lm_head import MaskedLMHead
 from kcookbook.components.masking import MaskedLMMaskGenerator
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
-from kcookbook.components.mixture_of_experts import MixtureOfExperts, load_balancing_loss
+from kcookbook.components.mixture_of_experts import (
+    MixtureOfExperts,
+    expert_load,
+    load_balancing_loss,
+    record_routing,
+)
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
 from kcookbook.components.patch_embedding import PatchEmbedding
 from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
@@ -41,5 +46,5 @@ __all__ = [
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
     "CausalSelfAttention", "DecoderBlock", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
     "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
-    "load_balancing_loss",
+    "load_balancing_loss", "expert_load", "record_routing",
 ]

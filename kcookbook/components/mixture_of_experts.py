@@ -11,16 +11,72 @@ Every expert runs on every token and the unselected ones are weighted by zero: s
 compiler-friendly, at ``num_experts / top_k`` times the FLOPs of a sparse dispatch. Fine for small
 models and for checking numerics; a sparse dispatch is what large models would need.
 
+To see where tokens go, call a model eagerly inside ``record_routing()``: every
+``MixtureOfExperts`` layer appends the experts it chose. ``expert_load`` does that for a whole
+model and returns, per layer, the share of token→expert assignments each expert received.
+
     >>> moe = MixtureOfExperts(num_experts=4, top_k=2, intermediate_dim=16)
     >>> tuple(moe(ops.ones((2, 3, 8))).shape)
     (2, 3, 8)
+    >>> with record_routing() as records:
+    ...     _ = moe(np.random.default_rng(0).normal(size=(2, 3, 8)))
+    >>> records[moe][0].shape  # (batch, length, top_k) expert ids
+    (2, 3, 2)
 """
 
+import contextlib
+import contextvars
+
 import keras
+import numpy as np
 from keras import ops
 
 from kcookbook.components.activations import get_activation
 from kcookbook.components.direct_calls import run_layer
+
+
+# {layer: [selected expert ids, one array per call]} while record_routing() is active.
+_ROUTING_RECORDS = contextvars.ContextVar("kcookbook_routing_records", default=None)
+
+
+@contextlib.contextmanager
+def record_routing():
+    """Collect the experts each ``MixtureOfExperts`` layer picks while models are called eagerly.
+
+    Yields a dict ``{layer: [array (batch, length, top_k) of expert ids, one per call]}`` in the
+    order the layers ran (a backbone's blocks in order). Inside a compiled function (``fit``,
+    ``predict``, ``generate``) nothing is recorded: call the model directly.
+    """
+    records = {}
+    token = _ROUTING_RECORDS.set(records)
+    try:
+        yield records
+    finally:
+        _ROUTING_RECORDS.reset(token)
+
+
+def expert_load(model, inputs):
+    """Share of token→expert assignments per expert in each mixture-of-experts layer.
+
+    Runs ``model(inputs)`` eagerly (inference) and counts, for every ``MixtureOfExperts`` layer, how
+    many of the ``tokens × top_k`` assignments went to each expert; positions where
+    ``inputs["padding_mask"]`` is 0 are not counted. Returns an array ``(layers, experts)`` whose
+    rows sum to 1; a perfectly balanced router gives ``1 / num_experts`` everywhere.
+    """
+    mask = inputs.get("padding_mask") if isinstance(inputs, dict) else None
+    with record_routing() as records:
+        model(inputs, training=False)
+    if not records:
+        raise ValueError(f"{getattr(model, 'name', model)!r} has no MixtureOfExperts layer (or ran in a "
+                         "compiled function, where routing is not recorded): nothing to count.")
+    loads = []
+    for layer, calls in records.items():
+        counts = np.zeros(layer.num_experts)
+        for selected in calls:
+            keep = np.ones(selected.shape[:-1], bool) if mask is None else np.asarray(mask).astype(bool)
+            counts += np.bincount(selected[keep].reshape(-1), minlength=layer.num_experts)
+        loads.append(counts / counts.sum())
+    return np.stack(loads)
 
 
 def load_balancing_loss(router_logits, top_k):
@@ -79,6 +135,9 @@ class MixtureOfExperts(keras.layers.Layer):
         probabilities = ops.softmax(ops.cast(router_logits, "float32"), axis=-1)
         top_probabilities, selected = ops.top_k(probabilities, self.top_k)
         top_probabilities = top_probabilities / ops.sum(top_probabilities, axis=-1, keepdims=True)
+        records = _ROUTING_RECORDS.get()
+        if records is not None:  # inside record_routing(): keep the choices (eager calls only)
+            records.setdefault(self, []).append(ops.convert_to_numpy(selected))
         # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
         weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None], axis=-2)
         gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
