@@ -12,8 +12,9 @@ import numpy as np
 from kcookbook.backbones.bert import BertBackbone
 from kcookbook.components.tokenizer import read_vocabulary_file
 from kcookbook.components.wordpiece import WordPieceTokenizer
-from kcookbook.presets.converters.common import (keras_hub_layer_suffix, keras_hub_transformer_layer,
-                                                 linear_kernel, strip_prefix, take)
+from kcookbook.presets.converters.common import (hf_encoder_layer, keras_hub_layer_suffix,
+                                                 keras_hub_transformer_layer, linear_kernel, strip_prefix,
+                                                 take)
 from kcookbook.presets.errors import PresetError
 
 # ---------------------------------------------------------------- Hugging Face
@@ -55,23 +56,9 @@ def weights_from_hf(tensors, backbone):
         "embeddings_layer_norm/beta": take(t, "embeddings.LayerNorm.bias"),
     }
     for i in range(backbone.num_layers):
-        hf, ours = f"encoder.layer.{i}.", f"transformer_layer_{i}/"
-        qkv = [f"{hf}attention.self.{n}" for n in ("query", "key", "value")]
-        out[ours + "attention/qkv/kernel"] = np.concatenate(
-            [linear_kernel(take(t, n + ".weight")) for n in qkv], axis=1)
-        out[ours + "attention/qkv/bias"] = np.concatenate([take(t, n + ".bias") for n in qkv])
-        pairs = {
-            "attention/output": "attention.output.dense",
-            "ffn_intermediate": "intermediate.dense",
-            "ffn_output": "output.dense",
-        }
-        for our_name, hf_name in pairs.items():
-            out[ours + our_name + "/kernel"] = linear_kernel(take(t, hf + hf_name + ".weight"))
-            out[ours + our_name + "/bias"] = take(t, hf + hf_name + ".bias")
-        for our_name, hf_name in {"attention_norm": "attention.output.LayerNorm",
-                                  "ffn_norm": "output.LayerNorm"}.items():
-            out[ours + our_name + "/gamma"] = take(t, hf + hf_name + ".weight")
-            out[ours + our_name + "/beta"] = take(t, hf + hf_name + ".bias")
+        out.update(hf_encoder_layer(
+            t, f"encoder.layer.{i}.", f"transformer_layer_{i}/", self_attention="attention.self",
+            norm_names={"attention_norm": "attention.output.LayerNorm", "ffn_norm": "output.LayerNorm"}))
     if "pooler.dense.weight" in t:
         out["pooled_dense/kernel"] = linear_kernel(take(t, "pooler.dense.weight"))
         out["pooled_dense/bias"] = take(t, "pooler.dense.bias")

@@ -31,6 +31,47 @@ def strip_prefix(tensors, prefixes):
     return out
 
 
+# ---------------------------------------------------------------- Hugging Face encoder layers
+
+def hf_encoder_layer(t, hf_prefix, our_prefix, self_attention, norm_names, missing_qkv_bias=None):
+    """One Hugging Face BERT-style encoder layer → our fused-QKV ``TransformerEncoderBlock``.
+
+    BERT and ViT layers share their layout (``{self_attention}.query/key/value``,
+    ``attention.output.dense``, ``intermediate.dense``, ``output.dense``) and differ in where the
+    self-attention projections live and what the two layer norms are called:
+
+    Args:
+        t: the checkpoint's tensors (names are popped as they are used).
+        hf_prefix: e.g. ``"encoder.layer.3."``; our_prefix: e.g. ``"transformer_layer_3/"``.
+        self_attention: the query/key/value module under the layer (``"attention.self"`` in BERT,
+            ``"attention.attention"`` in ViT).
+        norm_names: ``{"attention_norm": hf name, "ffn_norm": hf name}``.
+        missing_qkv_bias: ``None`` to require q/k/v biases, or the hidden size to use zeros where a
+            checkpoint has none (``qkv_bias=False`` ViTs): zeros are the same function.
+    """
+    qkv = [f"{hf_prefix}{self_attention}.{n}" for n in ("query", "key", "value")]
+
+    def qkv_bias(name):
+        if missing_qkv_bias is not None and name + ".bias" not in t:
+            return np.zeros(missing_qkv_bias, "float32")
+        return take(t, name + ".bias")
+
+    out = {
+        our_prefix + "attention/qkv/kernel": np.concatenate(
+            [linear_kernel(take(t, n + ".weight")) for n in qkv], axis=1),
+        our_prefix + "attention/qkv/bias": np.concatenate([qkv_bias(n) for n in qkv]),
+    }
+    for our_name, hf_name in {"attention/output": "attention.output.dense",
+                              "ffn_intermediate": "intermediate.dense",
+                              "ffn_output": "output.dense"}.items():
+        out[our_prefix + our_name + "/kernel"] = linear_kernel(take(t, hf_prefix + hf_name + ".weight"))
+        out[our_prefix + our_name + "/bias"] = take(t, hf_prefix + hf_name + ".bias")
+    for our_name, hf_name in norm_names.items():
+        out[our_prefix + our_name + "/gamma"] = take(t, hf_prefix + hf_name + ".weight")
+        out[our_prefix + our_name + "/beta"] = take(t, hf_prefix + hf_name + ".bias")
+    return out
+
+
 # ---------------------------------------------------------------- keras_hub transformer layers
 
 def keras_hub_layer_suffix(i):

@@ -16,7 +16,7 @@ import numpy as np
 
 from kcookbook.backbones.vit import ViTBackbone
 from kcookbook.presets import files
-from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets.converters.common import hf_encoder_layer, linear_kernel, strip_prefix, take
 from kcookbook.presets.errors import PresetError
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate"}
@@ -67,25 +67,10 @@ def weights_from_hf(tensors, backbone):
         "final_layer_norm/beta": take(t, "layernorm.bias"),
     }
     for i in range(backbone.num_layers):
-        hf, ours = f"encoder.layer.{i}.", f"transformer_layer_{i}/"
-        qkv = [f"{hf}attention.attention.{n}" for n in ("query", "key", "value")]
-        out[ours + "attention/qkv/kernel"] = np.concatenate(
-            [linear_kernel(take(t, n + ".weight")) for n in qkv], axis=1)
-        # qkv_bias=False checkpoints have no biases: zeros are the same function.
-        out[ours + "attention/qkv/bias"] = np.concatenate(
-            [take(t, n + ".bias") if n + ".bias" in t else np.zeros(hidden, "float32") for n in qkv])
-        pairs = {
-            "attention/output": "attention.output.dense",
-            "ffn_intermediate": "intermediate.dense",
-            "ffn_output": "output.dense",
-        }
-        for our_name, hf_name in pairs.items():
-            out[ours + our_name + "/kernel"] = linear_kernel(take(t, hf + hf_name + ".weight"))
-            out[ours + our_name + "/bias"] = take(t, hf + hf_name + ".bias")
-        for our_name, hf_name in {"attention_norm": "layernorm_before",
-                                  "ffn_norm": "layernorm_after"}.items():
-            out[ours + our_name + "/gamma"] = take(t, hf + hf_name + ".weight")
-            out[ours + our_name + "/beta"] = take(t, hf + hf_name + ".bias")
+        out.update(hf_encoder_layer(
+            t, f"encoder.layer.{i}.", f"transformer_layer_{i}/", self_attention="attention.attention",
+            norm_names={"attention_norm": "layernorm_before", "ffn_norm": "layernorm_after"},
+            missing_qkv_bias=hidden))
     return out
 
 
