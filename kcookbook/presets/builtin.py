@@ -115,3 +115,19 @@ for _name, _what in [
         source="KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
         handle=f"kaggle://keras/resnetv1/keras/{_name}/3",
     ))
+
+# KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
+# needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.
+for _name, _what in [
+    ("gpt2_base_en", "12 layers, hidden 768, 124M parameters"),
+    ("gpt2_medium_en", "24 layers, hidden 1024, 355M parameters"),
+    ("gpt2_large_en", "36 layers, hidden 1280, 774M parameters"),
+    ("gpt2_extra_large_en", "48 layers, hidden 1600, 1.56B parameters"),
+    ("gpt2_base_en_cnn_dailymail", "12 layers, hidden 768, 124M parameters, fine-tuned on CNN/DailyMail "
+                                   "summaries"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="gpt2", description=f"GPT-2 {_what}; byte-level BPE, English WebText.",
+        source="OpenAI's GPT-2 checkpoints as KerasHub presets on Kaggle (MIT licence).",
+        handle=f"kaggle://keras/gpt2/keras/{_name}/3",
+    ))

@@ -30,6 +30,8 @@ KERAS_HUB_CLASSES = {
     "BertTokenizer": "kcookbook.presets.converters.bert",
     "GPT2Backbone": "kcookbook.presets.converters.gpt2",
     "GPT2Tokenizer": "kcookbook.presets.converters.gpt2",
+    "GemmaBackbone": "kcookbook.presets.converters.gemma",
+    "MistralBackbone": "kcookbook.presets.converters.mistral",
 }
 
 

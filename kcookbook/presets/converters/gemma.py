@@ -2,13 +2,69 @@
 and tied embeddings). Gemma configs name the activation ``hidden_activation`` (older) or
 ``hidden_act``."""
 
-from kcookbook.backbones.llama import GemmaBackbone
-from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
+import numpy as np
 
-__all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf"]
+from kcookbook.backbones.llama import GemmaBackbone
+from kcookbook.presets.converters.common import keras_hub_layer_suffix, take
+from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
+from kcookbook.presets.errors import PresetError
+
+__all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",
+           "weights_from_keras_hub"]
 
 
 def backbone_from_hf(hf_config, **overrides):
     activation = hf_config.get("hidden_activation") or hf_config.get("hidden_act", "gelu_pytorch_tanh")
     config = decoder_config({**hf_config, "hidden_act": activation}, tie_default=True)
     return GemmaBackbone(**{**config, **overrides})
+
+
+# ---------------------------------------------------------------- keras_hub
+
+# Gemma 2 options of keras_hub's GemmaBackbone that kcookbook's Gemma (1.x) does not have.
+GEMMA2_OPTIONS = ("use_post_ffw_norm", "use_post_attention_norm", "final_logit_soft_cap",
+                  "attention_logit_soft_cap", "use_sliding_window_attention")
+
+
+def backbone_from_keras_hub(config, **overrides):
+    gemma2 = [k for k in GEMMA2_OPTIONS if config.get(k)]
+    if gemma2 or not config.get("query_head_dim_normalize", True):
+        raise PresetError(
+            f"This keras_hub GemmaBackbone preset uses {gemma2 or ['query_head_dim_normalize=False']} "
+            "(Gemma 2 features); kcookbook's GemmaBackbone is Gemma 1 (gemma_*_en, gemma_1.1_*).")
+    ours = {"vocabulary_size": config["vocabulary_size"], "num_layers": config["num_layers"],
+            "num_heads": config["num_query_heads"], "hidden_dim": config["hidden_dim"],
+            # keras_hub counts gate and up together: each has intermediate_dim / 2 units.
+            "intermediate_dim": config["intermediate_dim"] // 2,
+            "num_key_value_heads": config["num_key_value_heads"], "head_dim": config["head_dim"],
+            "layer_norm_epsilon": config.get("layer_norm_epsilon", 1e-6),
+            "max_sequence_length": 8192, "dropout": config.get("dropout", 0.0)}
+    return GemmaBackbone(**{**ours, **overrides})
+
+
+def weights_from_keras_hub(arrays, backbone):
+    """keras_hub's ``model.weights.h5``: ``gemma_decoder_block[_i]`` with per-head query/key/value
+    kernels ``(heads, hidden, head_dim)`` and output ``(heads, head_dim, hidden)``."""
+    a = dict(arrays)
+
+    def var(path):
+        return take(a, path, "keras_hub weights file")
+
+    def heads_last(kernel):  # (heads, hidden, head_dim) → (hidden, heads * head_dim)
+        return np.transpose(kernel, (1, 0, 2)).reshape(backbone.hidden_dim, -1)
+
+    out = {"token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
+           "final_norm/scale": var("layers/rms_normalization/vars/0")}
+    for i in range(backbone.num_layers):
+        hub, ours = f"layers/gemma_decoder_block{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/"
+        out[ours + "attention/qkv/kernel"] = np.concatenate(
+            [heads_last(var(f"{hub}attention/{n}_dense/vars/0")) for n in ("query", "key", "value")],
+            axis=1)
+        out[ours + "attention/output/kernel"] = var(hub + "attention/output_dense/vars/0").reshape(
+            -1, backbone.hidden_dim)
+        out[ours + "attention_norm/scale"] = var(hub + "pre_attention_norm/vars/0")
+        out[ours + "feed_forward_norm/scale"] = var(hub + "pre_ffw_norm/vars/0")
+        out[ours + "feed_forward/gate_up/kernel"] = np.concatenate(
+            [var(hub + "gating_ffw/vars/0"), var(hub + "gating_ffw_2/vars/0")], axis=1)
+        out[ours + "feed_forward/output/kernel"] = var(hub + "ffw_linear/vars/0")
+    return out
