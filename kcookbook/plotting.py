@@ -8,7 +8,7 @@ optimizer steps, so runs with the same step budget line up:
     >>> history = {"loss": [5.0, 4.0, 3.5], "val_loss": [4.8, 4.1, 3.9]}
     >>> ax = plot_loss_curves({"tiny model": history}, steps_per_epoch=100)
     >>> [[int(step) for step in line.get_xdata()] for line in ax.get_lines()]  # train, validation
-    [[100, 200, 300], [100, 200, 300]]
+    [[50, 150, 250], [100, 200, 300]]
 """
 
 
@@ -24,8 +24,8 @@ def plot_loss_curves(histories, steps_per_epoch, metric="loss", ax=None, title=N
 
     Args:
         histories: ``{label: History}`` (what ``fit`` returns, or its ``.history`` dict). Each epoch's
-            training value is Keras' mean over that epoch; the validation value is measured at its
-            end.
+            training value is Keras' mean over that epoch, drawn at the middle of the epoch; the
+            validation value is measured at its end and drawn there.
         steps_per_epoch: optimizer steps per epoch (the x axis is steps, epoch ``e`` ends at
             ``e · steps_per_epoch``).
         metric: the history key to plot (``"loss"``, ``"accuracy"``…); ``"val_" + metric`` is the
@@ -44,10 +44,11 @@ def plot_loss_curves(histories, steps_per_epoch, metric="loss", ax=None, title=N
         if metric not in values:
             raise KeyError(f"Run {label!r} has no {metric!r} in its history; it has {sorted(values)}.")
         color = f"C{index}"
-        steps = [steps_per_epoch * (epoch + 1) for epoch in range(len(values[metric]))]
-        ax.plot(steps, values[metric], "-", color=color, label=f"{label} (train)")
+        ends = [steps_per_epoch * (epoch + 1) for epoch in range(len(values[metric]))]
+        middles = [end - steps_per_epoch / 2 for end in ends]
+        ax.plot(middles, values[metric], "-", color=color, label=f"{label} (train, mean per epoch)")
         if "val_" + metric in values:
-            ax.plot(steps, values["val_" + metric], "--", marker="o", markersize=3, color=color,
+            ax.plot(ends, values["val_" + metric], "--", marker="o", markersize=3, color=color,
                     label=f"{label} (validation)")
     ax.set(xlabel="optimizer step", ylabel=metric, title=title)
     ax.grid(alpha=0.3)

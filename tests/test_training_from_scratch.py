@@ -55,7 +55,8 @@ def test_plot_loss_curves_draws_train_and_validation_per_run():
     lines = ax.get_lines()
     assert len(lines) == 3
     assert [list(line.get_ydata()) for line in lines] == [[5.0, 4.0], [4.5, 4.2], [5.1, 3.9]]
-    assert list(lines[2].get_xdata()) == [50, 100]
+    assert list(lines[0].get_xdata()) == [25, 75]  # an epoch's mean training loss: mid-epoch
+    assert list(lines[1].get_xdata()) == [50, 100]  # validation: measured at the epoch's end
     with pytest.raises(KeyError, match="'accuracy'"):
         plot_loss_curves(histories, steps_per_epoch=1, metric="accuracy")
 
