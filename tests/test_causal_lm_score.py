@@ -123,3 +123,12 @@ def test_prompt_response_pairs_weigh_only_the_response(text_lm):
     assert history.history["loss"][-1] < 0.5 * history.history["loss"][0]
     scores = text_lm.score(["i love this film", "bad service"], [["good", "awful"]] * 2)
     assert scores.argmax(axis=1).tolist() == [0, 1]  # the trained answers are now the likelier ones
+
+
+def test_causal_lm_docstring_examples_run():
+    import doctest
+
+    from kcookbook.tasks import causal_lm
+
+    result = doctest.testmod(causal_lm, globs=dict(vars(causal_lm)))
+    assert result.attempted > 0 and result.failed == 0
