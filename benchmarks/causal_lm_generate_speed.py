@@ -1,21 +1,29 @@
-"""Greedy generation tokens/s of kcookbook's CausalLM on jax, tensorflow and torch, in one run.
+"""Greedy generation tokens/s: kcookbook vs keras_hub (each backend) and transformers, in one run.
 
     .venv/bin/python benchmarks/causal_lm_generate_speed.py
-    .venv/bin/python benchmarks/causal_lm_generate_speed.py --size tiny --new-tokens 32
-    .venv/bin/python benchmarks/causal_lm_generate_speed.py --torch-threads 1
+    .venv/bin/python benchmarks/causal_lm_generate_speed.py --batches 1 --new-tokens 32
+    .venv/bin/python benchmarks/causal_lm_generate_speed.py --torch-threads 1 --torch-compile
 
-Measured on the shared 2-core CPU machine (smollm2 shape, batch 1, 32 new tokens, one run, load ≈ 3):
-jax 27.3 tok/s, tensorflow 25.4, torch 1.6 with torch's default 2 threads and ≈ 7.8 with one thread
-(small per-token ops wait on threads when the machine is shared). torch stays the slow backend.
+A randomly initialised Llama-architecture model (speed does not depend on the values), the same
+configuration for every library: ``--size smollm2`` is SmolLM2-135M's shape (30 layers, hidden 576,
+9 heads / 3 key-value heads, intermediate 1536, vocabulary 49,152, tied embeddings, rope theta 1e5),
+``--size tiny`` a 2-layer, hidden-64 model that shows the per-token overhead. float32, batch 1 and 8,
+an 8-token prompt, ``--new-tokens`` new tokens, no stop token, greedy.
 
-A randomly initialised Llama-architecture model (speed does not depend on the values):
-``--size smollm2`` is SmolLM2-135M's shape (30 layers, hidden 576, 9 heads / 3 key-value heads,
-vocabulary 49,152, tied embeddings), ``--size tiny`` a 2-layer, hidden-64 model that shows the
-per-token overhead. float32, batch 1 and 8, an 8-token prompt, ``--new-tokens`` new tokens, no stop
-token. Each backend runs in its own subprocess (the backend is fixed at import); the first
-``generate`` (compilation) is left out and the median of ``--repeats`` timed calls is reported, as
-tokens/s (new tokens × batch / seconds) and as the ratio to jax. Real SmolLM2 weights and keras_hub /
-transformers comparisons are in the SmolLM2 benchmark.
+* kcookbook: ``CausalLM(LlamaBackbone(...)).generate(token ids, stop_token_ids=None)``; with
+  ``--torch-compile`` the torch worker also times ``lm.jit_compile = True`` (the one-token step under
+  ``torch.compile``).
+* keras_hub 0.32: ``LlamaCausalLM(LlamaBackbone(...), preprocessor=None)``, ``compile(sampler="greedy")``,
+  ``generate({"token_ids", "padding_mask"} padded to the final length, stop_token_ids=None)``.
+* transformers (torch worker only): ``LlamaForCausalLM(LlamaConfig(...))`` in eval mode,
+  ``generate(do_sample=False, min_new_tokens=max_new_tokens=N)``, under ``torch.no_grad``.
+
+Each backend runs in its own subprocess (the backend is fixed at import); ``--torch-threads`` sets
+``torch.set_num_threads`` in the torch worker (on a shared 2-core machine one thread is several
+times faster: small ops stop waiting for a descheduled thread). In a worker every library is first
+called once (tracing, compilation: reported as "first call s"), then the libraries take turns,
+``--repeats`` times; the table gives the median tokens/s (new tokens x batch / seconds) and the
+ratios kcookbook/keras_hub (same process) and backend/jax (across processes).
 """
 
 import argparse
@@ -35,34 +43,98 @@ SIZES = {
 }
 
 
-def worker(args):
-    if args.torch_threads and os.environ.get("KERAS_BACKEND") == "torch":
-        import torch
+def keras_hub_config(size):
+    config = dict(SIZES[size])
+    return dict(vocabulary_size=config["vocabulary_size"], num_layers=config["num_layers"],
+                num_query_heads=config["num_heads"], hidden_dim=config["hidden_dim"],
+                intermediate_dim=config["intermediate_dim"],
+                num_key_value_heads=config["num_key_value_heads"],
+                rope_max_wavelength=config.get("rope_max_wavelength", 10000),
+                tie_word_embeddings=config.get("tie_word_embeddings", False))
 
-        torch.set_num_threads(args.torch_threads)
+
+def generators(args, backend):
+    """name → function(prompt ids (batch, 8), max_length) running one greedy generation."""
     import keras
     import numpy as np
 
+    import keras_hub
     from kcookbook.backbones import LlamaBackbone
     from kcookbook.tasks import CausalLM
 
     keras.utils.set_random_seed(0)
-    lm = CausalLM(LlamaBackbone(**SIZES[args.size]))
+    ours = CausalLM(LlamaBackbone(**SIZES[args.size]))
+    theirs = keras_hub.models.LlamaCausalLM(
+        keras_hub.models.LlamaBackbone(**keras_hub_config(args.size)), preprocessor=None)
+    theirs.compile(sampler="greedy")
+
+    def run_ours(ids, max_length, lm=ours):
+        lm.generate({"token_ids": ids, "padding_mask": np.ones_like(ids)}, max_length=max_length,
+                    stop_token_ids=None)
+
+    def run_theirs(ids, max_length):
+        token_ids = np.zeros((len(ids), max_length), "int32")
+        token_ids[:, :ids.shape[1]] = ids
+        theirs.generate({"token_ids": token_ids, "padding_mask": token_ids != 0}, stop_token_ids=None)
+
+    runs = {"kcookbook": run_ours, "keras_hub": run_theirs}
+    if backend == "torch" and args.torch_compile:
+        compiled = CausalLM(ours.backbone)
+        compiled.jit_compile = True
+        runs["kcookbook+compile"] = lambda ids, max_length: run_ours(ids, max_length, compiled)
+    if backend == "torch":
+        import torch
+        import transformers
+
+        config = SIZES[args.size]
+        reference = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+            vocab_size=config["vocabulary_size"], hidden_size=config["hidden_dim"],
+            intermediate_size=config["intermediate_dim"], num_hidden_layers=config["num_layers"],
+            num_attention_heads=config["num_heads"],
+            num_key_value_heads=config["num_key_value_heads"],
+            rope_theta=config.get("rope_max_wavelength", 10000),
+            max_position_embeddings=config["max_sequence_length"],
+            tie_word_embeddings=config.get("tie_word_embeddings", False))).eval()
+
+        def run_transformers(ids, max_length):
+            new = max_length - ids.shape[1]
+            with torch.no_grad():
+                reference.generate(torch.as_tensor(ids, dtype=torch.long), do_sample=False,
+                                   max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+
+        runs["transformers"] = run_transformers
+    return runs
+
+
+def worker(args):
+    backend = os.environ["KERAS_BACKEND"]
+    if args.torch_threads and backend == "torch":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
+    import numpy as np
+
+    runs = generators(args, backend)
     results = {}
     for batch in args.batches:
-        prompts = {"token_ids": np.random.default_rng(0).integers(3, 900, (batch, 8)).astype("int32"),
-                   "padding_mask": np.ones((batch, 8), "int32")}
+        ids = np.random.default_rng(0).integers(3, 900, (batch, 8)).astype("int32")
         max_length = 8 + args.new_tokens
-        start = time.perf_counter()
-        lm.generate(prompts, max_length=max_length, stop_token_ids=None)
-        first = time.perf_counter() - start
-        times = []
-        for _ in range(args.repeats):
+        times = {name: [] for name in runs}
+        first = {}
+        for name, run in runs.items():
             start = time.perf_counter()
-            lm.generate(prompts, max_length=max_length, stop_token_ids=None)
-            times.append(time.perf_counter() - start)
-        results[batch] = {"tokens_per_s": args.new_tokens * batch / statistics.median(times),
-                          "first_call_s": first}
+            run(ids, max_length)
+            first[name] = time.perf_counter() - start
+        for repeat in range(args.repeats):
+            names = list(runs)
+            names = names[repeat % len(names):] + names[:repeat % len(names)]  # rotate the order
+            for name in names:
+                start = time.perf_counter()
+                runs[name](ids, max_length)
+                times[name].append(time.perf_counter() - start)
+        results[batch] = {name: {"tokens_per_s": args.new_tokens * batch / statistics.median(t),
+                                 "first_call_s": first[name]} for name, t in times.items()}
+        print(f"{backend} batch {batch}: " + json.dumps(results[batch]), file=sys.stderr, flush=True)
     print("RESULT " + json.dumps(results))
 
 
@@ -76,6 +148,9 @@ def main():
     parser.add_argument("--torch-threads", type=int, default=0,
                         help="torch intra-op threads (0: torch's default). On a small shared machine "
                              "1 thread decodes several times faster: small ops stop waiting on threads.")
+    parser.add_argument("--torch-compile", action="store_true",
+                        help="also time kcookbook on torch with jit_compile=True (torch.compile of "
+                             "the one-token step; minutes of compilation on a CPU).")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -85,7 +160,7 @@ def main():
         command = [sys.executable, __file__, "--worker", "--size", args.size, "--new-tokens",
                    str(args.new_tokens), "--repeats", str(args.repeats),
                    "--torch-threads", str(args.torch_threads), "--batches",
-                   *map(str, args.batches)]
+                   *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
         env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
         out = subprocess.run(command, env=env, capture_output=True, text=True)
         line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
@@ -93,17 +168,20 @@ def main():
             print(f"{backend} failed:\n{out.stderr[-2000:]}")
             continue
         rows[backend] = json.loads(line[0][7:])
-    print(f"\nCausalLM greedy generate, {args.size} shape, 8-token prompt + {args.new_tokens} new, float32")
-    print(f"{'backend':<12}" + "".join(f"{f'batch {b} tok/s':>16}{'vs jax':>8}" for b in args.batches)
-          + f"{'compile s (b1)':>16}")
+    print(f"\nGreedy generate, {args.size} shape (random weights), 8-token prompt + {args.new_tokens} "
+          f"new, float32, torch threads: {args.torch_threads or 'default'}")
+    print(f"{'backend':<12}{'library':<19}{'batch':>6}{'tok/s':>9}{'vs keras_hub':>14}"
+          f"{'vs jax':>8}{'first call s':>14}")
     for backend, result in rows.items():
-        cells = ""
         for b in args.batches:
-            speed = result[str(b)]["tokens_per_s"]
-            base = rows.get("jax", {}).get(str(b), {}).get("tokens_per_s")
-            cells += f"{speed:>16.1f}{(speed / base if base else float('nan')):>8.2f}"
-        first = result[str(args.batches[0])]["first_call_s"]
-        print(f"{backend:<12}{cells}{first:>16.1f}")
+            for name, cell in result[str(b)].items():
+                speed = cell["tokens_per_s"]
+                hub = result[str(b)].get("keras_hub", {}).get("tokens_per_s")
+                jax_speed = rows.get("jax", {}).get(str(b), {}).get("kcookbook", {}).get("tokens_per_s")
+                vs_hub = f"{speed / hub:.2f}" if hub and name != "keras_hub" else "-"
+                vs_jax = f"{speed / jax_speed:.2f}" if jax_speed and name.startswith("kcookbook") else "-"
+                print(f"{backend:<12}{name:<19}{b:>6}{speed:>9.1f}{vs_hub:>14}{vs_jax:>8}"
+                      f"{cell['first_call_s']:>14.1f}")
 
 
 if __name__ == "__main__":

@@ -101,6 +101,18 @@ def test_cached_generation_equals_uncached_argmax_for_prompts_of_different_lengt
     np.testing.assert_array_equal(out["padding_mask"], np.ones((2, 11), "int32"))
 
 
+def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
+    """``jit_compile=True``: on torch the decode step runs under torch.compile (jax/TF compile the
+    whole loop anyway); greedy tokens still equal the full-sequence argmax."""
+    compiled = CausalLM(lm.backbone, lm.preprocessor)
+    compiled.jit_compile = True
+    prompts = {"token_ids": np.array([[2, 10, 11, 12], [2, 20, 21, 0]], "int32"),
+               "padding_mask": np.array([[1, 1, 1, 1], [1, 1, 1, 0]], "int32")}
+    out = compiled.generate(prompts, max_length=9, stop_token_ids=None)
+    expected = uncached_greedy(lm, prompts["token_ids"], prompts["padding_mask"], 9)
+    np.testing.assert_array_equal(out["token_ids"], expected)
+
+
 def test_second_generate_with_same_shapes_does_not_recompile(lm):
     lm.generate(TEXTS[:2], max_length=10)
     traces = lm.generate_trace_count

@@ -53,10 +53,11 @@ def causal_attention_mask(query_positions, key_positions, padding_mask=None, sli
 
 
 def write_to_cache(cache, update, index):
-    """``cache[:, :, index:index + n] = update``; in place on torch (no copy of the whole cache)."""
+    """``cache[:, :, index:index + n] = update``; in place on torch (no copy of the whole cache, and
+    ``index`` stays a tensor, so ``torch.compile`` traces it without a host sync or a recompile)."""
     if keras.backend.backend() == "torch":
-        cache.narrow(2, int(index), update.shape[2]).copy_(update)
-        return cache
+        positions = ops.arange(update.shape[2], dtype="int32") + ops.cast(index, "int32")
+        return cache.index_copy_(2, ops.cast(positions, "int64"), ops.cast(update, cache.dtype))
     index = ops.cast(index, "int32")
     zero = ops.zeros((), "int32")
     return ops.slice_update(cache, (zero, zero, index, zero, zero), ops.cast(update, cache.dtype))

@@ -15,25 +15,34 @@ directly; everywhere else it is ``layer(x)``. Use it only on built layers, in in
 """
 
 import contextlib
-import contextvars
+import threading
 
 import keras  # noqa: F401  (used by the docstring example)
 
-_DIRECT = contextvars.ContextVar("kcookbook_direct_layer_calls", default=False)
+
+class _State(threading.local):
+    """A per-thread flag. Not a ContextVar: torch.compile traces through reading an attribute,
+    where ``ContextVar.get()`` would break the compiled graph at every layer."""
+
+    direct = False
+
+
+_STATE = _State()
 
 
 @contextlib.contextmanager
 def direct_layer_calls(enabled=True):
-    """Within this block ``run_layer`` calls ``layer.call`` directly."""
-    token = _DIRECT.set(bool(enabled))
+    """Within this block (in this thread) ``run_layer`` calls ``layer.call`` directly."""
+    previous = _STATE.direct
+    _STATE.direct = bool(enabled)
     try:
         yield
     finally:
-        _DIRECT.reset(token)
+        _STATE.direct = previous
 
 
 def run_layer(layer, *args, **kwargs):
     """``layer(*args, **kwargs)``, or ``layer.call(...)`` inside ``direct_layer_calls()``."""
-    if _DIRECT.get() and layer.built:
+    if _STATE.direct and layer.built:
         return layer.call(*args, **kwargs)
     return layer(*args, **kwargs)

@@ -11,7 +11,11 @@
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
   a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow. On torch the loop
   runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
-  (``direct_layer_calls``), skipping Keras' per-call bookkeeping. The compiled loop is kept per
+  (``direct_layer_calls``), skipping Keras' per-call bookkeeping; ``lm.jit_compile = True`` (or
+  ``compile(jit_compile=True)``) also ``torch.compile``s the one-token step: about 2x the tokens/s
+  of SmolLM2-135M after minutes of compilation on a CPU (see ``benchmarks/README.md``). On a small
+  shared CPU ``torch.set_num_threads(1)`` decodes several times faster than torch's default
+  threads. The compiled loop is kept per
   (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
   compile again (``generate_trace_count`` counts compilations).
 
@@ -427,7 +431,21 @@ class CausalLM(Task):
         return self._score_functions[key]
 
     def _next_logits(self, token_ids, caches, index):
-        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches."""
+        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches.
+
+        On torch with ``jit_compile=True`` this one-token step runs ``torch.compile``d: one graph
+        per (batch size, max_length), compiled on first use (minutes on a CPU), with no Keras or
+        Python overhead per layer afterwards. The prefill and the loop around it stay eager.
+        """
+        if keras.backend.backend() == "torch" and self.jit_compile:
+            if getattr(self, "_compiled_decode_step", None) is None:
+                import torch
+
+                self._compiled_decode_step = torch.compile(self._decode_step, dynamic=False)
+            return self._compiled_decode_step(token_ids, caches, index)
+        return self._decode_step(token_ids, caches, index)
+
+    def _decode_step(self, token_ids, caches, index):
         hidden, caches = self.backbone.call_with_cache(token_ids, caches, index)
         logits = run_layer(self.backbone.token_embedding, hidden[:, -1], reverse=True)
         return ops.cast(logits, "float32"), caches, hidden[:, -1]
