@@ -69,6 +69,8 @@ class StepTimer(keras.callbacks.Callback):
     the end of the last batch (or of ``stop_batch``), and the time is divided by the batches in
     between. With ``steps_per_execution=k`` Keras reports batches k at a time; the first execution is
     left out and the count stays right. The device is synchronised before the end time is read.
+    Over several epochs of ``fit``, batches are counted across epochs (epoch 2's first batch follows
+    epoch 1's last) and the clock stops between epochs, so validation passes are not counted as steps.
 
     Args:
         start_batch: first batch inside the timed span.
@@ -94,35 +96,55 @@ class StepTimer(keras.callbacks.Callback):
 
     def reset(self):
         """Forget the last measurement."""
-        self.begin_time = self.end_time = None
+        self.elapsed = 0.0               # seconds inside finished timed segments (one per epoch)
+        self._segment_begin = self._segment_end = None
         self.first_batch = self.last_batch = None
+        self._epoch_offset = 0           # steps of this fit call's earlier epochs
+        self._epoch_steps = 0
 
     @property
     def steps_timed(self):
-        if self.begin_time is None or self.end_time is None:
+        if self.first_batch is None or self.last_batch is None:
             return 0
         return self.last_batch - self.first_batch + 1
 
     @property
     def ms_per_step(self):
         steps = self.steps_timed
-        return 1000.0 * (self.end_time - self.begin_time) / steps if steps else None
+        if not steps:
+            return None
+        seconds = self.elapsed
+        if self._segment_begin is not None and self._segment_end is not None:
+            seconds += self._segment_end - self._segment_begin
+        return 1000.0 * seconds / steps
 
     def _batch_begin(self, batch):
-        if self.begin_time is None and batch >= self.start_batch:
-            if self.stop_batch is None or batch <= self.stop_batch:
-                self.first_batch = batch
-                self.begin_time = self.clock()
+        step = self._epoch_offset + batch  # counted across epochs
+        if step < self.start_batch or (self.stop_batch is not None and step > self.stop_batch):
+            return
+        if self._segment_begin is None:
+            self._segment_begin = self.clock()
+            if self.first_batch is None:
+                self.first_batch = step
 
     def _batch_end(self, batch, logs):
-        if self.begin_time is None:
+        self._epoch_steps = max(self._epoch_steps, batch + 1)
+        if self._segment_begin is None:
             return
         if self.stop_batch is not None and self.last_batch is not None and \
                 self.last_batch >= self.stop_batch:
             return
         synchronize(logs)
-        self.last_batch = batch
-        self.end_time = self.clock()
+        self.last_batch = self._epoch_offset + batch
+        self._segment_end = self.clock()
+
+    def on_epoch_end(self, epoch, logs=None):
+        # The clock stops between epochs: validation and other callbacks' work are not steps.
+        if self._segment_begin is not None and self._segment_end is not None:
+            self.elapsed += self._segment_end - self._segment_begin
+        self._segment_begin = self._segment_end = None
+        self._epoch_offset += self._epoch_steps
+        self._epoch_steps = 0
 
     # fit (a validation pass inside fit calls the test hooks too: those are ignored while fitting)
     def on_train_begin(self, logs=None):

@@ -83,6 +83,24 @@ def test_step_timer_counts_steps_per_execution():
     assert timer.ms_per_step == pytest.approx(500.0)
 
 
+def test_step_timer_counts_steps_across_epochs_and_stops_the_clock_between_them():
+    x, y = np.zeros((12, 3), "float32"), np.zeros((12, 2), "float32")
+    # 2 epochs of 3 batches with a validation pass in between. Epoch 1: start of batch 1 (0.0), ends of
+    # batches 1, 2 (1.0, 2.0); epoch 2 (steps 3..5): start 10.0, ends 11.0, 12.0, 13.0. The gap from
+    # 2.0 to 10.0 (validation) is left out: 2 s + 3 s over steps 1..5.
+    timer = StepTimer(clock=FakeClock(0.0, 1.0, 2.0, 10.0, 11.0, 12.0, 13.0))
+    tiny_model().fit(x, y, batch_size=4, epochs=2, verbose=0, shuffle=False, callbacks=[timer],
+                     validation_data=(x, y))
+    assert timer.steps_timed == 5
+    assert timer.ms_per_step == pytest.approx(1000.0)
+    # stop_batch counts across epochs too: steps 1..4 end in epoch 2 (2 s + 3 s over 4 steps), and
+    # epoch 3 reads no clock.
+    timer = StepTimer(stop_batch=4, clock=FakeClock(0.0, 1.0, 2.0, 10.0, 11.0, 13.0))
+    tiny_model().fit(x, y, batch_size=4, epochs=3, verbose=0, shuffle=False, callbacks=[timer])
+    assert timer.steps_timed == 4
+    assert timer.ms_per_step == pytest.approx(1250.0)
+
+
 def test_step_timer_single_batch_has_no_measurement():
     timer = StepTimer(clock=FakeClock())
     tiny_model().fit(np.zeros((4, 3)), np.zeros((4, 2)), batch_size=4, verbose=0, callbacks=[timer])
