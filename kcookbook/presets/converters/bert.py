@@ -12,7 +12,7 @@ import numpy as np
 from kcookbook.backbones.bert import BertBackbone
 from kcookbook.components.tokenizer import read_vocabulary_file
 from kcookbook.components.wordpiece import WordPieceTokenizer
-from kcookbook.presets.converters.common import (hf_encoder_layer, keras_hub_layer_suffix,
+from kcookbook.presets.converters.common import (hf_encoder_layer, keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_transformer_layer, linear_kernel, strip_prefix,
                                                  take)
 from kcookbook.presets.errors import PresetError
@@ -113,10 +113,7 @@ def backbone_from_keras_hub(config, **overrides):
 
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5`` names layers by class and order (``transformer_encoder_3``)."""
-    a = dict(arrays)
-
-    def var(path):
-        return take(a, path, "keras_hub weights file")
+    var = keras_hub_reader(arrays)
 
     out = {
         "token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
@@ -127,9 +124,9 @@ def weights_from_keras_hub(arrays, backbone):
         "pooled_dense/kernel": var("layers/dense/vars/0"),
         "pooled_dense/bias": var("layers/dense/vars/1"),
     }
-    for i in range(backbone.num_layers):
+    for hub, ours in keras_hub_blocks("transformer_encoder", backbone.num_layers):
         out.update(keras_hub_transformer_layer(
-            var, f"layers/transformer_encoder{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/",
+            var, hub, ours,
             norm_names=("attention_norm", "ffn_norm"),
             feed_forward_names=("ffn_intermediate", "ffn_output")))
     return out

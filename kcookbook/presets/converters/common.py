@@ -79,6 +79,20 @@ def keras_hub_layer_suffix(i):
     return "" if i == 0 else f"_{i}"
 
 
+def keras_hub_reader(arrays):
+    """``var(path)``: pops one array of keras_hub's ``model.weights.h5``, naming it when absent."""
+    remaining = dict(arrays)
+    return lambda path: take(remaining, path, "keras_hub weights file")
+
+
+def keras_hub_blocks(layer_class, num_layers):
+    """``(keras_hub prefix, our prefix)`` of each transformer block, e.g.
+    ``("layers/transformer_decoder_2/", "transformer_layer_2/")``: keras_hub names blocks by class
+    and order, kcookbook by position."""
+    return [(f"layers/{layer_class}{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/")
+            for i in range(num_layers)]
+
+
 def keras_hub_transformer_layer(var, keras_hub_prefix, our_prefix, norm_names, feed_forward_names):
     """One keras_hub ``TransformerEncoder``/``TransformerDecoder`` layer → our fused-QKV block.
 

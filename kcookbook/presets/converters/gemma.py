@@ -5,7 +5,7 @@ and tied embeddings). Gemma configs name the activation ``hidden_activation`` (o
 import numpy as np
 
 from kcookbook.backbones.llama import GemmaBackbone
-from kcookbook.presets.converters.common import keras_hub_layer_suffix, take
+from kcookbook.presets.converters.common import keras_hub_blocks, keras_hub_reader
 from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 from kcookbook.presets.errors import PresetError
 
@@ -45,18 +45,14 @@ def backbone_from_keras_hub(config, **overrides):
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5``: ``gemma_decoder_block[_i]`` with per-head query/key/value
     kernels ``(heads, hidden, head_dim)`` and output ``(heads, head_dim, hidden)``."""
-    a = dict(arrays)
-
-    def var(path):
-        return take(a, path, "keras_hub weights file")
+    var = keras_hub_reader(arrays)
 
     def heads_last(kernel):  # (heads, hidden, head_dim) → (hidden, heads * head_dim)
         return np.transpose(kernel, (1, 0, 2)).reshape(backbone.hidden_dim, -1)
 
     out = {"token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
            "final_norm/scale": var("layers/rms_normalization/vars/0")}
-    for i in range(backbone.num_layers):
-        hub, ours = f"layers/gemma_decoder_block{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/"
+    for hub, ours in keras_hub_blocks("gemma_decoder_block", backbone.num_layers):
         out[ours + "attention/qkv/kernel"] = np.concatenate(
             [heads_last(var(f"{hub}attention/{n}_dense/vars/0")) for n in ("query", "key", "value")],
             axis=1)

@@ -8,8 +8,8 @@ import os
 
 
 from kcookbook.backbones.gpt2 import GPT2Backbone
-from kcookbook.presets.converters.common import (keras_hub_layer_suffix, keras_hub_transformer_layer,
-                                                 strip_prefix, take)
+from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+                                                 keras_hub_transformer_layer, strip_prefix, take)
 from kcookbook.presets.converters.llama import HF_ACTIVATIONS
 from kcookbook.presets.errors import PresetError
 
@@ -93,10 +93,7 @@ def backbone_from_keras_hub(config, **overrides):
 
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5`` names layers by class and order (``transformer_decoder_3``)."""
-    a = dict(arrays)
-
-    def var(path):
-        return take(a, path, "keras_hub weights file")
+    var = keras_hub_reader(arrays)
 
     out = {
         "token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
@@ -104,9 +101,9 @@ def weights_from_keras_hub(arrays, backbone):
         "final_norm/gamma": var("layers/layer_normalization/vars/0"),
         "final_norm/beta": var("layers/layer_normalization/vars/1"),
     }
-    for i in range(backbone.num_layers):
+    for hub, ours in keras_hub_blocks("transformer_decoder", backbone.num_layers):
         out.update(keras_hub_transformer_layer(
-            var, f"layers/transformer_decoder{keras_hub_layer_suffix(i)}/", f"transformer_layer_{i}/",
+            var, hub, ours,
             norm_names=("attention_norm", "feed_forward_norm"),
             feed_forward_names=("feed_forward/intermediate", "feed_forward/output")))
     return out

@@ -4,7 +4,7 @@
 import numpy as np
 
 from kcookbook.backbones.llama import MistralBackbone
-from kcookbook.presets.converters.common import keras_hub_layer_suffix, take
+from kcookbook.presets.converters.common import keras_hub_blocks, keras_hub_reader
 from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",
@@ -36,18 +36,14 @@ def backbone_from_keras_hub(config, **overrides):
 def weights_from_keras_hub(arrays, backbone):
     """keras_hub's ``model.weights.h5``: ``mistral_transformer_decoder[_i]`` blocks with per-head
     ``EinsumDense`` query/key/value kernels ``(hidden, heads, head_dim)``, separate gate and up."""
-    a = dict(arrays)
-
-    def var(path):
-        return take(a, path, "keras_hub weights file")
+    var = keras_hub_reader(arrays)
 
     out = {"token_embedding/embeddings": var("layers/reversible_embedding/vars/0"),
            "final_norm/scale": var("layers/mistral_layer_normalization/vars/0")}
     if not backbone.tie_word_embeddings:
         out["token_embedding/reverse_embeddings"] = var("layers/reversible_embedding/vars/1")
-    for i in range(backbone.num_layers):
-        hub = f"layers/mistral_transformer_decoder{keras_hub_layer_suffix(i)}/"
-        attention, ours = hub + "_self_attention_layer/", f"transformer_layer_{i}/"
+    for hub, ours in keras_hub_blocks("mistral_transformer_decoder", backbone.num_layers):
+        attention = hub + "_self_attention_layer/"
         out[ours + "attention/qkv/kernel"] = np.concatenate(
             [var(f"{attention}_{n}_dense/vars/0").reshape(backbone.hidden_dim, -1)
              for n in ("query", "key", "value")], axis=1)
