@@ -57,9 +57,11 @@ test-cross-backend:
 	@echo "== the three backends agree"
 	$(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
 
+# Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
+# and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
 test-recipes:
 	@echo "== recipes under nbval"
-	$(PY) -m pytest -q --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
+	$(PY) -m pytest -q -n 2 --dist loadfile --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 
 benchmark: setup
 	$(PY) benchmarks/bert_fit_predict.py
