@@ -216,3 +216,16 @@ def test_hf_handle_loads_offline_from_the_hugging_face_cache(tmp_path, tiny_voca
     for ours, reference in zip(loaded.weights, from_folder.weights):
         np.testing.assert_array_equal(numpy(ours), numpy(reference))
     assert Tokenizer.from_preset("hf://someone/tiny-bert").get_vocabulary() == tiny_vocabulary
+
+
+def test_every_kerashub_name_points_at_kerashubs_own_handle():
+    """Each built-in name borrowed from KerasHub maps to the Kaggle handle keras_hub 0.32 itself uses."""
+    import keras_hub  # noqa: F401  (importing registers keras_hub's preset tables)
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+    borrowed = [row for row in kcookbook.presets.list_presets()
+                if str(row["handle"]).startswith("kaggle://keras/")]
+    assert {row["family"] for row in borrowed} >= {"bert", "gpt2", "resnet"}
+    for row in borrowed:
+        assert row["name"] in BUILTIN_PRESETS, f"{row['name']} is not a keras_hub preset name"
+        assert row["handle"] == BUILTIN_PRESETS[row["name"]]["kaggle_handle"], row["name"]

@@ -158,8 +158,9 @@ def test_transformers_resnet_checkpoints_convert(tmp_path, layer_type, hidden_si
     assert ImageClassifier.from_preset(str(tmp_path / "classifier"), num_classes=3).num_classes == 3
 
 
-@pytest.mark.parametrize("block_type", ["basic_block", "bottleneck_block"])
-def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_type):
+@pytest.mark.parametrize("block_type,pre_activation", [
+    ("basic_block", False), ("bottleneck_block", False), ("basic_block", True), ("bottleneck_block", True)])
+def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_type, pre_activation):
     import keras_hub
 
     from kcookbook.backbones import Backbone
@@ -168,7 +169,8 @@ def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_typ
     keras.utils.set_random_seed(0)
     theirs = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2], block_type=block_type)
+        stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2], block_type=block_type,
+        use_pre_activation=pre_activation)
     rng = np.random.default_rng(0)
     for layer in theirs.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -183,6 +185,7 @@ def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_typ
 
     x = rng.normal(size=(2, 64, 64, 3)).astype("float32")
     ours = Backbone.from_preset(str(tmp_path / "preset"))
+    assert ours.preactivation == pre_activation
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)),
                                keras.ops.convert_to_numpy(theirs(x)), atol=1e-4)
     image = rng.integers(0, 256, (1, 50, 70, 3)).astype("uint8")

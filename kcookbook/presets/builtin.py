@@ -115,6 +115,17 @@ for _name, _what in [
         source="KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
         handle=f"kaggle://keras/resnetv1/keras/{_name}/3",
     ))
+for _name, _what in [
+    ("resnet_v2_50_imagenet", "ResNet-50 v2 (pre-activation), 23.5M backbone parameters"),
+    ("resnet_v2_101_imagenet", "ResNet-101 v2 (pre-activation), 42.6M backbone parameters"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="resnet",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
+                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        source="KerasHub's ResNet v2 presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
+        handle=f"kaggle://keras/resnetv2/keras/{_name}/3",
+    ))
 
 # KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
 # needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.

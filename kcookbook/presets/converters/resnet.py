@@ -1,4 +1,4 @@
-"""ResNet v1 from Hugging Face (``ResNetModel`` / ``ResNetForImageClassification``) and KerasHub.
+"""ResNet from Hugging Face (``ResNetModel`` / ``ResNetForImageClassification``, v1) and KerasHub (v1, v2).
 
 Hugging Face names map as
 
@@ -11,8 +11,9 @@ Hugging Face names map as
 ``hidden_sizes`` are stack *output* widths (×4 for bottlenecks); ours are inner widths.
 
 KerasHub's ``ResNetBackbone`` builds the same graph as ours (its layer names are ours too), so its
-``model.weights.h5`` maps layer by layer; only v1 (``use_pre_activation=False``, one 7×7 stem
-convolution, ``basic_block``/``bottleneck_block``) is supported.
+``model.weights.h5`` maps layer by layer: v1 and v2 (``use_pre_activation``) with one 7×7 stem
+convolution and ``basic_block``/``bottleneck_block``. The ``_vd`` variants (three-convolution stem,
+average-pooled shortcuts) are refused by name.
 """
 
 import json
@@ -109,18 +110,18 @@ def class_names_from_hf(config):
 
 # ----- KerasHub -----
 def backbone_from_keras_hub(config, **overrides):
-    if config.get("use_pre_activation"):
-        raise PresetError("This keras_hub ResNet is v2 (use_pre_activation=True); kcookbook converts ResNet v1.")
     block_type = {"basic_block": "basic", "bottleneck_block": "bottleneck"}.get(config["block_type"])
     if block_type is None or len(config["input_conv_filters"]) != 1 or config["input_conv_kernel_sizes"] != [7]:
         raise PresetError(f"This keras_hub ResNet ({config['block_type']}, stem "
                           f"{config['input_conv_kernel_sizes']}) is a variant kcookbook does not convert: "
-                          "only v1 with basic_block or bottleneck_block and one 7×7 stem convolution.")
+                          "only v1/v2 with basic_block or bottleneck_block and one 7×7 stem convolution "
+                          "(not the ResNet_vd family).")
     kwargs = dict(
         stackwise_num_filters=config["stackwise_num_filters"],
         stackwise_num_blocks=config["stackwise_num_blocks"],
         stackwise_num_strides=config["stackwise_num_strides"], block_type=block_type,
         stem_filters=config["input_conv_filters"][0],
+        preactivation=bool(config.get("use_pre_activation", False)),
         image_shape=tuple(config.get("image_shape") or (None, None, 3)),
     )
     return ResNetBackbone(**{**kwargs, **overrides})
@@ -129,7 +130,7 @@ def backbone_from_keras_hub(config, **overrides):
 def weights_from_keras_hub(arrays, backbone):
     """Keras's ``model.weights.h5`` names layers by class and position (``layers/conv2d_3/vars/0``).
 
-    KerasHub's ResNet v1 graph has the same layers as ours in the same topological order (the
+    KerasHub's ResNet graph (v1 or v2) has the same layers as ours in the same topological order (the
     activations differ in class, but hold no weights), so the n-th ``Conv2D`` is the n-th ``Conv2D``.
     """
     a, out, seen = dict(arrays), {}, {}
