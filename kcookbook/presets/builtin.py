@@ -142,3 +142,53 @@ for _name, _what in [
         source="OpenAI's GPT-2 checkpoints as KerasHub presets on Kaggle (MIT licence).",
         handle=f"kaggle://keras/gpt2/keras/{_name}/3",
     ))
+
+# KerasHub's Gemma 1 and CodeGemma presets on Kaggle (keras_hub GemmaBackbone + GemmaTokenizer,
+# converted on load; needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's
+# gemma_presets.py; Gemma 2 (gemma2_*, shieldgemma_*) is a different architecture and not listed.
+for _name, _handle, _what in [
+    ("gemma_2b_en", "gemma/keras/gemma_2b_en/3", "Gemma 2B base: 18 layers, 2.5B parameters"),
+    ("gemma_instruct_2b_en", "gemma/keras/gemma_instruct_2b_en/3",
+     "Gemma 2B instruction-tuned: 18 layers, 2.5B parameters"),
+    ("gemma_1.1_instruct_2b_en", "gemma/keras/gemma_1.1_instruct_2b_en/4",
+     "Gemma 1.1 2B instruction-tuned: 18 layers, 2.5B parameters"),
+    ("gemma_7b_en", "gemma/keras/gemma_7b_en/4", "Gemma 7B base: 28 layers, 8.5B parameters"),
+    ("gemma_instruct_7b_en", "gemma/keras/gemma_instruct_7b_en/4",
+     "Gemma 7B instruction-tuned: 28 layers, 8.5B parameters"),
+    ("gemma_1.1_instruct_7b_en", "gemma/keras/gemma_1.1_instruct_7b_en/5",
+     "Gemma 1.1 7B instruction-tuned: 28 layers, 8.5B parameters"),
+    ("code_gemma_2b_en", "codegemma/keras/code_gemma_2b_en/2",
+     "CodeGemma 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters"),
+    ("code_gemma_1.1_2b_en", "codegemma/keras/code_gemma_1.1_2b_en/2",
+     "CodeGemma 1.1 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters"),
+    ("code_gemma_7b_en", "codegemma/keras/code_gemma_7b_en/3",
+     "CodeGemma 7B, fill-in-the-middle code completion: 28 layers, 8.5B parameters"),
+    ("code_gemma_instruct_7b_en", "codegemma/keras/code_gemma_instruct_7b_en/3",
+     "CodeGemma 7B instruction-tuned for code chat: 28 layers, 8.5B parameters"),
+    ("code_gemma_1.1_instruct_7b_en", "codegemma/keras/code_gemma_1.1_instruct_7b_en/3",
+     "CodeGemma 1.1 7B instruction-tuned for code chat: 28 layers, 8.5B parameters"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="gemma", description=f"{_what}; SentencePiece vocabulary of 256,000.",
+        source="Google's Gemma checkpoints as KerasHub presets on Kaggle (Gemma Terms of Use: accept "
+               "them on the Kaggle model page before downloading).",
+        handle=f"kaggle://keras/{_handle}",
+    ))
+
+# KerasHub's Mistral presets on Kaggle (keras_hub MistralBackbone + MistralTokenizer, converted on
+# load). Handles as in keras_hub 0.32's mistral_presets.py; Magistral (Tekken BPE vocabulary) is not
+# listed.
+for _name, _handle, _what in [
+    ("mistral_7b_en", "mistral_7b_en/8", "Mistral 7B v0.1 base, 7.2B parameters"),
+    ("mistral_instruct_7b_en", "mistral_instruct_7b_en/8", "Mistral 7B v0.1 instruct, 7.2B parameters"),
+    ("mistral_0.2_instruct_7b_en", "mistral_0.2_instruct_7b_en/3",
+     "Mistral 7B v0.2 instruct, 7.2B parameters"),
+    ("mistral_0.3_7b_en", "mistral_0.3_7b_en/1", "Mistral 7B v0.3 base, 7.2B parameters, vocabulary 32,768"),
+    ("mistral_0.3_instruct_7b_en", "mistral_0.3_instruct_7b_en/1",
+     "Mistral 7B v0.3 instruct, 7.2B parameters, vocabulary 32,768"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="mistral", description=f"{_what}; 32 layers, SentencePiece tokenizer.",
+        source="Mistral AI's Mistral-7B checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
+        handle=f"kaggle://keras/mistral/keras/{_handle}",
+    ))

@@ -198,7 +198,8 @@ class KerasPresetLoader(PresetLoader):
         if not os.path.exists(path):
             return {}
         config = files.read_json(path, "preprocessor config").get("config", {})
-        return {k: v for k, v in config.items() if k in ("sequence_length", "truncate")}
+        return {k: v for k, v in config.items()
+                if k in ("sequence_length", "truncate", "add_start_token", "add_end_token")}
 
     def task_defaults(self):
         return dict(self.metadata.get("task_defaults", {}))

@@ -32,6 +32,8 @@ KERAS_HUB_CLASSES = {
     "GPT2Tokenizer": "kcookbook.presets.converters.gpt2",
     "GemmaBackbone": "kcookbook.presets.converters.gemma",
     "MistralBackbone": "kcookbook.presets.converters.mistral",
+    "GemmaTokenizer": "kcookbook.presets.converters.gemma",
+    "MistralTokenizer": "kcookbook.presets.converters.mistral",
 }
 
 

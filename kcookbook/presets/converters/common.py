@@ -124,3 +124,41 @@ def keras_hub_transformer_layer(var, keras_hub_prefix, our_prefix, norm_names, f
         out[f"{our_prefix}{our_name}/kernel"] = var(f"{keras_hub_prefix}{theirs}/vars/0")
         out[f"{our_prefix}{our_name}/bias"] = var(f"{keras_hub_prefix}{theirs}/vars/1")
     return out
+
+
+def keras_hub_sentencepiece(config, assets_dir, family, start_token, end_token, pad_token=None,
+                            pad_token_id=None, **kwargs):
+    """A keras_hub ``SentencePieceTokenizer`` subclass (``GemmaTokenizer``, ``MistralTokenizer``) as
+    kcookbook's ``SentencePieceTokenizer``: the proto is ``assets/tokenizer/vocabulary.spm`` and the
+    special tokens are the ones keras_hub's class names (not necessarily the proto's own bos/eos).
+
+    ``pad_token_id``: for classes that pad with a fixed id rather than a named piece (keras_hub's
+    ``MistralTokenizer`` pads with 0, which is ``<unk>`` in Mistral's vocabulary).
+    """
+    import os
+
+    from kcookbook.presets.errors import PresetError
+
+    proto = os.path.join(assets_dir, "vocabulary.spm")
+    if not os.path.exists(proto):
+        raise PresetError(f"keras_hub {family} tokenizer without its SentencePiece model: {proto} is "
+                          "missing (keras_hub writes it with save_to_preset).")
+    for flag in ("add_bos", "add_eos"):
+        if config.get(flag):
+            raise PresetError(
+                f"This keras_hub {family} tokenizer sets {flag}=True (the tokenizer itself adds the "
+                "special token); kcookbook's tokenizers leave that to the preprocessor "
+                "(add_start_token / add_end_token). Save the preset with add_bos=add_eos=False.")
+    from kcookbook.components.sentencepiece import SentencePieceTokenizer
+
+    if pad_token_id is not None:
+        import sentencepiece
+
+        pad_token = sentencepiece.SentencePieceProcessor(model_file=proto).id_to_piece(pad_token_id)
+    options = {"start_token": start_token, "end_token": end_token, "pad_token": pad_token,
+               "add_start_token": True, **kwargs}
+    try:
+        return SentencePieceTokenizer(proto, **options)
+    except ValueError as e:
+        raise PresetError(f"keras_hub {family} tokenizer at {proto}: {e} keras_hub's {family} "
+                          f"tokenizer needs the pieces {start_token!r} and {end_token!r}.") from e

@@ -5,12 +5,13 @@ and tied embeddings). Gemma configs name the activation ``hidden_activation`` (o
 import numpy as np
 
 from kcookbook.backbones.llama import GemmaBackbone
-from kcookbook.presets.converters.common import keras_hub_blocks, keras_hub_reader
+from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+                                                 keras_hub_sentencepiece)
 from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 from kcookbook.presets.errors import PresetError
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",
-           "weights_from_keras_hub"]
+           "weights_from_keras_hub", "tokenizer_from_keras_hub"]
 
 
 def backbone_from_hf(hf_config, **overrides):
@@ -64,3 +65,10 @@ def weights_from_keras_hub(arrays, backbone):
             [var(hub + "gating_ffw/vars/0"), var(hub + "gating_ffw_2/vars/0")], axis=1)
         out[ours + "feed_forward/output/kernel"] = var(hub + "ffw_linear/vars/0")
     return out
+
+
+def tokenizer_from_keras_hub(config, assets_dir, **kwargs):
+    """keras_hub's ``GemmaTokenizer``: SentencePiece with ``<bos>`` (2), ``<eos>`` (1), ``<pad>`` (0)
+    in Gemma's vocabulary; keras_hub's GemmaCausalLMPreprocessor adds ``<bos>`` before the text."""
+    return keras_hub_sentencepiece(config, assets_dir, "Gemma", "<bos>", "<eos>", pad_token="<pad>",
+                                   **kwargs)

@@ -4,11 +4,12 @@
 import numpy as np
 
 from kcookbook.backbones.llama import MistralBackbone
-from kcookbook.presets.converters.common import keras_hub_blocks, keras_hub_reader
+from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+                                                 keras_hub_sentencepiece)
 from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",
-           "weights_from_keras_hub"]
+           "weights_from_keras_hub", "tokenizer_from_keras_hub"]
 
 
 def backbone_from_hf(hf_config, **overrides):
@@ -56,3 +57,10 @@ def weights_from_keras_hub(arrays, backbone):
              var(hub + "_feedforward_intermediate_dense/vars/0")], axis=1)
         out[ours + "feed_forward/output/kernel"] = var(hub + "_feedforward_output_dense/vars/0")
     return out
+
+
+def tokenizer_from_keras_hub(config, assets_dir, **kwargs):
+    """keras_hub's ``MistralTokenizer``: SentencePiece with ``<s>`` (1) and ``</s>`` (2), padding
+    with id 0 (``<unk>``); keras_hub's MistralCausalLMPreprocessor adds ``<s>`` before the text."""
+    return keras_hub_sentencepiece(config, assets_dir, "Mistral", "<s>", "</s>", pad_token_id=0,
+                                   **kwargs)

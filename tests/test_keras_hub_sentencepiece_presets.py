@@ -1,0 +1,251 @@
+"""KerasHub Gemma and Mistral presets with their SentencePiece tokenizers, and their Kaggle names.
+
+A keras_hub preset keeps the tokenizer as ``tokenizer.json`` (class ``GemmaTokenizer`` /
+``MistralTokenizer``) plus ``assets/tokenizer/vocabulary.spm``. Here keras_hub itself writes such
+presets (its SentencePieceTokenizer runs on the ``sentencepiece`` package when tensorflow-text is
+absent, as here), around SentencePiece models trained on Hamlet and shaped like the real ones:
+
+* Gemma: BPE with byte fallback, no dummy prefix, digits split, ``<pad>``=0 ``<eos>``=1 ``<bos>``=2
+  ``<unk>``=3 and the chat pieces ``<start_of_turn>`` / ``<end_of_turn>``;
+* Mistral (Llama-2 style): BPE with byte fallback and a dummy prefix, ``<unk>``=0 ``<s>``=1 ``</s>``=2.
+
+Ids are checked against independent references on Macbeth (not trained on): the ``sentencepiece``
+library on the ``.model`` file, and transformers' GemmaTokenizer / LlamaTokenizer built from the same
+file; the preprocessing, logits and greedy generations against keras_hub's own task on raw strings.
+The Kaggle names are tested with kagglehub pointed at a closed local port (no network).
+"""
+
+import io
+import os
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import sentencepiece
+import transformers
+
+import kcookbook
+from conftest import TRICKY_SENTENCES
+from kcookbook.backbones import Backbone
+from kcookbook.components.sentencepiece import SentencePieceTokenizer
+from kcookbook.data import load_shakespeare
+from kcookbook.presets import PresetError
+from kcookbook.tasks import CausalLM
+
+from keras_hub.src.models.gemma.gemma_presets import backbone_presets as keras_hub_gemma_presets
+from keras_hub.src.models.mistral.mistral_presets import backbone_presets as keras_hub_mistral_presets
+
+VOCABULARY = 600
+SEQUENCE_LENGTH = 24
+
+SPM_OPTIONS = {
+    "gemma": dict(pad_id=0, eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+                  bos_piece="<bos>", unk_piece="<unk>", add_dummy_prefix=False, split_digits=True,
+                  user_defined_symbols=["<start_of_turn>", "<end_of_turn>"]),
+    "mistral": dict(unk_id=0, bos_id=1, eos_id=2, pad_id=-1),
+}
+# keras_hub's special ids for each class (GemmaTokenizer: <bos>, <eos>, <pad>; MistralTokenizer: <s>,
+# </s> and padding with id 0).
+SPECIAL_IDS = {"gemma": (2, 1, 0), "mistral": (1, 2, 0)}
+
+
+@pytest.fixture(scope="module")
+def plays():
+    hamlet, macbeth = load_shakespeare(works=["hamlet", "macbeth"])
+    train = [line for line in hamlet.text.split("\n") if line.strip()][:800]
+    held_out = [line for line in macbeth.text.split("\n") if line.strip()][:1000]
+    return train, held_out + TRICKY_SENTENCES + ["Hello <start_of_turn>user there<end_of_turn>"]
+
+
+@pytest.fixture(scope="module", params=["gemma", "mistral"])
+def written(request, plays, tmp_path_factory):
+    """(family, keras_hub CausalLM, its preset directory, the .model file)."""
+    import keras_hub
+
+    family = request.param
+    folder = tmp_path_factory.mktemp(f"{family}_spm")
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(plays[0]), model_writer=model, vocab_size=VOCABULARY, minloglevel=2,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, **SPM_OPTIONS[family])
+    (folder / "tokenizer.model").write_bytes(model.getvalue())
+
+    keras.utils.set_random_seed(7)
+    common = dict(vocabulary_size=VOCABULARY, num_layers=2, num_query_heads=4, num_key_value_heads=2,
+                  hidden_dim=16)
+    if family == "gemma":
+        backbone = keras_hub.models.GemmaBackbone(intermediate_dim=64, head_dim=8, **common)
+        tokenizer = keras_hub.models.GemmaTokenizer(proto=model.getvalue())
+        preprocessor = keras_hub.models.GemmaCausalLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH)
+        reference = keras_hub.models.GemmaCausalLM(backbone, preprocessor)
+    else:
+        backbone = keras_hub.models.MistralBackbone(intermediate_dim=32, sliding_window=8, **common)
+        tokenizer = keras_hub.models.MistralTokenizer(proto=model.getvalue())
+        preprocessor = keras_hub.models.MistralCausalLMPreprocessor(tokenizer,
+                                                                    sequence_length=SEQUENCE_LENGTH)
+        reference = keras_hub.models.MistralCausalLM(backbone, preprocessor)
+    rng = np.random.default_rng(0)  # keras_hub's norms start at 0/1: perturb everything
+    for variable in backbone.weights:
+        variable.assign(variable + rng.normal(0, 0.3, variable.shape))
+    reference.compile(sampler="greedy")
+    preset = folder / "keras_hub_preset"
+    reference.save_to_preset(str(preset))
+    return family, reference, preset, str(folder / "tokenizer.model")
+
+
+@pytest.fixture(scope="module")
+def loaded(written):
+    return CausalLM.from_preset(str(written[2]))
+
+
+def numpy(x):
+    return keras.ops.convert_to_numpy(x)
+
+
+def test_token_ids_match_sentencepiece_and_transformers(written, loaded, plays):
+    family, reference, _, model_file = written
+    texts = plays[1]
+    tokenizer = loaded.preprocessor.tokenizer
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    ids = tokenizer(texts)
+    assert ids == sentencepiece.SentencePieceProcessor(model_file=model_file).encode(texts)
+
+    folder = os.path.dirname(model_file)
+    if family == "gemma":
+        hf = transformers.GemmaTokenizer.from_pretrained(folder)
+        comparable = texts
+    else:  # Llama-2 style: transformers drops one leading space (test_sentencepiece.py says the same)
+        hf = transformers.LlamaTokenizer.from_pretrained(folder)
+        comparable = [t for t in texts if not t.startswith(" ")]
+        assert len(comparable) >= len(texts) - 3
+    assert tokenizer(comparable) == hf(comparable, add_special_tokens=False)["input_ids"]
+    assert (tokenizer.start_token_id, tokenizer.end_token_id) == (hf.bos_token_id, hf.eos_token_id)
+
+    theirs = reference.preprocessor.tokenizer
+    assert (tokenizer.start_token_id, tokenizer.end_token_id, tokenizer.pad_token_id) == (
+        theirs.start_token_id, theirs.end_token_id, theirs.pad_token_id) == SPECIAL_IDS[family]
+    assert tokenizer.detokenize(ids[:200]) == hf.batch_decode(ids[:200], skip_special_tokens=True)
+
+
+def test_preprocessor_gives_keras_hubs_ids_and_logits_on_raw_strings(written, loaded, plays):
+    _, reference, _, _ = written
+    long_line = " ".join(plays[1][:20])  # truncated to the sequence length
+    texts = plays[1][100:106] + [long_line, "To be, or not to be"]
+    x, y, weights = loaded.preprocessor(texts)
+    their_x, their_y, their_weights = reference.preprocessor(texts)
+    np.testing.assert_array_equal(x["token_ids"], numpy(their_x["token_ids"]))
+    np.testing.assert_array_equal(x["padding_mask"], numpy(their_x["padding_mask"]).astype("int32"))
+    np.testing.assert_array_equal(y, numpy(their_y))
+    np.testing.assert_array_equal(weights, numpy(their_weights).astype("float32"))
+    assert (x["token_ids"][:, 0] == loaded.preprocessor.tokenizer.start_token_id).all()  # BOS first
+
+    prompts = ["To be", "Fair is foul, and foul is fair"]
+    ours = loaded.preprocessor.generate_preprocess(prompts, SEQUENCE_LENGTH)
+    theirs = reference.preprocessor.generate_preprocess(prompts, sequence_length=SEQUENCE_LENGTH)
+    np.testing.assert_array_equal(ours[0], numpy(theirs["token_ids"]))
+    np.testing.assert_array_equal(ours[1], numpy(theirs["padding_mask"]).astype("int32"))
+
+    logits, expected = numpy(loaded(x)), numpy(reference(their_x))
+    real = x["padding_mask"].astype(bool)
+    np.testing.assert_allclose(logits[real], expected[real], atol=2e-5, rtol=0)
+
+
+def test_generate_on_strings_equals_keras_hub(written, loaded):
+    _, reference, _, _ = written
+    prompts = ["To be, or not", "Fair is foul"]
+    expected = reference.generate(prompts, max_length=16)
+    assert loaded.generate(prompts, max_length=16) == list(expected)
+
+
+def test_save_to_preset_round_trips(written, loaded, plays, tmp_path):
+    loaded.save_to_preset(str(tmp_path / "ours"))
+    again = CausalLM.from_preset(str(tmp_path / "ours"))
+    tokenizer = again.preprocessor.tokenizer
+    assert isinstance(tokenizer, SentencePieceTokenizer)
+    assert tokenizer.get_config() == loaded.preprocessor.tokenizer.get_config()
+    assert os.listdir(tmp_path / "ours" / "assets" / "tokenizer") == ["vocabulary.spm"]
+    texts = plays[1][:8]
+    x, _, _ = again.preprocessor(texts)
+    their_x, _, _ = written[1].preprocessor(texts)
+    np.testing.assert_array_equal(x["token_ids"], numpy(their_x["token_ids"]))
+    np.testing.assert_allclose(numpy(again(x)), numpy(loaded(x)), atol=1e-6, rtol=0)
+
+
+def test_tokenizer_problems_are_named(written, tmp_path):
+    family, _, preset, _ = written
+    broken = tmp_path / "no_vocabulary"
+    shutil.copytree(preset, broken)
+    os.remove(broken / "assets" / "tokenizer" / "vocabulary.spm")
+    with pytest.raises(PresetError, match="vocabulary.spm is missing"):
+        CausalLM.from_preset(str(broken))
+    assert Backbone.from_preset(str(broken)).num_layers == 2  # the model itself still loads
+
+    adds_bos = tmp_path / "adds_bos"
+    shutil.copytree(preset, adds_bos)
+    config = kcookbook.presets.files.read_json(str(adds_bos / "tokenizer.json"))
+    config["config"]["add_bos"] = True
+    (adds_bos / "tokenizer.json").write_text(__import__("json").dumps(config))
+    with pytest.raises(PresetError, match="add_bos=True"):
+        CausalLM.from_preset(str(adds_bos))
+
+
+# ---------------------------------------------------------------- Kaggle names
+
+GEMMA_NAMES = ("gemma_2b_en", "gemma_instruct_2b_en", "gemma_1.1_instruct_2b_en", "gemma_7b_en",
+               "gemma_instruct_7b_en", "gemma_1.1_instruct_7b_en", "code_gemma_2b_en",
+               "code_gemma_1.1_2b_en", "code_gemma_7b_en", "code_gemma_instruct_7b_en",
+               "code_gemma_1.1_instruct_7b_en")
+MISTRAL_NAMES = ("mistral_7b_en", "mistral_instruct_7b_en", "mistral_0.2_instruct_7b_en",
+                 "mistral_0.3_7b_en", "mistral_0.3_instruct_7b_en")
+
+
+@pytest.fixture
+def offline_kagglehub(tmp_path, monkeypatch):
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")  # localhost:7777, nothing listens
+    return tmp_path
+
+
+@pytest.mark.parametrize("family, names, table", [
+    ("gemma", GEMMA_NAMES, keras_hub_gemma_presets),
+    ("mistral", MISTRAL_NAMES, keras_hub_mistral_presets),
+])
+def test_kaggle_names_are_listed_with_keras_hubs_handles(family, names, table):
+    rows = {row["name"]: row for row in kcookbook.presets.list_presets(family=family)}
+    assert set(rows) == set(names)
+    for name in names:
+        assert rows[name]["handle"] == table[name]["kaggle_handle"], name
+        assert rows[name]["offline"] is False and rows[name]["source"]
+    # Names of architectures kcookbook does not load stay out (Gemma 2, Magistral's Tekken vocabulary).
+    others = set(table) - set(names)
+    assert others and all(n.startswith(("gemma2", "shieldgemma", "c2s_scale_gemma_2", "vault_gemma",
+                                        "magistral")) for n in others)
+    assert not others & set(kcookbook.presets.builtin.all_presets())
+
+
+@pytest.mark.parametrize("name, handle", [("gemma_2b_en", "kaggle://keras/gemma/keras/gemma_2b_en/3"),
+                                          ("mistral_7b_en", "kaggle://keras/mistral/keras/mistral_7b_en/8")])
+def test_uncached_kaggle_name_fails_offline_with_a_clear_error(offline_kagglehub, name, handle):
+    with pytest.raises(PresetError) as error:
+        CausalLM.from_preset(name)
+    assert handle in str(error.value) and "network" in str(error.value)
+
+
+def test_kaggle_name_loads_a_keras_hub_preset_with_its_tokenizer_from_the_cache(written, loaded,
+                                                                               offline_kagglehub):
+    family, reference, preset, _ = written
+    name, handle = {"gemma": ("gemma_2b_en", "gemma/keras/gemma_2b_en/3"),
+                    "mistral": ("mistral_7b_en", "mistral/keras/mistral_7b_en/8")}[family]
+    # The tiny keras_hub-written preset stands in for the real download, at the name's cache path.
+    model, version = handle.rsplit("/", 1)
+    variation = offline_kagglehub / "models" / "keras" / model
+    shutil.copytree(preset, variation / version)
+    (variation / f"{version}.complete").write_text("")
+    lm = CausalLM.from_preset(name)
+    texts = ["To be, or not to be", "Fair is foul"]
+    np.testing.assert_array_equal(lm.preprocessor(texts)[0]["token_ids"],
+                                  numpy(reference.preprocessor(texts)[0]["token_ids"]))
+    for ours, theirs in zip(lm.backbone.get_weights(), loaded.backbone.get_weights()):
+        np.testing.assert_array_equal(ours, theirs)
