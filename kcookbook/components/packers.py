@@ -136,3 +136,22 @@ class MultiSegmentPacker:
         return {"sequence_length": self.sequence_length, "start_value": self.start_value,
                 "end_value": self.end_value, "sep_value": self.sep_value,
                 "pad_value": self.pad_value, "truncate": self.truncate}
+
+
+def pad_prompts(ids, sequence_length, pad_value=0):
+    """Lists of prompt ids → right-padded int32 ``token_ids`` and ``padding_mask`` arrays."""
+    longest = max((len(row) for row in ids), default=0)
+    if longest > sequence_length:
+        raise ValueError(
+            f"A prompt has {longest} tokens, more than max_length={sequence_length}. Pass a larger "
+            "max_length (up to the model's max_sequence_length) or shorten the prompt; kcookbook does "
+            "not silently truncate prompts.")
+    if any(len(row) == 0 for row in ids):
+        raise ValueError("An empty prompt has no token to continue from: give it at least one token "
+                         "(e.g. the start token).")
+    token_ids = np.full((len(ids), sequence_length), pad_value, dtype="int32")
+    padding_mask = np.zeros((len(ids), sequence_length), dtype="int32")
+    for row, prompt in enumerate(ids):
+        token_ids[row, :len(prompt)] = prompt
+        padding_mask[row, :len(prompt)] = 1
+    return token_ids, padding_mask
