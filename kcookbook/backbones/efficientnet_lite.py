@@ -20,6 +20,7 @@ import math
 import keras
 
 from kcookbook.backbones.backbone import Backbone
+from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 # One row per stage (efficientnet_lite_builder.py): repeats, kernel, stride, expansion, in, out.
 STAGES = (
@@ -77,8 +78,8 @@ def block_arguments(width_coefficient, depth_coefficient):
 def conv_bn(x, filters, kernel, stride, name, activation, epsilon, momentum, depthwise=False):
     """Convolution (no bias, TF "same" padding) → batch norm → optional ReLU6."""
     if depthwise:
-        x = keras.layers.DepthwiseConv2D(kernel, stride, padding="same", use_bias=False,
-                                         name=f"{name}_conv")(x)
+        # Keras's layer with a fast jax path (XLA's CPU grouped convolution is slow; see the component).
+        x = DepthwiseConv2D(kernel, stride, padding="same", use_bias=False, name=f"{name}_conv")(x)
     else:
         x = keras.layers.Conv2D(filters, kernel, stride, padding="same", use_bias=False,
                                 name=f"{name}_conv")(x)

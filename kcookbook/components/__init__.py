@@ -10,6 +10,7 @@ from kcookbook.components.augmentation import JitteredResize, Mosaic
 from kcookbook.components.boxes import NonMaxSuppression, non_max_suppression
 from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
 from kcookbook.components.decoder_block import DecoderBlock
+from kcookbook.components.depthwise_conv import DepthwiseConv2D
 from kcookbook.components.embeddings import (
     PositionEmbedding,
     ReversibleEmbedding,
@@ -44,7 +45,7 @@ __all__ = [
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
-    "CausalSelfAttention", "DecoderBlock", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
+    "CausalSelfAttention", "DecoderBlock", "DepthwiseConv2D", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
     "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
     "load_balancing_loss", "expert_load", "record_routing",
 ]

@@ -1,0 +1,107 @@
+"""A depthwise 2-D convolution that XLA on CPU runs fast: a sum of k×k shifted multiply-adds.
+
+Why it exists: Keras's ``DepthwiseConv2D`` lowers to ``conv_general_dilated`` with
+``feature_group_count=channels`` on jax, and XLA's CPU backend runs grouped convolutions very slowly
+(it rewrites them into much larger dense convolutions). Measured on this project's 2-core CPU box
+(jax 0.10.2, ``jax.jit``, batch 16, float32; ms for forward / gradient w.r.t. input / w.r.t. kernel):
+
+    112×112×32, 3×3, stride 1    grouped 189 / 390 / 437    shifted sum  6.9 / 28 / 229
+    56×56×144, 5×5, stride 2     grouped 112 / 1588 / 281   shifted sum  10 / 89 / 157
+    14×14×672, 5×5, stride 1     grouped  86 / 173 / 506    shifted sum  6.3 / 15 / 97
+
+The same layer on EfficientNet-Lite0 (224×224, ms/step predict b32 / fit b16) took jax from
+3869 / 10174 to the figures in ``benchmarks/README.md``. TensorFlow and PyTorch have native
+depthwise kernels that beat the shifted sum, so ``implementation="auto"`` uses it on jax only.
+
+The result is Keras's ``DepthwiseConv2D`` exactly (same padding — TensorFlow "same", extra row/column
+at the bottom/right —, same weights ``kernel (kh, kw, channels, depth_multiplier)`` and ``bias``), and
+the class keeps Keras's name so that ``model.weights.h5`` files written with
+``keras.layers.DepthwiseConv2D`` load unchanged (Keras addresses saved layers by class name).
+
+    >>> import numpy as np
+    >>> layer = DepthwiseConv2D(3, strides=2, padding="same", use_bias=False)
+    >>> layer(np.ones((1, 7, 7, 4), "float32")).shape
+    (1, 4, 4, 4)
+"""
+
+import keras
+from keras import ops
+
+IMPLEMENTATIONS = ("auto", "shifted_sum", "native")
+
+
+def same_padding(size, kernel, stride):
+    """TensorFlow "same": output ``ceil(size / stride)``; (before, after) padding, the extra one after."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + kernel - size, 0)
+    return out, total // 2, total - total // 2
+
+
+def depthwise_conv_shifted_sum(inputs, kernel, strides=(1, 1), padding="same"):
+    """``ops.depthwise_conv`` (channels last, no dilation) as ``Σ_ij shifted(inputs) · kernel[i, j]``.
+
+    ``inputs`` (batch, height, width, channels) with static height and width; ``kernel``
+    (kh, kw, channels, multiplier). Output channel ``c·multiplier + m``, as Keras orders them.
+    """
+    inputs, kernel = ops.convert_to_tensor(inputs), ops.convert_to_tensor(kernel)
+    kh, kw, channels, multiplier = kernel.shape
+    height, width = inputs.shape[1], inputs.shape[2]
+    if height is None or width is None:
+        raise ValueError("depthwise_conv_shifted_sum needs static height and width; got input shape "
+                         f"{inputs.shape}. Use the native implementation for dynamic shapes.")
+    sh, sw = strides
+    if padding == "same":
+        out_h, top, bottom = same_padding(height, kh, sh)
+        out_w, left, right = same_padding(width, kw, sw)
+        inputs = ops.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)))
+    elif padding == "valid":
+        out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+    else:
+        raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}.")
+    if multiplier != 1:
+        inputs = ops.repeat(inputs, multiplier, axis=-1)  # channel c·m + j, the order Keras uses
+    kernel = ops.reshape(kernel, (kh, kw, channels * multiplier))
+    outputs = None
+    for i in range(kh):
+        for j in range(kw):
+            window = inputs[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+            term = window * kernel[i, j]
+            outputs = term if outputs is None else outputs + term
+    return outputs
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
+    """``keras.layers.DepthwiseConv2D`` whose jax path is a shifted multiply-add sum (see the module).
+
+    Args:
+        implementation: ``"auto"`` (shifted sum on jax, Keras's ``ops.depthwise_conv`` elsewhere),
+            ``"shifted_sum"`` or ``"native"``. The shifted sum needs channels-last data, no dilation
+            and static height/width (jax traces with concrete shapes); otherwise the native op runs.
+        Other arguments: those of ``keras.layers.DepthwiseConv2D``.
+    """
+
+    def __init__(self, *args, implementation="auto", **kwargs):
+        super().__init__(*args, **kwargs)
+        if implementation not in IMPLEMENTATIONS:
+            raise ValueError(f"implementation must be one of {IMPLEMENTATIONS}, got {implementation!r}.")
+        self.implementation = implementation
+
+    def uses_shifted_sum(self, input_shape):
+        wanted = (self.implementation == "shifted_sum"
+                  or (self.implementation == "auto" and keras.backend.backend() == "jax"))
+        return (wanted and self.data_format == "channels_last" and tuple(self.dilation_rate) == (1, 1)
+                and input_shape[1] is not None and input_shape[2] is not None)
+
+    def call(self, inputs):
+        if not self.uses_shifted_sum(inputs.shape):
+            return super().call(inputs)
+        outputs = depthwise_conv_shifted_sum(inputs, self.kernel, self.strides, self.padding)
+        if self.use_bias:
+            outputs = outputs + self.bias
+        if self.activation is not None:
+            return self.activation(outputs)
+        return outputs
+
+    def get_config(self):
+        return {**super().get_config(), "implementation": self.implementation}
