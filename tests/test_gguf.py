@@ -213,10 +213,13 @@ _HF_TO_GGUF = {
 }
 
 
-def write_tiny_llama_gguf(path, qtype, architecture="llama", tie=False, seed=0):
-    """A random 2-layer transformers Llama written as GGUF; returns its HF state dict (numpy)."""
+def write_tiny_llama_gguf(path, qtype, architecture="llama", tie=False, seed=0, vocab_size=96,
+                          add_metadata=None):
+    """A random 2-layer transformers Llama written as GGUF; returns its HF state dict (numpy).
+    ``add_metadata(writer)`` adds more keys (e.g. a tokenizer)."""
     torch.manual_seed(seed)
-    config = transformers.LlamaConfig(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+    config = transformers.LlamaConfig(vocab_size=vocab_size, hidden_size=64, intermediate_size=128,
+                                      num_hidden_layers=2,
                                       num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
                                       rms_norm_eps=1e-5, rope_theta=10000.0, tie_word_embeddings=tie)
     model = transformers.LlamaForCausalLM(config).eval()
@@ -230,7 +233,9 @@ def write_tiny_llama_gguf(path, qtype, architecture="llama", tie=False, seed=0):
     writer.add_head_count_kv(2)
     writer.add_layer_norm_rms_eps(1e-5)
     writer.add_rope_freq_base(10000.0)
-    writer.add_vocab_size(96)
+    writer.add_vocab_size(vocab_size)
+    if add_metadata is not None:
+        add_metadata(writer)
     for name, weight in state.items():
         if name == "lm_head.weight" and tie:
             continue

@@ -280,11 +280,13 @@ class GGUFCheckpoint:
         tokens = meta.get("tokenizer.ggml.tokens")
         if not tokens:
             raise PresetError(f"GGUF file {self.path} names a {model!r} tokenizer but has no tokens.")
+        if model == "llama":
+            return self._sentencepiece_tokenizer(tokens, **kwargs)
         if model != "gpt2":
             raise PresetError(
                 f"GGUF file {self.path} embeds a {model!r} tokenizer; kcookbook builds byte-level BPE "
-                "('gpt2') tokenizers from GGUF files. Load the model's Hugging Face folder for its "
-                "tokenizer, or pass preprocessor=None and feed token ids."
+                "('gpt2') and SentencePiece ('llama') tokenizers from GGUF files. Load the model's "
+                "Hugging Face folder for its tokenizer, or pass preprocessor=None and feed token ids."
             )
         pre = meta.get("tokenizer.ggml.pre", "default")
         if pre not in _PRE_TOKENIZERS:
@@ -325,6 +327,55 @@ class GGUFCheckpoint:
         }
         options.update(kwargs)
         return BytePairTokenizer(vocabulary, list(merges), **options)
+
+
+    def _sentencepiece_tokenizer(self, tokens, **kwargs):
+        """``tokenizer.ggml.model == "llama"``: llama.cpp's copy of a SentencePiece BPE model (Llama-2,
+        Mistral, TinyLlama...): pieces, their scores (merge priorities) and types. The file keeps
+        everything SentencePiece encodes with, so the model proto is rebuilt and SentencePiece runs
+        it: BPE with byte fallback on the ``<0xXX>`` pieces, no normalisation, a ``▁`` prefix when
+        ``add_space_prefix`` (llama.cpp's default for these models)."""
+        from sentencepiece import sentencepiece_model_pb2
+
+        from kcookbook.components.sentencepiece import SentencePieceTokenizer
+
+        meta = self.metadata
+        scores = meta.get("tokenizer.ggml.scores")
+        types = meta.get("tokenizer.ggml.token_type")
+        if scores is None or types is None or len(scores) != len(tokens) or len(types) != len(tokens):
+            raise PresetError(f"GGUF file {self.path} has a SentencePiece ('llama') tokenizer without one "
+                              "score and one type per token (tokenizer.ggml.scores / token_type).")
+        proto = sentencepiece_model_pb2.ModelProto()
+        for token, score, kind in zip(tokens, scores, types):
+            # llama.cpp's token types are SentencePiece's piece types (1 normal ... 6 byte).
+            proto.pieces.add(piece=token, score=float(score), type=int(kind))
+        byte_pieces = sum(int(kind) == sentencepiece_model_pb2.ModelProto.SentencePiece.BYTE for kind in types)
+        spec = proto.trainer_spec
+        spec.model_type = sentencepiece_model_pb2.TrainerSpec.BPE
+        spec.vocab_size = len(tokens)
+        spec.byte_fallback = byte_pieces == 256
+
+        def piece(key):
+            index = meta.get(f"tokenizer.ggml.{key}_token_id")
+            return tokens[int(index)] if index is not None and 0 <= int(index) < len(tokens) else None
+
+        unknown = [t for t, kind in zip(tokens, types) if int(kind) == 2]
+        spec.unk_piece = piece("unknown") or (unknown[0] if unknown else "<unk>")
+        for field, key in (("bos_piece", "bos"), ("eos_piece", "eos"), ("pad_piece", "padding")):
+            setattr(spec, field, piece(key) or "")
+        normalizer = proto.normalizer_spec
+        normalizer.name = "identity"
+        normalizer.add_dummy_prefix = bool(meta.get("tokenizer.ggml.add_space_prefix", True))
+        normalizer.remove_extra_whitespaces = False
+        normalizer.escape_whitespaces = True
+        options = {"start_token": piece("bos"), "end_token": piece("eos"), "pad_token": piece("padding"),
+                   "add_start_token": bool(meta.get("tokenizer.ggml.add_bos_token", True)),
+                   "chat_template": meta.get("tokenizer.chat_template")}
+        options.update(kwargs)
+        try:
+            return SentencePieceTokenizer(proto.SerializeToString(), **options)
+        except ValueError as e:
+            raise PresetError(f"GGUF file {self.path}: its SentencePiece tokenizer does not load ({e}).") from e
 
 
 @functools.lru_cache(maxsize=4)
