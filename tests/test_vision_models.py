@@ -159,18 +159,21 @@ def test_transformers_resnet_checkpoints_convert(tmp_path, layer_type, hidden_si
 
 
 @pytest.mark.parametrize("block_type,pre_activation", [
-    ("basic_block", False), ("bottleneck_block", False), ("basic_block", True), ("bottleneck_block", True)])
+    ("basic_block", False), ("bottleneck_block", False), ("basic_block", True), ("bottleneck_block", True),
+    ("basic_block_vd", False), ("bottleneck_block_vd", False)])
 def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_type, pre_activation):
+    """v1, v2 (pre-activation) and vd (three-convolution stem, average-pooled shortcuts)."""
     import keras_hub
 
     from kcookbook.backbones import Backbone
     from kcookbook.components import ImageConverter
 
     keras.utils.set_random_seed(0)
+    vd = block_type.endswith("_vd")
     theirs = keras_hub.models.ResNetBackbone(
-        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 16],
-        stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2], block_type=block_type,
-        use_pre_activation=pre_activation)
+        input_conv_filters=[16, 16, 64] if vd else [64], input_conv_kernel_sizes=[3, 3, 3] if vd else [7],
+        stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2],
+        block_type=block_type, use_pre_activation=pre_activation)
     rng = np.random.default_rng(0)
     for layer in theirs.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -185,7 +188,7 @@ def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_typ
 
     x = rng.normal(size=(2, 64, 64, 3)).astype("float32")
     ours = Backbone.from_preset(str(tmp_path / "preset"))
-    assert ours.preactivation == pre_activation
+    assert ours.preactivation == pre_activation and ours.avg_pool_shortcut == vd
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)),
                                keras.ops.convert_to_numpy(theirs(x)), atol=1e-4)
     image = rng.integers(0, 256, (1, 50, 70, 3)).astype("uint8")

@@ -1,5 +1,6 @@
-"""ResNet v1 (He et al., 2015, "Deep Residual Learning for Image Recognition") and v2 (He et al.,
-2016, "Identity Mappings in Deep Residual Networks").
+"""ResNet v1 (He et al., 2015, "Deep Residual Learning for Image Recognition"), v2 (He et al.,
+2016, "Identity Mappings in Deep Residual Networks") and vd (He et al., 2018, "Bag of Tricks for
+Image Classification with Convolutional Neural Networks").
 
 A 7×7 stride-2 stem convolution, 3×3 stride-2 max pooling, then stacks of residual blocks: *basic*
 blocks (two 3×3 convolutions; ResNet-18/34) or *bottleneck* blocks (1×1 reduce → 3×3 → 1×1 expand
@@ -13,6 +14,11 @@ ResNet v2 (``preactivation=True``) moves batch norm + ReLU in front of each bloc
 ("pre-activation"): a block adds its convolutions' output to an untouched identity path, the stem is
 a bare convolution, and one batch norm + ReLU (``post_bn``) closes the network. Its projection
 shortcuts start from the pre-activated input and carry no batch norm.
+
+ResNet-vd (``avg_pool_shortcut=True`` with a three-convolution stem, ``stem_filters=(32, 32, 64)``,
+``stem_kernel_sizes=(3, 3, 3)``) downsamples a shortcut with 2×2 average pooling before an unstrided
+1×1 convolution instead of a strided 1×1 convolution that skips three pixels in four, and gives every
+stack's first block a projection shortcut.
 
 The output is the last feature map ``(batch, height / 32, width / 32, channels)``; a task pools it.
 Layer names follow KerasHub's (``conv1_conv``, ``stack0_block0_1_conv``…).
@@ -39,6 +45,7 @@ VARIANTS = {
     "resnet101_v2": ("bottleneck", [3, 4, 23, 3], True),
     "resnet152_v2": ("bottleneck", [3, 8, 36, 3], True),
 }
+VD_STEM = {"stem_filters": (32, 32, 64), "stem_kernel_sizes": (3, 3, 3), "avg_pool_shortcut": True}
 BOTTLENECK_EXPANSION = 4
 BN_EPSILON = 1e-5
 
@@ -61,21 +68,27 @@ def conv_bn(x, filters, kernel, stride, name, relu):
     return keras.layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
 
-def residual_block(x, filters, stride, block_type, name, preactivation=False):
+def residual_block(x, filters, stride, block_type, name, preactivation=False, avg_pool_shortcut=False,
+                   first_in_stack=False):
     """One block; ``filters`` is the block's inner width (its output is ×4 for a bottleneck).
 
     v1: ``relu(shortcut(x) + convs(x))``, every convolution batch-normalised.
     v2: ``h = relu(bn(x))``; ``shortcut(h) + convs(h)``, the last convolution left raw, no ReLU after
     the sum; the shortcut is ``x`` itself unless the shape changes.
+    vd: v1 with ``shortcut = bn(conv1x1(avg_pool(x)))`` on each stack's first block.
     """
     out_filters = filters * BOTTLENECK_EXPANSION if block_type == "bottleneck" else filters
-    projection = stride != 1 or x.shape[-1] != out_filters
+    projection = stride != 1 or x.shape[-1] != out_filters or (avg_pool_shortcut and first_in_stack)
+    h = x
     if preactivation:
         h = keras.layers.ReLU(name=f"{name}_pre_activation_relu")(
             batch_norm(x, f"{name}_pre_activation_bn"))
         shortcut = conv(h, out_filters, 1, stride, f"{name}_0") if projection else x
+    elif projection and avg_pool_shortcut:
+        pooled = x if stride == 1 else keras.layers.AveragePooling2D(
+            2, strides=stride, padding="same", name=f"{name}_0_pool")(x)
+        shortcut = conv_bn(pooled, out_filters, 1, 1, f"{name}_0", relu=False)
     else:
-        h = x
         shortcut = conv_bn(x, out_filters, 1, stride, f"{name}_0", relu=False) if projection else x
     if block_type == "basic":
         h = conv_bn(h, filters, 3, stride, f"{name}_1", relu=True)
@@ -100,34 +113,48 @@ class ResNetBackbone(Backbone):
         stackwise_num_blocks: blocks per stack.
         stackwise_num_strides: stride of each stack's first block (1, 2, 2, 2 for ImageNet).
         block_type: ``"basic"`` or ``"bottleneck"``.
-        stem_filters: channels of the 7×7 stem convolution (64).
+        stem_filters: channels of the 7×7 stem convolution (64), or one entry per stem convolution.
+        stem_kernel_sizes: kernel size of each stem convolution (``(7,)``; ResNet-vd: ``(3, 3, 3)``).
         preactivation: ResNet v2's pre-activation blocks (False: v1).
+        avg_pool_shortcut: ResNet-vd's average-pooled projection shortcuts.
         image_shape: ``(height, width, channels)``; ``None`` sizes accept any resolution.
     """
 
     def __init__(self, stackwise_num_filters=(64, 128, 256, 512), stackwise_num_blocks=(2, 2, 2, 2),
                  stackwise_num_strides=(1, 2, 2, 2), block_type="basic", stem_filters=64,
-                 preactivation=False, image_shape=(None, None, 3), name="resnet", dtype=None, **kwargs):
+                 stem_kernel_sizes=(7,), preactivation=False, avg_pool_shortcut=False,
+                 image_shape=(None, None, 3), name="resnet", dtype=None, **kwargs):
         if block_type not in ("basic", "bottleneck"):
             raise ValueError(f"block_type must be 'basic' or 'bottleneck', got {block_type!r}.")
         if not len(stackwise_num_filters) == len(stackwise_num_blocks) == len(stackwise_num_strides):
             raise ValueError("stackwise_num_filters, stackwise_num_blocks and stackwise_num_strides must "
                              "have one entry per stack.")
+        stem_filters = [stem_filters] if isinstance(stem_filters, int) else list(stem_filters)
+        stem_kernel_sizes = list(stem_kernel_sizes)
+        if len(stem_filters) != len(stem_kernel_sizes):
+            raise ValueError(f"stem_filters {stem_filters} and stem_kernel_sizes {stem_kernel_sizes} need one "
+                             "entry per stem convolution.")
+        if preactivation and (avg_pool_shortcut or len(stem_filters) > 1):
+            raise ValueError("preactivation (v2) with avg_pool_shortcut or a multi-convolution stem (vd) is "
+                             "not a ResNet anyone ships; choose one.")
         image_shape = tuple(image_shape)
         images = keras.Input(shape=image_shape, name="images")
         if preactivation:
-            x = conv(images, stem_filters, 7, 2, "conv1")
+            x = conv(images, stem_filters[0], stem_kernel_sizes[0], 2, "conv1")
             # No ReLU before this pooling, so pad with -inf: a zero could win the max.
             x = keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], constant_values=float("-inf"))
         else:
-            x = conv_bn(images, stem_filters, 7, 2, "conv1", relu=True)
+            x = images
+            for i, (filters, kernel) in enumerate(zip(stem_filters, stem_kernel_sizes)):
+                x = conv_bn(x, filters, kernel, 2 if i == 0 else 1, f"conv{i + 1}", relu=True)
             x = keras.layers.ZeroPadding2D(1, name="pool1_pad")(x)  # zeros are safe after ReLU
         x = keras.layers.MaxPooling2D(3, strides=2, name="pool1_pool")(x)
         for stack, (filters, blocks, stride) in enumerate(
                 zip(stackwise_num_filters, stackwise_num_blocks, stackwise_num_strides)):
             for block in range(blocks):
                 x = residual_block(x, filters, stride if block == 0 else 1, block_type,
-                                   f"stack{stack}_block{block}", preactivation)
+                                   f"stack{stack}_block{block}", preactivation, avg_pool_shortcut,
+                                   first_in_stack=block == 0)
         if preactivation:
             x = keras.layers.ReLU(name="post_relu")(batch_norm(x, "post_bn"))
         super().__init__(inputs=images, outputs=x, name=name, dtype=dtype, **kwargs)
@@ -135,18 +162,24 @@ class ResNetBackbone(Backbone):
         self.stackwise_num_blocks = list(stackwise_num_blocks)
         self.stackwise_num_strides = list(stackwise_num_strides)
         self.block_type = block_type
-        self.stem_filters = stem_filters
+        self.stem_filters = stem_filters[0] if len(stem_filters) == 1 else stem_filters
+        self.stem_kernel_sizes = stem_kernel_sizes
         self.preactivation = preactivation
+        self.avg_pool_shortcut = avg_pool_shortcut
         self.image_shape = image_shape
 
     @classmethod
     def from_variant(cls, variant, **kwargs):
-        """A randomly initialised ``"resnet18"`` … ``"resnet152_v2"`` (pretrained: ``from_preset``)."""
-        if variant not in VARIANTS:
-            raise ValueError(f"Unknown ResNet variant {variant!r}; choose from {sorted(VARIANTS)}.")
-        block_type, blocks, preactivation = VARIANTS[variant]
+        """A randomly initialised ``"resnet18"`` … ``"resnet152_v2"``, or a ``"_vd"`` form of a v1
+        name (``"resnet50_vd"``); pretrained weights come with ``from_preset``."""
+        base = variant[:-3] if variant.endswith("_vd") else variant
+        if base not in VARIANTS or (base != variant and VARIANTS[base][2]):
+            names = sorted(VARIANTS) + sorted(f"{n}_vd" for n, v in VARIANTS.items() if not v[2])
+            raise ValueError(f"Unknown ResNet variant {variant!r}; choose from {names}.")
+        block_type, blocks, preactivation = VARIANTS[base]
+        extra = VD_STEM if base != variant else {}
         return cls(stackwise_num_blocks=blocks, block_type=block_type, preactivation=preactivation,
-                   name=variant, **kwargs)
+                   name=variant, **{**extra, **kwargs})
 
     def get_config(self):
         config = super().get_config()
@@ -154,7 +187,8 @@ class ResNetBackbone(Backbone):
             "stackwise_num_filters": self.stackwise_num_filters,
             "stackwise_num_blocks": self.stackwise_num_blocks,
             "stackwise_num_strides": self.stackwise_num_strides, "block_type": self.block_type,
-            "stem_filters": self.stem_filters, "preactivation": self.preactivation,
+            "stem_filters": self.stem_filters, "stem_kernel_sizes": self.stem_kernel_sizes,
+            "preactivation": self.preactivation, "avg_pool_shortcut": self.avg_pool_shortcut,
             "image_shape": list(self.image_shape),
         })
         return config

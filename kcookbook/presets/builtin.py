@@ -126,6 +126,27 @@ for _name, _what in [
         source="KerasHub's ResNet v2 presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
         handle=f"kaggle://keras/resnetv2/keras/{_name}/3",
     ))
+for _name, _what in [
+    ("resnet_vd_18_imagenet", "ResNet-18-vd, 11.2M backbone parameters"),
+    ("resnet_vd_34_imagenet", "ResNet-34-vd, 21.3M backbone parameters"),
+    ("resnet_vd_50_imagenet", "ResNet-50-vd, 23.6M backbone parameters"),
+    ("resnet_vd_50_ssld_imagenet", "ResNet-50-vd distilled (SSLD), 23.6M backbone parameters"),
+    ("resnet_vd_50_ssld_v2_imagenet", "ResNet-50-vd distilled (SSLD) with AutoAugment, 23.6M backbone parameters"),
+    ("resnet_vd_50_ssld_v2_fix_imagenet", "ResNet-50-vd distilled (SSLD), AutoAugment, head fine-tuned, "
+                                          "23.6M backbone parameters"),
+    ("resnet_vd_101_imagenet", "ResNet-101-vd, 42.6M backbone parameters"),
+    ("resnet_vd_101_ssld_imagenet", "ResNet-101-vd distilled (SSLD), 42.6M backbone parameters"),
+    ("resnet_vd_152_imagenet", "ResNet-152-vd, 58.3M backbone parameters"),
+    ("resnet_vd_200_imagenet", "ResNet-200-vd, 72.9M backbone parameters"),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="resnet",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
+                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        source="KerasHub's ResNet-vd presets on Kaggle (ImageNet-1k weights; licence on each "
+               "Kaggle model page).",
+        handle=f"kaggle://keras/resnet_vd/keras/{_name}/2",
+    ))
 
 # KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
 # needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.

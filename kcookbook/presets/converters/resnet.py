@@ -11,9 +11,8 @@ Hugging Face names map as
 ``hidden_sizes`` are stack *output* widths (×4 for bottlenecks); ours are inner widths.
 
 KerasHub's ``ResNetBackbone`` builds the same graph as ours (its layer names are ours too), so its
-``model.weights.h5`` maps layer by layer: v1 and v2 (``use_pre_activation``) with one 7×7 stem
-convolution and ``basic_block``/``bottleneck_block``. The ``_vd`` variants (three-convolution stem,
-average-pooled shortcuts) are refused by name.
+``model.weights.h5`` maps layer by layer: v1, v2 (``use_pre_activation``) and vd (``*_block_vd``:
+average-pooled shortcuts, usually with a three-convolution stem).
 """
 
 import json
@@ -110,18 +109,17 @@ def class_names_from_hf(config):
 
 # ----- KerasHub -----
 def backbone_from_keras_hub(config, **overrides):
-    block_type = {"basic_block": "basic", "bottleneck_block": "bottleneck"}.get(config["block_type"])
-    if block_type is None or len(config["input_conv_filters"]) != 1 or config["input_conv_kernel_sizes"] != [7]:
-        raise PresetError(f"This keras_hub ResNet ({config['block_type']}, stem "
-                          f"{config['input_conv_kernel_sizes']}) is a variant kcookbook does not convert: "
-                          "only v1/v2 with basic_block or bottleneck_block and one 7×7 stem convolution "
-                          "(not the ResNet_vd family).")
+    block_type, _, vd = config["block_type"].partition("_block")
+    if block_type not in ("basic", "bottleneck") or vd not in ("", "_vd"):
+        raise PresetError(f"This keras_hub ResNet's block_type {config['block_type']!r} is one kcookbook "
+                          "does not convert (basic_block, bottleneck_block and their _vd forms are).")
     kwargs = dict(
         stackwise_num_filters=config["stackwise_num_filters"],
         stackwise_num_blocks=config["stackwise_num_blocks"],
         stackwise_num_strides=config["stackwise_num_strides"], block_type=block_type,
-        stem_filters=config["input_conv_filters"][0],
-        preactivation=bool(config.get("use_pre_activation", False)),
+        stem_filters=config["input_conv_filters"],
+        stem_kernel_sizes=config["input_conv_kernel_sizes"],
+        preactivation=bool(config.get("use_pre_activation", False)), avg_pool_shortcut=vd == "_vd",
         image_shape=tuple(config.get("image_shape") or (None, None, 3)),
     )
     return ResNetBackbone(**{**kwargs, **overrides})
