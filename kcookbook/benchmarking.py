@@ -10,6 +10,8 @@ Three tools, each usable on its own:
 * Model FLOPs utilisation: ``training_flops_per_token`` (6·N, or 4·N with frozen weights / LoRA, plus
   the attention term 12·L·H·T), ``model_flops_utilization``, and the peak either from ``PEAK_FLOPS``
   (published figures) or ``measure_peak_flops`` (a large matmul on this device).
+* One process per backend (the backend is fixed at import): a worker prints its measurements with
+  ``emit_result``, and ``run_backend_worker`` runs it under a given ``KERAS_BACKEND`` and reads them.
 
 Accelerators run asynchronously: a step "ends" when its results exist, not when Python gets control
 back. ``synchronize`` waits for them, and the timers call it at the points they read the clock.
@@ -23,6 +25,11 @@ back. ``synchronize`` waits for them, and the timers call it at the points they 
     (7, True)
 """
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import keras
@@ -250,3 +257,52 @@ def measure_peak_flops(size=2048, dtype="float32", num_calls=5):
     b = keras.random.normal((size, size), dtype=dtype, seed=1)
     ms, _ = time_calls(keras.ops.matmul, a, b, num_calls=num_calls)
     return 2 * size ** 3 / (ms / 1000.0)
+
+
+# ----------------------------------------------------------------------------------------------------
+# One process per backend
+# ----------------------------------------------------------------------------------------------------
+RESULT_PREFIX = "RESULT "
+
+
+def emit_result(record):
+    """Print ``record`` (a JSON-able dict) as one ``RESULT {...}`` line for ``run_backend_worker``."""
+    print(RESULT_PREFIX + json.dumps(record), flush=True)
+
+
+class BackendWorkerError(RuntimeError):
+    """A worker process exited with an error; the message ends with its stderr."""
+
+
+def run_backend_worker(arguments, backend, on_result=None, env=None):
+    """Run ``python *arguments`` with ``KERAS_BACKEND=backend``; return the records it emitted.
+
+    ``arguments`` follow the interpreter (a script path or ``-m module``, then flags). Each
+    ``emit_result`` line of the worker's stdout becomes a dict, passed to ``on_result`` as it
+    arrives (to show progress) and returned in order. Other output is ignored; stderr goes to a
+    temporary file and its last lines are in the error raised when the worker fails.
+    """
+    env = dict(os.environ if env is None else env, KERAS_BACKEND=backend)
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    records = []
+    with tempfile.TemporaryFile("w+") as stderr:
+        proc = subprocess.Popen([sys.executable, *arguments], stdout=subprocess.PIPE, stderr=stderr,
+                                text=True, env=env)
+        try:
+            for line in proc.stdout:
+                if line.startswith(RESULT_PREFIX):
+                    record = json.loads(line[len(RESULT_PREFIX):])
+                    records.append(record)
+                    if on_result is not None:
+                        on_result(record)
+            code = proc.wait()
+        except BaseException:
+            proc.kill()
+            proc.wait()
+            raise
+        if code:
+            stderr.seek(0)
+            tail = stderr.read()[-4000:]
+            raise BackendWorkerError(f"The {backend} worker ({' '.join(arguments)}) exited with code "
+                                     f"{code}. Its stderr ends:\n{tail}")
+    return records
