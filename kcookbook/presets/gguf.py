@@ -11,7 +11,9 @@ builds the model:
   (``model.layers.0.self_attn.q_proj.weight``, ...), dequantised with the ``gguf`` package and with
   llama.cpp's reordering of the query/key rows undone.
 * :meth:`GGUFCheckpoint.tokenizer`: the tokenizer embedded in the file, with its special tokens
-  and chat template.
+  and chat template: byte-level BPE (``tokenizer.ggml.model == "gpt2"``: SmolLM2, Llama-3) as a
+  BytePairTokenizer, SentencePiece BPE (``"llama"``: Llama-2, Mistral, TinyLlama) as a
+  SentencePieceTokenizer.
 
 ``kcookbook.presets.load`` recognises a ``.gguf`` file, or a folder holding one, through
 :class:`GGUFLoader`, so ``CausalLM.from_preset("path/to/model.gguf")`` works.
