@@ -223,3 +223,31 @@ def test_transformers_vit_classifier_runs_as_an_image_classifier(tmp_path):
     assert converter.image_size == (32, 32)
     np.testing.assert_allclose(converter.offset, [-0.5 / 0.2, -0.4 / 0.3, -0.3 / 0.4], rtol=1e-6)
     assert classifier.predict(np.zeros((1, 50, 40, 3), "uint8"), verbose=0).shape == (1, 4)
+
+
+def test_keras_hub_resnet_classifier_preset_keeps_its_head(tmp_path):
+    """A keras_hub ResNetImageClassifier preset (as on Kaggle: backbone + head + image converter) gives
+    keras_hub's logits on raw images; 1000 classes come with the ImageNet names."""
+    import keras_hub
+
+    from kcookbook.tasks import ImageClassifier
+
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.ResNetBackbone(
+        input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 16],
+        stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block")
+    converter = keras_hub.layers.ResNetImageConverter(image_size=(48, 48), scale=1 / 127.5, offset=-1.0)
+    theirs = keras_hub.models.ResNetImageClassifier(
+        backbone=backbone, num_classes=1000,
+        preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter))
+    head = theirs.get_layer("predictions")
+    rng = np.random.default_rng(0)
+    head.set_weights([rng.normal(size=head.kernel.shape), rng.normal(size=head.bias.shape)])
+    theirs.save_to_preset(str(tmp_path / "preset"))
+
+    images = rng.integers(0, 256, (2, 48, 48, 3)).astype("uint8")
+    ours = ImageClassifier.from_preset(str(tmp_path / "preset"))
+    assert ours.num_classes == 1000 and ours.class_names[:2] == ["tench", "goldfish"]
+    np.testing.assert_allclose(ours.predict(images, verbose=0),
+                               theirs.predict(images.astype("float32"), verbose=0), atol=1e-4)
+    assert ImageClassifier.from_preset(str(tmp_path / "preset"), num_classes=3).num_classes == 3

@@ -218,6 +218,8 @@ class KerasPresetLoader(PresetLoader):
         if not os.path.exists(path):
             return None
         config = files.read_json(path, "task config")
+        if str(_registered_name(config)).startswith("keras_hub>"):
+            return self._load_keras_hub_task(task_cls, config, load_weights, **kwargs)
         if _registered_name(config) != keras.saving.get_registered_name(task_cls):
             return None
         inner = config["config"]
@@ -231,6 +233,21 @@ class KerasPresetLoader(PresetLoader):
                                      "preprocessor": preprocessor})
         if load_weights:
             task.load_head_weights(self.file(files.TASK_WEIGHTS_FILE))
+        return task
+
+
+    def _load_keras_hub_task(self, task_cls, config, load_weights, **kwargs):
+        """keras_hub's task (e.g. ``ResNetImageClassifier``) as ``task_cls`` with its head weights,
+        when the family's converter knows it (``task_from_keras_hub``); None builds a fresh head."""
+        converter = converters.for_keras_hub_class(config.get("class_name"))
+        if converter is None or not hasattr(converter, "task_from_keras_hub"):
+            return None
+        backbone = self.load_backbone(load_weights=load_weights)
+        task = converter.task_from_keras_hub(task_cls, config["config"], backbone, **kwargs)
+        if task is not None and load_weights:
+            path = self.file(files.TASK_WEIGHTS_FILE)
+            task.assign_head_weights(converter.task_weights_from_keras_hub(files.read_h5_arrays(path), task),
+                                     path)
         return task
 
 

@@ -135,9 +135,11 @@ class Task(keras.Model):
         files.save_variables_h5(path, self.head_variables())
 
     def load_head_weights(self, path):
-        arrays = files.read_h5_arrays(path)
-        head = self.head_variables()
-        files.assign_weights(_Variables(self.name, head), arrays, path)
+        self.assign_head_weights(files.read_h5_arrays(path), path)
+
+    def assign_head_weights(self, arrays, source):
+        """Set the head's variables from ``{variable.path: array}`` (every one, shapes checked)."""
+        files.assign_weights(_Variables(self.name, self.head_variables()), arrays, source)
 
     # ----- serialisation and presets -----
     def get_config(self):

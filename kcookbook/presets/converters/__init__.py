@@ -26,6 +26,7 @@ HF_MODEL_TYPES = {
 KERAS_HUB_CLASSES = {
     "ResNetBackbone": "kcookbook.presets.converters.resnet",
     "ResNetImageConverter": "kcookbook.presets.converters.resnet",
+    "ResNetImageClassifier": "kcookbook.presets.converters.resnet",
     "BertBackbone": "kcookbook.presets.converters.bert",
     "BertTokenizer": "kcookbook.presets.converters.bert",
     "GPT2Backbone": "kcookbook.presets.converters.gpt2",

@@ -12,7 +12,8 @@ Hugging Face names map as
 
 KerasHub's ``ResNetBackbone`` builds the same graph as ours (its layer names are ours too), so its
 ``model.weights.h5`` maps layer by layer: v1, v2 (``use_pre_activation``) and vd (``*_block_vd``:
-average-pooled shortcuts, usually with a three-convolution stem).
+average-pooled shortcuts, usually with a three-convolution stem). A keras_hub ``ResNetImageClassifier``
+(Kaggle's ``resnet_*_imagenet`` presets are these) becomes an ``ImageClassifier`` with its head.
 """
 
 import json
@@ -167,3 +168,35 @@ def image_converter_from_keras_hub(config, **kwargs):
                                       "bounding_box_format") if config.get(k) is not None}
     return ImageConverter(tuple(size), scale=1.0 if scale is None else scale,
                           offset=0.0 if offset is None else offset, **{**options, **kwargs})
+
+
+def task_from_keras_hub(task_cls, config, backbone, **kwargs):
+    """keras_hub's ``ResNetImageClassifier`` (pooling → dropout → Dense) as an ``ImageClassifier``.
+
+    None when ``task_cls`` is another task or ``kwargs`` ask for another head (e.g. num_classes).
+    keras_hub stores no class names; its 1000-class ResNet presets are ImageNet-1k classifiers, so
+    1000 classes get the ImageNet names.
+    """
+    from kcookbook.tasks.image_classifier import ImageClassifier
+    from kcookbook.tasks.imagenet_classes import imagenet_class_names
+
+    if not issubclass(task_cls, ImageClassifier):
+        return None
+    if any(k in config and config[k] != v for k, v in kwargs.items()):
+        return None
+    num_classes = config["num_classes"]
+    head = {"pooling": config.get("pooling") or "avg", "activation": config.get("activation"),
+            "dropout": config.get("dropout") or 0.0,
+            "class_names": imagenet_class_names() if num_classes == 1000 else None}
+    return task_cls(backbone=backbone, num_classes=num_classes, **{**head, **kwargs})
+
+
+def task_weights_from_keras_hub(arrays, task):
+    """keras_hub's ``task.weights.h5``: its one Dense layer (plus optimizer state, not needed)."""
+    a = {k: v for k, v in arrays.items() if not k.startswith("optimizer/")}
+    head = task.get_layer("predictions")
+    out = {head.kernel.path: take(a, "layers/dense/vars/0", "keras_hub task weights file"),
+           head.bias.path: take(a, "layers/dense/vars/1", "keras_hub task weights file")}
+    if a:
+        raise PresetError(f"The keras_hub task weights file has entries kcookbook does not map: {sorted(a)[:5]}.")
+    return out
