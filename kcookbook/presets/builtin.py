@@ -110,8 +110,9 @@ for _name, _what in [
 ]:
     register_preset(PresetInfo(
         name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
-                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
+                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
+                    "it, num_classes=... puts a new head on).",
         source="KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
         handle=f"kaggle://keras/resnetv1/keras/{_name}/3",
     ))
@@ -121,8 +122,9 @@ for _name, _what in [
 ]:
     register_preset(PresetInfo(
         name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
-                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
+                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
+                    "it, num_classes=... puts a new head on).",
         source="KerasHub's ResNet v2 presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
         handle=f"kaggle://keras/resnetv2/keras/{_name}/3",
     ))
@@ -141,8 +143,9 @@ for _name, _what in [
 ]:
     register_preset(PresetInfo(
         name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone and image converter; "
-                    "ImageClassifier.from_preset(name, num_classes=...) adds a new head).",
+        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
+                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
+                    "it, num_classes=... puts a new head on).",
         source="KerasHub's ResNet-vd presets on Kaggle (ImageNet-1k weights; licence on each "
                "Kaggle model page).",
         handle=f"kaggle://keras/resnet_vd/keras/{_name}/2",
