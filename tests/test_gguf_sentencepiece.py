@@ -50,11 +50,13 @@ def model_file(plays, tmp_path_factory):
     return str(path)
 
 
-def llama_cpp_tokenizer_keys(model_file, scores=True):
+def llama_cpp_tokenizer_keys(model_file, scores=True, space_prefix=None, user_defined=()):
     """What llama.cpp's convert_hf_to_gguf.py (``_set_vocab_sentencepiece``) writes for a .model."""
     sp = sentencepiece.SentencePieceProcessor(model_file=model_file)
 
-    def piece_type(i):  # gguf.TokenType: NORMAL 1, UNKNOWN 2, CONTROL 3, UNUSED 5, BYTE 6
+    def piece_type(i):  # gguf.TokenType: NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6
+        if sp.id_to_piece(i) in user_defined:
+            return gguf.TokenType.USER_DEFINED
         for test, kind in ((sp.is_unknown, gguf.TokenType.UNKNOWN), (sp.is_control, gguf.TokenType.CONTROL),
                            (sp.is_unused, gguf.TokenType.UNUSED), (sp.is_byte, gguf.TokenType.BYTE)):
             if test(i):
@@ -72,6 +74,8 @@ def llama_cpp_tokenizer_keys(model_file, scores=True):
         writer.add_eos_token_id(sp.eos_id())
         writer.add_add_bos_token(True)
         writer.add_add_eos_token(False)
+        if space_prefix is not None:
+            writer.add_add_space_prefix(space_prefix)
     return add
 
 
@@ -139,3 +143,26 @@ def test_sentencepiece_gguf_without_scores_is_named(model_file, tmp_path):
                           add_metadata=llama_cpp_tokenizer_keys(model_file, scores=False))
     with pytest.raises(PresetError, match="tokenizer.ggml.scores"):
         GGUFCheckpoint(path).tokenizer()
+
+
+def test_gemma_style_pieces_without_space_prefix(plays, tmp_path):
+    """No ``▁`` prefix (``add_space_prefix`` false), specials at Gemma's ids and user-defined chat
+    pieces: the ids are still SentencePiece's on the original model."""
+    model = io.BytesIO()
+    chat = ["<start_of_turn>", "<end_of_turn>"]
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(plays[0]), model_writer=model, vocab_size=VOCABULARY, minloglevel=2,
+        model_type="bpe", byte_fallback=True, normalization_rule_name="identity",
+        remove_extra_whitespaces=False, add_dummy_prefix=False, pad_id=0, eos_id=1, bos_id=2, unk_id=3,
+        pad_piece="<pad>", eos_piece="<eos>", bos_piece="<bos>", unk_piece="<unk>", user_defined_symbols=chat)
+    model_file = tmp_path / "gemma.model"
+    model_file.write_bytes(model.getvalue())
+    path = tmp_path / "gemma_style.gguf"
+    write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.F32, vocab_size=VOCABULARY,
+                          add_metadata=llama_cpp_tokenizer_keys(str(model_file), space_prefix=False,
+                                                                user_defined=chat))
+    tokenizer = GGUFCheckpoint(path).tokenizer()
+    texts = plays[1] + ["<start_of_turn>user\nTo be?<end_of_turn>\n<start_of_turn>model\n"]
+    assert tokenizer(texts) == sentencepiece.SentencePieceProcessor(model_file=str(model_file)).encode(texts)
+    assert (tokenizer.start_token, tokenizer.end_token) == ("<bos>", "<eos>")
+    assert tokenizer("<start_of_turn>user")[0] == tokenizer.token_to_id("<start_of_turn>")
