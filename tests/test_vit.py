@@ -184,3 +184,40 @@ def test_vit_for_image_classification_through_image_classifier(tmp_path_factory)
 
     fresh = kcookbook.tasks.ImageClassifier.from_preset(str(folder), num_classes=3)
     assert fresh.predict(images, verbose=0).shape == (3, 3)
+
+
+def _randomize_layer_norms(model, rng):
+    for weight in model.weights:
+        if "norm" in weight.path and len(weight.shape) == 1:
+            weight.assign(rng.uniform(0.5, 1.5, weight.shape) if weight.path.endswith("gamma")
+                          else rng.uniform(-0.5, 0.5, weight.shape))
+
+
+@pytest.mark.parametrize("pooling,use_mha_bias", [("token", True), ("gap", False)])
+def test_keras_hub_vit_classifier_preset_loads_with_keras_hubs_logits(tmp_path, pooling, use_mha_bias):
+    """A keras_hub ViTImageClassifier preset (what Kaggle's vit_*_imagenet are): backbone, head and
+    image converter, on raw images; keras_hub's logits."""
+    import keras_hub
+
+    from kcookbook.backbones import Backbone
+    from kcookbook.tasks import ImageClassifier
+
+    keras.utils.set_random_seed(0)
+    rng = np.random.default_rng(0)
+    backbone = keras_hub.models.ViTBackbone(
+        image_shape=(32, 32, 3), patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32,
+        use_mha_bias=use_mha_bias)
+    _randomize_layer_norms(backbone, rng)
+    converter = keras_hub.layers.ViTImageConverter(image_size=(32, 32), scale=1 / 127.5, offset=-1.0)
+    theirs = keras_hub.models.ViTImageClassifier(
+        backbone=backbone, num_classes=5, pooling=pooling,
+        preprocessor=keras_hub.models.ViTImageClassifierPreprocessor(image_converter=converter))
+    theirs.save_to_preset(str(tmp_path / "preset"))
+
+    images = rng.integers(0, 256, (2, 40, 48, 3)).astype("uint8")
+    ours = ImageClassifier.from_preset(str(tmp_path / "preset"))
+    np.testing.assert_allclose(ours.predict(images, verbose=0),
+                               theirs.predict(images.astype("float32"), verbose=0), atol=1e-4)
+    x = rng.normal(size=(2, 32, 32, 3)).astype("float32")
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(Backbone.from_preset(str(tmp_path / "preset"))(x)),
+                               keras.ops.convert_to_numpy(backbone(x)), atol=1e-4)

@@ -151,6 +151,29 @@ for _name, _what in [
         handle=f"kaggle://keras/resnet_vd/keras/{_name}/2",
     ))
 
+# KerasHub's ViT presets on Kaggle (keras_hub ViTBackbone, image converter and, for the ImageNet-1k
+# ones, a ViTImageClassifier head; converted on load; needs network or a copy in the kagglehub cache).
+for _name, _what, _version in [
+    ("vit_base_patch16_224_imagenet", "ViT-B/16 fine-tuned on ImageNet-1k at 224x224, 85.8M backbone parameters", 4),
+    ("vit_base_patch16_384_imagenet", "ViT-B/16 fine-tuned on ImageNet-1k at 384x384, 86.1M backbone parameters", 4),
+    ("vit_large_patch16_224_imagenet", "ViT-L/16 fine-tuned on ImageNet-1k at 224x224, 303M backbone parameters", 4),
+    ("vit_large_patch16_384_imagenet", "ViT-L/16 fine-tuned on ImageNet-1k at 384x384, 304M backbone parameters", 4),
+    ("vit_base_patch32_384_imagenet", "ViT-B/32 fine-tuned on ImageNet-1k at 384x384, 87.5M backbone parameters", 3),
+    ("vit_large_patch32_384_imagenet", "ViT-L/32 fine-tuned on ImageNet-1k at 384x384, 306M backbone parameters", 3),
+    ("vit_base_patch16_224_imagenet21k", "ViT-B/16 backbone pre-trained on ImageNet-21k at 224x224, 85.8M parameters", 3),
+    ("vit_base_patch32_224_imagenet21k", "ViT-B/32 backbone pre-trained on ImageNet-21k at 224x224, 87.5M parameters", 3),
+    ("vit_huge_patch14_224_imagenet21k", "ViT-H/14 backbone pre-trained on ImageNet-21k at 224x224, 631M parameters", 3),
+    ("vit_large_patch16_224_imagenet21k", "ViT-L/16 backbone pre-trained on ImageNet-21k at 224x224, 303M parameters", 3),
+    ("vit_large_patch32_224_imagenet21k", "ViT-L/32 backbone pre-trained on ImageNet-21k at 224x224, 306M parameters", 3),
+]:
+    register_preset(PresetInfo(
+        name=_name, family="vit",
+        description=f"{_what} (ImageClassifier.from_preset(name) keeps an ImageNet-1k head where the "
+                    "preset has one; num_classes=... puts a new head on).",
+        source="KerasHub's ViT presets on Kaggle (Google's ViT weights; licence on each Kaggle model page).",
+        handle=f"kaggle://keras/vit/keras/{_name}/{_version}",
+    ))
+
 # KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
 # needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.
 for _name, _what in [

@@ -1,4 +1,4 @@
-"""Small array helpers shared by the converters."""
+"""Helpers shared by the converters: array plumbing, and the keras_hub layouts several families use."""
 
 import numpy as np
 
@@ -93,6 +93,23 @@ def keras_hub_blocks(layer_class, num_layers):
             for i in range(num_layers)]
 
 
+def keras_hub_attention(var, keras_hub_prefix, our_prefix):
+    """A Keras ``MultiHeadAttention`` in a keras_hub weights file (``query_dense``, ``key_dense``,
+    ``value_dense``, ``output_dense`` under ``keras_hub_prefix``) → our fused ``qkv`` and ``output``."""
+    kernels, biases = [], []
+    for name in ("query", "key", "value"):
+        kernel = var(f"{keras_hub_prefix}{name}_dense/vars/0")  # (hidden, heads, head_dim)
+        kernels.append(kernel.reshape(kernel.shape[0], -1))
+        biases.append(var(f"{keras_hub_prefix}{name}_dense/vars/1").reshape(-1))
+    output_kernel = var(keras_hub_prefix + "output_dense/vars/0")  # (heads, head_dim, hidden)
+    return {
+        our_prefix + "qkv/kernel": np.concatenate(kernels, axis=1),
+        our_prefix + "qkv/bias": np.concatenate(biases),
+        our_prefix + "output/kernel": output_kernel.reshape(-1, output_kernel.shape[-1]),
+        our_prefix + "output/bias": var(keras_hub_prefix + "output_dense/vars/1"),
+    }
+
+
 def keras_hub_transformer_layer(var, keras_hub_prefix, our_prefix, norm_names, feed_forward_names):
     """One keras_hub ``TransformerEncoder``/``TransformerDecoder`` layer → our fused-QKV block.
 
@@ -100,19 +117,7 @@ def keras_hub_transformer_layer(var, keras_hub_prefix, our_prefix, norm_names, f
     ``feed_forward_names`` map our sublayer names to the attention norm / feed-forward norm and the
     intermediate / output dense layers, which differ between our encoder and decoder blocks.
     """
-    attention = keras_hub_prefix + "_self_attention_layer/"
-    kernels, biases = [], []
-    for name in ("query", "key", "value"):
-        kernel = var(f"{attention}{name}_dense/vars/0")  # (hidden, heads, head_dim)
-        kernels.append(kernel.reshape(kernel.shape[0], -1))
-        biases.append(var(f"{attention}{name}_dense/vars/1").reshape(-1))
-    out = {
-        our_prefix + "attention/qkv/kernel": np.concatenate(kernels, axis=1),
-        our_prefix + "attention/qkv/bias": np.concatenate(biases),
-    }
-    output_kernel = var(attention + "output_dense/vars/0")  # (heads, head_dim, hidden)
-    out[our_prefix + "attention/output/kernel"] = output_kernel.reshape(-1, output_kernel.shape[-1])
-    out[our_prefix + "attention/output/bias"] = var(attention + "output_dense/vars/1")
+    out = keras_hub_attention(var, keras_hub_prefix + "_self_attention_layer/", our_prefix + "attention/")
     attention_norm, feed_forward_norm = norm_names
     for our_name, theirs in {attention_norm: "_self_attention_layer_norm",
                              feed_forward_norm: "_feedforward_layer_norm"}.items():
@@ -162,3 +167,61 @@ def keras_hub_sentencepiece(config, assets_dir, family, start_token, end_token, 
     except ValueError as e:
         raise PresetError(f"keras_hub {family} tokenizer at {proto}: {e} keras_hub's {family} "
                           f"tokenizer needs the pieces {start_token!r} and {end_token!r}.") from e
+
+
+# ---------------------------------------------------------------- keras_hub vision pieces
+
+def image_converter_from_keras_hub(config, **kwargs):
+    """keras_hub's ``ImageConverter`` subclasses (``ResNetImageConverter``, ``ViTImageConverter``…):
+    the same ``resize * scale + offset`` contract as ours."""
+    from kcookbook.components.image_converter import ImageConverter
+
+    config = dict(config)
+    if "height" in config and "width" in config:  # keras_hub's older argument names
+        config["image_size"] = (config.pop("height"), config.pop("width"))
+    scale, offset = config.get("scale"), config.get("offset")
+    if "variance" in config and "mean" in config:
+        std = np.sqrt(config["variance"])
+        scale = (np.asarray(scale if scale is not None else 1.0) / std).tolist()
+        offset = (-np.asarray(config["mean"]) / std).tolist()
+    size = config.get("image_size") or (224, 224)
+    options = {k: config[k] for k in ("interpolation", "crop_to_aspect_ratio", "antialias",
+                                      "bounding_box_format") if config.get(k) is not None}
+    return ImageConverter(tuple(size), scale=1.0 if scale is None else scale,
+                          offset=0.0 if offset is None else offset, **{**options, **kwargs})
+
+
+def task_weights_from_keras_hub(arrays, task):
+    """keras_hub's image classifier ``task.weights.h5`` (its one Dense layer, plus optimizer state
+    that is not needed) → our ``predictions`` layer."""
+    from kcookbook.presets.errors import PresetError
+
+    a = {k: v for k, v in arrays.items() if not k.startswith("optimizer/")}
+    head = task.get_layer("predictions")
+    out = {head.kernel.path: take(a, "layers/dense/vars/0", "keras_hub task weights file"),
+           head.bias.path: take(a, "layers/dense/vars/1", "keras_hub task weights file")}
+    if a:
+        raise PresetError(f"The keras_hub task weights file has entries kcookbook does not map: {sorted(a)[:5]}.")
+    return out
+
+
+def image_classifier_from_keras_hub(task_cls, config, backbone, pooling, **kwargs):
+    """A keras_hub image classifier task (pooling → dropout → Dense ``predictions``) as ``task_cls``
+    (an ``ImageClassifier``) with ``pooling`` in our names.
+
+    None when ``task_cls`` is another task or ``kwargs`` ask for another head (e.g. num_classes).
+    keras_hub stores no class names; its 1000-class presets are ImageNet-1k classifiers, so 1000
+    classes get the ImageNet names.
+    """
+    from kcookbook.tasks.image_classifier import ImageClassifier
+    from kcookbook.tasks.imagenet_classes import imagenet_class_names
+
+    if not issubclass(task_cls, ImageClassifier):
+        return None
+    if any(k in config and config[k] != v for k, v in kwargs.items()):
+        return None
+    num_classes = config["num_classes"]
+    head = {"pooling": pooling, "activation": config.get("activation"),
+            "dropout": config.get("dropout") or 0.0,
+            "class_names": imagenet_class_names() if num_classes == 1000 else None}
+    return task_cls(backbone=backbone, num_classes=num_classes, **{**head, **kwargs})

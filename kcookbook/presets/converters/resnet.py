@@ -23,8 +23,14 @@ import re
 import numpy as np
 
 from kcookbook.backbones.resnet import BOTTLENECK_EXPANSION, ResNetBackbone
-from kcookbook.components.image_converter import ImageConverter
-from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
+    image_classifier_from_keras_hub,
+    image_converter_from_keras_hub,
+    linear_kernel,
+    strip_prefix,
+    take,
+    task_weights_from_keras_hub,
+)
 from kcookbook.presets.errors import PresetError
 
 BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
@@ -153,50 +159,7 @@ def _snake_case(class_name):
     return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
 
 
-def image_converter_from_keras_hub(config, **kwargs):
-    """keras_hub's ``ResNetImageConverter``: the same ``resize * scale + offset`` contract."""
-    config = dict(config)
-    if "height" in config and "width" in config:  # keras_hub's older argument names
-        config["image_size"] = (config.pop("height"), config.pop("width"))
-    scale, offset = config.get("scale"), config.get("offset")
-    if "variance" in config and "mean" in config:
-        std = np.sqrt(config["variance"])
-        scale = (np.asarray(scale if scale is not None else 1.0) / std).tolist()
-        offset = (-np.asarray(config["mean"]) / std).tolist()
-    size = config.get("image_size") or (224, 224)
-    options = {k: config[k] for k in ("interpolation", "crop_to_aspect_ratio", "antialias",
-                                      "bounding_box_format") if config.get(k) is not None}
-    return ImageConverter(tuple(size), scale=1.0 if scale is None else scale,
-                          offset=0.0 if offset is None else offset, **{**options, **kwargs})
-
-
 def task_from_keras_hub(task_cls, config, backbone, **kwargs):
-    """keras_hub's ``ResNetImageClassifier`` (pooling → dropout → Dense) as an ``ImageClassifier``.
-
-    None when ``task_cls`` is another task or ``kwargs`` ask for another head (e.g. num_classes).
-    keras_hub stores no class names; its 1000-class ResNet presets are ImageNet-1k classifiers, so
-    1000 classes get the ImageNet names.
-    """
-    from kcookbook.tasks.image_classifier import ImageClassifier
-    from kcookbook.tasks.imagenet_classes import imagenet_class_names
-
-    if not issubclass(task_cls, ImageClassifier):
-        return None
-    if any(k in config and config[k] != v for k, v in kwargs.items()):
-        return None
-    num_classes = config["num_classes"]
-    head = {"pooling": config.get("pooling") or "avg", "activation": config.get("activation"),
-            "dropout": config.get("dropout") or 0.0,
-            "class_names": imagenet_class_names() if num_classes == 1000 else None}
-    return task_cls(backbone=backbone, num_classes=num_classes, **{**head, **kwargs})
-
-
-def task_weights_from_keras_hub(arrays, task):
-    """keras_hub's ``task.weights.h5``: its one Dense layer (plus optimizer state, not needed)."""
-    a = {k: v for k, v in arrays.items() if not k.startswith("optimizer/")}
-    head = task.get_layer("predictions")
-    out = {head.kernel.path: take(a, "layers/dense/vars/0", "keras_hub task weights file"),
-           head.bias.path: take(a, "layers/dense/vars/1", "keras_hub task weights file")}
-    if a:
-        raise PresetError(f"The keras_hub task weights file has entries kcookbook does not map: {sorted(a)[:5]}.")
-    return out
+    """keras_hub's ``ResNetImageClassifier`` (pooling → dropout → Dense) as an ``ImageClassifier``."""
+    return image_classifier_from_keras_hub(task_cls, config, backbone, config.get("pooling") or "avg",
+                                           **kwargs)
