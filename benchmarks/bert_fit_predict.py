@@ -17,11 +17,9 @@ that is what a user gets; ``--keras-hub-jit`` adds a keras_hub row with ``jit_co
 """
 
 import argparse
-import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
 import time
 
@@ -176,6 +174,7 @@ def worker(args):
 
     from kcookbook.benchmarking import (
         StepTimer,
+        emit_result,
         matmul_parameter_count,
         measure_peak_flops,
         training_flops_per_token,
@@ -195,7 +194,7 @@ def worker(args):
 
     fit_x, fit_y = make_data(args, args.fit_batch, seed=1)
     predict_x, _ = make_data(args, args.predict_batch, seed=2)
-    emit = lambda **kw: print("RESULT " + json.dumps({"backend": backend, **kw}), flush=True)  # noqa: E731
+    emit = lambda **kw: emit_result({"backend": backend, **kw})  # noqa: E731
 
     if "kcookbook" in runners:
         backbone = runners["kcookbook"].model.backbone
@@ -229,15 +228,15 @@ def worker(args):
 # Parent: one subprocess per backend, then the table
 # ----------------------------------------------------------------------------------------------------
 def run_backend(backend, argv):
-    env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", backend]
-    print(f"== {backend}: {' '.join(cmd[1:])}", flush=True)
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    results = [json.loads(line[len("RESULT "):]) for line in proc.stdout.splitlines()
-               if line.startswith("RESULT ")]
-    if proc.returncode:
-        print(proc.stdout[-3000:], proc.stderr[-5000:], sep="\n")
-        raise SystemExit(f"{backend} worker failed with exit code {proc.returncode}")
+    sys.path.insert(0, ROOT)
+    from kcookbook.benchmarking import BackendWorkerError, run_backend_worker
+
+    arguments = [os.path.abspath(__file__), *argv, "--worker", backend]
+    print(f"== {backend}: {' '.join(arguments)}", flush=True)
+    try:
+        results = run_backend_worker(arguments, backend)
+    except BackendWorkerError as error:
+        raise SystemExit(str(error))
     for r in results:
         if r["kind"] == "time":
             print(f"   {r['library']:>14} {r['mode']:>7} repeat {r['repeat']}: {r['ms']:8.1f} ms/step")

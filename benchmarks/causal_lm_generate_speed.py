@@ -30,7 +30,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 
@@ -60,6 +59,7 @@ def generators(args, backend):
 
     import keras_hub
     from kcookbook.backbones import LlamaBackbone
+    from kcookbook.paper_benchmark import keras_hub_generate
     from kcookbook.tasks import CausalLM
 
     keras.utils.set_random_seed(0)
@@ -73,9 +73,7 @@ def generators(args, backend):
                     stop_token_ids=None)
 
     def run_theirs(ids, max_length):
-        token_ids = np.zeros((len(ids), max_length), "int32")
-        token_ids[:, :ids.shape[1]] = ids
-        theirs.generate({"token_ids": token_ids, "padding_mask": token_ids != 0}, stop_token_ids=None)
+        keras_hub_generate(theirs, ids, max_length)
 
     runs = {"kcookbook": run_ours, "keras_hub": run_theirs}
     if backend == "torch" and args.torch_compile:
@@ -114,6 +112,8 @@ def worker(args):
         torch.set_num_threads(args.torch_threads)
     import numpy as np
 
+    from kcookbook.benchmarking import emit_result
+
     runs = generators(args, backend)
     results = {}
     for batch in args.batches:
@@ -135,7 +135,7 @@ def worker(args):
         results[batch] = {name: {"tokens_per_s": args.new_tokens * batch / statistics.median(t),
                                  "first_call_s": first[name]} for name, t in times.items()}
         print(f"{backend} batch {batch}: " + json.dumps(results[batch]), file=sys.stderr, flush=True)
-    print("RESULT " + json.dumps(results))
+    emit_result(results)
 
 
 def main():
@@ -155,19 +155,18 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
+    from kcookbook.benchmarking import BackendWorkerError, run_backend_worker
+
     rows = {}
     for backend in args.backends:
-        command = [sys.executable, __file__, "--worker", "--size", args.size, "--new-tokens",
-                   str(args.new_tokens), "--repeats", str(args.repeats),
-                   "--torch-threads", str(args.torch_threads), "--batches",
-                   *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
-        env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-        out = subprocess.run(command, env=env, capture_output=True, text=True)
-        line = [x for x in out.stdout.splitlines() if x.startswith("RESULT ")]
-        if not line:
-            print(f"{backend} failed:\n{out.stderr[-2000:]}")
-            continue
-        rows[backend] = json.loads(line[0][7:])
+        arguments = [__file__, "--worker", "--size", args.size, "--new-tokens",
+                     str(args.new_tokens), "--repeats", str(args.repeats),
+                     "--torch-threads", str(args.torch_threads), "--batches",
+                     *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
+        try:
+            rows[backend] = run_backend_worker(arguments, backend)[0]
+        except BackendWorkerError as error:
+            print(f"{backend} failed:\n{error}")
     print(f"\nGreedy generate, {args.size} shape (random weights), 8-token prompt + {args.new_tokens} "
           f"new, float32, torch threads: {args.torch_threads or 'default'}")
     print(f"{'backend':<12}{'library':<19}{'batch':>6}{'tok/s':>9}{'vs keras_hub':>14}"
