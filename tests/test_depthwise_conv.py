@@ -18,6 +18,8 @@ CASES = [
     (9, 9, 3, 5, 1, "same", 1),
     (6, 5, 3, 3, 1, "valid", 2),
     (7, 8, 2, 3, 2, "valid", 1),
+    (1, 2, 3, 5, 1, "same", 1),  # maps smaller than the kernel: taps reading only padding are skipped
+    (2, 3, 2, 5, 2, "same", 1),
 ]
 
 
@@ -27,7 +29,8 @@ def gradients(function, x, kernel, weights):
     if backend == "jax":
         import jax
 
-        return [np.asarray(g) for g in jax.grad(lambda a, b: (function(a, b) * weights).sum(), (0, 1))(x, kernel)]
+        grad = jax.jit(jax.grad(lambda a, b: (function(a, b) * weights).sum(), (0, 1)))  # one compile
+        return [np.asarray(g) for g in grad(x, kernel)]
     if backend == "tensorflow":
         import tensorflow as tf
 

@@ -55,18 +55,25 @@ def depthwise_conv_shifted_sum(inputs, kernel, strides=(1, 1), padding="same"):
         out_w, left, right = same_padding(width, kw, sw)
         inputs = ops.pad(inputs, ((0, 0), (top, bottom), (left, right), (0, 0)))
     elif padding == "valid":
-        out_h, out_w = (height - kh) // sh + 1, (width - kw) // sw + 1
+        out_h, out_w, top, left = (height - kh) // sh + 1, (width - kw) // sw + 1, 0, 0
     else:
         raise ValueError(f"padding must be 'same' or 'valid', got {padding!r}.")
+
+    def reads_data(tap, stride, out, before, size):  # does this tap's window touch a real row/column?
+        return any(before <= tap + stride * r < before + size for r in range(out))
+
+    # Taps that only ever read padding add zeros: skipping them is exact and keeps the graph small on
+    # small feature maps (a 5×5 kernel on a 2×2 map touches data with 3×3 taps; on 1×1, with one).
+    taps = [(i, j) for i in range(kh) for j in range(kw)
+            if reads_data(i, sh, out_h, top, height) and reads_data(j, sw, out_w, left, width)]
     if multiplier != 1:
         inputs = ops.repeat(inputs, multiplier, axis=-1)  # channel c·m + j, the order Keras uses
     kernel = ops.reshape(kernel, (kh, kw, channels * multiplier))
     outputs = None
-    for i in range(kh):
-        for j in range(kw):
-            window = inputs[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
-            term = window * kernel[i, j]
-            outputs = term if outputs is None else outputs + term
+    for i, j in taps:
+        window = inputs[:, i:i + sh * (out_h - 1) + 1:sh, j:j + sw * (out_w - 1) + 1:sw, :]
+        term = window * kernel[i, j]
+        outputs = term if outputs is None else outputs + term
     return outputs
 
 
