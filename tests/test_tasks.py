@@ -153,3 +153,21 @@ def test_text_embedder_on_a_tiny_model(tiny_bert_config, tokenizer, data):
     alone = embedder.predict([texts[0]], verbose=0)
     np.testing.assert_allclose(alone[0], vectors[0], atol=1e-5)
     assert np.abs(vectors[0] - vectors[1]).max() > 1e-3
+
+
+def test_from_preset_with_preprocessor_none_gives_the_model_alone(tiny_bert_config, tokenizer, tmp_path):
+    """preprocessor=None skips the preset's tokenizer (even a broken one): the task runs on ids."""
+    classifier = _classifier(tiny_bert_config, tokenizer)
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    (tmp_path / "classifier" / "tokenizer.json").write_text("{ not json")
+    x = classifier.preprocessor(["a film", "the best film"])
+
+    for kwargs in ({}, {"num_classes": 2}):  # the saved head, and a new one
+        restored = TextClassifier.from_preset(str(tmp_path / "classifier"), preprocessor=None, **kwargs)
+        assert restored.preprocessor is None
+        assert restored.predict(x, verbose=0).shape == (2, kwargs.get("num_classes", 3))
+    np.testing.assert_allclose(
+        TextClassifier.from_preset(str(tmp_path / "classifier"), preprocessor=None).predict(x, verbose=0),
+        classifier.predict(x, verbose=0), atol=1e-6)
+    with pytest.raises(Exception, match="tokenizer"):
+        TextClassifier.from_preset(str(tmp_path / "classifier"))

@@ -80,8 +80,9 @@ class PresetLoader:
         """Constructor defaults for a task on this preset (e.g. pooling="mean" for sentence embedders)."""
         return {}
 
-    def load_task(self, task_cls, load_weights=True, **kwargs):
-        """A saved task of class ``task_cls`` whose config agrees with ``kwargs``, else None."""
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
+        """A saved task of class ``task_cls`` whose config agrees with ``kwargs``, else None
+        (without its preprocessor when ``with_preprocessor`` is False)."""
         return None
 
     def load_preprocessor(self, preprocessor_cls, **kwargs):
@@ -213,7 +214,7 @@ class KerasPresetLoader(PresetLoader):
                 return preprocessor_cls.from_config({**config["config"], **kwargs, "tokenizer": tokenizer})
         return super().load_preprocessor(preprocessor_cls, **kwargs)
 
-    def load_task(self, task_cls, load_weights=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         path = self.file(files.TASK_FILE)
         if not os.path.exists(path):
             return None
@@ -227,7 +228,7 @@ class KerasPresetLoader(PresetLoader):
             return None  # e.g. a different num_classes: build a fresh head instead
         backbone = self.load_backbone(load_weights=load_weights)
         preprocessor = None
-        if task_cls.preprocessor_cls is not None and self.load_tokenizer() is not None:
+        if with_preprocessor and task_cls.preprocessor_cls is not None and self.load_tokenizer() is not None:
             preprocessor = self.load_preprocessor(task_cls.preprocessor_cls)
         task = task_cls.from_config({**inner, **kwargs, "backbone": backbone,
                                      "preprocessor": preprocessor})
@@ -326,7 +327,7 @@ class HuggingFaceLoader(PresetLoader):
 
         return ImageConverter.from_processor_settings(**{**settings, **kwargs})
 
-    def load_task(self, task_cls, load_weights=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         """A ``…ForImageClassification`` checkpoint's own head, kept when ``num_classes`` is absent
         or equal (families whose converter has ``classifier_head_from_hf``)."""
         if not hasattr(self.converter, "classifier_head_from_hf") or \

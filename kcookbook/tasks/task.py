@@ -163,20 +163,25 @@ class Task(keras.Model):
         """Build this task on a preset (built-in name, directory, ``kaggle://…``, ``hf://…``).
 
         A preset saved with this task's head (``task.json``) and the same arguments loads that head;
-        otherwise a new head is built on the preset's backbone and preprocessor.
+        otherwise a new head is built on the preset's backbone and preprocessor. ``preprocessor=...``
+        replaces the preset's (``preprocessor=None``: the model alone, fed token ids; the preset's
+        tokenizer files are then not read at all).
         """
         from kcookbook import presets
         from kcookbook.presets.loaders import accepted_kwargs
 
         loader = presets.load(handle)
-        task = loader.load_task(cls, load_weights=load_weights, **kwargs)
+        given = "preprocessor" in kwargs
+        preprocessor = kwargs.pop("preprocessor", None)
+        task = loader.load_task(cls, load_weights=load_weights, with_preprocessor=not given, **kwargs)
         if task is not None:
+            if given:
+                task.preprocessor = preprocessor
             return task
         backbone_kwargs = kwargs.pop("backbone_kwargs", {})
         backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
         preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
-        preprocessor = None
-        if cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
+        if not given and cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
             preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
         defaults = accepted_kwargs(cls.__init__, loader.task_defaults())
         return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})

@@ -144,7 +144,7 @@ class StateDictLoader(PresetLoader):
         resolution = VARIANTS[self.variant][2]
         return ImageConverter.from_mean_std((resolution, resolution), MEAN, STD, **kwargs)
 
-    def load_task(self, task_cls, load_weights=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         """The checkpoint's own ImageNet head (``_fc``) when ``num_classes`` is absent or 1000."""
         from kcookbook.tasks.image_classifier import ImageClassifier
         from kcookbook.tasks.imagenet_classes import imagenet_class_names
