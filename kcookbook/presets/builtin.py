@@ -47,6 +47,17 @@ def all_presets():
     return dict(_REGISTRY)
 
 
+def register_kaggle_presets(family, handle, description, source, entries):
+    """KerasHub's presets on Kaggle, converted on load (they need network or a copy in the kagglehub
+    cache). ``entries`` are ``(name, what)`` or ``(name, what, version)``; ``handle`` and
+    ``description`` are templates with ``{name}``/``{version}`` and ``{what}``. Handles are those of
+    keras_hub 0.32's own preset tables (a test compares them)."""
+    for name, what, *version in entries:
+        register_preset(PresetInfo(
+            name=name, family=family, description=description.format(what=what), source=source,
+            handle="kaggle://keras/" + handle.format(name=name, version=version[0] if version else None)))
+
+
 register_preset(PresetInfo(
     name="all_minilm_l6_v2",
     family="bert",
@@ -59,20 +70,19 @@ register_preset(PresetInfo(
 ))
 
 # KerasHub's BERT presets on Kaggle (needs network, or a copy in the kagglehub cache).
-for _name, _what in [
-    ("bert_tiny_en_uncased", "2 layers, hidden 128, uncased English, 4.4M parameters"),
-    ("bert_small_en_uncased", "4 layers, hidden 512, uncased English, 28.8M parameters"),
-    ("bert_medium_en_uncased", "8 layers, hidden 512, uncased English, 41.4M parameters"),
-    ("bert_base_en_uncased", "12 layers, hidden 768, uncased English, 109.5M parameters"),
-    ("bert_base_en", "12 layers, hidden 768, cased English, 108.3M parameters"),
-    ("bert_base_multi", "12 layers, hidden 768, 104 languages, 177.9M parameters"),
-    ("bert_large_en_uncased", "24 layers, hidden 1024, uncased English, 335.1M parameters"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="bert", description=f"BERT {_what}.",
-        source="Google's BERT checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
-        handle=f"kaggle://keras/bert/keras/{_name}/3",
-    ))
+register_kaggle_presets(
+    "bert", "bert/keras/{name}/3",
+    "BERT {what}.",
+    "Google's BERT checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
+    [
+        ("bert_tiny_en_uncased", "2 layers, hidden 128, uncased English, 4.4M parameters"),
+        ("bert_small_en_uncased", "4 layers, hidden 512, uncased English, 28.8M parameters"),
+        ("bert_medium_en_uncased", "8 layers, hidden 512, uncased English, 41.4M parameters"),
+        ("bert_base_en_uncased", "12 layers, hidden 768, uncased English, 109.5M parameters"),
+        ("bert_base_en", "12 layers, hidden 768, cased English, 108.3M parameters"),
+        ("bert_base_multi", "12 layers, hidden 768, 104 languages, 177.9M parameters"),
+        ("bert_large_en_uncased", "24 layers, hidden 1024, uncased English, 335.1M parameters"),
+    ])
 
 register_preset(PresetInfo(
     name="efficientnet_lite0_imagenet",
@@ -100,142 +110,142 @@ register_preset(PresetInfo(
     offline_subdir="SmolLM2-135M-Instruct.Q4_1.gguf",
 ))
 
+_RESNET_DESCRIPTION = ("{what}, ImageNet-1k at 224x224 (backbone, image converter and, where the preset "
+                       "has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps it, "
+                       "num_classes=... puts a new head on).")
+
 # KerasHub's ResNet presets on Kaggle (keras_hub ResNetBackbone, converted on load; needs network
 # or a copy in the kagglehub cache).
-for _name, _what in [
-    ("resnet_18_imagenet", "ResNet-18 v1, 11.2M backbone parameters"),
-    ("resnet_50_imagenet", "ResNet-50 v1, 23.6M backbone parameters"),
-    ("resnet_101_imagenet", "ResNet-101 v1, 42.6M backbone parameters"),
-    ("resnet_152_imagenet", "ResNet-152 v1, 58.3M backbone parameters"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
-                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
-                    "it, num_classes=... puts a new head on).",
-        source="KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
-        handle=f"kaggle://keras/resnetv1/keras/{_name}/3",
-    ))
-for _name, _what in [
-    ("resnet_v2_50_imagenet", "ResNet-50 v2 (pre-activation), 23.5M backbone parameters"),
-    ("resnet_v2_101_imagenet", "ResNet-101 v2 (pre-activation), 42.6M backbone parameters"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
-                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
-                    "it, num_classes=... puts a new head on).",
-        source="KerasHub's ResNet v2 presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
-        handle=f"kaggle://keras/resnetv2/keras/{_name}/3",
-    ))
-for _name, _what in [
-    ("resnet_vd_18_imagenet", "ResNet-18-vd, 11.2M backbone parameters"),
-    ("resnet_vd_34_imagenet", "ResNet-34-vd, 21.3M backbone parameters"),
-    ("resnet_vd_50_imagenet", "ResNet-50-vd, 23.6M backbone parameters"),
-    ("resnet_vd_50_ssld_imagenet", "ResNet-50-vd distilled (SSLD), 23.6M backbone parameters"),
-    ("resnet_vd_50_ssld_v2_imagenet", "ResNet-50-vd distilled (SSLD) with AutoAugment, 23.6M backbone parameters"),
-    ("resnet_vd_50_ssld_v2_fix_imagenet", "ResNet-50-vd distilled (SSLD), AutoAugment, head fine-tuned, "
-                                          "23.6M backbone parameters"),
-    ("resnet_vd_101_imagenet", "ResNet-101-vd, 42.6M backbone parameters"),
-    ("resnet_vd_101_ssld_imagenet", "ResNet-101-vd distilled (SSLD), 42.6M backbone parameters"),
-    ("resnet_vd_152_imagenet", "ResNet-152-vd, 58.3M backbone parameters"),
-    ("resnet_vd_200_imagenet", "ResNet-200-vd, 72.9M backbone parameters"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="resnet",
-        description=f"{_what}, ImageNet-1k at 224x224 (backbone, image converter and, where the "
-                    "preset has it, keras_hub's ImageNet head: ImageClassifier.from_preset(name) keeps "
-                    "it, num_classes=... puts a new head on).",
-        source="KerasHub's ResNet-vd presets on Kaggle (ImageNet-1k weights; licence on each "
-               "Kaggle model page).",
-        handle=f"kaggle://keras/resnet_vd/keras/{_name}/2",
-    ))
+register_kaggle_presets(
+    "resnet", "resnetv1/keras/{name}/3",
+    _RESNET_DESCRIPTION,
+    "KerasHub's ResNet presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
+    [
+        ("resnet_18_imagenet", "ResNet-18 v1, 11.2M backbone parameters"),
+        ("resnet_50_imagenet", "ResNet-50 v1, 23.6M backbone parameters"),
+        ("resnet_101_imagenet", "ResNet-101 v1, 42.6M backbone parameters"),
+        ("resnet_152_imagenet", "ResNet-152 v1, 58.3M backbone parameters"),
+    ])
+register_kaggle_presets(
+    "resnet", "resnetv2/keras/{name}/3",
+    _RESNET_DESCRIPTION,
+    "KerasHub's ResNet v2 presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
+    [
+        ("resnet_v2_50_imagenet", "ResNet-50 v2 (pre-activation), 23.5M backbone parameters"),
+        ("resnet_v2_101_imagenet", "ResNet-101 v2 (pre-activation), 42.6M backbone parameters"),
+    ])
+register_kaggle_presets(
+    "resnet", "resnet_vd/keras/{name}/2",
+    _RESNET_DESCRIPTION,
+    "KerasHub's ResNet-vd presets on Kaggle (ImageNet-1k weights; licence on each Kaggle model page).",
+    [
+        ("resnet_vd_18_imagenet", "ResNet-18-vd, 11.2M backbone parameters"),
+        ("resnet_vd_34_imagenet", "ResNet-34-vd, 21.3M backbone parameters"),
+        ("resnet_vd_50_imagenet", "ResNet-50-vd, 23.6M backbone parameters"),
+        ("resnet_vd_50_ssld_imagenet", "ResNet-50-vd distilled (SSLD), 23.6M backbone parameters"),
+        ("resnet_vd_50_ssld_v2_imagenet",
+         "ResNet-50-vd distilled (SSLD) with AutoAugment, 23.6M backbone parameters"),
+        ("resnet_vd_50_ssld_v2_fix_imagenet",
+         "ResNet-50-vd distilled (SSLD), AutoAugment, head fine-tuned, 23.6M backbone parameters"),
+        ("resnet_vd_101_imagenet", "ResNet-101-vd, 42.6M backbone parameters"),
+        ("resnet_vd_101_ssld_imagenet", "ResNet-101-vd distilled (SSLD), 42.6M backbone parameters"),
+        ("resnet_vd_152_imagenet", "ResNet-152-vd, 58.3M backbone parameters"),
+        ("resnet_vd_200_imagenet", "ResNet-200-vd, 72.9M backbone parameters"),
+    ])
 
 # KerasHub's ViT presets on Kaggle (keras_hub ViTBackbone, image converter and, for the ImageNet-1k
 # ones, a ViTImageClassifier head; converted on load; needs network or a copy in the kagglehub cache).
-for _name, _what, _version in [
-    ("vit_base_patch16_224_imagenet", "ViT-B/16 fine-tuned on ImageNet-1k at 224x224, 85.8M backbone parameters", 4),
-    ("vit_base_patch16_384_imagenet", "ViT-B/16 fine-tuned on ImageNet-1k at 384x384, 86.1M backbone parameters", 4),
-    ("vit_large_patch16_224_imagenet", "ViT-L/16 fine-tuned on ImageNet-1k at 224x224, 303M backbone parameters", 4),
-    ("vit_large_patch16_384_imagenet", "ViT-L/16 fine-tuned on ImageNet-1k at 384x384, 304M backbone parameters", 4),
-    ("vit_base_patch32_384_imagenet", "ViT-B/32 fine-tuned on ImageNet-1k at 384x384, 87.5M backbone parameters", 3),
-    ("vit_large_patch32_384_imagenet", "ViT-L/32 fine-tuned on ImageNet-1k at 384x384, 306M backbone parameters", 3),
-    ("vit_base_patch16_224_imagenet21k", "ViT-B/16 backbone pre-trained on ImageNet-21k at 224x224, 85.8M parameters", 3),
-    ("vit_base_patch32_224_imagenet21k", "ViT-B/32 backbone pre-trained on ImageNet-21k at 224x224, 87.5M parameters", 3),
-    ("vit_huge_patch14_224_imagenet21k", "ViT-H/14 backbone pre-trained on ImageNet-21k at 224x224, 631M parameters", 3),
-    ("vit_large_patch16_224_imagenet21k", "ViT-L/16 backbone pre-trained on ImageNet-21k at 224x224, 303M parameters", 3),
-    ("vit_large_patch32_224_imagenet21k", "ViT-L/32 backbone pre-trained on ImageNet-21k at 224x224, 306M parameters", 3),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="vit",
-        description=f"{_what} (ImageClassifier.from_preset(name) keeps an ImageNet-1k head where the "
-                    "preset has one; num_classes=... puts a new head on).",
-        source="KerasHub's ViT presets on Kaggle (Google's ViT weights; licence on each Kaggle model page).",
-        handle=f"kaggle://keras/vit/keras/{_name}/{_version}",
-    ))
+register_kaggle_presets(
+    "vit", "vit/keras/{name}/{version}",
+    ("{what} (ImageClassifier.from_preset(name) keeps an ImageNet-1k head where the preset has one; "
+     "num_classes=... puts a new head on)."),
+    "KerasHub's ViT presets on Kaggle (Google's ViT weights; licence on each Kaggle model page).",
+    [
+        ("vit_base_patch16_224_imagenet",
+         "ViT-B/16 fine-tuned on ImageNet-1k at 224x224, 85.8M backbone parameters", 4),
+        ("vit_base_patch16_384_imagenet",
+         "ViT-B/16 fine-tuned on ImageNet-1k at 384x384, 86.1M backbone parameters", 4),
+        ("vit_large_patch16_224_imagenet",
+         "ViT-L/16 fine-tuned on ImageNet-1k at 224x224, 303M backbone parameters", 4),
+        ("vit_large_patch16_384_imagenet",
+         "ViT-L/16 fine-tuned on ImageNet-1k at 384x384, 304M backbone parameters", 4),
+        ("vit_base_patch32_384_imagenet",
+         "ViT-B/32 fine-tuned on ImageNet-1k at 384x384, 87.5M backbone parameters", 3),
+        ("vit_large_patch32_384_imagenet",
+         "ViT-L/32 fine-tuned on ImageNet-1k at 384x384, 306M backbone parameters", 3),
+        ("vit_base_patch16_224_imagenet21k",
+         "ViT-B/16 backbone pre-trained on ImageNet-21k at 224x224, 85.8M parameters", 3),
+        ("vit_base_patch32_224_imagenet21k",
+         "ViT-B/32 backbone pre-trained on ImageNet-21k at 224x224, 87.5M parameters", 3),
+        ("vit_huge_patch14_224_imagenet21k",
+         "ViT-H/14 backbone pre-trained on ImageNet-21k at 224x224, 631M parameters", 3),
+        ("vit_large_patch16_224_imagenet21k",
+         "ViT-L/16 backbone pre-trained on ImageNet-21k at 224x224, 303M parameters", 3),
+        ("vit_large_patch32_224_imagenet21k",
+         "ViT-L/32 backbone pre-trained on ImageNet-21k at 224x224, 306M parameters", 3),
+    ])
 
 # KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
 # needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.
-for _name, _what in [
-    ("gpt2_base_en", "12 layers, hidden 768, 124M parameters"),
-    ("gpt2_medium_en", "24 layers, hidden 1024, 355M parameters"),
-    ("gpt2_large_en", "36 layers, hidden 1280, 774M parameters"),
-    ("gpt2_extra_large_en", "48 layers, hidden 1600, 1.56B parameters"),
-    ("gpt2_base_en_cnn_dailymail", "12 layers, hidden 768, 124M parameters, fine-tuned on CNN/DailyMail "
-                                   "summaries"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="gpt2", description=f"GPT-2 {_what}; byte-level BPE, English WebText.",
-        source="OpenAI's GPT-2 checkpoints as KerasHub presets on Kaggle (MIT licence).",
-        handle=f"kaggle://keras/gpt2/keras/{_name}/3",
-    ))
+register_kaggle_presets(
+    "gpt2", "gpt2/keras/{name}/3",
+    "GPT-2 {what}; byte-level BPE, English WebText.",
+    "OpenAI's GPT-2 checkpoints as KerasHub presets on Kaggle (MIT licence).",
+    [
+        ("gpt2_base_en", "12 layers, hidden 768, 124M parameters"),
+        ("gpt2_medium_en", "24 layers, hidden 1024, 355M parameters"),
+        ("gpt2_large_en", "36 layers, hidden 1280, 774M parameters"),
+        ("gpt2_extra_large_en", "48 layers, hidden 1600, 1.56B parameters"),
+        ("gpt2_base_en_cnn_dailymail",
+         "12 layers, hidden 768, 124M parameters, fine-tuned on CNN/DailyMail summaries"),
+    ])
+
+_GEMMA_SOURCE = ("Google's Gemma checkpoints as KerasHub presets on Kaggle (Gemma Terms of Use: accept "
+                 "them on the Kaggle model page before downloading).")
 
 # KerasHub's Gemma 1 and CodeGemma presets on Kaggle (keras_hub GemmaBackbone + GemmaTokenizer,
 # converted on load; needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's
 # gemma_presets.py; Gemma 2 (gemma2_*, shieldgemma_*) is a different architecture and not listed.
-for _name, _handle, _what in [
-    ("gemma_2b_en", "gemma/keras/gemma_2b_en/3", "Gemma 2B base: 18 layers, 2.5B parameters"),
-    ("gemma_instruct_2b_en", "gemma/keras/gemma_instruct_2b_en/3",
-     "Gemma 2B instruction-tuned: 18 layers, 2.5B parameters"),
-    ("gemma_1.1_instruct_2b_en", "gemma/keras/gemma_1.1_instruct_2b_en/4",
-     "Gemma 1.1 2B instruction-tuned: 18 layers, 2.5B parameters"),
-    ("gemma_7b_en", "gemma/keras/gemma_7b_en/4", "Gemma 7B base: 28 layers, 8.5B parameters"),
-    ("gemma_instruct_7b_en", "gemma/keras/gemma_instruct_7b_en/4",
-     "Gemma 7B instruction-tuned: 28 layers, 8.5B parameters"),
-    ("gemma_1.1_instruct_7b_en", "gemma/keras/gemma_1.1_instruct_7b_en/5",
-     "Gemma 1.1 7B instruction-tuned: 28 layers, 8.5B parameters"),
-    ("code_gemma_2b_en", "codegemma/keras/code_gemma_2b_en/2",
-     "CodeGemma 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters"),
-    ("code_gemma_1.1_2b_en", "codegemma/keras/code_gemma_1.1_2b_en/2",
-     "CodeGemma 1.1 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters"),
-    ("code_gemma_7b_en", "codegemma/keras/code_gemma_7b_en/3",
-     "CodeGemma 7B, fill-in-the-middle code completion: 28 layers, 8.5B parameters"),
-    ("code_gemma_instruct_7b_en", "codegemma/keras/code_gemma_instruct_7b_en/3",
-     "CodeGemma 7B instruction-tuned for code chat: 28 layers, 8.5B parameters"),
-    ("code_gemma_1.1_instruct_7b_en", "codegemma/keras/code_gemma_1.1_instruct_7b_en/3",
-     "CodeGemma 1.1 7B instruction-tuned for code chat: 28 layers, 8.5B parameters"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="gemma", description=f"{_what}; SentencePiece vocabulary of 256,000.",
-        source="Google's Gemma checkpoints as KerasHub presets on Kaggle (Gemma Terms of Use: accept "
-               "them on the Kaggle model page before downloading).",
-        handle=f"kaggle://keras/{_handle}",
-    ))
+register_kaggle_presets(
+    "gemma", "gemma/keras/{name}/{version}",
+    "{what}; SentencePiece vocabulary of 256,000.",
+    _GEMMA_SOURCE,
+    [
+        ("gemma_2b_en", "Gemma 2B base: 18 layers, 2.5B parameters", 3),
+        ("gemma_instruct_2b_en", "Gemma 2B instruction-tuned: 18 layers, 2.5B parameters", 3),
+        ("gemma_1.1_instruct_2b_en", "Gemma 1.1 2B instruction-tuned: 18 layers, 2.5B parameters", 4),
+        ("gemma_7b_en", "Gemma 7B base: 28 layers, 8.5B parameters", 4),
+        ("gemma_instruct_7b_en", "Gemma 7B instruction-tuned: 28 layers, 8.5B parameters", 4),
+        ("gemma_1.1_instruct_7b_en", "Gemma 1.1 7B instruction-tuned: 28 layers, 8.5B parameters", 5),
+    ])
+register_kaggle_presets(
+    "gemma", "codegemma/keras/{name}/{version}",
+    "{what}; SentencePiece vocabulary of 256,000.",
+    _GEMMA_SOURCE,
+    [
+        ("code_gemma_2b_en",
+         "CodeGemma 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters", 2),
+        ("code_gemma_1.1_2b_en",
+         "CodeGemma 1.1 2B, fill-in-the-middle code completion: 18 layers, 2.5B parameters", 2),
+        ("code_gemma_7b_en",
+         "CodeGemma 7B, fill-in-the-middle code completion: 28 layers, 8.5B parameters", 3),
+        ("code_gemma_instruct_7b_en",
+         "CodeGemma 7B instruction-tuned for code chat: 28 layers, 8.5B parameters", 3),
+        ("code_gemma_1.1_instruct_7b_en",
+         "CodeGemma 1.1 7B instruction-tuned for code chat: 28 layers, 8.5B parameters", 3),
+    ])
 
 # KerasHub's Mistral presets on Kaggle (keras_hub MistralBackbone + MistralTokenizer, converted on
 # load). Handles as in keras_hub 0.32's mistral_presets.py; Magistral (Tekken BPE vocabulary) is not
 # listed.
-for _name, _handle, _what in [
-    ("mistral_7b_en", "mistral_7b_en/8", "Mistral 7B v0.1 base, 7.2B parameters"),
-    ("mistral_instruct_7b_en", "mistral_instruct_7b_en/8", "Mistral 7B v0.1 instruct, 7.2B parameters"),
-    ("mistral_0.2_instruct_7b_en", "mistral_0.2_instruct_7b_en/3",
-     "Mistral 7B v0.2 instruct, 7.2B parameters"),
-    ("mistral_0.3_7b_en", "mistral_0.3_7b_en/1", "Mistral 7B v0.3 base, 7.2B parameters, vocabulary 32,768"),
-    ("mistral_0.3_instruct_7b_en", "mistral_0.3_instruct_7b_en/1",
-     "Mistral 7B v0.3 instruct, 7.2B parameters, vocabulary 32,768"),
-]:
-    register_preset(PresetInfo(
-        name=_name, family="mistral", description=f"{_what}; 32 layers, SentencePiece tokenizer.",
-        source="Mistral AI's Mistral-7B checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
-        handle=f"kaggle://keras/mistral/keras/{_handle}",
-    ))
+register_kaggle_presets(
+    "mistral", "mistral/keras/{name}/{version}",
+    "{what}; 32 layers, SentencePiece tokenizer.",
+    "Mistral AI's Mistral-7B checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
+    [
+        ("mistral_7b_en", "Mistral 7B v0.1 base, 7.2B parameters", 8),
+        ("mistral_instruct_7b_en", "Mistral 7B v0.1 instruct, 7.2B parameters", 8),
+        ("mistral_0.2_instruct_7b_en", "Mistral 7B v0.2 instruct, 7.2B parameters", 3),
+        ("mistral_0.3_7b_en", "Mistral 7B v0.3 base, 7.2B parameters, vocabulary 32,768", 1),
+        ("mistral_0.3_instruct_7b_en", "Mistral 7B v0.3 instruct, 7.2B parameters, vocabulary 32,768", 1),
+    ])
