@@ -67,7 +67,7 @@ def test_shifted_sum_matches_keras_depthwise_conv_and_its_gradients(height, widt
         np.testing.assert_allclose(mine, theirs, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("implementation", ["auto", "shifted_sum", "native"])
+@pytest.mark.parametrize("implementation", ["auto", "shifted_sum", "channels_first_view", "native"])
 def test_layer_matches_keras_layer_with_the_same_weights(implementation):
     rng = np.random.default_rng(1)
     x = rng.standard_normal((2, 9, 8, 6)).astype("float32")

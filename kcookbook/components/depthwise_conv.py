@@ -13,6 +13,12 @@ The same layer on EfficientNet-Lite0 (224×224, ms/step predict b32 / fit b16) t
 3869 / 10174 to the figures in ``benchmarks/README.md``. TensorFlow and PyTorch have native
 depthwise kernels that beat the shifted sum, so ``implementation="auto"`` uses it on jax only.
 
+On torch, ``"auto"`` runs Keras's op in ``channels_first`` on a transposed *view* of the input: Keras's
+torch backend copies a channels-last input to NCHW (``permute().contiguous()``) and back to torch's
+channels-last memory format before every convolution; the view is already channels-last in memory, so
+both copies go. Same numbers bit for bit; forward 1.7–3.6× faster (28 → 8, 132 → 44, 40 → 24 ms on
+the three layers above, under load).
+
 The result is Keras's ``DepthwiseConv2D`` exactly (same padding — TensorFlow "same", extra row/column
 at the bottom/right —, same weights ``kernel (kh, kw, channels, depth_multiplier)`` and ``bias``), and
 the class keeps Keras's name so that ``model.weights.h5`` files written with
@@ -27,7 +33,7 @@ the class keeps Keras's name so that ``model.weights.h5`` files written with
 import keras
 from keras import ops
 
-IMPLEMENTATIONS = ("auto", "shifted_sum", "native")
+IMPLEMENTATIONS = ("auto", "shifted_sum", "channels_first_view", "native")
 
 
 def same_padding(size, kernel, stride):
@@ -82,8 +88,9 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
     """``keras.layers.DepthwiseConv2D`` whose jax path is a shifted multiply-add sum (see the module).
 
     Args:
-        implementation: ``"auto"`` (shifted sum on jax, Keras's ``ops.depthwise_conv`` elsewhere),
-            ``"shifted_sum"`` or ``"native"``. The shifted sum needs channels-last data, no dilation
+        implementation: ``"auto"`` (shifted sum on jax, channels-first view on torch, Keras's
+            ``ops.depthwise_conv`` on tensorflow), ``"shifted_sum"``, ``"channels_first_view"`` or
+            ``"native"``. The shifted sum needs channels-last data, no dilation
             and static height/width (jax traces with concrete shapes); otherwise the native op runs.
         Other arguments: those of ``keras.layers.DepthwiseConv2D``.
     """
@@ -100,10 +107,21 @@ class DepthwiseConv2D(keras.layers.DepthwiseConv2D):
         return (wanted and self.data_format == "channels_last" and tuple(self.dilation_rate) == (1, 1)
                 and input_shape[1] is not None and input_shape[2] is not None)
 
+    def uses_channels_first_view(self):
+        wanted = (self.implementation == "channels_first_view"
+                  or (self.implementation == "auto" and keras.backend.backend() == "torch"))
+        return wanted and self.data_format == "channels_last"
+
     def call(self, inputs):
-        if not self.uses_shifted_sum(inputs.shape):
+        if self.uses_shifted_sum(inputs.shape):
+            outputs = depthwise_conv_shifted_sum(inputs, self.kernel, self.strides, self.padding)
+        elif self.uses_channels_first_view():
+            outputs = ops.depthwise_conv(ops.transpose(inputs, (0, 3, 1, 2)), self.kernel, self.strides,
+                                         self.padding, data_format="channels_first",
+                                         dilation_rate=self.dilation_rate)
+            outputs = ops.transpose(outputs, (0, 2, 3, 1))
+        else:
             return super().call(inputs)
-        outputs = depthwise_conv_shifted_sum(inputs, self.kernel, self.strides, self.padding)
         if self.use_bias:
             outputs = outputs + self.bias
         if self.activation is not None:
