@@ -26,7 +26,7 @@ the class keeps Keras's name so that ``model.weights.h5`` files written with
 
     >>> import numpy as np
     >>> layer = DepthwiseConv2D(3, strides=2, padding="same", use_bias=False)
-    >>> layer(np.ones((1, 7, 7, 4), "float32")).shape
+    >>> tuple(layer(np.ones((1, 7, 7, 4), "float32")).shape)
     (1, 4, 4, 4)
 """
 
