@@ -185,6 +185,38 @@ register_kaggle_presets(
          "ViT-L/32 backbone pre-trained on ImageNet-21k at 224x224, 306M parameters", 3),
     ])
 
+# KerasHub's EfficientNet presets on Kaggle (timm weights converted by keras_hub: EfficientNetBackbone
+# with "v1" MBConv blocks, image converter, EfficientNetImageClassifier head; converted on load;
+# needs network or a copy in the kagglehub cache). Not listed: efficientnet2_rw_* and
+# efficientnet_e{s,m,l}_* (EfficientNetV2/EdgeTPU fused blocks, which kcookbook does not build;
+# keras_hub 0.32's table also points the e* names at the B1 weights).
+register_kaggle_presets(
+    "efficientnet", "efficientnet/keras/{name}/{version}",
+    ("{what} (ImageClassifier.from_preset(name) keeps the preset's classifier head; "
+     "num_classes=... puts a new head on)."),
+    "KerasHub's EfficientNet presets on Kaggle (Ross Wightman's timm weights; licence on each Kaggle "
+    "model page).",
+    [
+        ("efficientnet_b0_ra_imagenet",
+         "EfficientNet-B0, ImageNet-1k, RandAugment recipe, 5.3M parameters", 2),
+        ("efficientnet_b0_ra4_e3600_r224_imagenet",
+         "EfficientNet-B0, ImageNet-1k, timm's MobileNet-V4-style recipe, 5.3M parameters", 2),
+        ("efficientnet_b1_ft_imagenet", "EfficientNet-B1 fine-tuned on ImageNet-1k, 7.8M parameters", 5),
+        ("efficientnet_b1_ra4_e3600_r240_imagenet",
+         "EfficientNet-B1, ImageNet-1k, timm's MobileNet-V4-style recipe, 7.8M parameters", 2),
+        ("efficientnet_b2_ra_imagenet",
+         "EfficientNet-B2, ImageNet-1k, RandAugment recipe, 9.1M parameters", 2),
+        ("efficientnet_b3_ra2_imagenet",
+         "EfficientNet-B3, ImageNet-1k, RandAugment2 recipe, 12.2M parameters", 2),
+        ("efficientnet_b4_ra2_imagenet",
+         "EfficientNet-B4, ImageNet-1k, RandAugment2 recipe, 19.3M parameters", 2),
+        ("efficientnet_b5_sw_imagenet", "EfficientNet-B5 pre-trained on ImageNet-12k, 30.4M parameters", 2),
+        ("efficientnet_b5_sw_ft_imagenet",
+         "EfficientNet-B5 pre-trained on ImageNet-12k, fine-tuned on ImageNet-1k, 30.4M parameters", 2),
+        ("efficientnet_lite0_ra_imagenet",
+         "EfficientNet-Lite0, ImageNet-1k, RandAugment recipe (timm weights), 4.7M parameters", 2),
+    ])
+
 # KerasHub's GPT-2 presets on Kaggle (keras_hub GPT2Backbone + GPT2Tokenizer, converted on load;
 # needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's gpt2_presets.py.
 register_kaggle_presets(

@@ -1,5 +1,7 @@
 """Helpers shared by the converters: array plumbing, and the keras_hub layouts several families use."""
 
+import re
+
 import numpy as np
 
 
@@ -189,6 +191,37 @@ def image_converter_from_keras_hub(config, **kwargs):
                                       "bounding_box_format") if config.get(k) is not None}
     return ImageConverter(tuple(size), scale=1.0 if scale is None else scale,
                           offset=0.0 if offset is None else offset, **{**options, **kwargs})
+
+
+def keras_snake_case(class_name):
+    """Keras's rule for default layer names: ``BatchNormalization`` → ``batch_normalization``."""
+    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
+    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+
+
+def keras_hub_weights_by_position(arrays, model, family):
+    """A keras_hub functional backbone's ``model.weights.h5`` → ``{variable.path: array}`` of
+    ``model``, for families whose graph has the same weighted layers as keras_hub's in the same order.
+
+    Keras's weights file names layers by class and position (``layers/conv2d_3/vars/0``), not by
+    layer name, so the n-th ``Conv2D`` of ``model`` takes the n-th ``Conv2D``'s arrays (shapes are
+    checked when assigned). Entries left over are a PresetError naming ``family``.
+    """
+    from kcookbook.presets.errors import PresetError
+
+    a, out, seen = dict(arrays), {}, {}
+    for layer in model.layers:
+        if not layer.weights:
+            continue
+        base = keras_snake_case(type(layer).__name__)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        key = f"layers/{base}{keras_hub_layer_suffix(n)}"
+        for i, weight in enumerate(layer.weights):
+            out[weight.path] = take(a, f"{key}/vars/{i}", "keras_hub weights file")
+    if a:
+        raise PresetError(f"The keras_hub weights file has entries this {family} does not use: {sorted(a)[:5]}.")
+    return out
 
 
 def task_weights_from_keras_hub(arrays, task):

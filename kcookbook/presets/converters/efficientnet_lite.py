@@ -20,7 +20,7 @@ import re
 
 import numpy as np
 
-from kcookbook.backbones.efficientnet_lite import VARIANTS, EfficientNetLiteBackbone
+from kcookbook.backbones.efficientnet import VARIANTS, EfficientNetLiteBackbone
 from kcookbook.components.image_converter import ImageConverter
 from kcookbook.presets.errors import PresetError
 from kcookbook.presets.loaders import PresetLoader

@@ -18,7 +18,6 @@ average-pooled shortcuts, usually with a three-convolution stem). A keras_hub ``
 
 import json
 import os
-import re
 
 import numpy as np
 
@@ -26,6 +25,7 @@ from kcookbook.backbones.resnet import BOTTLENECK_EXPANSION, ResNetBackbone
 from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
     image_classifier_from_keras_hub,
     image_converter_from_keras_hub,
+    keras_hub_weights_by_position,
     linear_kernel,
     strip_prefix,
     take,
@@ -133,30 +133,9 @@ def backbone_from_keras_hub(config, **overrides):
 
 
 def weights_from_keras_hub(arrays, backbone):
-    """Keras's ``model.weights.h5`` names layers by class and position (``layers/conv2d_3/vars/0``).
-
-    KerasHub's ResNet graph (v1 or v2) has the same layers as ours in the same topological order (the
-    activations differ in class, but hold no weights), so the n-th ``Conv2D`` is the n-th ``Conv2D``.
-    """
-    a, out, seen = dict(arrays), {}, {}
-    for layer in backbone.layers:
-        if not layer.weights:
-            continue
-        base = _snake_case(type(layer).__name__)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        key = f"layers/{base}{'_' + str(n) if n else ''}"
-        for i, weight in enumerate(layer.weights):
-            out[weight.path] = take(a, f"{key}/vars/{i}", "keras_hub weights file")
-    if a:
-        raise PresetError(f"The keras_hub weights file has entries this ResNet does not use: {sorted(a)[:5]}.")
-    return out
-
-
-def _snake_case(class_name):
-    """Keras's own rule for default layer names: ``BatchNormalization`` → ``batch_normalization``."""
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
+    """KerasHub's ResNet graph (v1 or v2) has the same weighted layers as ours in the same
+    topological order (the activations differ in class, but hold no weights): mapped by position."""
+    return keras_hub_weights_by_position(arrays, backbone, "ResNet")
 
 
 def task_from_keras_hub(task_cls, config, backbone, **kwargs):
