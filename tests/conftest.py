@@ -128,3 +128,29 @@ def seeded():
 @pytest.fixture(scope="session")
 def backend():
     return keras.backend.backend()
+
+
+def randomize_keras_batch_norm(model, rng):
+    """Random statistics and affine terms in every Keras BatchNormalization of ``model``, so a weight
+    mapping that mixes up names or order cannot pass a parity test."""
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            n = layer.gamma.shape[0]
+            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.5, 0.5, n),
+                               rng.uniform(-0.5, 0.5, n), rng.uniform(0.5, 1.5, n)])
+
+
+def save_keras_hub_image_classifier(family, backbone, directory, rng, num_classes=1000, image_size=48):
+    """A keras_hub ``{family}ImageClassifier`` preset (backbone + random head + image converter scaling
+    to [-1, 1]), as the Kaggle image-classifier presets are laid out; returns keras_hub's model."""
+    import keras_hub
+
+    converter = getattr(keras_hub.layers, f"{family}ImageConverter")(
+        image_size=(image_size, image_size), scale=1 / 127.5, offset=-1.0)
+    preprocessor = getattr(keras_hub.models, f"{family}ImageClassifierPreprocessor")(image_converter=converter)
+    theirs = getattr(keras_hub.models, f"{family}ImageClassifier")(
+        backbone=backbone, num_classes=num_classes, preprocessor=preprocessor)
+    head = theirs.get_layer("predictions")
+    head.set_weights([rng.normal(size=head.kernel.shape), rng.normal(size=head.bias.shape)])
+    theirs.save_to_preset(str(directory))
+    return theirs

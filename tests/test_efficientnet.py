@@ -14,6 +14,7 @@ import pytest
 
 from kcookbook.backbones import Backbone, EfficientNetBackbone
 from kcookbook.presets.errors import PresetError
+from tests.conftest import randomize_keras_batch_norm, save_keras_hub_image_classifier
 
 # keras_hub's timm-converted presets (keras_hub/src/utils/timm/convert_efficientnet.py), cut down to
 # three stacks; width 1.25 / depth 1.5 exercise the filter rounding (8 → 16 by the 10% cap) and repeats.
@@ -41,12 +42,9 @@ def _keras_hub_backbone(style):
     keras.utils.set_random_seed(0)
     backbone = keras_hub.models.EfficientNetBackbone(**TINY, **STYLES[style])
     rng = np.random.default_rng(1)
+    randomize_keras_batch_norm(backbone, rng)
     for layer in backbone.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.5, 0.5, n),
-                               rng.uniform(-0.5, 0.5, n), rng.uniform(0.5, 1.5, n)])
-        elif layer.weights and "se_" in layer.name:  # squeeze-excite biases: non-zero
+        if layer.weights and "se_" in layer.name:  # squeeze-excite biases: non-zero
             layer.set_weights([layer.weights[0].numpy(), rng.uniform(-0.5, 0.5, layer.weights[1].shape)])
     return backbone
 
@@ -84,19 +82,10 @@ def test_keras_hub_efficientnet_preset_loads_with_the_same_outputs(tmp_path, sty
 def test_keras_hub_efficientnet_classifier_preset_keeps_its_head(tmp_path):
     """An EfficientNetImageClassifier preset (as on Kaggle: backbone + head + image converter) gives
     keras_hub's logits on raw uint8 images; 1000 classes come with the ImageNet names."""
-    import keras_hub
-
     from kcookbook.tasks import ImageClassifier
 
-    backbone = _keras_hub_backbone("b")
-    converter = keras_hub.layers.EfficientNetImageConverter(image_size=(48, 48), scale=1 / 127.5, offset=-1.0)
-    theirs = keras_hub.models.EfficientNetImageClassifier(
-        backbone=backbone, num_classes=1000,
-        preprocessor=keras_hub.models.EfficientNetImageClassifierPreprocessor(image_converter=converter))
-    head = theirs.get_layer("predictions")
     rng = np.random.default_rng(3)
-    head.set_weights([rng.normal(size=head.kernel.shape), rng.normal(size=head.bias.shape)])
-    theirs.save_to_preset(str(tmp_path))
+    theirs = save_keras_hub_image_classifier("EfficientNet", _keras_hub_backbone("b"), tmp_path, rng)
 
     images = rng.integers(0, 256, (2, 60, 52, 3)).astype("uint8")
     ours = ImageClassifier.from_preset(str(tmp_path))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import package_path
+from tests.conftest import package_path, randomize_keras_batch_norm, save_keras_hub_image_classifier
 
 PHOTOS = ("chelsea", "coffee", "flower")
 EXPECTED_TOP1 = {"chelsea": "Egyptian cat", "coffee": "espresso", "flower": "daisy"}
@@ -175,11 +175,7 @@ def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_typ
         stackwise_num_filters=[64, 16], stackwise_num_blocks=[1, 2], stackwise_num_strides=[1, 2],
         block_type=block_type, use_pre_activation=pre_activation)
     rng = np.random.default_rng(0)
-    for layer in theirs.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            n = layer.gamma.shape[0]
-            layer.set_weights([rng.uniform(0.5, 1.5, n), rng.uniform(-0.5, 0.5, n),
-                               rng.uniform(-0.5, 0.5, n), rng.uniform(0.5, 1.5, n)])
+    randomize_keras_batch_norm(theirs, rng)
     theirs.save_to_preset(str(tmp_path / "preset"))
     their_converter = keras_hub.layers.ResNetImageConverter(
         image_size=(40, 40), scale=[1 / (255 * s) for s in (0.229, 0.224, 0.225)],
@@ -236,14 +232,8 @@ def test_keras_hub_resnet_classifier_preset_keeps_its_head(tmp_path):
     backbone = keras_hub.models.ResNetBackbone(
         input_conv_filters=[64], input_conv_kernel_sizes=[7], stackwise_num_filters=[64, 16],
         stackwise_num_blocks=[1, 1], stackwise_num_strides=[1, 2], block_type="basic_block")
-    converter = keras_hub.layers.ResNetImageConverter(image_size=(48, 48), scale=1 / 127.5, offset=-1.0)
-    theirs = keras_hub.models.ResNetImageClassifier(
-        backbone=backbone, num_classes=1000,
-        preprocessor=keras_hub.models.ResNetImageClassifierPreprocessor(image_converter=converter))
-    head = theirs.get_layer("predictions")
     rng = np.random.default_rng(0)
-    head.set_weights([rng.normal(size=head.kernel.shape), rng.normal(size=head.bias.shape)])
-    theirs.save_to_preset(str(tmp_path / "preset"))
+    theirs = save_keras_hub_image_classifier("ResNet", backbone, tmp_path / "preset", rng)
 
     images = rng.integers(0, 256, (2, 48, 48, 3)).astype("uint8")
     ours = ImageClassifier.from_preset(str(tmp_path / "preset"))
