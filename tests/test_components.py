@@ -262,6 +262,62 @@ def test_encoder_block_is_invariant_to_padding(normalize_first):
     np.testing.assert_allclose(padded[:, :5], short, atol=1e-5)
 
 
+def _padded_batch(length=7):
+    """Random hidden states and a padding mask with 0, 2 and 4 padded positions."""
+    x = np.random.default_rng(8).normal(size=(3, length, 8)).astype("float32")
+    mask = np.array([[1] * length, [1] * (length - 2) + [0] * 2, [1] * (length - 4) + [0] * 4], "int32")
+    return x, mask
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_block_first_positions_equal_the_full_block(normalize_first):
+    keras.utils.set_random_seed(0)
+    block = TransformerEncoderBlock(2, 16, dropout=0.1, normalize_first=normalize_first)
+    x, mask = _padded_batch()
+    full = numpy(block(x, padding_mask=mask, training=False))
+    for n in (1, 3):
+        first = numpy(block(x, padding_mask=mask, training=False, query_length=n))
+        assert first.shape == (3, n, 8)
+        np.testing.assert_allclose(first, full[:, :n], atol=1e-6)
+    # an explicit (batch, 1, query, key) mask is cut to the computed queries
+    square = (mask[:, None, None, :] * np.tril(np.ones((7, 7), "int32"))[None, None]).astype(bool)
+    np.testing.assert_allclose(numpy(block(x, attention_mask=square, query_length=2)),
+                               numpy(block(x, attention_mask=square))[:, :2], atol=1e-6)
+    symbolic = block(keras.Input((None, 8)), query_length=1)
+    assert tuple(symbolic.shape) == (None, 1, 8)
+
+
+@pytest.mark.parametrize("normalize_first", [False, True])
+def test_encoder_block_first_token_gradients_equal_the_full_block(normalize_first):
+    """One SGD step (learning rate 1) on a loss of the first token: the weights move by the
+    gradient, so equal weights afterwards mean equal gradients for every variable."""
+    x, mask = _padded_batch()
+    target = np.random.default_rng(9).normal(size=(3, 8)).astype("float32")
+    updated = []
+    for query_length in (None, 1):
+        keras.utils.set_random_seed(0)
+        block = TransformerEncoderBlock(2, 16, normalize_first=normalize_first)
+        inputs = keras.Input((None, 8)), keras.Input((None,), dtype="int32")
+        first = block(inputs[0], padding_mask=inputs[1], query_length=query_length)[:, 0]
+        model = keras.Model(inputs, first)
+        model.compile(optimizer=keras.optimizers.SGD(1.0), loss="mse")
+        before = [numpy(w) for w in model.weights]
+        model.train_on_batch((x, mask), target)
+        updated.append([numpy(w) for w in model.weights])
+    for a, b, w in zip(*updated, before):
+        assert np.abs(a - w).max() > 1e-4  # every variable got a gradient
+        np.testing.assert_allclose(b, a, atol=1e-6)
+
+
+def test_attention_query_length_is_checked():
+    layer = MultiHeadAttention(num_heads=2, head_dim=4)
+    x = np.ones((1, 3, 8), "float32")
+    with pytest.raises(ValueError, match="positive Python int"):
+        layer(x, query_length=0)
+    with pytest.raises(ValueError, match="is_causal"):
+        layer(x, is_causal=True, query_length=1)
+
+
 def test_masked_mean_pooling_ignores_padding():
     x = np.random.default_rng(6).normal(size=(2, 4, 3)).astype("float32")
     mask = np.array([[1, 1, 0, 0], [1, 1, 1, 1]], "int32")

@@ -8,14 +8,36 @@ faster on every backend (and on torch, fewer Python-level layer calls). The atte
 Grouped-query attention: ``num_key_value_heads < num_heads`` shares each key/value head among
 ``num_heads // num_key_value_heads`` query heads.
 
+``query_length=n`` computes the output of the first ``n`` positions only: their queries attend
+to the keys and values of every position, so the result equals ``attention(x)[:, :n]``, without the
+query projection, scores and output projection of the other positions (a classifier that reads
+only the first token of the last block needs one).
+
     >>> attention = MultiHeadAttention(num_heads=2, head_dim=4)
     >>> x = ops.ones((1, 3, 8))
     >>> tuple(attention(x, attention_mask=ops.ones((1, 1, 1, 3), "bool")).shape)
     (1, 3, 8)
+    >>> tuple(attention(x, query_length=1).shape)
+    (1, 1, 8)
 """
 
 import keras
 from keras import ops
+
+
+def check_query_length(layer, query_length):
+    if isinstance(query_length, bool) or not isinstance(query_length, int) or query_length < 1:
+        raise ValueError(f"{layer.name}: query_length must be a positive Python int (the number of "
+                         f"leading positions to compute), got {query_length!r}.")
+
+
+def query_length_shape(input_shape, query_length=None):
+    """The shape ``(batch, length, ...)`` with ``length`` cut to ``query_length`` (None: unchanged)."""
+    input_shape = tuple(input_shape)
+    if query_length is None:
+        return input_shape
+    length = input_shape[1]
+    return input_shape[:1] + (query_length if length is None else min(length, query_length),) + input_shape[2:]
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -31,7 +53,9 @@ class MultiHeadAttention(keras.layers.Layer):
         kernel_initializer: initializer of the projection kernels.
 
     Call with ``attention_mask`` broadcastable to ``(batch, heads, query_len, key_len)``, True where
-    attending is allowed, and ``is_causal`` for decoder self-attention.
+    attending is allowed, and ``is_causal`` for decoder self-attention; ``query_length`` (a Python
+    int) returns the outputs of the first ``query_length`` positions only (keys and values still
+    come from every position; ``attention_mask`` may be given for all queries or for those).
     """
 
     def __init__(self, num_heads, head_dim, num_key_value_heads=None, use_bias=True, output_dim=None,
@@ -60,17 +84,40 @@ class MultiHeadAttention(keras.layers.Layer):
             kernel_initializer=self.kernel_initializer, dtype=self.dtype_policy, name="output")
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,))
 
+    def _heads(self, x, num_heads):
+        """(batch, length, num_heads·head_dim) → (batch, length, num_heads, head_dim)."""
+        return ops.reshape(x, ops.shape(x)[:-1] + (num_heads, self.head_dim))
+
+    def _split_key_value(self, kv):
+        kv_width = self.num_key_value_heads * self.head_dim
+        return (self._heads(kv[..., :kv_width], self.num_key_value_heads),
+                self._heads(kv[..., kv_width:], self.num_key_value_heads))
+
     def split_heads(self, qkv):
         """(batch, length, fused) → query, key, value each (batch, length, heads, head_dim)."""
         q_width = self.num_heads * self.head_dim
-        kv_width = self.num_key_value_heads * self.head_dim
-        lead = ops.shape(qkv)[:-1]
-        query = ops.reshape(qkv[..., :q_width], lead + (self.num_heads, self.head_dim))
-        key = ops.reshape(qkv[..., q_width:q_width + kv_width],
-                          lead + (self.num_key_value_heads, self.head_dim))
-        value = ops.reshape(qkv[..., q_width + kv_width:],
-                            lead + (self.num_key_value_heads, self.head_dim))
-        return query, key, value
+        return (self._heads(qkv[..., :q_width], self.num_heads),) + self._split_key_value(
+            qkv[..., q_width:])
+
+    def project_first_queries(self, inputs, query_length):
+        """Queries of the first ``query_length`` positions; keys and values of every position.
+
+        The fused kernel is sliced: the query columns multiply ``query_length`` rows only. (A
+        quantized projection keeps Keras's own call, on every row, and the extra queries are dropped.)
+        """
+        q_width = self.num_heads * self.head_dim
+        if self.qkv.quantization_mode:
+            qkv = self.qkv(inputs)
+            query = qkv[:, :query_length, :q_width]
+            key_value = qkv[..., q_width:]
+        else:
+            kernel, bias = self.qkv.kernel, self.qkv.bias  # ``kernel`` includes a LoRA update
+            query = ops.matmul(inputs[:, :query_length], kernel[:, :q_width])
+            key_value = ops.matmul(inputs, kernel[:, q_width:])
+            if bias is not None:
+                query = query + bias[:q_width]
+                key_value = key_value + bias[q_width:]
+        return (self._heads(query, self.num_heads),) + self._split_key_value(key_value)
 
     def attend(self, query, key, value, attention_mask=None, is_causal=False):
         """Scaled dot-product attention, then merge heads and project."""
@@ -84,12 +131,25 @@ class MultiHeadAttention(keras.layers.Layer):
         out = ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,))
         return self.output_dense(out)
 
-    def call(self, inputs, attention_mask=None, is_causal=False):
-        query, key, value = self.split_heads(self.qkv(inputs))
-        return self.attend(query, key, value, attention_mask, is_causal)
+    def call(self, inputs, attention_mask=None, is_causal=False, query_length=None):
+        if query_length is None:
+            query, key, value = self.split_heads(self.qkv(inputs))
+            return self.attend(query, key, value, attention_mask, is_causal)
+        check_query_length(self, query_length)
+        if is_causal:
+            raise ValueError(f"{self.name}: query_length is for bidirectional attention; "
+                             "drop is_causal=True or query_length.")
+        if attention_mask is not None and len(attention_mask.shape) >= 2:
+            attention_mask = attention_mask[..., :query_length, :]  # a size-1 query axis stays
+        query, key, value = self.project_first_queries(inputs, query_length)
+        return self.attend(query, key, value, attention_mask)
 
     def compute_output_shape(self, input_shape):
         return tuple(input_shape[:-1]) + (self.output_dim or input_shape[-1],)
+
+    def compute_output_spec(self, inputs, *args, query_length=None, **kwargs):
+        shape = self.compute_output_shape(query_length_shape(inputs.shape, query_length))
+        return keras.KerasTensor(shape, dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()

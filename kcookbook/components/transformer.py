@@ -3,16 +3,23 @@
 ``normalize_first=False`` is BERT's post-norm order (``x = norm(x + sublayer(x))``);
 ``normalize_first=True`` is the pre-norm order of ViT and GPT-2 (``x = x + sublayer(norm(x))``).
 
+``query_length=n`` computes the block's output for the first ``n`` positions only, equal to
+``block(x)[:, :n]``: their queries attend to every position's keys and values, and the residuals,
+layer norms and feed-forward network run on those ``n`` positions. A classifier that reads only
+``[CLS]`` calls its last block with ``query_length=1``.
+
     >>> block = TransformerEncoderBlock(num_heads=2, intermediate_dim=16)
     >>> x = ops.ones((2, 5, 8))
     >>> tuple(block(x, padding_mask=ops.ones((2, 5), "int32")).shape)
     (2, 5, 8)
+    >>> tuple(block(x, padding_mask=ops.ones((2, 5), "int32"), query_length=1).shape)
+    (2, 1, 8)
 """
 
 import keras
 from keras import ops
 
-from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.attention import MultiHeadAttention, check_query_length, query_length_shape
 
 
 def padding_to_attention_mask(padding_mask):
@@ -71,25 +78,33 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.ffn_norm.build(input_shape)
         self.dropout_layer = keras.layers.Dropout(self.dropout, **common)
 
-    def call(self, x, padding_mask=None, attention_mask=None, training=None):
+    def call(self, x, padding_mask=None, attention_mask=None, training=None, query_length=None):
+        """``query_length`` (a Python int): outputs of the first ``query_length`` positions only."""
         if attention_mask is None and padding_mask is not None:
             attention_mask = padding_to_attention_mask(padding_mask)
+        residual = x
+        if query_length is not None:
+            check_query_length(self, query_length)
+            residual = x[:, :query_length]
 
-        def attention(h):
-            return self.dropout_layer(self.attention(h, attention_mask=attention_mask),
-                                      training=training)
+        def attention(h):  # keys and values from all of h; queries from its first query_length
+            out = self.attention(h, attention_mask=attention_mask, query_length=query_length)
+            return self.dropout_layer(out, training=training)
 
         def feed_forward(h):
             return self.dropout_layer(self.ffn_output(self.ffn_intermediate(h)), training=training)
 
         if self.normalize_first:
-            x = x + attention(self.attention_norm(x))
+            x = residual + attention(self.attention_norm(x))
             return x + feed_forward(self.ffn_norm(x))
-        x = self.attention_norm(x + attention(x))
+        x = self.attention_norm(residual + attention(x))
         return self.ffn_norm(x + feed_forward(x))
 
     def compute_output_shape(self, input_shape):
-        return input_shape
+        return tuple(input_shape)
+
+    def compute_output_spec(self, x, *args, query_length=None, **kwargs):
+        return keras.KerasTensor(query_length_shape(x.shape, query_length), dtype=self.compute_dtype)
 
     def get_config(self):
         config = super().get_config()
