@@ -88,6 +88,28 @@ def test_classifier_on_text_pairs_eagerly_and_in_tf_data(tiny_bert_config, token
     assert np.abs(eager - classifier.predict(first, verbose=0)).max() > 1e-4  # the pair matters
 
 
+@pytest.mark.parametrize("pooling", ["pooled", "cls", "mean"])
+def test_classifier_logits_equal_the_head_on_the_full_backbone_outputs(tiny_bert_config, pooling):
+    """"pooled"/"cls" classifiers run BERT's last block on [CLS] alone (the backbone model itself is
+    not in their graph); their logits equal the head applied to the full backbone's outputs."""
+    backbone = _backbone(tiny_bert_config)
+    classifier = TextClassifier(backbone, num_classes=3, pooling=pooling)
+    rng = np.random.default_rng(12)
+    token_ids = rng.integers(5, tiny_bert_config["vocabulary_size"], size=(4, 12)).astype("int32")
+    padding_mask = (np.arange(12)[None] < np.array([[12], [9], [5], [2]])).astype("int32")
+    x = {"token_ids": token_ids * padding_mask, "segment_ids": np.zeros_like(token_ids),
+         "padding_mask": padding_mask}
+
+    full = backbone(x)
+    sequence = keras.ops.convert_to_numpy(full["sequence_output"])
+    features = {"pooled": full["pooled_output"], "cls": sequence[:, 0],
+                "mean": (sequence * padding_mask[..., None]).sum(1) / padding_mask.sum(1, keepdims=True)}
+    expected = keras.ops.convert_to_numpy(classifier.get_layer("logits")(features[pooling]))
+    np.testing.assert_allclose(classifier.predict(x, verbose=0), expected, atol=1e-5)
+    assert (backbone in classifier.layers) == (pooling == "mean")
+    assert sorted(classifier.head_variables()) == ["logits/bias", "logits/kernel"]
+
+
 def test_classifier_takes_a_pandas_series_of_strings(tiny_bert_config, tokenizer, data):
     import pandas
     texts, _ = data

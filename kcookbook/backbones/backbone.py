@@ -52,6 +52,13 @@ class Backbone(keras.Model):
             )
         return backbone
 
+    def first_token_outputs(self, inputs):
+        """Symbolic outputs for a task that reads only the first token (``[CLS]``), computed without
+        the work no other token needs; None where a backbone has no such path (the default), and
+        tasks then call the backbone. :class:`BertBackbone` returns ``first_token_output`` (=
+        ``sequence_output[:, 0]``) and ``pooled_output``."""
+        return None
+
     def save_to_preset(self, directory, metadata=None):
         """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` (KerasHub layout), atomically."""
         from kcookbook import presets

@@ -40,6 +40,34 @@ def bert_kernel_initializer():
     return keras.initializers.TruncatedNormal(stddev=0.02)
 
 
+class _BertLayers:
+    """BERT's layers and the graph they form: the backbone's, or its first-token-only variant."""
+
+    def __init__(self, token_embedding, position_embedding, segment_embedding, embeddings_norm,
+                 embeddings_dropout, blocks, pooled_dense):
+        self.token_embedding = token_embedding
+        self.position_embedding = position_embedding
+        self.segment_embedding = segment_embedding
+        self.embeddings_norm = embeddings_norm
+        self.embeddings_dropout = embeddings_dropout
+        self.blocks = blocks
+        self.pooled_dense = pooled_dense
+
+    def outputs(self, inputs, first_token_only=False):
+        padding_mask = inputs["padding_mask"]
+        tokens = self.token_embedding(inputs["token_ids"])
+        x = tokens + self.position_embedding(tokens) + self.segment_embedding(inputs["segment_ids"])
+        x = self.embeddings_dropout(self.embeddings_norm(x))
+        for i, block in enumerate(self.blocks):
+            last = i == len(self.blocks) - 1
+            x = block(x, padding_mask=padding_mask, query_length=1 if first_token_only and last else None)
+        first = x[:, 0, :]
+        pooled = self.pooled_dense(first)
+        if first_token_only:
+            return {"first_token_output": first, "pooled_output": pooled}
+        return {"sequence_output": x, "pooled_output": pooled}
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
 class BertBackbone(Backbone):
     """BERT encoder.
@@ -86,21 +114,15 @@ class BertBackbone(Backbone):
             hidden_dim, activation="tanh", kernel_initializer=init(), dtype=dtype,
             name="pooled_dense")
 
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        segment_ids = keras.Input(shape=(None,), dtype="int32", name="segment_ids")
-        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-
-        tokens = token_embedding(token_ids)
-        x = tokens + position_embedding(tokens) + segment_embedding(segment_ids)
-        x = embeddings_dropout(embeddings_norm(x))
-        for block in blocks:
-            x = block(x, padding_mask=padding_mask)
-        pooled = pooled_dense(x[:, 0, :])
-
-        super().__init__(
-            inputs={"token_ids": token_ids, "segment_ids": segment_ids, "padding_mask": padding_mask},
-            outputs={"sequence_output": x, "pooled_output": pooled},
-            dtype=dtype, name=name, **kwargs)
+        inputs = {
+            "token_ids": keras.Input(shape=(None,), dtype="int32", name="token_ids"),
+            "segment_ids": keras.Input(shape=(None,), dtype="int32", name="segment_ids"),
+            "padding_mask": keras.Input(shape=(None,), dtype="int32", name="padding_mask"),
+        }
+        layers = _BertLayers(token_embedding, position_embedding, segment_embedding, embeddings_norm,
+                             embeddings_dropout, blocks, pooled_dense)
+        super().__init__(inputs=inputs, outputs=layers.outputs(inputs), dtype=dtype, name=name,
+                         **kwargs)
 
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
@@ -113,6 +135,27 @@ class BertBackbone(Backbone):
         self.layer_norm_epsilon = layer_norm_epsilon
         self.activation = activation
         self.token_embedding = token_embedding
+
+    def first_token_outputs(self, inputs):
+        """Symbolic outputs of the first token alone, for a task that reads nothing else.
+
+        ``{"first_token_output": sequence_output[:, 0], "pooled_output": ...}`` built from this
+        backbone's own layers (the same variables) on the symbolic ``inputs``; the last block
+        computes its first position only (``query_length=1``). Only the outputs a task uses enter
+        its graph, and the backbone model itself is not called, so no full last block runs.
+
+        >>> backbone = BertBackbone(vocabulary_size=100, num_layers=2, num_heads=2, hidden_dim=8,
+        ...                         intermediate_dim=16, max_sequence_length=32)
+        >>> out = backbone.first_token_outputs(backbone.input)
+        >>> tuple(out["first_token_output"].shape), tuple(out["pooled_output"].shape)
+        ((None, 8), (None, 8))
+        """
+        layers = _BertLayers(*(self.get_layer(name) for name in (
+            "token_embedding", "position_embedding", "segment_embedding", "embeddings_layer_norm",
+            "embeddings_dropout")),
+            [self.get_layer(f"transformer_layer_{i}") for i in range(self.num_layers)],
+            self.get_layer("pooled_dense"))
+        return layers.outputs(inputs, first_token_only=True)
 
     def get_config(self):
         config = super().get_config()

@@ -15,6 +15,16 @@ from kcookbook.tasks.task import Task
 POOLINGS = ("pooled", "cls", "mean")
 
 
+def first_token_features(backbone, inputs, pooling):
+    """The ``"pooled"`` or ``"cls"`` vector from the backbone's first-token-only path, or None where
+    the backbone has none (``Backbone.first_token_outputs``) or the pooling reads every token."""
+    offer = getattr(backbone, "first_token_outputs", None)
+    outputs = offer(inputs) if pooling in ("pooled", "cls") and offer is not None else None
+    if outputs is None:
+        return None
+    return outputs["pooled_output" if pooling == "pooled" else "first_token_output"]
+
+
 def pool_sequence(backbone, outputs, inputs, pooling, name="pooling"):
     """One vector per example from a backbone's outputs: its pooled output, [CLS], or a masked mean."""
     if pooling not in POOLINGS:
@@ -52,7 +62,12 @@ class TextClassifier(Task):
             raise ValueError(
                 f"num_classes must be a positive integer (the number of labels), got {num_classes!r}.")
         inputs = backbone.input
-        features = pool_sequence(backbone, backbone(inputs), inputs, pooling)
+        # "pooled" and "cls" read the first token only: a backbone that can compute that alone
+        # (BERT: its last block on one query) builds it from its own layers, so the full last
+        # block is not in this graph; the backbone's outputs and variables are unchanged.
+        features = first_token_features(backbone, inputs, pooling)
+        if features is None:
+            features = pool_sequence(backbone, backbone(inputs), inputs, pooling)
         features = keras.layers.Dropout(dropout, name="output_dropout")(features)
         logits = keras.layers.Dense(num_classes, activation=activation, name="logits")(features)
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
