@@ -11,8 +11,8 @@ configuration for every library: ``--size smollm2`` is SmolLM2-135M's shape (30 
 an 8-token prompt, ``--new-tokens`` new tokens, no stop token, greedy.
 
 * kcookbook: ``CausalLM(LlamaBackbone(...)).generate(token ids, stop_token_ids=None)``; with
-  ``--torch-compile`` the torch worker also times ``lm.jit_compile = True`` (the one-token step under
-  ``torch.compile``).
+  ``--torch-compile`` the torch worker also times ``lm.jit_compile = True`` (one-token steps through
+  one ``torch.compile``d decoder block shared by every layer).
 * keras_hub 0.32: ``LlamaCausalLM(LlamaBackbone(...), preprocessor=None)``, ``compile(sampler="greedy")``,
   ``generate({"token_ids", "padding_mask"} padded to the final length, stop_token_ids=None)``.
 * transformers (torch worker only): ``LlamaForCausalLM(LlamaConfig(...))`` in eval mode,
@@ -149,8 +149,8 @@ def main():
                         help="torch intra-op threads (0: torch's default). On a small shared machine "
                              "1 thread decodes several times faster: small ops stop waiting on threads.")
     parser.add_argument("--torch-compile", action="store_true",
-                        help="also time kcookbook on torch with jit_compile=True (torch.compile of "
-                             "the one-token step; minutes of compilation on a CPU).")
+                        help="also time kcookbook on torch with jit_compile=True (one decoder block "
+                             "torch.compiled and shared by every layer; ~10-30 s of compilation).")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:

@@ -101,6 +101,22 @@ def test_cached_generation_equals_uncached_argmax_for_prompts_of_different_lengt
     np.testing.assert_array_equal(out["padding_mask"], np.ones((2, 11), "int32"))
 
 
+@pytest.mark.parametrize("chunk", [4, 8])
+def test_chunked_prefill_equals_uncached_argmax(lm, chunk):
+    """The cache is filled with the prompts in fixed-width chunks up to the shortest prompt; the
+    last chunk is moved back to end at max_length (with chunk 8: 0-8, 8-16, then 12-20)."""
+    chunked = CausalLM(lm.backbone, lm.preprocessor)
+    chunked.prefill_chunk_length = chunk
+    rng = np.random.default_rng(chunk)
+    token_ids = rng.integers(4, lm.backbone.vocabulary_size, (2, 20)).astype("int32")
+    padding_mask = np.ones((2, 20), "int32")
+    token_ids[1, 18:] = padding_mask[1, 18:] = 0  # prompts of 19 and 18 tokens: starts at 18
+    token_ids[0, 19] = padding_mask[0, 19] = 0
+    prompts = {"token_ids": token_ids, "padding_mask": padding_mask}
+    out = chunked.generate(prompts, max_length=20, stop_token_ids=None)
+    np.testing.assert_array_equal(out["token_ids"], uncached_greedy(lm, token_ids, padding_mask, 20))
+
+
 def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
     """``jit_compile=True``: on torch the decode step runs under torch.compile (jax/TF compile the
     whole loop anyway); greedy tokens still equal the full-sequence argmax."""
@@ -111,6 +127,34 @@ def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
     out = compiled.generate(prompts, max_length=9, stop_token_ids=None)
     expected = uncached_greedy(lm, prompts["token_ids"], prompts["padding_mask"], 9)
     np.testing.assert_array_equal(out["token_ids"], expected)
+
+
+def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypatch):
+    """On torch, ``jit_compile=True`` traces one decoder block and reuses the graph for every layer
+    (a graph-counting backend stands in for inductor); a new max_length reuses it too. The tokens
+    are the eager ones. On jax/TensorFlow the whole loop is compiled anyway and the option changes
+    nothing."""
+    from kcookbook.components import decoder_block
+
+    graphs = []
+    if keras.backend.backend() == "torch":
+        import torch
+
+        def counting_backend(graph_module, example_inputs):
+            graphs.append(graph_module)
+            return graph_module.forward
+
+        monkeypatch.setattr(decoder_block, "_COMPILED_FUNCTION", torch.compile(
+            decoder_block.run_block_with_cache, dynamic=True, backend=counting_backend))
+    compiled = CausalLM(lm.backbone, lm.preprocessor)
+    compiled.jit_compile = True
+    prompts = {"token_ids": np.array([[2, 10, 11]], "int32"), "padding_mask": np.ones((1, 3), "int32")}
+    for max_length in (8, 10):
+        out = compiled.generate(prompts, max_length=max_length, stop_token_ids=None)
+        expected = lm.generate(prompts, max_length=max_length, stop_token_ids=None)
+        np.testing.assert_array_equal(out["token_ids"], expected["token_ids"])
+    if keras.backend.backend() == "torch":
+        assert len(lm.backbone.blocks) == 2 and len(graphs) == 1
 
 
 def test_second_generate_with_same_shapes_does_not_recompile(lm):

@@ -11,11 +11,12 @@
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
   a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow. On torch the loop
   runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
-  (``direct_layer_calls``), skipping Keras' per-call bookkeeping; ``lm.jit_compile = True`` (or
-  ``compile(jit_compile=True)``) also ``torch.compile``s the one-token step: about 2x the tokens/s
-  of SmolLM2-135M after minutes of compilation on a CPU (see ``benchmarks/README.md``). On a small
-  shared CPU ``torch.set_num_threads(1)`` decodes several times faster than torch's default
-  threads. The compiled loop is kept per
+  (``direct_layer_calls``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
+  ``compile(jit_compile=True)``) also runs each one-token step through one ``torch.compile``d
+  decoder block that every layer shares (``compiled_decoder_blocks``): ~10-30 s of compilation on a
+  CPU, once per process and block configuration, then about 2x the eager tokens/s of SmolLM2-135M
+  (see ``benchmarks/README.md``). Off by default, as Keras leaves ``torch.compile`` off: it pays
+  back after a few hundred tokens. The compiled loop is kept per
   (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
   compile again (``generate_trace_count`` counts compilations).
 
@@ -33,6 +34,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.components.packers import StartEndPacker, pad_prompts
+from kcookbook.components.decoder_block import compiled_decoder_blocks
 from kcookbook.components.direct_calls import direct_layer_calls, run_layer
 from kcookbook.components.samplers import BeamSampler, ContrastiveSampler, get_sampler
 from kcookbook.tasks.causal_lm_scoring import LogLikelihoodScoring
@@ -236,7 +238,8 @@ class CausalLM(LogLikelihoodScoring, Task):
             self._generate_functions = {}
         # The variable set is part of the key: enable_lora/merge_lora add or remove variables, and a
         # loop compiled before that would keep running the old weights.
-        key = (batch_size, max_length, sampler.key, stop, tuple(id(v) for v in self.variables))
+        key = (batch_size, max_length, sampler.key, stop, self.prefill_chunk_length,
+               tuple(id(v) for v in self.variables))
         if key not in self._generate_functions:
             if isinstance(sampler, BeamSampler) and sampler.num_beams > 1:
                 def loop(token_ids, padding_mask, seed):
@@ -279,28 +282,14 @@ class CausalLM(LogLikelihoodScoring, Task):
             self.generate_trace_count += 1
 
             def eager(*args):
-                with torch.no_grad(), direct_layer_calls():
+                with torch.no_grad(), direct_layer_calls(), compiled_decoder_blocks(self.jit_compile):
                     return loop(*[ops.convert_to_tensor(a) for a in args])
 
             return eager
         raise NotImplementedError(f"generate does not support the {backend} backend.")
 
     def _next_logits(self, token_ids, caches, index):
-        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches.
-
-        On torch with ``jit_compile=True`` this one-token step runs ``torch.compile``d: one graph
-        per (batch size, max_length), compiled on first use (minutes on a CPU), with no Keras or
-        Python overhead per layer afterwards. The prefill and the loop around it stay eager.
-        """
-        if keras.backend.backend() == "torch" and self.jit_compile:
-            if getattr(self, "_compiled_decode_step", None) is None:
-                import torch
-
-                self._compiled_decode_step = torch.compile(self._decode_step, dynamic=False)
-            return self._compiled_decode_step(token_ids, caches, index)
-        return self._decode_step(token_ids, caches, index)
-
-    def _decode_step(self, token_ids, caches, index):
+        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches."""
         hidden, caches = self.backbone.call_with_cache(token_ids, caches, index)
         logits = run_layer(self.backbone.token_embedding, hidden[:, -1], reverse=True)
         return ops.cast(logits, "float32"), caches, hidden[:, -1]
@@ -309,12 +298,36 @@ class CausalLM(LogLikelihoodScoring, Task):
     def _column(x, index):
         return ops.squeeze(ops.slice(x, (0, index), (ops.shape(x)[0], 1)), axis=1)
 
+    # Prompt tokens the cache is filled with per prefill call; a multiple of it is the most a prompt
+    # costs beyond its own length (the width stays static, so compiled loops do not depend on it).
+    prefill_chunk_length = 16
+
     def _prefill(self, token_ids, padding_mask):
+        """Fill the caches with the prompts, in chunks of ``prefill_chunk_length`` tokens.
+
+        Decoding starts at ``start``, the shortest prompt's length, and its first step processes the
+        token at ``start - 1``; the caches need positions ``[0, start - 1)`` only, not the whole
+        padded width (``max_length``). Each chunk has a static width, so compiled loops need no new
+        shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
+        positions it repeats get the same keys and values again. Cache entries past ``start - 1``
+        hold whatever the chunk saw there; decoding overwrites each before any query reads it.
+        """
         batch_size, max_length = token_ids.shape
         caches = self.backbone.empty_cache(batch_size, max_length)
-        _, caches = self.backbone.call_with_cache(token_ids, caches, 0)
-        start = ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1)
-        return caches, ops.cast(start, "int32")
+        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
+        width = min(int(self.prefill_chunk_length), max_length)
+
+        def cond(offset, caches):
+            return offset < start - 1
+
+        def body(offset, caches):
+            first = ops.minimum(offset, max_length - width)
+            chunk = ops.slice(token_ids, (0, first), (batch_size, width))
+            _, caches = self.backbone.call_with_cache(chunk, caches, first)
+            return offset + width, caches
+
+        _, caches = ops.while_loop(cond, body, (ops.zeros((), "int32"), caches))
+        return caches, start
 
     def _place(self, index, picked, token_ids, is_prompt, valid, done, stop_ids):
         """Write the picked tokens at ``index``: prompt tokens win, finished rows get padding."""
