@@ -109,6 +109,28 @@ def test_mixture_of_experts_with_all_experts_is_the_weighted_sum_of_gated_feed_f
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+@pytest.mark.parametrize("shape", [(1, 1, 8), (3, 1, 8), (2, 5, 8)])
+def test_mixture_of_experts_top_2_of_8_matches_numpy_routing(shape):
+    """Few tokens (1 and 3 here: tokens x top_k < experts) gather their experts' weights, many tokens
+    (10) run every expert densely; both equal a numpy top-2 routing, token by token."""
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=shape).astype("float32")
+    moe = MixtureOfExperts(num_experts=8, top_k=2, intermediate_dim=5, activation="silu")
+    moe.build(shape)
+    assert moe._few_tokens(x) == (shape[0] * shape[1] * 2 < 8)
+    out = to_numpy(moe(x))
+    gate_up, output = to_numpy(moe.expert_gate_up), to_numpy(moe.expert_output)
+    expected = np.zeros_like(x)
+    for b, t in np.ndindex(shape[:2]):
+        logits = x[b, t] @ to_numpy(moe.router.kernel)
+        top = np.argsort(logits)[::-1][:2]
+        weights = np.exp(logits[top] - logits[top].max())
+        for e, w in zip(top, weights / weights.sum()):
+            gate, up = np.split(x[b, t] @ gate_up[e], 2)
+            expected[b, t] += w * ((gate / (1 + np.exp(-gate))) * up) @ output[e]
+    np.testing.assert_allclose(out, expected, atol=1e-5)
+
+
 def test_gated_feed_forward_is_down_of_activation_gate_times_up():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 4)).astype("float32")

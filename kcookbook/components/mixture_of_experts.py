@@ -7,9 +7,11 @@ Training adds the load-balancing auxiliary loss of Switch Transformer,
 ``aux_loss_coefficient`` (``top_k`` when every expert gets the same share, more when routing
 collapses onto a few experts).
 
-Every expert runs on every token and the unselected ones are weighted by zero: simple and
-compiler-friendly, at ``num_experts / top_k`` times the FLOPs of a sparse dispatch. Fine for small
-models and for checking numerics; a sparse dispatch is what large models would need.
+With many tokens (training, prefill) every expert runs on every token and the unselected ones are
+weighted by zero: simple and compiler-friendly, at ``num_experts / top_k`` times the FLOPs of a
+sparse dispatch. With few tokens (``tokens × top_k < num_experts``, e.g. a decoding step) each token
+gathers its ``top_k`` experts' weights and runs only those: a decoding step reads ``top_k /
+num_experts`` of the expert weights (a quarter for Mixtral's top-2 of 8). Both give the same outputs.
 
 To see where tokens go, call a model eagerly inside ``record_routing()``: every
 ``MixtureOfExperts`` layer appends the experts it chose. ``expert_load`` does that for a whole
@@ -140,15 +142,34 @@ class MixtureOfExperts(keras.layers.Layer):
             records.setdefault(self, []).append(ops.convert_to_numpy(selected))
         # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
         weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None], axis=-2)
-        gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
-        gate, up = ops.split(gate_up, 2, axis=-1)
-        expert_outputs = ops.einsum("blei,eih->bleh", self._activation_fn(gate) * up,
-                                    ops.cast(self.expert_output, x.dtype))
-        out = ops.einsum("bleh,ble->blh", expert_outputs, ops.cast(weights, x.dtype))
+        if self._few_tokens(x):
+            out = self._selected_experts(x, selected, top_probabilities)
+        else:
+            gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
+            gate, up = ops.split(gate_up, 2, axis=-1)
+            expert_outputs = ops.einsum("blei,eih->bleh", self._activation_fn(gate) * up,
+                                        ops.cast(self.expert_output, x.dtype))
+            out = ops.einsum("bleh,ble->blh", expert_outputs, ops.cast(weights, x.dtype))
         if training and self.aux_loss_coefficient:
             flat_logits = ops.reshape(router_logits, (-1, self.num_experts))
             self.add_loss(self.aux_loss_coefficient * load_balancing_loss(flat_logits, self.top_k))
         return out
+
+    def _few_tokens(self, x):
+        """True when gathering each token's experts reads less than running all of them (static
+        shapes only: a traced batch dimension of unknown size takes the dense path)."""
+        batch, length = x.shape[0], x.shape[1]
+        return (isinstance(batch, int) and isinstance(length, int)
+                and batch * length * self.top_k < self.num_experts)
+
+    def _selected_experts(self, x, selected, top_probabilities):
+        """Each token through its own ``top_k`` experts only (their weights gathered)."""
+        gate_up_kernels = ops.take(ops.cast(self.expert_gate_up, x.dtype), selected, axis=0)
+        gate, up = ops.split(ops.einsum("blh,blkhi->blki", x, gate_up_kernels), 2, axis=-1)
+        output_kernels = ops.take(ops.cast(self.expert_output, x.dtype), selected, axis=0)
+        expert_outputs = ops.einsum("blki,blkih->blkh", self._activation_fn(gate) * up,
+                                    output_kernels)
+        return ops.einsum("blkh,blk->blh", expert_outputs, ops.cast(top_probabilities, x.dtype))
 
     def compute_output_shape(self, input_shape):
         return input_shape
