@@ -157,6 +157,32 @@ def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypat
         assert len(lm.backbone.blocks) == 2 and len(graphs) == 1
 
 
+def test_compiled_decoder_blocks_fall_back_to_eager_with_a_warning_when_compilation_fails(
+        lm, monkeypatch):
+    """On torch, a compiler that cannot run (inductor without a C++ compiler, here a backend that
+    raises) gives a warning naming torch.compile and the same tokens, decoded eagerly."""
+    prompts = {"token_ids": np.array([[2, 10, 11]], "int32"), "padding_mask": np.ones((1, 3), "int32")}
+    expected = lm.generate(prompts, max_length=7, stop_token_ids=None)
+    compiled = CausalLM(lm.backbone, lm.preprocessor)
+    compiled.jit_compile = True
+    if keras.backend.backend() != "torch":  # nothing is torch-compiled: the loop is XLA already
+        out = compiled.generate(prompts, max_length=7, stop_token_ids=None)
+        np.testing.assert_array_equal(out["token_ids"], expected["token_ids"])
+        return
+    import torch
+
+    from kcookbook.components import decoder_block
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("no C++ compiler found")
+
+    monkeypatch.setattr(decoder_block, "_COMPILED_FUNCTION", torch.compile(
+        decoder_block.run_block_with_cache, dynamic=True, backend=broken_backend))
+    with pytest.warns(UserWarning, match="torch.compile of the decoder block failed.*decoding eagerly"):
+        out = compiled.generate(prompts, max_length=7, stop_token_ids=None)
+    np.testing.assert_array_equal(out["token_ids"], expected["token_ids"])
+
+
 def test_second_generate_with_same_shapes_does_not_recompile(lm):
     lm.generate(TEXTS[:2], max_length=10)
     traces = lm.generate_trace_count

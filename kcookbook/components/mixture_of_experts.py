@@ -140,11 +140,12 @@ class MixtureOfExperts(keras.layers.Layer):
         records = _ROUTING_RECORDS.get()
         if records is not None:  # inside record_routing(): keep the choices (eager calls only)
             records.setdefault(self, []).append(ops.convert_to_numpy(selected))
-        # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
-        weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None], axis=-2)
         if self._few_tokens(x):
             out = self._selected_experts(x, selected, top_probabilities)
         else:
+            # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
+            weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None],
+                              axis=-2)
             gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
             gate, up = ops.split(gate_up, 2, axis=-1)
             expert_outputs = ops.einsum("blei,eih->bleh", self._activation_fn(gate) * up,
