@@ -33,9 +33,9 @@ import keras
 import numpy as np
 from keras import ops
 
-from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.decoder_block import compiled_decoder_blocks
 from kcookbook.components.direct_calls import direct_layer_calls, run_layer
+from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import BeamSampler, ContrastiveSampler, get_sampler
 from kcookbook.tasks.causal_lm_scoring import LogLikelihoodScoring
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor, _texts
