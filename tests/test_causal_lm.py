@@ -117,6 +117,14 @@ def test_chunked_prefill_equals_uncached_argmax(lm, chunk):
     np.testing.assert_array_equal(out["token_ids"], uncached_greedy(lm, token_ids, padding_mask, 20))
 
 
+@pytest.mark.parametrize("chunk", [0, -4, 2.5])
+def test_prefill_chunk_length_must_be_a_positive_int(lm, chunk):
+    bad = CausalLM(lm.backbone, lm.preprocessor)
+    bad.prefill_chunk_length = chunk
+    with pytest.raises(ValueError, match="prefill_chunk_length must be a positive int"):
+        bad.generate({"token_ids": [[2, 10, 11]]}, max_length=6, stop_token_ids=None)
+
+
 def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
     """``jit_compile=True``: on torch the decode step runs under torch.compile (jax/TF compile the
     whole loop anyway); greedy tokens still equal the full-sequence argmax."""

@@ -315,7 +315,11 @@ class CausalLM(LogLikelihoodScoring, Task):
         batch_size, max_length = token_ids.shape
         caches = self.backbone.empty_cache(batch_size, max_length)
         start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
-        width = min(int(self.prefill_chunk_length), max_length)
+        chunk = self.prefill_chunk_length
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"prefill_chunk_length must be a positive int (prompt tokens per prefill "
+                             f"call; the default is 16), got {chunk!r}.")
+        width = min(chunk, max_length)
 
         def cond(offset, caches):
             return offset < start - 1
