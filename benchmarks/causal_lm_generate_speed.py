@@ -18,6 +18,13 @@ an 8-token prompt, ``--new-tokens`` new tokens, no stop token, greedy.
 * transformers (torch worker only): ``LlamaForCausalLM(LlamaConfig(...))`` in eval mode,
   ``generate(do_sample=False, min_new_tokens=max_new_tokens=N)``, under ``torch.no_grad``.
 
+Then (``--fit-steps``, 0 to skip) CausalLM ``fit`` ms/step of the same two Keras models: full
+fine-tuning on token ids (``--fit-batch`` x ``--fit-length`` random tokens, next-token targets),
+``AdamW(1e-5)``, ``SparseCategoricalCrossentropy(from_logits=True)``, no metrics, each library with
+its default ``jit_compile`` (XLA on jax; off on TensorFlow-CPU and torch, as Keras decides). One
+``fit`` call of one step compiles; then the libraries take turns, ``--repeats`` times, one
+``--fit-steps``-step ``fit`` each, timed by ``StepTimer`` from its first batch.
+
 Each backend runs in its own subprocess (the backend is fixed at import); ``--torch-threads`` sets
 ``torch.set_num_threads`` in the torch worker (on a shared 2-core machine one thread is several
 times faster: small ops stop waiting for a descheduled thread). In a worker every library is first
@@ -53,7 +60,8 @@ def keras_hub_config(size):
 
 
 def generators(args, backend):
-    """name → function(prompt ids (batch, 8), max_length) running one greedy generation."""
+    """name → function(prompt ids (batch, 8), max_length) running one greedy generation; and the
+    two Keras models by name."""
     import keras
     import numpy as np
 
@@ -101,6 +109,34 @@ def generators(args, backend):
                                    max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
 
         runs["transformers"] = run_transformers
+    return runs, {"kcookbook": ours, "keras_hub": theirs}
+
+
+def fit_runs(args, models):
+    """name → function() running one ``fit`` of ``--fit-steps`` steps, and a ``StepTimer``."""
+    import keras
+    import numpy as np
+
+    from kcookbook.benchmarking import StepTimer
+
+    rng = np.random.default_rng(0)
+    token_ids = rng.integers(3, SIZES[args.size]["vocabulary_size"],
+                             (args.fit_batch * args.fit_steps, args.fit_length)).astype("int32")
+    x = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+    y = np.roll(token_ids, -1, axis=1)
+    timer = StepTimer(start_batch=0)
+    runs = {}
+    for name, model in models.items():
+        model.compile(optimizer=keras.optimizers.AdamW(1e-5), weighted_metrics=None,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+
+        def run(model=model, steps=args.fit_steps):
+            n = steps * args.fit_batch
+            model.fit({k: v[:n] for k, v in x.items()}, y[:n], batch_size=args.fit_batch,
+                      epochs=1, shuffle=False, verbose=0, callbacks=[timer])
+            return timer.ms_per_step
+
+        runs[name] = run
     return runs
 
 
@@ -114,7 +150,7 @@ def worker(args):
 
     from kcookbook.benchmarking import emit_result
 
-    runs = generators(args, backend)
+    runs, models = generators(args, backend)
     results = {}
     for batch in args.batches:
         ids = np.random.default_rng(0).integers(3, 900, (batch, 8)).astype("int32")
@@ -135,6 +171,17 @@ def worker(args):
         results[batch] = {name: {"tokens_per_s": args.new_tokens * batch / statistics.median(t),
                                  "first_call_s": first[name]} for name, t in times.items()}
         print(f"{backend} batch {batch}: " + json.dumps(results[batch]), file=sys.stderr, flush=True)
+    if args.fit_steps:
+        fits = fit_runs(args, models)
+        first = {name: run(steps=1) for name, run in fits.items()}
+        times = {name: [] for name in fits}
+        for repeat in range(args.repeats):
+            names = list(fits)
+            for name in names[repeat % len(names):] + names[:repeat % len(names)]:
+                times[name].append(fits[name]())
+        results["fit"] = {name: {"ms_per_step": statistics.median(t), "first_step_ms": first[name]}
+                          for name, t in times.items()}
+        print(f"{backend} fit: " + json.dumps(results["fit"]), file=sys.stderr, flush=True)
     emit_result(results)
 
 
@@ -151,6 +198,10 @@ def main():
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time kcookbook on torch with jit_compile=True (one decoder block "
                              "torch.compiled and shared by every layer; ~10-30 s of compilation).")
+    parser.add_argument("--fit-steps", type=int, default=3,
+                        help="timed steps per fit call (0: no fit measurement)")
+    parser.add_argument("--fit-batch", type=int, default=2)
+    parser.add_argument("--fit-length", type=int, default=128)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -161,6 +212,8 @@ def main():
     for backend in args.backends:
         arguments = [__file__, "--worker", "--size", args.size, "--new-tokens",
                      str(args.new_tokens), "--repeats", str(args.repeats),
+                     "--fit-steps", str(args.fit_steps), "--fit-batch", str(args.fit_batch),
+                     "--fit-length", str(args.fit_length),
                      "--torch-threads", str(args.torch_threads), "--batches",
                      *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
         try:
@@ -181,6 +234,19 @@ def main():
                 vs_jax = f"{speed / jax_speed:.2f}" if jax_speed and name.startswith("kcookbook") else "-"
                 print(f"{backend:<12}{name:<19}{b:>6}{speed:>9.1f}{vs_hub:>14}{vs_jax:>8}"
                       f"{cell['first_call_s']:>14.1f}")
+    if args.fit_steps:
+        print(f"\nCausalLM fit, full fine-tuning, batch {args.fit_batch} x {args.fit_length} tokens, "
+              f"AdamW, median of {args.repeats} fits of {args.fit_steps} steps")
+        print(f"{'backend':<12}{'library':<19}{'ms/step':>9}{'kcookbook / keras_hub':>23}"
+              f"{'first step s':>14}")
+        for backend, result in rows.items():
+            fit = result.get("fit", {})
+            for name, cell in fit.items():
+                ratio = "-"
+                if name == "kcookbook" and "keras_hub" in fit:
+                    ratio = f"{cell['ms_per_step'] / fit['keras_hub']['ms_per_step']:.2f}"
+                print(f"{backend:<12}{name:<19}{cell['ms_per_step']:>9.0f}{ratio:>23}"
+                      f"{cell['first_step_ms'] / 1000:>14.1f}")
 
 
 if __name__ == "__main__":
