@@ -172,6 +172,44 @@ def test_chat_template_renders_like_transformers(tokenizer, hf_gguf_tokenizer):
         tokenizer.apply_chat_template(conversations))
 
 
+def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tmp_path):
+    """A Hugging Face folder's ``generation_config.json`` may list several ``eos_token_id``s (chat
+    models add their end-of-turn token); generate(stop_token_ids="auto") stops at each, as
+    transformers' generate does. The folder: SmolLM2's tokenizer and a tiny random Llama."""
+    from kcookbook.tasks import CausalLM
+
+    torch.manual_seed(0)
+    eos = hf_gguf_tokenizer.eos_token_id
+    model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=len(hf_gguf_tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=64,
+        bos_token_id=hf_gguf_tokenizer.bos_token_id, eos_token_id=eos)).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():  # clear argmax margins
+            parameter.normal_(0, 0.5)
+    prompt = hf_gguf_tokenizer("To be, or not to be", add_special_tokens=False)["input_ids"]
+
+    def transformers_generate():
+        with torch.no_grad():
+            out = model.generate(torch.tensor([prompt]), do_sample=False, max_new_tokens=8,
+                                 pad_token_id=hf_gguf_tokenizer.pad_token_id)
+        return out[0].tolist()
+
+    free = transformers_generate()
+    third_new = free[len(prompt) + 2]
+    assert eos not in free and free[len(prompt):].index(third_new) == 2
+    model.generation_config.eos_token_id = [eos, third_new]
+    model.save_pretrained(tmp_path)
+    hf_gguf_tokenizer.save_pretrained(tmp_path)
+    expected = transformers_generate()
+    assert expected == free[:len(prompt) + 3]
+
+    lm = CausalLM.from_preset(str(tmp_path))
+    assert lm.preprocessor.tokenizer.stop_token_ids == (eos, third_new)
+    out = lm.generate([prompt], max_length=len(prompt) + 8)
+    assert out["token_ids"][0][out["padding_mask"][0].astype(bool)].tolist() == expected
+
+
 def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts):
     import keras
 

@@ -158,10 +158,18 @@ def test_gemma_style_pieces_without_space_prefix(plays, tmp_path):
     model_file = tmp_path / "gemma.model"
     model_file.write_bytes(model.getvalue())
     path = tmp_path / "gemma_style.gguf"
+    spm = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    keys = llama_cpp_tokenizer_keys(str(model_file), space_prefix=False, user_defined=chat)
+
+    def add_metadata(writer):
+        keys(writer)
+        writer.add_eot_token_id(spm.piece_to_id("<end_of_turn>"))  # llama.cpp's end-of-turn key
+
     write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.F32, vocab_size=VOCABULARY,
-                          add_metadata=llama_cpp_tokenizer_keys(str(model_file), space_prefix=False,
-                                                                user_defined=chat))
+                          add_metadata=add_metadata)
     tokenizer = GGUFCheckpoint(path).tokenizer()
+    # generate(stop_token_ids="auto") stops at the end token and at the file's end-of-turn token.
+    assert tokenizer.stop_token_ids == (spm.eos_id(), spm.piece_to_id("<end_of_turn>"))
     texts = plays[1] + ["<start_of_turn>user\nTo be?<end_of_turn>\n<start_of_turn>model\n"]
     assert tokenizer(texts) == sentencepiece.SentencePieceProcessor(model_file=str(model_file)).encode(texts)
     assert (tokenizer.start_token, tokenizer.end_token) == ("<bos>", "<eos>")

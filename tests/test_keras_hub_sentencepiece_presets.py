@@ -196,6 +196,59 @@ def test_tokenizer_problems_are_named(written, tmp_path):
         CausalLM.from_preset(str(adds_bos))
 
 
+# Google's own examples of Gemma's conversation format (ai.google.dev/gemma/docs/formatting): a
+# multi-turn dialogue, and a system instruction given at the top of the first user turn.
+GEMMA_DOCUMENTED_CHATS = [
+    ([{"role": "user", "content": "knock knock"}, {"role": "assistant", "content": "who is there"},
+      {"role": "user", "content": "Gemma"}],
+     "<start_of_turn>user\nknock knock<end_of_turn>\n<start_of_turn>model\nwho is there<end_of_turn>\n"
+     "<start_of_turn>user\nGemma<end_of_turn>\n<start_of_turn>model\n"),
+    ([{"role": "system", "content": "Only reply like a pirate."},
+      {"role": "user", "content": "What is the answer to life the universe and everything?"}],
+     "<start_of_turn>user\nOnly reply like a pirate.\n\nWhat is the answer to life the universe and "
+     "everything?<end_of_turn>\n<start_of_turn>model\n"),
+]
+
+
+def test_gemma_presets_get_gemmas_chat_format_and_stop_at_end_of_turn(written, loaded, tmp_path):
+    family, _, _, model_file = written
+    tokenizer = loaded.preprocessor.tokenizer
+    spm = sentencepiece.SentencePieceProcessor(model_file=model_file)
+    if family != "gemma":  # keras_hub's Mistral presets carry no template, and none is guessed
+        with pytest.raises(ValueError, match="no chat template"):
+            tokenizer.apply_chat_template([{"role": "user", "content": "Hello"}])
+        assert tokenizer.stop_token_ids == (spm.eos_id(),)
+        return
+    hf = transformers.GemmaTokenizer.from_pretrained(os.path.dirname(model_file))
+    for messages, documented in GEMMA_DOCUMENTED_CHATS:
+        assert tokenizer.apply_chat_template(messages) == documented
+        assert tokenizer.apply_chat_template(messages, tokenize=True) == hf(
+            documented, add_special_tokens=False)["input_ids"]
+    assert tokenizer.apply_chat_template(GEMMA_DOCUMENTED_CHATS[0][0][:2],
+                                         add_generation_prompt=False).endswith("who is there<end_of_turn>\n")
+    with pytest.raises(Exception, match="not tool"):
+        tokenizer.apply_chat_template([{"role": "tool", "content": "42"}])
+    # generate(stop_token_ids="auto") stops at <eos> and at <end_of_turn>, as Hugging Face's
+    # generation config for Gemma's instruction-tuned models lists (eos_token_id [1, 107]).
+    assert tokenizer.stop_token_ids == (spm.eos_id(), spm.piece_to_id("<end_of_turn>"))
+    ids = loaded.preprocessor.generate_preprocess(["To be"], SEQUENCE_LENGTH)
+    free = loaded.generate({"token_ids": ids[0], "padding_mask": ids[1]}, stop_token_ids=None)
+    prompt_length = int(ids[1].sum())
+    first_new = spm.id_to_piece(int(free["token_ids"][0, prompt_length]))
+    original = tokenizer.stop_tokens
+    tokenizer.stop_tokens = original + (first_new,)
+    try:
+        stopped = loaded.generate({"token_ids": ids[0], "padding_mask": ids[1]})
+    finally:
+        tokenizer.stop_tokens = original
+    assert stopped["padding_mask"][0].sum() == prompt_length + 1  # the first new token stopped it
+    # The template and the stop token survive saving as a kcookbook preset.
+    loaded.save_to_preset(str(tmp_path / "ours"))
+    again = CausalLM.from_preset(str(tmp_path / "ours")).preprocessor.tokenizer
+    assert again.apply_chat_template(GEMMA_DOCUMENTED_CHATS[0][0]) == GEMMA_DOCUMENTED_CHATS[0][1]
+    assert again.stop_token_ids == tokenizer.stop_token_ids
+
+
 # ---------------------------------------------------------------- Kaggle names
 
 GEMMA_NAMES = ("gemma_2b_en", "gemma_instruct_2b_en", "gemma_1.1_instruct_2b_en", "gemma_7b_en",

@@ -119,8 +119,8 @@ class BytePairTokenizer(HuggingFaceTokenizer):
         pre_tokenizer: how text is split before merging: ``"gpt2"``, ``"gpt2_single_digits"`` or
             ``"llama3"`` (see the module docstring).
         add_prefix_space: put a space before the text, so a first word is spelled like any other.
-        start_token, end_token, pad_token, add_start_token, chat_template: as in
-            :class:`HuggingFaceTokenizer`.
+        start_token, end_token, pad_token, add_start_token, chat_template, stop_tokens: as
+            in :class:`HuggingFaceTokenizer`.
     """
 
     ASSET_CONFIG_KEYS = ("vocabulary", "merges")
@@ -129,7 +129,7 @@ class BytePairTokenizer(HuggingFaceTokenizer):
 
     def __init__(self, vocabulary, merges, special_tokens=None, user_tokens=(), pre_tokenizer="gpt2",
                  add_prefix_space=False, start_token=None, end_token=None, pad_token=None,
-                 add_start_token=False, chat_template=None, name=None):
+                 add_start_token=False, chat_template=None, stop_tokens=(), name=None):
         if vocabulary is None or merges is None:
             raise ValueError(
                 "BytePairTokenizer needs a vocabulary (vocab.json or a dict) and merges (merges.txt or "
@@ -150,7 +150,8 @@ class BytePairTokenizer(HuggingFaceTokenizer):
         engine = byte_level_bpe_engine(self._vocabulary_dict, self._merges, self.special_tokens,
                                        self.user_tokens, pre_tokenizer, add_prefix_space)
         super().__init__(engine, start_token=start_token, end_token=end_token, pad_token=pad_token,
-                         add_start_token=add_start_token, chat_template=chat_template, name=name)
+                         add_start_token=add_start_token, chat_template=chat_template,
+                         stop_tokens=stop_tokens, name=name)
 
     @property
     def merges(self):

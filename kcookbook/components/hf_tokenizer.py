@@ -99,6 +99,8 @@ class HuggingFaceTokenizer(Tokenizer):
             models want it; SmolLM2 and GPT-2 do not.
         chat_template: a Jinja2 chat template (the ``chat_template`` of ``tokenizer_config.json``
             or of a GGUF file), used by :meth:`apply_chat_template`.
+        stop_tokens: tokens besides ``end_token`` that end a generated reply (a chat model's end
+            of turn, Llama 3's ``<|eot_id|>``); generation stops on them too.
 
     ``__call__`` returns the ids of the text alone: no special tokens are added (packers and
     preprocessors add them), but special tokens written in the text (``<|im_start|>``) stay whole.
@@ -108,7 +110,7 @@ class HuggingFaceTokenizer(Tokenizer):
     TOKENIZER_JSON_FILE = "tokenizer.json"
 
     def __init__(self, tokenizer_json, start_token=None, end_token=None, pad_token=None,
-                 add_start_token=False, chat_template=None, name=None):
+                 add_start_token=False, chat_template=None, stop_tokens=(), name=None):
         super().__init__(name=name)
         self._engine = _read_engine(tokenizer_json)
         self.start_token = start_token
@@ -116,8 +118,10 @@ class HuggingFaceTokenizer(Tokenizer):
         self.pad_token = pad_token
         self.add_start_token = bool(add_start_token)
         self.chat_template = chat_template
-        for role, token in (("start_token", start_token), ("end_token", end_token),
-                            ("pad_token", pad_token)):
+        self.stop_tokens = tuple(stop_tokens or ())
+        roles = [("start_token", start_token), ("end_token", end_token),
+                 ("pad_token", pad_token)] + [("stop_tokens", t) for t in self.stop_tokens]
+        for role, token in roles:
             if token is not None and self._engine.token_to_id(token) is None:
                 raise ValueError(f"{role}={token!r} is not in the vocabulary of this tokenizer.")
         self._vocabulary = None
@@ -216,6 +220,7 @@ class HuggingFaceTokenizer(Tokenizer):
             "pad_token": self.pad_token,
             "add_start_token": self.add_start_token,
             "chat_template": self.chat_template,
+            "stop_tokens": list(self.stop_tokens),
         })
         return config
 

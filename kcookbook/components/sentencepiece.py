@@ -56,13 +56,15 @@ class SentencePieceTokenizer(Tokenizer):
             before the text; defaults to True when the model has one (Llama, Gemma), as they expect.
         chat_template: an optional Jinja2 chat template (from ``tokenizer_config.json``).
         start_token, end_token, pad_token: override the model's own ``bos``/``eos``/``pad`` pieces.
+        stop_tokens: pieces besides ``end_token`` that end a generated reply (a chat model's end of
+            turn, Gemma's ``<end_of_turn>``); generation stops on them too.
     """
 
     ASSET_CONFIG_KEYS = ("proto",)
     PROTO_FILE = "vocabulary.spm"
 
     def __init__(self, proto, add_start_token=None, chat_template=None, start_token=None, end_token=None,
-                 pad_token=None, name=None):
+                 pad_token=None, stop_tokens=(), name=None):
         super().__init__(name=name)
         if proto is None:
             raise ValueError("SentencePieceTokenizer needs a .model file (proto=path or bytes); a preset keeps "
@@ -82,8 +84,10 @@ class SentencePieceTokenizer(Tokenizer):
         self.start_token = start_token if start_token is not None else piece(self._engine.bos_id())
         self.end_token = end_token if end_token is not None else piece(self._engine.eos_id())
         self.pad_token = pad_token if pad_token is not None else piece(self._engine.pad_id())
-        for role, token in (("start_token", self.start_token), ("end_token", self.end_token),
-                            ("pad_token", self.pad_token)):
+        self.stop_tokens = tuple(stop_tokens or ())
+        roles = [("start_token", self.start_token), ("end_token", self.end_token),
+                 ("pad_token", self.pad_token)] + [("stop_tokens", t) for t in self.stop_tokens]
+        for role, token in roles:
             if token is not None and self._engine.piece_to_id(token) == self._engine.unk_id() and \
                     token != piece(self._engine.unk_id()):
                 raise ValueError(f"{role}={token!r} is not a piece of this SentencePiece model.")
@@ -165,6 +169,7 @@ class SentencePieceTokenizer(Tokenizer):
             "start_token": self.start_token,
             "end_token": self.end_token,
             "pad_token": self.pad_token,
+            "stop_tokens": list(self.stop_tokens),
         })
         return config
 

@@ -73,6 +73,15 @@ class Tokenizer:
 
     # ----- shared behaviour -----
     @property
+    def stop_token_ids(self):
+        """Ids that end a generated reply (``CausalLM.generate(stop_token_ids="auto")``): the end
+        token, then the tokenizer's ``stop_tokens``: the tokens chat models end a reply with instead
+        (Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``)."""
+        ids = [getattr(self, "end_token_id", None)]
+        ids += [self.token_to_id(token) for token in getattr(self, "stop_tokens", ())]
+        return tuple(dict.fromkeys(int(i) for i in ids if i is not None))
+
+    @property
     def vocabulary_size(self):
         return len(self.get_vocabulary())
 

@@ -326,6 +326,7 @@ class GGUFCheckpoint:
             "pad_token": token("padding"),
             "add_start_token": bool(meta.get("tokenizer.ggml.add_bos_token", False)),
             "chat_template": meta.get("tokenizer.chat_template"),
+            "stop_tokens": _end_of_turn(token("eot"), token("eos")),
         }
         options.update(kwargs)
         return BytePairTokenizer(vocabulary, list(merges), **options)
@@ -372,7 +373,8 @@ class GGUFCheckpoint:
         normalizer.escape_whitespaces = True
         options = {"start_token": piece("bos"), "end_token": piece("eos"), "pad_token": piece("padding"),
                    "add_start_token": bool(meta.get("tokenizer.ggml.add_bos_token", True)),
-                   "chat_template": meta.get("tokenizer.chat_template")}
+                   "chat_template": meta.get("tokenizer.chat_template"),
+                   "stop_tokens": _end_of_turn(piece("eot"), piece("eos"))}
         options.update(kwargs)
         try:
             return SentencePieceTokenizer(proto.SerializeToString(), **options)
@@ -381,6 +383,12 @@ class GGUFCheckpoint:
 
 
 @functools.lru_cache(maxsize=4)
+def _end_of_turn(end_of_turn, end):
+    """``stop_tokens`` from a GGUF file: llama.cpp's end-of-turn token (``tokenizer.ggml.eot_token_id``,
+    Llama 3's ``<|eot_id|>``) when the file names one other than its end token."""
+    return (end_of_turn,) if end_of_turn is not None and end_of_turn != end else ()
+
+
 def _open_cached(path, mtime_ns, size):
     return GGUFCheckpoint(path)
 

@@ -180,8 +180,9 @@ class CausalLM(LogLikelihoodScoring, Task):
                 ``sequence_length`` (or the width of ``token_ids``). Longer prompts are an error.
             sampler: a name (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"temperature"``, ``"beam"``,
                 ``"contrastive"``) or a ``Sampler`` with parameters.
-            stop_token_ids: ids that end a row; ``"auto"`` is the tokenizer's end token; None never
-                stops early.
+            stop_token_ids: ids that end a row; ``"auto"`` is the tokenizer's ``stop_token_ids``
+                (its end token and its ``stop_tokens``, e.g. a chat model's end of turn); None
+                never stops early.
             strip_prompt: return only the continuation.
             seed: seed of the random samplers.
 
@@ -226,8 +227,7 @@ class CausalLM(LogLikelihoodScoring, Task):
 
     def _stop_token_ids(self, stop_token_ids):
         if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
-            end = self.preprocessor.tokenizer.end_token_id if self.preprocessor is not None else None
-            return () if end is None else (int(end),)
+            return () if self.preprocessor is None else self.preprocessor.tokenizer.stop_token_ids
         if stop_token_ids is None:
             return ()
         return tuple(int(i) for i in np.asarray(stop_token_ids).reshape(-1))

@@ -67,8 +67,41 @@ def weights_from_keras_hub(arrays, backbone):
     return out
 
 
+# Gemma's conversation format (ai.google.dev/gemma/docs/formatting): turns of
+# "<start_of_turn>{user|model}\n{text}<end_of_turn>\n", and "<start_of_turn>model\n" to ask for a
+# reply. Gemma has no system role; as Google suggests, a system message goes at the top of the first
+# user turn. No <bos> here: the preprocessor adds it.
+GEMMA_CHAT_TEMPLATE = (
+    "{% set system = '' %}"
+    "{% if messages and messages[0]['role'] == 'system' %}"
+    "{% set system = messages[0]['content'] | trim + '\n\n' %}{% set messages = messages[1:] %}"
+    "{% endif %}"
+    "{% for message in messages %}"
+    "{% if message['role'] not in ('user', 'assistant', 'model') %}"
+    "{{ raise_exception('Gemma turns are user or assistant (model), not ' + message['role']) }}"
+    "{% endif %}"
+    "{{ '<start_of_turn>' + ('user' if message['role'] == 'user' else 'model') + '\n' }}"
+    "{{ (system if loop.first else '') + message['content'] | trim + '<end_of_turn>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<start_of_turn>model\n' }}{% endif %}")
+END_OF_TURN = "<end_of_turn>"
+
+
 def tokenizer_from_keras_hub(config, assets_dir, **kwargs):
     """keras_hub's ``GemmaTokenizer``: SentencePiece with ``<bos>`` (2), ``<eos>`` (1), ``<pad>`` (0)
-    in Gemma's vocabulary; keras_hub's GemmaCausalLMPreprocessor adds ``<bos>`` before the text."""
-    return keras_hub_sentencepiece(config, assets_dir, "Gemma", "<bos>", "<eos>", pad_token="<pad>",
-                                   **kwargs)
+    in Gemma's vocabulary; keras_hub's GemmaCausalLMPreprocessor adds ``<bos>`` before the text.
+
+    keras_hub's preset carries no chat template; when the vocabulary has Gemma's turn pieces (every
+    Gemma vocabulary does) the tokenizer gets Gemma's format and stops generation at
+    ``<end_of_turn>`` too, so ``apply_chat_template`` and ``generate`` work on instruction-tuned
+    presets as they do on Hugging Face's."""
+    tokenizer = keras_hub_sentencepiece(config, assets_dir, "Gemma", "<bos>", "<eos>",
+                                        pad_token="<pad>", **kwargs)
+    try:
+        tokenizer.token_to_id(END_OF_TURN)
+    except KeyError:
+        return tokenizer
+    if tokenizer.chat_template is None:
+        tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
+    tokenizer.stop_tokens = tuple(dict.fromkeys(tokenizer.stop_tokens + (END_OF_TURN,)))
+    return tokenizer

@@ -7,6 +7,7 @@ kernel ``(in, out)``. Rotary embeddings use the same "rotate half" layout on bot
 permutation is needed.
 """
 
+import json
 import os
 
 import numpy as np
@@ -122,18 +123,42 @@ def expert_weights(t, hf, ours, num_experts):
 
 def tokenizer_from_hf(folder, **kwargs):
     """The folder's tokenizer (``tokenizer.json``, GPT-2 ``vocab.json`` + ``merges.txt``, or a
-    SentencePiece ``tokenizer.model``), or None when it has none: the model then runs on ids."""
+    SentencePiece ``tokenizer.model``), or None when it has none: the model then runs on ids.
+
+    Generation stops where transformers' ``generate`` would: at the tokenizer's end token and at
+    every other ``eos_token_id`` of ``generation_config.json`` (chat models list their end-of-turn
+    token there: Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``)."""
+    tokenizer = None
     if os.path.exists(os.path.join(folder, "tokenizer.json")):
         from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
 
-        return HuggingFaceTokenizer.from_hf_folder(folder, **kwargs)
-    vocab, merges = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
-    if os.path.exists(vocab) and os.path.exists(merges):
+        tokenizer = HuggingFaceTokenizer.from_hf_folder(folder, **kwargs)
+    elif all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
         from kcookbook.components.byte_pair import BytePairTokenizer
 
-        return BytePairTokenizer(vocab, merges, **kwargs)
-    if os.path.exists(os.path.join(folder, "tokenizer.model")):
+        tokenizer = BytePairTokenizer(os.path.join(folder, "vocab.json"),
+                                      os.path.join(folder, "merges.txt"), **kwargs)
+    elif os.path.exists(os.path.join(folder, "tokenizer.model")):
         from kcookbook.components import sentencepiece
 
-        return sentencepiece.SentencePieceTokenizer(os.path.join(folder, "tokenizer.model"), **kwargs)
-    return None
+        tokenizer = sentencepiece.SentencePieceTokenizer(os.path.join(folder, "tokenizer.model"),
+                                                         **kwargs)
+    if tokenizer is not None and "stop_tokens" not in kwargs:
+        extra = [i for i in generation_eos_ids(folder) if i != tokenizer.end_token_id]
+        try:
+            tokenizer.stop_tokens = tuple(tokenizer.id_to_token(i) for i in extra)
+        except (KeyError, IndexError) as e:
+            raise PresetError(f"{os.path.join(folder, 'generation_config.json')}: eos_token_id "
+                              f"{extra} has an id outside the tokenizer's vocabulary "
+                              f"({tokenizer.vocabulary_size} tokens).") from e
+    return tokenizer
+
+
+def generation_eos_ids(folder):
+    """The ``eos_token_id`` (an int or a list) of the folder's ``generation_config.json``, as a list."""
+    path = os.path.join(folder, "generation_config.json")
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        eos = json.load(f).get("eos_token_id")
+    return [] if eos is None else [int(i) for i in (eos if isinstance(eos, list) else [eos])]
