@@ -224,6 +224,49 @@ def test_one_beam_and_contrastive_without_penalty_equal_greedy(lm):
     assert beams["token_ids"].shape == (2, 9)
 
 
+def uncached_contrastive(lm, prompt, max_length, k, alpha):
+    """Contrastive search from its definition (Su et al., 2022), recomputing everything: at each
+    step the top ``k`` tokens by probability, each scored ``(1 - alpha) p - alpha max_j cos(h, h_j)``
+    with ``h`` the candidate's final hidden state and ``h_j`` those of every token before it."""
+    def run(sequences):  # right-padded to max_length (one shape); causal: the padding is unseen
+        token_ids = np.zeros((len(sequences), max_length), "int32")
+        for row, sequence in enumerate(sequences):
+            token_ids[row, :len(sequence)] = sequence
+        x = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+        return keras.ops.convert_to_numpy(lm.backbone(x)), keras.ops.convert_to_numpy(lm(x))
+
+    def unit(x):
+        return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+    tokens = list(prompt)
+    while len(tokens) < max_length:
+        n = len(tokens)
+        hidden, logits = run([tokens])
+        logits = logits[0, n - 1].astype("float64")
+        probabilities = np.exp(logits - logits.max())
+        probabilities /= probabilities.sum()
+        candidates = np.argsort(-probabilities, kind="stable")[:k]
+        candidate_hidden = run([tokens + [int(c)] for c in candidates])[0][:, n]
+        similarity = (unit(candidate_hidden) @ unit(hidden[0, :n]).T).max(axis=1)
+        scores = (1 - alpha) * probabilities[candidates] - alpha * similarity
+        tokens.append(int(candidates[int(np.argmax(scores))]))
+    return tokens
+
+
+def test_contrastive_search_equals_its_definition_recomputed_without_cache(lm):
+    """Cached contrastive search, with the prompts prefilled in chunks of 2 (hidden states kept for
+    the similarity) and prompts of different lengths, picks the tokens of the uncached definition."""
+    chunked = CausalLM(lm.backbone, lm.preprocessor)
+    chunked.prefill_chunk_length = 2
+    prompts = [[2, 10, 11, 12, 13, 14, 15], [2, 30, 31, 32, 33, 34]]
+    out = chunked.generate(prompts, max_length=12, sampler=ContrastiveSampler(k=3, alpha=0.6),
+                           stop_token_ids=None)
+    for row, prompt in enumerate(prompts):
+        assert out["token_ids"][row].tolist() == uncached_contrastive(lm, prompt, 12, k=3, alpha=0.6)
+    greedy = chunked.generate(prompts, max_length=12, stop_token_ids=None)["token_ids"]
+    assert (out["token_ids"] != greedy).any()  # the penalty changed some choices
+
+
 def test_random_samplers_generate_valid_tokens_reproducibly(lm):
     a = lm.generate(TEXTS[:2], max_length=10, sampler="top_p", seed=5)
     b = lm.generate(TEXTS[:2], max_length=10, sampler="top_p", seed=5)

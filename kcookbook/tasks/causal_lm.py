@@ -302,7 +302,7 @@ class CausalLM(LogLikelihoodScoring, Task):
     # costs beyond its own length (the width stays static, so compiled loops do not depend on it).
     prefill_chunk_length = 16
 
-    def _prefill(self, token_ids, padding_mask):
+    def _prefill(self, token_ids, padding_mask, hiddens=None):
         """Fill the caches with the prompts, in chunks of ``prefill_chunk_length`` tokens.
 
         Decoding starts at ``start``, the shortest prompt's length, and its first step processes the
@@ -311,6 +311,9 @@ class CausalLM(LogLikelihoodScoring, Task):
         shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
         positions it repeats get the same keys and values again. Cache entries past ``start - 1``
         hold whatever the chunk saw there; decoding overwrites each before any query reads it.
+
+        ``hiddens`` (``(batch, max_length, hidden)``, for contrastive search) is filled with the
+        final hidden states of the same positions; then ``(caches, start, hiddens)`` is returned.
         """
         batch_size, max_length = token_ids.shape
         caches = self.backbone.empty_cache(batch_size, max_length)
@@ -321,17 +324,19 @@ class CausalLM(LogLikelihoodScoring, Task):
                              f"call; the default is 16), got {chunk!r}.")
         width = min(chunk, max_length)
 
-        def cond(offset, caches):
+        def cond(offset, caches, *hiddens):
             return offset < start - 1
 
-        def body(offset, caches):
+        def body(offset, caches, *hiddens):
             first = ops.minimum(offset, max_length - width)
             chunk = ops.slice(token_ids, (0, first), (batch_size, width))
-            _, caches = self.backbone.call_with_cache(chunk, caches, first)
-            return offset + width, caches
+            hidden, caches = self.backbone.call_with_cache(chunk, caches, first)
+            hiddens = [ops.slice_update(h, (0, first, 0), ops.cast(hidden, h.dtype)) for h in hiddens]
+            return (offset + width, caches, *hiddens)
 
-        _, caches = ops.while_loop(cond, body, (ops.zeros((), "int32"), caches))
-        return caches, start
+        state = (ops.zeros((), "int32"), caches) + (() if hiddens is None else (hiddens,))
+        _, caches, *hiddens = ops.while_loop(cond, body, state)
+        return (caches, start, *hiddens)
 
     def _place(self, index, picked, token_ids, is_prompt, valid, done, stop_ids):
         """Write the picked tokens at ``index``: prompt tokens win, finished rows get padding."""
@@ -379,9 +384,9 @@ class CausalLM(LogLikelihoodScoring, Task):
         padding_mask = ops.convert_to_tensor(padding_mask, "int32")
         batch_size, max_length = token_ids.shape
         k, alpha = sampler.k, sampler.alpha
-        caches = self.backbone.empty_cache(batch_size, max_length)
-        hiddens, caches = self.backbone.call_with_cache(token_ids, caches, 0)
-        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
+        hiddens = ops.zeros((batch_size, max_length, self.backbone.hidden_dim),
+                            self.backbone.compute_dtype)
+        caches, start, hiddens = self._prefill(token_ids, padding_mask, hiddens)
         is_prompt = ops.cast(padding_mask, "bool")
         stop_ids = ops.convert_to_tensor(list(stop) or [-1], "int32")
         positions = ops.arange(max_length, dtype="int32")
