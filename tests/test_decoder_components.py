@@ -181,6 +181,46 @@ def test_decoder_block_padding_does_not_change_real_tokens():
     assert np.isfinite(out).all()
 
 
+def test_decoding_step_computed_once_per_attention_configuration_equals_per_block(monkeypatch):
+    """``run_decoder_blocks`` with caches computes positions, rotary angles and the mask once per
+    attention configuration (``DecodingStep``) and shares them: blocks 0 and 2 share, the sliding
+    window and the other rotary base get their own. The outputs and caches equal each block
+    computing its own step, and the cached pass equals the full-sequence pass."""
+    from kcookbook.components.causal_attention import CausalSelfAttention as Attention
+    from kcookbook.components.decoder_block import run_decoder_blocks
+
+    def block(**options):
+        return DecoderBlock(num_heads=4, head_dim=4, intermediate_dim=16, num_key_value_heads=2,
+                            **{"rotary_max_wavelength": 1e4, **options})
+
+    blocks = [block(), block(sliding_window=2), block(), block(rotary_max_wavelength=100.0)]
+    x = np.random.default_rng(9).normal(size=(2, 5, 16)).astype("float32")
+    full = x
+    for b in blocks:
+        full = b(full)
+    calls = []
+    original = Attention.decoding_step
+    monkeypatch.setattr(Attention, "decoding_step",
+                        lambda self, *args: calls.append(self) or original(self, *args))
+    shared_caches = [b.attention.empty_cache(2, 8) for b in blocks]
+    own_caches = [b.attention.empty_cache(2, 8) for b in blocks]
+    shared_out, own_out = [], []
+    for start, stop in ((0, 3), (3, 4), (4, 5)):  # a 3-token chunk, then one token at a time
+        calls.clear()
+        out, shared_caches = run_decoder_blocks(blocks, x[:, start:stop], caches=shared_caches,
+                                                cache_index=start)
+        assert len(calls) == 3
+        shared_out.append(to_numpy(out))
+        out = x[:, start:stop]
+        for i, b in enumerate(blocks):
+            out, own_caches[i] = b(out, cache=own_caches[i], cache_index=start)
+        own_out.append(to_numpy(out))
+    np.testing.assert_array_equal(np.concatenate(shared_out, 1), np.concatenate(own_out, 1))
+    for shared, own in zip(shared_caches, own_caches):
+        np.testing.assert_array_equal(to_numpy(shared), to_numpy(own))
+    np.testing.assert_allclose(np.concatenate(shared_out, 1), to_numpy(full), atol=1e-5)
+
+
 # ----- samplers -----
 
 def random_logits(seed=0, batch=4, vocabulary=50):

@@ -26,12 +26,16 @@ The cache keeps every position and the window is applied by the mask.
     (1, 2, 16, 2, 2)
 """
 
+from typing import NamedTuple
+
 import keras
 from keras import ops
 
 from kcookbook.components.attention import MultiHeadAttention
-from kcookbook.components.direct_calls import run_layer
+from kcookbook.components.direct_calls import cast_if_needed, run_layer
 from kcookbook.components.rotary_embedding import RotaryEmbedding
+
+MASKED = -1e30  # added to the scores of masked keys: exp(MASKED - max) is 0 in float32
 
 
 def causal_attention_mask(query_positions, key_positions, padding_mask=None, sliding_window=None):
@@ -63,6 +67,26 @@ def write_to_cache(cache, update, index):
     return ops.slice_update(cache, (zero, zero, index, zero, zero), ops.cast(update, cache.dtype))
 
 
+class DecodingStep(NamedTuple):
+    """What every attention layer of one cached call (a prefill chunk, a decoding step) shares:
+    the positions of the new tokens, their rotary cosines and sines, and the attention mask over the
+    cache. ``CausalSelfAttention.decoding_step`` computes it once; each layer's ``call(...,
+    decoding_step=)`` reuses it instead of recomputing it (on eager torch, each Keras op costs more
+    than its arithmetic when decoding one token).
+
+    Fields: ``index`` (int32 scalar, the first new position), ``cos`` and ``sin`` ((1, length, 1,
+    head_dim), None without rotary positions), ``attention_bias`` (float32 (1, 1, length,
+    cache_length): 0 where a query may attend, ``MASKED`` elsewhere) and ``cache_positions`` (the
+    int64 positions written in place on torch; None elsewhere).
+    """
+
+    index: object
+    cos: object
+    sin: object
+    attention_bias: object
+    cache_positions: object
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
 class CausalSelfAttention(MultiHeadAttention):
     """Decoder self-attention with a key/value cache.
@@ -92,37 +116,103 @@ class CausalSelfAttention(MultiHeadAttention):
         shape = (batch_size, 2, max_length, self.num_key_value_heads, self.head_dim)
         return ops.zeros(shape, dtype or self.compute_dtype)
 
-    def attend(self, query, key, value, attention_mask=None, is_causal=False):
+    @property
+    def decoding_step_key(self):
+        """Layers with equal keys can share one ``DecodingStep``."""
+        return (self.rotary_max_wavelength, self.rotary_scaling_factor, self.head_dim,
+                self.sliding_window, self.compute_dtype)
+
+    def _positions(self, length, index):
+        """Positions ``index…index + length - 1`` and their rotary cosines and sines (or None)."""
+        positions = ops.arange(length, dtype="int32") + index
+        if self.rotary is None:
+            return positions, None, None
+        return (positions,) + self.rotary.cos_sin(positions, self.head_dim, self.compute_dtype)
+
+    def decoding_step(self, length, cache_length, cache_index):
+        """The ``DecodingStep`` of ``length`` new tokens at ``cache_index…`` in a cache of
+        ``cache_length`` positions, for this layer and every layer with the same
+        ``decoding_step_key``."""
+        index = ops.cast(cache_index, "int32")
+        positions, cos, sin = self._positions(length, index)
+        mask = causal_attention_mask(positions, ops.arange(cache_length, dtype="int32"), None,
+                                     self.sliding_window)
+        bias = ops.where(mask, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
+        cache_positions = None
+        if keras.backend.backend() == "torch":
+            cache_positions = ops.cast(positions, "int64")
+        return DecodingStep(index, cos, sin, bias, cache_positions)
+
+    def _heads_of(self, qkv):
+        """(batch, length, fused) → (batch, length, heads, head_dim) with the query heads first,
+        then the key heads, then the value heads; and the index where the value heads start."""
+        total = self.num_heads + 2 * self.num_key_value_heads
+        heads = ops.reshape(qkv, ops.shape(qkv)[:-1] + (total, self.head_dim))
+        return heads, self.num_heads + self.num_key_value_heads
+
+    def split_heads(self, qkv):
+        """(batch, length, fused) → query, key, value each (batch, length, heads, head_dim): one
+        reshape, then views of its heads."""
+        heads, values_start = self._heads_of(qkv)
+        return (heads[:, :, :self.num_heads], heads[:, :, self.num_heads:values_start],
+                heads[:, :, values_start:])
+
+    def rotated_heads(self, qkv, cos, sin):
+        """``split_heads`` with rotary positions applied to the queries and keys (one rotation of
+        both: they are adjacent in the fused projection)."""
+        if self.rotary is None:
+            return self.split_heads(qkv)
+        heads, values_start = self._heads_of(qkv)
+        query_key = self.rotary.rotate(heads[:, :, :values_start], cos, sin)
+        return (query_key[:, :, :self.num_heads], query_key[:, :, self.num_heads:],
+                heads[:, :, values_start:])
+
+    def attend(self, query, key, value, attention_mask=None, is_causal=False, attention_bias=None):
         """Grouped-query attention written out: query heads are grouped under their key/value head
         (no copies of keys and values), scores and softmax in float32. For one-token decoding steps
-        this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF."""
-        batch, length = ops.shape(query)[0], ops.shape(query)[1]
+        this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF.
+        ``attention_bias`` (float32, broadcastable to (batch, heads, queries, keys)) is added to the
+        scores: 0 to attend, ``MASKED`` not to (the same scores as ``attention_mask``)."""
+        shape = ops.shape(query)
+        batch, length = shape[0], shape[1]
         groups = self.num_heads // self.num_key_value_heads
         query = ops.reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
         scores = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
-        scores = ops.cast(scores, "float32") * (self.head_dim ** -0.5)
+        scores = cast_if_needed(scores, "float32") * (self.head_dim ** -0.5)
         if attention_mask is not None:
-            scores = ops.where(attention_mask[:, :, None], scores, ops.full_like(scores, -1e30))
-        probabilities = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
+            scores = ops.where(attention_mask[:, :, None], scores, ops.full_like(scores, MASKED))
+        if attention_bias is not None:
+            scores = scores + attention_bias[:, :, None]
+        probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         out = ops.einsum("bhgqk,bkhd->bqhgd", probabilities, value)
         return run_layer(self.output_dense,
                          ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
 
-    def call(self, x, padding_mask=None, cache=None, cache_index=0):
-        query, key, value = self.split_heads(run_layer(self.qkv, x))
-        positions = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(cache_index, "int32")
-        if self.rotary is not None:
-            cos, sin = self.rotary.cos_sin(positions, self.head_dim, query.dtype)
-            query = self.rotary.rotate(query, cos, sin)
-            key = self.rotary.rotate(key, cos, sin)
+    def call(self, x, padding_mask=None, cache=None, cache_index=0, decoding_step=None):
+        """``decoding_step`` (with ``cache``): this call's shared ``DecodingStep``, computed here
+        when not given."""
+        qkv = run_layer(self.qkv, x)
         if cache is None:
+            positions, cos, sin = self._positions(ops.shape(x)[1], ops.cast(cache_index, "int32"))
+            query, key, value = self.rotated_heads(qkv, cos, sin)
             mask = causal_attention_mask(positions, positions, padding_mask, self.sliding_window)
             return self.attend(query, key, value, attention_mask=mask)
-        cache = write_to_cache(cache, ops.stack([key, value], axis=1), cache_index)
-        key, value = cache[:, 0], cache[:, 1]
-        key_positions = ops.arange(ops.shape(cache)[2], dtype="int32")
-        mask = causal_attention_mask(positions, key_positions, None, self.sliding_window)
-        return self.attend(query, key, value, attention_mask=mask), cache
+        step = decoding_step
+        if step is None:
+            step = self.decoding_step(ops.shape(x)[1], ops.shape(cache)[2], cache_index)
+        query, key, value = self.rotated_heads(qkv, step.cos, step.sin)
+        cache = self.write_key_value(cache, key, value, step)
+        out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias)
+        return out, cache
+
+    @staticmethod
+    def write_key_value(cache, key, value, step):
+        """``key`` and ``value`` into ``cache`` at ``step``'s positions (in place on torch)."""
+        if step.cache_positions is not None:  # torch
+            cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
+            cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
+            return cache
+        return write_to_cache(cache, ops.stack([key, value], axis=1), step.index)
 
     def get_config(self):
         config = super().get_config()

@@ -19,6 +19,7 @@ import threading
 import warnings
 
 import keras
+from keras import ops
 
 from kcookbook.components.causal_attention import CausalSelfAttention
 from kcookbook.components.direct_calls import run_layer
@@ -115,9 +116,13 @@ class DecoderBlock(keras.layers.Layer):
         for layer in (self.attention, self.feed_forward, self.attention_norm, self.feed_forward_norm):
             layer.build(input_shape)
 
-    def call(self, x, padding_mask=None, cache=None, cache_index=0, training=None):
+    def call(self, x, padding_mask=None, cache=None, cache_index=0, training=None,
+             decoding_step=None):
+        """``decoding_step``: with ``cache``, the ``DecodingStep`` its attention shares with the
+        other blocks (``run_decoder_blocks`` computes it once per call)."""
         attended = run_layer(self.attention, run_layer(self.attention_norm, x),
-                             padding_mask=padding_mask, cache=cache, cache_index=cache_index)
+                             padding_mask=padding_mask, cache=cache, cache_index=cache_index,
+                             decoding_step=decoding_step)
         if cache is not None:
             attended, cache = attended
         x = x + run_layer(self.dropout_layer, attended, training=training)
@@ -152,6 +157,8 @@ def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0)
 
     Without ``caches`` this is the full-sequence pass (training, scoring); with one cache per block
     (generation) each block reads and updates its cache, and the updated caches are returned too.
+    The positions, rotary angles and attention mask of the new tokens are computed once
+    (``DecodingStep``) for all the blocks that share an attention configuration.
     """
     if caches is None:
         for block in blocks:
@@ -159,16 +166,22 @@ def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0)
         return x
     one_token = x.shape[1] == 1
     step = _COMPILED.step if _COMPILED.step is not None and one_token else run_block_with_cache
+    length = ops.shape(x)[1]
+    decoding_steps = {}
     new_caches = []
     for block, cache in zip(blocks, caches):
-        x, cache = step(block, x, cache, cache_index)
+        key = block.attention.decoding_step_key
+        if key not in decoding_steps:
+            decoding_steps[key] = block.attention.decoding_step(length, ops.shape(cache)[2],
+                                                                cache_index)
+        x, cache = step(block, x, cache, cache_index, decoding_steps[key])
         new_caches.append(cache)
     return x, new_caches
 
 
-def run_block_with_cache(block, x, cache, cache_index):
+def run_block_with_cache(block, x, cache, cache_index, decoding_step=None):
     """One block on tokens at positions ``cache_index…``, reading and updating its cache."""
-    return run_layer(block, x, cache=cache, cache_index=cache_index)
+    return run_layer(block, x, cache=cache, cache_index=cache_index, decoding_step=decoding_step)
 
 
 # ----- torch: one compiled block for every layer of a one-token decoding step -----
@@ -216,10 +229,10 @@ def compiled_decoder_blocks(enabled=True):
 
 
 def _guarded(compiled):
-    def step(block, x, cache, cache_index):
+    def step(block, x, cache, cache_index, decoding_step=None):
         global _COMPILED_FUNCTION
         try:
-            return compiled(block, x, cache, cache_index)
+            return compiled(block, x, cache, cache_index, decoding_step)
         except Exception as error:  # the compiler toolchain, not the model: fall back to eager
             from torch._dynamo.exc import BackendCompilerFailed
 
@@ -228,5 +241,5 @@ def _guarded(compiled):
             warnings.warn(f"torch.compile of the decoder block failed ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:200]}); decoding eagerly instead.")
             _COMPILED_FUNCTION = _COMPILED.step = run_block_with_cache
-            return run_block_with_cache(block, x, cache, cache_index)
+            return run_block_with_cache(block, x, cache, cache_index, decoding_step)
     return step

@@ -11,6 +11,8 @@ with ``scale`` starting at zero (Gemma's variant) instead of by ``scale`` starti
 import keras
 from keras import ops
 
+from kcookbook.components.direct_calls import cast_if_needed
+
 
 @keras.saving.register_keras_serializable(package="kcookbook")
 class RMSNormalization(keras.layers.Layer):
@@ -32,10 +34,10 @@ class RMSNormalization(keras.layers.Layer):
             initializer="zeros" if self.unit_offset else "ones")
 
     def call(self, x):
-        x32 = ops.cast(x, "float32")
-        normed = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
-        scale = ops.cast(self.scale, "float32")
-        return ops.cast(normed * (1.0 + scale if self.unit_offset else scale), x.dtype)
+        x32 = cast_if_needed(x, "float32")
+        normed = x32 * ops.rsqrt(ops.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
+        scale = cast_if_needed(self.scale.value, "float32")
+        return cast_if_needed(normed * (1.0 + scale if self.unit_offset else scale), x.dtype)
 
     def compute_output_shape(self, input_shape):
         return input_shape

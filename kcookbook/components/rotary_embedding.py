@@ -14,6 +14,8 @@ Gemma, Mixtral, SmolLM2).
 import keras
 from keras import ops
 
+from kcookbook.components.direct_calls import cast_if_needed
+
 
 @keras.saving.register_keras_serializable(package="kcookbook")
 class RotaryEmbedding(keras.layers.Layer):
@@ -41,12 +43,14 @@ class RotaryEmbedding(keras.layers.Layer):
         positions = ops.cast(positions, "float32") / self.scaling_factor
         angles = positions[:, None] * ops.convert_to_tensor(inverse_frequencies, "float32")[None, :]
         angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
-        return ops.cast(ops.cos(angles), dtype), ops.cast(ops.sin(angles), dtype)
+        return cast_if_needed(ops.cos(angles), dtype), cast_if_needed(ops.sin(angles), dtype)
 
     @staticmethod
     def rotate(x, cos, sin):
-        first_half, second_half = ops.split(x, 2, axis=-1)
-        return x * cos + ops.concatenate([-second_half, first_half], axis=-1) * sin
+        """``x · cos + rotate_half(x) · sin``; ``x`` may hold several heads (queries and keys
+        together): ``cos`` and ``sin`` broadcast over the heads axis."""
+        half = x.shape[-1] // 2
+        return x * cos + ops.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
 
     def compute_output_shape(self, input_shape):
         return input_shape
