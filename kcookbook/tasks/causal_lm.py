@@ -14,9 +14,9 @@
   (``direct_layer_calls``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
   ``compile(jit_compile=True)``) also runs each one-token step through one ``torch.compile``d
   decoder block that every layer shares (``compiled_decoder_blocks``): ~10-30 s of compilation on a
-  CPU, once per process and block configuration, then about 2x the eager tokens/s of SmolLM2-135M
+  CPU, once per process and block configuration, then 1.25-1.4x the eager tokens/s of SmolLM2-135M
   (see ``benchmarks/README.md``). Off by default, as Keras leaves ``torch.compile`` off: it pays
-  back after a few hundred tokens. The compiled loop is kept per
+  back after roughly a thousand generated tokens. The compiled loop is kept per
   (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
   compile again (``generate_trace_count`` counts compilations).
 
