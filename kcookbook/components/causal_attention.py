@@ -56,17 +56,6 @@ def causal_attention_mask(query_positions, key_positions, padding_mask=None, sli
     return ops.logical_or(allowed, (keys == queries)[None, None])
 
 
-def write_to_cache(cache, update, index):
-    """``cache[:, :, index:index + n] = update``; in place on torch (no copy of the whole cache, and
-    ``index`` stays a tensor, so ``torch.compile`` traces it without a host sync or a recompile)."""
-    if keras.backend.backend() == "torch":
-        positions = ops.arange(update.shape[2], dtype="int32") + ops.cast(index, "int32")
-        return cache.index_copy_(2, ops.cast(positions, "int64"), ops.cast(update, cache.dtype))
-    index = ops.cast(index, "int32")
-    zero = ops.zeros((), "int32")
-    return ops.slice_update(cache, (zero, zero, index, zero, zero), ops.cast(update, cache.dtype))
-
-
 class DecodingStep(NamedTuple):
     """What every attention layer of one cached call (a prefill chunk, a decoding step) shares:
     the positions of the new tokens, their rotary cosines and sines, and the attention mask over the
@@ -207,12 +196,16 @@ class CausalSelfAttention(MultiHeadAttention):
 
     @staticmethod
     def write_key_value(cache, key, value, step):
-        """``key`` and ``value`` into ``cache`` at ``step``'s positions (in place on torch)."""
+        """``cache[:, 0/1, i:i + n] = key/value`` at ``step``'s positions. On torch in place (no copy
+        of the whole cache; the positions stay a tensor, so ``torch.compile`` traces it without a host
+        sync or a recompile); elsewhere a ``slice_update`` that compiles inside a ``while_loop``."""
         if step.cache_positions is not None:  # torch
             cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
             cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
             return cache
-        return write_to_cache(cache, ops.stack([key, value], axis=1), step.index)
+        zero = ops.zeros((), "int32")
+        update = ops.cast(ops.stack([key, value], axis=1), cache.dtype)
+        return ops.slice_update(cache, (zero, zero, step.index, zero, zero), update)
 
     def get_config(self):
         config = super().get_config()
