@@ -209,6 +209,14 @@ def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tm
     out = lm.generate([prompt], max_length=len(prompt) + 8)
     assert out["token_ids"][0][out["padding_mask"][0].astype(bool)].tolist() == expected
 
+    # An eos id the tokenizer does not have is named with its file; an unknown stop token too.
+    model.generation_config.eos_token_id = [eos, len(hf_gguf_tokenizer) + 5]
+    model.generation_config.save_pretrained(tmp_path)
+    with pytest.raises(PresetError, match="generation_config.json: eos_token_id"):
+        CausalLM.from_preset(str(tmp_path))
+    with pytest.raises(ValueError, match="stop_tokens='<nope>' is not in the vocabulary"):
+        BytePairTokenizer({"a": 0, "b": 1}, [], stop_tokens=["<nope>"])
+
 
 def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts):
     import keras

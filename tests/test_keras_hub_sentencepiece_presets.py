@@ -228,6 +228,8 @@ def test_gemma_presets_get_gemmas_chat_format_and_stop_at_end_of_turn(written, l
                                          add_generation_prompt=False).endswith("who is there<end_of_turn>\n")
     with pytest.raises(Exception, match="not tool"):
         tokenizer.apply_chat_template([{"role": "tool", "content": "42"}])
+    with pytest.raises(ValueError, match="stop_tokens='<nope>' is not a piece"):
+        SentencePieceTokenizer(model_file, stop_tokens=["<nope>"])
     # generate(stop_token_ids="auto") stops at <eos> and at <end_of_turn>, as Hugging Face's
     # generation config for Gemma's instruction-tuned models lists (eos_token_id [1, 107]).
     assert tokenizer.stop_token_ids == (spm.eos_id(), spm.piece_to_id("<end_of_turn>"))
