@@ -415,14 +415,14 @@ def _rst_to_markdown(doc):
                 block.append(lines[index].strip() if lines[index].strip().startswith((">>>", "..."))
                              else lines[index].strip())
                 index += 1
-            out += ["", "```pycon", *block, "```", ""]
+            out += ["", "~~~pycon", *block, "~~~", ""]
             continue
         if re.fullmatch(r"=+(\s+=+)+", stripped):         # an RST simple table: keep it as text
             block = []
             while index < len(lines) and lines[index].strip():
                 block.append(lines[index])
                 index += 1
-            out += ["", "```text", *block, "```", ""]
+            out += ["", "~~~text", *block, "~~~", ""]
             continue
         if re.fullmatch(r"(Args|Arguments|Returns|Yields|Raises|Attributes|Example|Examples"
                         r"|Note|Notes):", stripped) and not line.startswith(" "):
