@@ -18,7 +18,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
-.PHONY: setup lab run test test-unit test-cross-backend test-recipes benchmark clean
+.PHONY: setup lab run test test-unit test-cross-backend test-site test-recipes docs docs-deps benchmark clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,7 @@ run: setup
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
 
 test: setup
-	$(MAKE) --no-print-directory test-unit test-cross-backend test-recipes
+	$(MAKE) --no-print-directory test-unit test-cross-backend test-site test-recipes
 
 # Every unit test runs once per backend; tests/cross_backend starts one subprocess per backend itself.
 # The backends run two at a time (jax spends most of its run compiling on one core, so the other
@@ -51,11 +51,26 @@ test-unit:
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/site
 
 test-cross-backend:
 	@echo "== the three backends agree"
 	$(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
+
+# The recipe site: `make docs` renders the executed notebooks into site/ (nothing runs); open it with
+# `python -m http.server -d site`. test-site builds it once and checks it in headless Chromium, which
+# docs-deps installs from Debian's packages only when chromium or chromedriver is missing.
+docs: setup
+	KERAS_BACKEND=jax $(PY) docs/build_site.py
+
+docs-deps:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+test-site: docs-deps
+	@echo "== the recipe site, built once and checked in headless Chromium"
+	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/site
 
 # Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
