@@ -450,11 +450,15 @@ def docstring_html(obj):
     return markdown_html(_rst_to_markdown(doc)) if doc else Markup("")
 
 
-def _signature(obj):
+def _signature(obj, method=False):
+    """``(a, b=1)``; a method's ``self`` (or a classmethod's ``cls``) left out, as one calls it."""
     try:
-        return str(inspect.signature(obj))
+        signature = inspect.signature(obj)
     except (TypeError, ValueError):
         return ""
+    if method and signature.parameters:
+        signature = signature.replace(parameters=list(signature.parameters.values())[1:])
+    return str(signature)
 
 
 def _source_path(obj, package):
@@ -487,7 +491,8 @@ def api_entry(name, obj, package):
                 continue
             entry["members"].append({
                 "name": member_name, "signature": "" if isinstance(member, property)
-                else _signature(target), "doc": docstring_html(target),
+                else _signature(target, method=not isinstance(member, staticmethod)),
+                "doc": docstring_html(target),
                 "kind": "property" if isinstance(member, property) else
                 "classmethod" if isinstance(member, classmethod) else "method"})
     return entry
