@@ -1,5 +1,9 @@
 """Helpers for the recipe-site tests: the builder (docs/build_site.py, a tool, not part of the package)
-loaded as a module, and small synthetic notebooks written the way Jupyter stores executed ones."""
+loaded as a module, small synthetic notebooks written the way Jupyter stores executed ones, and the
+fixtures the test files import (a conftest.py here would shadow tests/conftest.py, which other test
+files import as ``conftest``).
+
+These tests run once (`make test-site`), not once per backend: the unit-test target ignores tests/site."""
 
 import base64
 import importlib.util
@@ -8,6 +12,7 @@ import sys
 from pathlib import Path
 
 import nbformat
+import pytest
 
 REPOSITORY_ROOT = Path(__file__).resolve().parents[2]
 BUILDER = REPOSITORY_ROOT / "docs" / "build_site.py"
@@ -70,3 +75,34 @@ def stream(text, name="stdout"):
 def image_output(data, mime="image/png"):
     return {"output_type": "display_data", "data": {mime: data, "text/plain": "<Figure>"},
             "metadata": {}}
+
+
+@pytest.fixture(scope="session")
+def site():
+    """docs/build_site.py as a module."""
+    return load_builder()
+
+
+@pytest.fixture
+def recipes(tmp_path):
+    """Three small executed-looking notebooks under tmp_path/recipes: nlp, cv and a benchmark."""
+    root = tmp_path / "recipes"
+    write_notebook(root / "nlp" / "01_hello.ipynb", [
+        ("markdown", "# Hello *text*\n\nA first recipe about `tokens`,\nin two lines.\n\n## Next\nmore"),
+        ("code", "import os\nprint('KERAS_BACKEND =', os.environ['KERAS_BACKEND'])",
+         [stream("KERAS_BACKEND = torch\n")],
+         execution("2026-01-01T10:00:00.000Z", "2026-01-01T10:00:05.000Z")),
+        ("code", "# NBVAL_CHECK_OUTPUT\nplot()", [image_output(png_base64(3000, 600))],
+         execution("2026-01-01T10:00:05.010Z", "2026-01-01T10:01:10.000Z")),
+    ])
+    write_notebook(root / "cv" / "01_photos.ipynb", [
+        ("markdown", "# Photos\n\nLook at a photo."),
+        ("code", "show()", [image_output(png_base64(1600, 900, photo=True))]),
+        ("code", "warn()", [stream("a library warning\n", "stderr")]),
+    ])
+    write_notebook(root / "nlp" / "02_reproduce_the_benchmark.ipynb", [
+        ("markdown", "Some words before the title.\n\n# The benchmark\n\nTimes, measured."),
+        ("code", "1 + 1", [{"output_type": "execute_result", "execution_count": 1,
+                            "data": {"text/plain": "2"}, "metadata": {}}]),
+    ])
+    return root

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from site_notebooks import REPOSITORY_ROOT, TEST_REPOSITORY, image_output, png_base64, write_notebook
+from site_notebooks import (  # noqa: F401 (site, recipes: fixtures)
+    REPOSITORY_ROOT, TEST_REPOSITORY, image_output, png_base64, recipes, site, write_notebook)
 
 
 class Elements(HTMLParser):
