@@ -28,7 +28,7 @@ class _Cursor:
         self.data, self.path, self.offset, self.order = data, path, 0, "<"
 
     def fail(self, problem):
-        raise PresetError(f"GGUF file {self.path} is corrupt, truncated or not a GGUF file: {problem} "
+        raise PresetError(f"GGUF file {self.path} is corrupt or truncated, or not a GGUF file: {problem} "
                           f"(at byte {self.offset} of {len(self.data)}). Re-download it.")
 
     def remaining(self):
@@ -82,8 +82,8 @@ def check_gguf_header(path):
     length bounded by the file's size; a PresetError names the file and the first bad field."""
     size = os.path.getsize(path)
     if size < 24:
-        raise PresetError(f"GGUF file {path} is {size} bytes, shorter than a GGUF header (24 bytes): it is "
-                          "truncated or not a GGUF file. Re-download it.")
+        raise PresetError(f"GGUF file {path} is corrupt or truncated, or not a GGUF file: {size} bytes, "
+                          "shorter than a GGUF header (24 bytes). Re-download it.")
     with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
         cursor = _Cursor(data, path)
         if data[:4] != GGUF_MAGIC:
