@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 
-import keras
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -18,26 +17,15 @@ from hypothesis import strategies as st
 
 import kcookbook
 from kcookbook.backbones import Backbone, BertBackbone
-from kcookbook.components import Tokenizer, WordPieceTokenizer
+from kcookbook.components import Tokenizer
 from kcookbook.presets import PresetError, files
 from kcookbook.presets.gguf import GGUFCheckpoint
 from kcookbook.tasks import TextClassifier, TextClassifierPreprocessor
 
-from test_bad_input import _tiny_hf_folder
+from test_bad_input import _tiny_hf_folder, backbone, tokenizer  # noqa: F401 (fixtures)
 
 BOUNDED = settings(max_examples=60, deadline=2000, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
-
-
-@pytest.fixture(scope="module")
-def backbone(tiny_bert_config):
-    keras.utils.set_random_seed(7)
-    return BertBackbone(**tiny_bert_config)
-
-
-@pytest.fixture(scope="module")
-def tokenizer(tiny_vocabulary):
-    return WordPieceTokenizer(tiny_vocabulary)
 
 
 @pytest.fixture(scope="module")

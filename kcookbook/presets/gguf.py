@@ -439,7 +439,7 @@ class GGUFLoader(HuggingFaceLoader):
             )
 
     def file(self, name):
-        return os.path.join(os.path.dirname(self.path), name)
+        return files.safe_path(os.path.dirname(self.path), name)
 
     def read_tensors(self):
         return self.checkpoint.hf_tensors()
