@@ -28,7 +28,7 @@ import os
 
 import numpy as np
 
-from kcookbook.presets import converters
+from kcookbook.presets import converters, files, headers
 from kcookbook.presets.errors import PresetError
 from kcookbook.presets.loaders import HuggingFaceLoader, PresetLoader, register_format
 
@@ -86,7 +86,7 @@ def find_gguf_file(path):
         return None
     if len(found) > 1:
         raise PresetError(f"{path} holds several GGUF files ({', '.join(found)}): pass the path of one.")
-    return os.path.join(path, found[0])
+    return files.safe_path(path, found[0])
 
 
 def unpermute_query_key(weight, num_heads):
@@ -122,6 +122,7 @@ class GGUFCheckpoint:
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise PresetError(f"No GGUF file at {self.path}.")
+        headers.check_gguf_header(self.path)
         try:
             self._reader = gguf.GGUFReader(self.path)
         except Exception as e:
@@ -438,7 +439,7 @@ class GGUFLoader(HuggingFaceLoader):
             )
 
     def file(self, name):
-        return os.path.join(os.path.dirname(self.path), name)
+        return files.safe_path(os.path.dirname(self.path), name)
 
     def read_tensors(self):
         return self.checkpoint.hf_tensors()

@@ -15,7 +15,7 @@ import os
 import keras
 
 from kcookbook.presets import converters, files
-from kcookbook.presets.errors import PresetError
+from kcookbook.presets.errors import PresetError, blaming
 
 _FORMATS = []
 
@@ -60,7 +60,8 @@ class PresetLoader:
         self.info = info
 
     def file(self, name):
-        return os.path.join(self.path, name)
+        """The path of a file in the preset; names and links that lead outside it are refused."""
+        return files.safe_path(self.path, name)
 
     def load_backbone(self, load_weights=True, **overrides):
         raise NotImplementedError
@@ -123,7 +124,7 @@ class KerasPresetLoader(PresetLoader):
 
     @staticmethod
     def detect(path):
-        config = os.path.join(path, files.CONFIG_FILE)
+        config = files.safe_path(path, files.CONFIG_FILE)
         if not (os.path.isdir(path) and os.path.exists(config)):
             return False
         try:
@@ -133,7 +134,7 @@ class KerasPresetLoader(PresetLoader):
         return isinstance(data, dict) and "class_name" in data and "config" in data
 
     def backbone_config(self):
-        return files.read_json(self.file(files.CONFIG_FILE))
+        return files.read_serialized(self.file(files.CONFIG_FILE))
 
     def _converter(self, config, source):
         name = _registered_name(config)
@@ -159,7 +160,8 @@ class KerasPresetLoader(PresetLoader):
             if load_weights:
                 files.load_keras_weights(backbone, weights)
             return backbone
-        backbone = converter.backbone_from_keras_hub(config["config"], **overrides)
+        with blaming(source):
+            backbone = converter.backbone_from_keras_hub(config["config"], **overrides)
         if load_weights:
             arrays = converter.weights_from_keras_hub(files.read_h5_arrays(weights), backbone)
             files.assign_weights(backbone, arrays, weights)
@@ -169,8 +171,10 @@ class KerasPresetLoader(PresetLoader):
         path = self.file(files.TOKENIZER_FILE)
         if not os.path.exists(path):
             return None
-        config = files.read_json(path, "tokenizer config")
-        assets = os.path.join(self.path, files.ASSETS_DIR, "tokenizer")
+        config = files.read_serialized(path, "tokenizer config")
+        assets = files.safe_path(self.path, files.ASSETS_DIR, "tokenizer")
+        if os.path.isdir(assets):
+            files.check_links(self.path, assets, recursive=True)
         converter = self._converter(config, path)
         if converter is not None:
             return converter.tokenizer_from_keras_hub(config["config"], assets, **kwargs)
@@ -179,7 +183,10 @@ class KerasPresetLoader(PresetLoader):
             raise PresetError(f"{path} names an unknown tokenizer class {_registered_name(config)!r}.")
         inner = cls.config_with_assets({**config["config"], **kwargs}, assets)
         try:
-            return cls.from_config(inner)
+            with blaming(path):
+                return cls.from_config(inner)
+        except PresetError:
+            raise
         except Exception as e:
             raise PresetError(f"Could not build the tokenizer from {path} and {assets}: {e}") from e
 
@@ -187,7 +194,7 @@ class KerasPresetLoader(PresetLoader):
         path = self.file(files.IMAGE_CONVERTER_FILE)
         if not os.path.exists(path):
             return None
-        config = files.read_json(path, "image converter config")
+        config = files.read_serialized(path, "image converter config")
         converter = self._converter(config, path)
         if converter is not None:
             return converter.image_converter_from_keras_hub(config["config"], **kwargs)
@@ -198,7 +205,7 @@ class KerasPresetLoader(PresetLoader):
         path = self.file(files.PREPROCESSOR_FILE)
         if not os.path.exists(path):
             return {}
-        config = files.read_json(path, "preprocessor config").get("config", {})
+        config = files.read_serialized(path, "preprocessor config")["config"]
         return {k: v for k, v in config.items()
                 if k in ("sequence_length", "truncate", "add_start_token", "add_end_token")}
 
@@ -208,17 +215,18 @@ class KerasPresetLoader(PresetLoader):
     def load_preprocessor(self, preprocessor_cls, **kwargs):
         path = self.file(files.PREPROCESSOR_FILE)
         if os.path.exists(path):
-            config = files.read_json(path, "preprocessor config")
+            config = files.read_serialized(path, "preprocessor config")
             if _registered_name(config) == keras.saving.get_registered_name(preprocessor_cls):
-                tokenizer = self.load_tokenizer()
-                return preprocessor_cls.from_config({**config["config"], **kwargs, "tokenizer": tokenizer})
+                inner = {**config["config"], **kwargs, "tokenizer": self.load_tokenizer()}
+                with blaming(path):
+                    return preprocessor_cls.from_config(inner)
         return super().load_preprocessor(preprocessor_cls, **kwargs)
 
     def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         path = self.file(files.TASK_FILE)
         if not os.path.exists(path):
             return None
-        config = files.read_json(path, "task config")
+        config = files.read_serialized(path, "task config")
         if str(_registered_name(config)).startswith("keras_hub>"):
             return self._load_keras_hub_task(task_cls, config, load_weights, **kwargs)
         if _registered_name(config) != keras.saving.get_registered_name(task_cls):
@@ -230,8 +238,9 @@ class KerasPresetLoader(PresetLoader):
         preprocessor = None
         if with_preprocessor and task_cls.preprocessor_cls is not None and self.load_tokenizer() is not None:
             preprocessor = self.load_preprocessor(task_cls.preprocessor_cls)
-        task = task_cls.from_config({**inner, **kwargs, "backbone": backbone,
-                                     "preprocessor": preprocessor})
+        with blaming(path):
+            task = task_cls.from_config({**inner, **kwargs, "backbone": backbone,
+                                         "preprocessor": preprocessor})
         if load_weights:
             task.load_head_weights(self.file(files.TASK_WEIGHTS_FILE))
         return task
@@ -259,7 +268,7 @@ class HuggingFaceLoader(PresetLoader):
 
     @staticmethod
     def detect(path):
-        config = os.path.join(path, files.CONFIG_FILE)
+        config = files.safe_path(path, files.CONFIG_FILE)
         if not (os.path.isdir(path) and os.path.exists(config)):
             return False
         try:
@@ -269,6 +278,7 @@ class HuggingFaceLoader(PresetLoader):
 
     def __init__(self, path, handle, info=None):
         super().__init__(path, handle, info)
+        files.check_links(path)  # converters read vocab.txt, tokenizer.json... from the folder by name
         self.config = files.read_json(self.file(files.CONFIG_FILE))
         model_type = self.config.get("model_type")
         self.converter = converters.for_hf_model_type(model_type)
@@ -280,15 +290,14 @@ class HuggingFaceLoader(PresetLoader):
 
     def read_tensors(self):
         """All tensors of ``model.safetensors`` (or its shards) as numpy arrays."""
-        from safetensors.numpy import load_file
-
         single = self.file("model.safetensors")
         index = self.file("model.safetensors.index.json")
         if os.path.exists(single):
             shards = [single]
         elif os.path.exists(index):
-            weight_map = files.read_json(index, "safetensors index")["weight_map"]
-            shards = sorted({self.file(f) for f in weight_map.values()})
+            with blaming(index):
+                weight_map = files.read_json(index, "safetensors index")["weight_map"]
+                shards = sorted({self.file(f) for f in weight_map.values()})
         else:
             raise PresetError(
                 f"No model.safetensors in {self.path}. Save the checkpoint with "
@@ -296,16 +305,12 @@ class HuggingFaceLoader(PresetLoader):
             )
         tensors = {}
         for shard in shards:
-            if not os.path.exists(shard) or os.path.getsize(shard) == 0:
-                raise PresetError(f"Weights file {shard} is missing or empty: re-download the checkpoint.")
-            try:
-                tensors.update(load_file(shard))
-            except Exception as e:
-                raise PresetError(f"Weights file {shard} is corrupt or truncated ({e}).") from e
+            tensors.update(files.read_safetensors(shard))
         return tensors
 
     def load_backbone(self, load_weights=True, **overrides):
-        backbone = self.converter.backbone_from_hf(self.config, **overrides)
+        with blaming(self.file(files.CONFIG_FILE)):
+            backbone = self.converter.backbone_from_hf(self.config, **overrides)
         if load_weights:
             arrays = self.converter.weights_from_hf(self.read_tensors(), backbone)
             files.assign_weights(backbone, arrays, self.path)

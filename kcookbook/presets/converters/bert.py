@@ -4,7 +4,6 @@ Both store query, key and value separately; kcookbook fuses them into one ``qkv`
 columns are ``[query | key | value]``.
 """
 
-import json
 import os
 
 import numpy as np
@@ -15,6 +14,7 @@ from kcookbook.components.wordpiece import WordPieceTokenizer
 from kcookbook.presets.converters.common import (hf_encoder_layer, keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_transformer_layer, linear_kernel, strip_prefix,
                                                  take)
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
 # ---------------------------------------------------------------- Hugging Face
@@ -76,13 +76,11 @@ def tokenizer_from_hf(folder, **kwargs):
     config_file = os.path.join(folder, "tokenizer_config.json")
     config = {}
     if os.path.exists(config_file):
-        with open(config_file, encoding="utf-8") as f:
-            config = json.load(f)
+        config = files.read_json(config_file, "tokenizer config")
     if os.path.exists(vocab_file):
         vocabulary = read_vocabulary_file(vocab_file)
     elif os.path.exists(fast_file):
-        with open(fast_file, encoding="utf-8") as f:
-            model = json.load(f).get("model", {})
+        model = files.read_json(fast_file, "tokenizer").get("model", {})
         if model.get("type") != "WordPiece":
             raise PresetError(f"{fast_file} is not a WordPiece tokenizer; BERT needs one.")
         vocabulary = [t for t, _ in sorted(model["vocab"].items(), key=lambda kv: kv[1])]

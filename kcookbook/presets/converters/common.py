@@ -1,7 +1,5 @@
 """Helpers shared by the converters: array plumbing, and the keras_hub layouts several families use."""
 
-import re
-
 import numpy as np
 
 
@@ -193,12 +191,6 @@ def image_converter_from_keras_hub(config, **kwargs):
                           offset=0.0 if offset is None else offset, **{**options, **kwargs})
 
 
-def keras_snake_case(class_name):
-    """Keras's rule for default layer names: ``BatchNormalization`` → ``batch_normalization``."""
-    name = re.sub(r"(.)([A-Z][a-z]+)", r"\1_\2", class_name)
-    return re.sub(r"([a-z])([A-Z])", r"\1_\2", name).lower()
-
-
 def keras_hub_weights_by_position(arrays, model, family):
     """A keras_hub functional backbone's ``model.weights.h5`` → ``{variable.path: array}`` of
     ``model``, for families whose graph has the same weighted layers as keras_hub's in the same order.
@@ -208,6 +200,7 @@ def keras_hub_weights_by_position(arrays, model, family):
     checked when assigned). Entries left over are a PresetError naming ``family``.
     """
     from kcookbook.presets.errors import PresetError
+    from kcookbook.presets.files import keras_snake_case
 
     a, out, seen = dict(arrays), {}, {}
     for layer in model.layers:

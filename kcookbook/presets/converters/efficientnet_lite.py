@@ -36,7 +36,9 @@ def find_checkpoint(path):
         return path if FILE_PATTERN.search(os.path.basename(path)) else None
     if os.path.isdir(path):
         matches = sorted(f for f in os.listdir(path) if FILE_PATTERN.search(f))
-        return os.path.join(path, matches[0]) if matches else None
+        from kcookbook.presets import files
+
+        return files.safe_path(path, matches[0]) if matches else None
     return None
 
 

@@ -7,13 +7,13 @@ kernel ``(in, out)``. Rotary embeddings use the same "rotate half" layout on bot
 permutation is needed.
 """
 
-import json
 import os
 
 import numpy as np
 
 from kcookbook.backbones.llama import LlamaBackbone
 from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
 # Hugging Face activation names → ours.
@@ -159,6 +159,5 @@ def generation_eos_ids(folder):
     path = os.path.join(folder, "generation_config.json")
     if not os.path.exists(path):
         return []
-    with open(path, encoding="utf-8") as f:
-        eos = json.load(f).get("eos_token_id")
+    eos = files.read_json(path, "generation config").get("eos_token_id")
     return [] if eos is None else [int(i) for i in (eos if isinstance(eos, list) else [eos])]

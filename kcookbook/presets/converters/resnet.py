@@ -16,7 +16,6 @@ average-pooled shortcuts, usually with a three-convolution stem). A keras_hub ``
 (Kaggle's ``resnet_*_imagenet`` presets are these) becomes an ``ImageClassifier`` with its head.
 """
 
-import json
 import os
 
 import numpy as np
@@ -31,6 +30,7 @@ from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub conve
     take,
     task_weights_from_keras_hub,
 )
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
 BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
@@ -89,8 +89,7 @@ def image_converter_from_hf(folder):
     file = os.path.join(folder, "preprocessor_config.json")
     if not os.path.exists(file):
         return None
-    with open(file, encoding="utf-8") as f:
-        processor = json.load(f)
+    processor = files.read_json(file, "image processor config")
     size = processor.get("size", 224)
     if isinstance(size, dict):
         size = size.get("shortest_edge") or size.get("height") or 224
