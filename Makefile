@@ -22,7 +22,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
-.PHONY: setup lab run test test-unit test-cross-backend test-recipes benchmark clean
+.PHONY: setup lab run test test-unit test-cross-backend test-packaging test-recipes benchmark clean
 
 setup: $(STAMP)
 
@@ -35,14 +35,19 @@ $(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
+# Jupyter refuses to start as root (containers, cloud notebooks) unless told so. LAB_ARGS adds options,
+# e.g. make lab LAB_ARGS="--no-browser --port=8899".
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS ?=
+
 lab: setup
-	$(VENV)/bin/jupyter lab recipes/
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) recipes/
 
 run: setup
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
 
 test: setup
-	$(MAKE) --no-print-directory test-unit test-cross-backend test-recipes
+	$(MAKE) --no-print-directory test-unit test-cross-backend test-packaging test-recipes
 
 # Every unit test runs once per backend; tests/cross_backend starts one subprocess per backend itself.
 # The backends run two at a time (jax spends most of its run compiling on one core, so the other
@@ -56,11 +61,17 @@ test-unit:
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/packaging
 
 test-cross-backend:
 	@echo "== the three backends agree"
 	$(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
+
+# Once, not per backend: the wheel and sdist build and pass twine check, the wheel installed with [jax]
+# alone into a fresh venv works (pip fetches jax & co. into it), and `make lab`'s server answers.
+test-packaging:
+	@echo "== packaging: wheel, sdist, a jax-only install, the lab server"
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/packaging
 
 # Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
