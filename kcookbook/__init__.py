@@ -10,5 +10,8 @@ a local directory, ``kaggle://…`` or ``hf://…``) and builds any of them from
 """
 
 __version__ = "0.1.0"
+# The repository's address, named once for code (pyproject.toml's [project.urls] repeats it; a test keeps
+# them in step). A placeholder until the project has a public home.
+REPOSITORY_URL = "https://github.com/kcookbook/kcookbook"
 
 from kcookbook import components, backbones, tasks, presets  # noqa: E402,F401

@@ -48,7 +48,13 @@ def detect(path):
 
 def read_state_dict(path):
     """Tensors of a .pth file as numpy arrays; a corrupt or non-tensor file is a PresetError naming it."""
-    import torch
+    try:
+        import torch
+    except ImportError as e:  # kcookbook[jax] or [tensorflow] alone: torch reads the .pth, on any backend
+        raise PresetError(
+            f"Reading the PyTorch checkpoint {path} needs torch, whatever the Keras backend: "
+            'pip install "kcookbook[torch]" (the CPU build: --index-url https://download.pytorch.org/whl/cpu).'
+        ) from e
 
     if os.path.getsize(path) == 0:
         raise PresetError(f"Checkpoint {path} is empty (0 bytes): reinstall or re-download it.")
