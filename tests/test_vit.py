@@ -15,7 +15,7 @@ import transformers
 import kcookbook
 from kcookbook.backbones import ViTBackbone
 from kcookbook.components import PatchEmbedding
-from kcookbook.presets.converters import vit as vit_converter
+from kcookbook.formats.converters import vit as vit_converter
 
 TOLERANCE = 1e-4
 

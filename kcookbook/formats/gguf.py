@@ -28,9 +28,9 @@ import os
 
 import numpy as np
 
-from kcookbook.presets import converters
+from kcookbook.formats import converters
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import HuggingFaceLoader, PresetLoader, register_format
+from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader, register_format
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 

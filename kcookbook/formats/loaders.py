@@ -14,7 +14,8 @@ import os
 
 import keras
 
-from kcookbook.presets import converters, files
+from kcookbook.formats import converters
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
 _FORMATS = []
@@ -374,6 +375,6 @@ class HuggingFaceLoader(PresetLoader):
 register_format("keras", KerasPresetLoader.detect, KerasPresetLoader)
 register_format("huggingface", HuggingFaceLoader.detect, HuggingFaceLoader)
 
-from kcookbook.presets.converters import efficientnet_lite as _efficientnet_lite  # noqa: E402
+from kcookbook.formats.converters import efficientnet_lite as _efficientnet_lite  # noqa: E402
 
 register_format("efficientnet_lite_state_dict", _efficientnet_lite.detect, _efficientnet_lite.StateDictLoader)

@@ -19,9 +19,9 @@ import keras
 from kcookbook.presets import files
 from kcookbook.presets.builtin import PresetInfo, all_presets, get_preset, register_preset
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import PresetLoader, load, register_format
+from kcookbook.formats.loaders import PresetLoader, load, register_format
 from kcookbook.presets.resolve import resolve
-from kcookbook.presets import gguf  # noqa: E402,F401  (registers the "gguf" format)
+from kcookbook.formats import gguf  # noqa: E402,F401  (registers the "gguf" format)
 
 
 class PresetTable(list):

@@ -168,7 +168,7 @@ class Task(keras.Model):
         tokenizer files are then not read at all).
         """
         from kcookbook import presets
-        from kcookbook.presets.loaders import accepted_kwargs
+        from kcookbook.formats.loaders import accepted_kwargs
 
         loader = presets.load(handle)
         given = "preprocessor" in kwargs

@@ -12,7 +12,7 @@ import numpy as np
 from kcookbook.backbones.bert import BertBackbone
 from kcookbook.components.tokenizer import read_vocabulary_file
 from kcookbook.components.wordpiece import WordPieceTokenizer
-from kcookbook.presets.converters.common import (hf_encoder_layer, keras_hub_blocks, keras_hub_reader,
+from kcookbook.formats.converters.common import (hf_encoder_layer, keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_transformer_layer, linear_kernel, strip_prefix,
                                                  take)
 from kcookbook.presets.errors import PresetError

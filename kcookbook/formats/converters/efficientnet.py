@@ -21,7 +21,7 @@ the unscaled block count.
 """
 
 from kcookbook.backbones.efficientnet import EfficientNetBackbone, round_filters, round_repeats
-from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
+from kcookbook.formats.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
     image_classifier_from_keras_hub,
     image_converter_from_keras_hub,
     keras_hub_weights_by_position,

@@ -23,7 +23,7 @@ import numpy as np
 from kcookbook.backbones.efficientnet import VARIANTS, EfficientNetLiteBackbone
 from kcookbook.components.image_converter import ImageConverter
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import PresetLoader
+from kcookbook.formats.loaders import PresetLoader
 
 FILE_PATTERN = re.compile(r"efficientnet-(lite[0-4])(-[0-9a-f]+)?\.pth$")
 MEAN = STD = 0.5

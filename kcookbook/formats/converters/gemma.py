@@ -5,9 +5,9 @@ and tied embeddings). Gemma configs name the activation ``hidden_activation`` (o
 import numpy as np
 
 from kcookbook.backbones.llama import GemmaBackbone
-from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_sentencepiece)
-from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
+from kcookbook.formats.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 from kcookbook.presets.errors import PresetError
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",

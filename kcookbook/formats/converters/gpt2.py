@@ -8,9 +8,9 @@ import os
 
 
 from kcookbook.backbones.gpt2 import GPT2Backbone
-from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_transformer_layer, strip_prefix, take)
-from kcookbook.presets.converters.llama import HF_ACTIVATIONS
+from kcookbook.formats.converters.llama import HF_ACTIVATIONS
 from kcookbook.presets.errors import PresetError
 
 # ---------------------------------------------------------------- Hugging Face

@@ -13,7 +13,7 @@ import os
 import numpy as np
 
 from kcookbook.backbones.llama import LlamaBackbone
-from kcookbook.presets.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.formats.converters.common import linear_kernel, strip_prefix, take
 from kcookbook.presets.errors import PresetError
 
 # Hugging Face activation names → ours.

@@ -4,9 +4,9 @@
 import numpy as np
 
 from kcookbook.backbones.llama import MistralBackbone
-from kcookbook.presets.converters.common import (keras_hub_blocks, keras_hub_reader,
+from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_sentencepiece)
-from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
+from kcookbook.formats.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf", "backbone_from_keras_hub",
            "weights_from_keras_hub", "tokenizer_from_keras_hub"]

@@ -2,7 +2,7 @@
 (``block_sparse_moe.gate`` router, ``experts.{e}.w1/w3/w2`` = gate/up/down)."""
 
 from kcookbook.backbones.llama import MixtralBackbone
-from kcookbook.presets.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
+from kcookbook.formats.converters.llama import decoder_config, tokenizer_from_hf, weights_from_hf
 
 __all__ = ["backbone_from_hf", "tokenizer_from_hf", "weights_from_hf"]
 

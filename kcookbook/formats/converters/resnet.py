@@ -22,7 +22,7 @@ import os
 import numpy as np
 
 from kcookbook.backbones.resnet import BOTTLENECK_EXPANSION, ResNetBackbone
-from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
+from kcookbook.formats.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
     image_classifier_from_keras_hub,
     image_converter_from_keras_hub,
     keras_hub_weights_by_position,

@@ -21,7 +21,7 @@ import numpy as np
 
 from kcookbook.backbones.vit import ViTBackbone
 from kcookbook.presets import files
-from kcookbook.presets.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
+from kcookbook.formats.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
     hf_encoder_layer,
     image_classifier_from_keras_hub,
     image_converter_from_keras_hub,
