@@ -30,7 +30,7 @@ import numpy as np
 
 from kcookbook.formats import converters
 from kcookbook.presets.errors import PresetError
-from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader, register_format
+from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -455,6 +455,3 @@ class GGUFLoader(HuggingFaceLoader):
         return {"source": f"GGUF file {os.path.basename(self.path)}",
                 "name": meta.get("general.name"), "license": meta.get("general.license"),
                 "quantization": self.checkpoint.quantization_types()}
-
-
-register_format("gguf", GGUFLoader.detect, GGUFLoader)

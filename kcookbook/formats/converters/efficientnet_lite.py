@@ -114,6 +114,7 @@ class StateDictLoader(PresetLoader):
     """Loads the lukemelas-style ``efficientnet-lite*.pth`` checkpoint of a folder."""
 
     format = "efficientnet_lite_state_dict"
+    detect = staticmethod(detect)
 
     def __init__(self, path, handle, info=None):
         super().__init__(path, handle, info)
