@@ -122,3 +122,50 @@ def test_at_most_two_commented_function_local_imports_reach_the_formats():
     assert all(i.local for i in upward), [i for i in upward if not i.local]
     assert len(upward) <= MAX_UPWARD_LOCAL_IMPORTS, upward
     assert all(i.comment for i in upward), f"say why in a comment: {[i for i in upward if not i.comment]}"
+
+
+def test_importing_the_package_loads_no_format_reader():
+    """Formats and converters are found by dotted path when a preset is loaded, not imported to
+    register themselves."""
+    import subprocess
+    import sys
+
+    code = ("import sys, kcookbook, kcookbook.presets; "
+            "print(sorted(m for m in sys.modules if m.startswith('kcookbook.formats')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+
+
+# ---------------------------------------------------------------- the converter contract
+
+def test_every_family_converter_implements_the_contract():
+    from kcookbook.formats import converters
+    from kcookbook.formats.converters.base import Converter
+
+    hf_types, keras_hub_classes = [], []
+    for family in converters.CONVERTERS:
+        converter = converters.for_family(family)
+        assert isinstance(converter, Converter) and converter.family == family
+        hf_types += converter.hf_model_types
+        keras_hub_classes += converter.keras_hub_classes
+    assert len(hf_types) == len(set(hf_types)) and len(keras_hub_classes) == len(set(keras_hub_classes))
+    assert converters.known_hf_model_types() == sorted(hf_types)
+    for model_type in hf_types:
+        assert model_type in converters.for_hf_model_type(model_type).hf_model_types
+    assert converters.for_hf_model_type("t5") is None and converters.for_keras_hub_class("T5Backbone") is None
+
+
+def test_a_hook_a_family_lacks_has_a_default():
+    from kcookbook.formats import converters
+    from kcookbook.formats.converters.base import ConversionNotSupported
+    from kcookbook.presets import PresetError
+
+    bert = converters.for_family("bert")
+    assert bert.image_converter_from_hf("/nowhere") is None
+    assert bert.classifier_head_from_hf({}) is None
+    assert bert.task_from_keras_hub(object, {}, None) is None
+    assert bert.class_names_from_hf({"id2label": {"0": "neg", "1": "pos"}}) == ["neg", "pos"]
+    with pytest.raises(ConversionNotSupported, match="bert converter does not read keras_hub image conv"):
+        bert.image_converter_from_keras_hub({})
+    with pytest.raises(PresetError, match="efficientnet_lite converter does not read Hugging Face"):
+        converters.for_family("efficientnet_lite").backbone_from_hf({})

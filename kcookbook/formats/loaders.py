@@ -271,7 +271,7 @@ class KerasPresetLoader(PresetLoader):
         """keras_hub's task (e.g. ``ResNetImageClassifier``) as ``task_cls`` with its head weights,
         when the family's converter knows it (``task_from_keras_hub``); None builds a fresh head."""
         converter = converters.for_keras_hub_class(config.get("class_name"))
-        if converter is None or not hasattr(converter, "task_from_keras_hub"):
+        if converter is None:
             return None
         backbone = self.load_backbone(load_weights=load_weights)
         task = converter.task_from_keras_hub(task_cls, config["config"], backbone, **kwargs)
@@ -345,11 +345,9 @@ class HuggingFaceLoader(PresetLoader):
         return self.converter.tokenizer_from_hf(self.path, **kwargs)
 
     def load_image_converter(self, **kwargs):
-        """From ``preprocessor_config.json``, for vision families: the converter module's
+        """From ``preprocessor_config.json``, for vision families: the converter's
         ``image_converter_from_hf(folder)`` gives the processor's settings (image_size, scale, mean,
         std, …) or None."""
-        if not hasattr(self.converter, "image_converter_from_hf"):
-            return None
         settings = self.converter.image_converter_from_hf(self.path)
         if settings is None:
             return None
@@ -359,9 +357,8 @@ class HuggingFaceLoader(PresetLoader):
 
     def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         """A ``…ForImageClassification`` checkpoint's own head, kept when ``num_classes`` is absent
-        or equal (families whose converter has ``classifier_head_from_hf``)."""
-        if not hasattr(self.converter, "classifier_head_from_hf") or \
-                "class_names" not in inspect.signature(task_cls.__init__).parameters:
+        or equal (the converter's ``classifier_head_from_hf`` finds it; None: build a fresh head)."""
+        if "class_names" not in inspect.signature(task_cls.__init__).parameters:
             return None
         tensors = self.read_tensors()
         head = self.converter.classifier_head_from_hf(tensors)

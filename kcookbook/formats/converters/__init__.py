@@ -1,62 +1,58 @@
-"""Converters: one module per model family, each translating other people's checkpoints.
+"""Converters: one per model family, each translating other people's checkpoints into kcookbook's.
 
-A converter module provides, for the formats it supports:
-
-* Hugging Face: ``backbone_from_hf(hf_config, **overrides)``, ``weights_from_hf(tensors, backbone)``
-  returning ``{variable.path: array}``, ``tokenizer_from_hf(folder)``.
-* keras_hub: ``backbone_from_keras_hub(config, **overrides)``,
-  ``weights_from_keras_hub(h5_arrays, backbone)``, ``tokenizer_from_keras_hub(config, assets_dir)``.
-
-The tables below map a checkpoint's declared type to its module; a new family adds lines here.
+A family's converter is a :class:`~kcookbook.formats.converters.base.Converter` subclass: it names
+the Hugging Face ``model_type`` values and keras_hub classes it reads and overrides the hooks its
+checkpoints need (``base.py`` lists every hook with its default). ``CONVERTERS`` registers each one by
+dotted path, imported when a checkpoint first asks for a converter; a new family adds one line here.
 """
 
+import functools
 import importlib
 
-HF_MODEL_TYPES = {
-    "bert": "kcookbook.formats.converters.bert",
-    "resnet": "kcookbook.formats.converters.resnet",
-    "gemma": "kcookbook.formats.converters.gemma",
-    "gpt2": "kcookbook.formats.converters.gpt2",
-    "llama": "kcookbook.formats.converters.llama",
-    "mistral": "kcookbook.formats.converters.mistral",
-    "mixtral": "kcookbook.formats.converters.mixtral",
-    "vit": "kcookbook.formats.converters.vit",
+CONVERTERS = {
+    "bert": "kcookbook.formats.converters.bert:BertConverter",
+    "gpt2": "kcookbook.formats.converters.gpt2:GPT2Converter",
+    "llama": "kcookbook.formats.converters.llama:LlamaConverter",
+    "gemma": "kcookbook.formats.converters.gemma:GemmaConverter",
+    "mistral": "kcookbook.formats.converters.mistral:MistralConverter",
+    "mixtral": "kcookbook.formats.converters.mixtral:MixtralConverter",
+    "efficientnet": "kcookbook.formats.converters.efficientnet:EfficientNetConverter",
+    "efficientnet_lite": "kcookbook.formats.converters.efficientnet_lite:EfficientNetLiteConverter",
+    "resnet": "kcookbook.formats.converters.resnet:ResNetConverter",
+    "vit": "kcookbook.formats.converters.vit:ViTConverter",
 }
 
-KERAS_HUB_CLASSES = {
-    "ResNetBackbone": "kcookbook.formats.converters.resnet",
-    "ResNetImageConverter": "kcookbook.formats.converters.resnet",
-    "ResNetImageClassifier": "kcookbook.formats.converters.resnet",
-    "ViTBackbone": "kcookbook.formats.converters.vit",
-    "ViTImageConverter": "kcookbook.formats.converters.vit",
-    "ViTImageClassifier": "kcookbook.formats.converters.vit",
-    "EfficientNetBackbone": "kcookbook.formats.converters.efficientnet",
-    "EfficientNetImageConverter": "kcookbook.formats.converters.efficientnet",
-    "EfficientNetImageClassifier": "kcookbook.formats.converters.efficientnet",
-    "BertBackbone": "kcookbook.formats.converters.bert",
-    "BertTokenizer": "kcookbook.formats.converters.bert",
-    "GPT2Backbone": "kcookbook.formats.converters.gpt2",
-    "GPT2Tokenizer": "kcookbook.formats.converters.gpt2",
-    "GemmaBackbone": "kcookbook.formats.converters.gemma",
-    "MistralBackbone": "kcookbook.formats.converters.mistral",
-    "GemmaTokenizer": "kcookbook.formats.converters.gemma",
-    "MistralTokenizer": "kcookbook.formats.converters.mistral",
-}
+
+def for_family(family):
+    """The converter of ``family`` (a key of ``CONVERTERS``)."""
+    module, _, name = CONVERTERS[family].partition(":")
+    return getattr(importlib.import_module(module), name)()
+
+
+@functools.cache
+def _index():
+    """``({hf model_type: converter}, {keras_hub class name: converter})`` of every family."""
+    by_model_type, by_keras_hub_class = {}, {}
+    for family in CONVERTERS:
+        converter = for_family(family)
+        by_model_type.update(dict.fromkeys(converter.hf_model_types, converter))
+        by_keras_hub_class.update(dict.fromkeys(converter.keras_hub_classes, converter))
+    return by_model_type, by_keras_hub_class
 
 
 def for_hf_model_type(model_type):
-    module = HF_MODEL_TYPES.get(model_type)
-    return importlib.import_module(module) if module else None
+    """The converter of a Hugging Face ``config.json``'s ``model_type``, or None."""
+    return _index()[0].get(model_type)
 
 
 def for_keras_hub_class(class_name):
-    module = KERAS_HUB_CLASSES.get(class_name)
-    return importlib.import_module(module) if module else None
+    """The converter of a keras_hub class name (``"BertBackbone"``), or None."""
+    return _index()[1].get(class_name)
 
 
 def known_hf_model_types():
-    return sorted(HF_MODEL_TYPES)
+    return sorted(_index()[0])
 
 
 def known_keras_hub_classes():
-    return sorted(KERAS_HUB_CLASSES)
+    return sorted(_index()[1])

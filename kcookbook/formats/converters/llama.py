@@ -13,6 +13,7 @@ import os
 import numpy as np
 
 from kcookbook.backbones.llama import LlamaBackbone
+from kcookbook.formats.converters.base import Converter
 from kcookbook.formats.converters.common import linear_kernel, strip_prefix, take
 from kcookbook.presets.errors import PresetError
 
@@ -72,44 +73,6 @@ def decoder_config(hf_config, tie_default=False):
     }
 
 
-def backbone_from_hf(hf_config, **overrides):
-    return LlamaBackbone(**{**decoder_config(hf_config), **overrides})
-
-
-def weights_from_hf(tensors, backbone):
-    """Hugging Face tensor names → ``{variable.path: array}`` for any Llama-family backbone."""
-    t = strip_prefix(tensors, ("model.",))
-    out = {"token_embedding/embeddings": take(t, "embed_tokens.weight"),
-           "final_norm/scale": take(t, "norm.weight")}
-    if backbone.tie_word_embeddings:
-        t.pop("lm_head.weight", None)
-    else:
-        out["token_embedding/reverse_embeddings"] = linear_kernel(take(t, "lm_head.weight"))
-    for i in range(backbone.num_layers):
-        hf, ours = f"layers.{i}.", f"transformer_layer_{i}/"
-        projections = [f"{hf}self_attn.{n}_proj" for n in ("q", "k", "v")]
-        out[ours + "attention/qkv/kernel"] = np.concatenate(
-            [linear_kernel(take(t, p + ".weight")) for p in projections], axis=1)
-        out[ours + "attention/output/kernel"] = linear_kernel(take(t, hf + "self_attn.o_proj.weight"))
-        if backbone.attention_bias:
-            out[ours + "attention/qkv/bias"] = np.concatenate([take(t, p + ".bias") for p in projections])
-            out[ours + "attention/output/bias"] = take(t, hf + "self_attn.o_proj.bias")
-        out[ours + "attention_norm/scale"] = take(t, hf + "input_layernorm.weight")
-        out[ours + "feed_forward_norm/scale"] = take(t, hf + "post_attention_layernorm.weight")
-        if backbone.num_experts:
-            out.update(expert_weights(t, hf + "block_sparse_moe.", ours + "feed_forward/",
-                                      backbone.num_experts))
-        else:
-            out[ours + "feed_forward/gate_up/kernel"] = np.concatenate(
-                [linear_kernel(take(t, f"{hf}mlp.{n}_proj.weight")) for n in ("gate", "up")], axis=1)
-            out[ours + "feed_forward/output/kernel"] = linear_kernel(take(t, hf + "mlp.down_proj.weight"))
-    t = {k: v for k, v in t.items() if not k.endswith("rotary_emb.inv_freq")}
-    if t:
-        raise PresetError(f"The checkpoint has tensors the {type(backbone).__name__} does not use: "
-                          f"{sorted(t)[:5]}. Is config.json describing this checkpoint?")
-    return out
-
-
 def expert_weights(t, hf, ours, num_experts):
     """Mixtral's ``gate`` router and ``experts.{e}.w1/w3/w2`` → stacked expert kernels."""
     gate_up, output = [], []
@@ -121,39 +84,6 @@ def expert_weights(t, hf, ours, num_experts):
             ours + "expert_gate_up": np.stack(gate_up), ours + "expert_output": np.stack(output)}
 
 
-def tokenizer_from_hf(folder, **kwargs):
-    """The folder's tokenizer (``tokenizer.json``, GPT-2 ``vocab.json`` + ``merges.txt``, or a
-    SentencePiece ``tokenizer.model``), or None when it has none: the model then runs on ids.
-
-    Generation stops where transformers' ``generate`` would: at the tokenizer's end token and at
-    every other ``eos_token_id`` of ``generation_config.json`` (chat models list their end-of-turn
-    token there: Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``)."""
-    tokenizer = None
-    if os.path.exists(os.path.join(folder, "tokenizer.json")):
-        from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
-
-        tokenizer = HuggingFaceTokenizer.from_hf_folder(folder, **kwargs)
-    elif all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
-        from kcookbook.components.byte_pair import BytePairTokenizer
-
-        tokenizer = BytePairTokenizer(os.path.join(folder, "vocab.json"),
-                                      os.path.join(folder, "merges.txt"), **kwargs)
-    elif os.path.exists(os.path.join(folder, "tokenizer.model")):
-        from kcookbook.components import sentencepiece
-
-        tokenizer = sentencepiece.SentencePieceTokenizer(os.path.join(folder, "tokenizer.model"),
-                                                         **kwargs)
-    if tokenizer is not None and "stop_tokens" not in kwargs:
-        extra = [i for i in generation_eos_ids(folder) if i != tokenizer.end_token_id]
-        try:
-            tokenizer.stop_tokens = tuple(tokenizer.id_to_token(i) for i in extra)
-        except (KeyError, IndexError) as e:
-            raise PresetError(f"{os.path.join(folder, 'generation_config.json')}: eos_token_id "
-                              f"{extra} has an id outside the tokenizer's vocabulary "
-                              f"({tokenizer.vocabulary_size} tokens).") from e
-    return tokenizer
-
-
 def generation_eos_ids(folder):
     """The ``eos_token_id`` (an int or a list) of the folder's ``generation_config.json``, as a list."""
     path = os.path.join(folder, "generation_config.json")
@@ -162,3 +92,78 @@ def generation_eos_ids(folder):
     with open(path, encoding="utf-8") as f:
         eos = json.load(f).get("eos_token_id")
     return [] if eos is None else [int(i) for i in (eos if isinstance(eos, list) else [eos])]
+
+
+class LlamaConverter(Converter):
+    """Llama-style decoders from Hugging Face ``llama`` folders (and GGUF files read as one)."""
+
+    family = "llama"
+    hf_model_types = ("llama",)
+
+    def backbone_from_hf(self, hf_config, **overrides):
+        return LlamaBackbone(**{**decoder_config(hf_config), **overrides})
+
+    def weights_from_hf(self, tensors, backbone):
+        """Hugging Face tensor names → ``{variable.path: array}`` for any Llama-family backbone."""
+        t = strip_prefix(tensors, ("model.",))
+        out = {"token_embedding/embeddings": take(t, "embed_tokens.weight"),
+               "final_norm/scale": take(t, "norm.weight")}
+        if backbone.tie_word_embeddings:
+            t.pop("lm_head.weight", None)
+        else:
+            out["token_embedding/reverse_embeddings"] = linear_kernel(take(t, "lm_head.weight"))
+        for i in range(backbone.num_layers):
+            hf, ours = f"layers.{i}.", f"transformer_layer_{i}/"
+            projections = [f"{hf}self_attn.{n}_proj" for n in ("q", "k", "v")]
+            out[ours + "attention/qkv/kernel"] = np.concatenate(
+                [linear_kernel(take(t, p + ".weight")) for p in projections], axis=1)
+            out[ours + "attention/output/kernel"] = linear_kernel(take(t, hf + "self_attn.o_proj.weight"))
+            if backbone.attention_bias:
+                out[ours + "attention/qkv/bias"] = np.concatenate([take(t, p + ".bias") for p in projections])
+                out[ours + "attention/output/bias"] = take(t, hf + "self_attn.o_proj.bias")
+            out[ours + "attention_norm/scale"] = take(t, hf + "input_layernorm.weight")
+            out[ours + "feed_forward_norm/scale"] = take(t, hf + "post_attention_layernorm.weight")
+            if backbone.num_experts:
+                out.update(expert_weights(t, hf + "block_sparse_moe.", ours + "feed_forward/",
+                                          backbone.num_experts))
+            else:
+                out[ours + "feed_forward/gate_up/kernel"] = np.concatenate(
+                    [linear_kernel(take(t, f"{hf}mlp.{n}_proj.weight")) for n in ("gate", "up")], axis=1)
+                out[ours + "feed_forward/output/kernel"] = linear_kernel(take(t, hf + "mlp.down_proj.weight"))
+        t = {k: v for k, v in t.items() if not k.endswith("rotary_emb.inv_freq")}
+        if t:
+            raise PresetError(f"The checkpoint has tensors the {type(backbone).__name__} does not use: "
+                              f"{sorted(t)[:5]}. Is config.json describing this checkpoint?")
+        return out
+
+    def tokenizer_from_hf(self, folder, **kwargs):
+        """The folder's tokenizer (``tokenizer.json``, GPT-2 ``vocab.json`` + ``merges.txt``, or a
+        SentencePiece ``tokenizer.model``), or None when it has none: the model then runs on ids.
+
+        Generation stops where transformers' ``generate`` would: at the tokenizer's end token and at
+        every other ``eos_token_id`` of ``generation_config.json`` (chat models list their end-of-turn
+        token there: Gemma's ``<end_of_turn>``, Llama 3's ``<|eot_id|>``)."""
+        tokenizer = None
+        if os.path.exists(os.path.join(folder, "tokenizer.json")):
+            from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
+
+            tokenizer = HuggingFaceTokenizer.from_hf_folder(folder, **kwargs)
+        elif all(os.path.exists(os.path.join(folder, f)) for f in ("vocab.json", "merges.txt")):
+            from kcookbook.components.byte_pair import BytePairTokenizer
+
+            tokenizer = BytePairTokenizer(os.path.join(folder, "vocab.json"),
+                                          os.path.join(folder, "merges.txt"), **kwargs)
+        elif os.path.exists(os.path.join(folder, "tokenizer.model")):
+            from kcookbook.components import sentencepiece
+
+            tokenizer = sentencepiece.SentencePieceTokenizer(os.path.join(folder, "tokenizer.model"),
+                                                             **kwargs)
+        if tokenizer is not None and "stop_tokens" not in kwargs:
+            extra = [i for i in generation_eos_ids(folder) if i != tokenizer.end_token_id]
+            try:
+                tokenizer.stop_tokens = tuple(tokenizer.id_to_token(i) for i in extra)
+            except (KeyError, IndexError) as e:
+                raise PresetError(f"{os.path.join(folder, 'generation_config.json')}: eos_token_id "
+                                  f"{extra} has an id outside the tokenizer's vocabulary "
+                                  f"({tokenizer.vocabulary_size} tokens).") from e
+        return tokenizer

@@ -22,39 +22,18 @@ import os
 import numpy as np
 
 from kcookbook.backbones.resnet import BOTTLENECK_EXPANSION, ResNetBackbone
-from kcookbook.formats.converters.common import (  # noqa: F401 (keras_hub converter/head, looked up by name)
+from kcookbook.formats.converters.common import (
+    ImageClassifierConverter,
     image_classifier_from_keras_hub,
-    image_converter_from_keras_hub,
     keras_hub_weights_by_position,
     linear_kernel,
     strip_prefix,
     take,
-    task_weights_from_keras_hub,
 )
 from kcookbook.presets.errors import PresetError
 
 BN_NAMES = (("weight", "gamma"), ("bias", "beta"), ("running_mean", "moving_mean"),
             ("running_var", "moving_variance"))
-
-
-# ----- Hugging Face -----
-def backbone_from_hf(config, **overrides):
-    if config.get("downsample_in_bottleneck"):
-        raise PresetError("This ResNet puts the stride on the bottleneck's first 1×1 convolution "
-                          "(downsample_in_bottleneck=True); kcookbook's ResNet strides on the 3×3.")
-    if config.get("hidden_act", "relu") != "relu":
-        raise PresetError(f"ResNet activation {config['hidden_act']!r} is not supported (only relu).")
-    block_type = {"basic": "basic", "bottleneck": "bottleneck"}[config.get("layer_type", "bottleneck")]
-    expansion = BOTTLENECK_EXPANSION if block_type == "bottleneck" else 1
-    depths = config["depths"]
-    kwargs = dict(
-        stackwise_num_filters=[h // expansion for h in config["hidden_sizes"]],
-        stackwise_num_blocks=list(depths),
-        stackwise_num_strides=[2 if config.get("downsample_in_first_stage") else 1] + [2] * (len(depths) - 1),
-        block_type=block_type, stem_filters=config.get("embedding_size", 64),
-        image_shape=(None, None, config.get("num_channels", 3)),
-    )
-    return ResNetBackbone(**{**kwargs, **overrides})
 
 
 def conv_kernel(weight):
@@ -69,76 +48,92 @@ def _conv_bn(tensors, theirs, ours, out):
     tensors.pop(f"{theirs}.normalization.num_batches_tracked", None)
 
 
-def weights_from_hf(tensors, backbone):
-    t = strip_prefix(tensors, ["resnet."])
-    out = {}
-    _conv_bn(t, "embedder.embedder", "conv1", out)
-    convs = 2 if backbone.block_type == "basic" else 3
-    for s, blocks in enumerate(backbone.stackwise_num_blocks):
-        for b in range(blocks):
-            theirs, ours = f"encoder.stages.{s}.layers.{b}", f"stack{s}_block{b}"
-            if f"{theirs}.shortcut.convolution.weight" in t:
-                _conv_bn(t, f"{theirs}.shortcut", f"{ours}_0", out)
-            for k in range(convs):
-                _conv_bn(t, f"{theirs}.layer.{k}", f"{ours}_{k + 1}", out)
-    return out
+class ResNetConverter(ImageClassifierConverter):
+    """ResNet: Hugging Face ``resnet`` folders and keras_hub ResNet presets (backbone, converter, classifier)."""
 
+    family = "resnet"
+    hf_model_types = ("resnet",)
+    keras_hub_classes = ("ResNetBackbone", "ResNetImageConverter", "ResNetImageClassifier")
 
-def image_converter_from_hf(folder):
-    """The image processor's settings from ``preprocessor_config.json`` (None when absent)."""
-    file = os.path.join(folder, "preprocessor_config.json")
-    if not os.path.exists(file):
-        return None
-    with open(file, encoding="utf-8") as f:
-        processor = json.load(f)
-    size = processor.get("size", 224)
-    if isinstance(size, dict):
-        size = size.get("shortest_edge") or size.get("height") or 224
-    interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(processor.get("resample", 2), "bilinear")
-    normalize = processor.get("do_normalize", True)
-    return {"image_size": (size, size), "interpolation": interpolation,
-            "scale": processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0,
-            "mean": processor.get("image_mean") if normalize else None,
-            "std": processor.get("image_std") if normalize else None}
+    # ----- Hugging Face -----
+    def backbone_from_hf(self, config, **overrides):
+        if config.get("downsample_in_bottleneck"):
+            raise PresetError("This ResNet puts the stride on the bottleneck's first 1×1 convolution "
+                              "(downsample_in_bottleneck=True); kcookbook's ResNet strides on the 3×3.")
+        if config.get("hidden_act", "relu") != "relu":
+            raise PresetError(f"ResNet activation {config['hidden_act']!r} is not supported (only relu).")
+        block_type = {"basic": "basic", "bottleneck": "bottleneck"}[config.get("layer_type", "bottleneck")]
+        expansion = BOTTLENECK_EXPANSION if block_type == "bottleneck" else 1
+        depths = config["depths"]
+        kwargs = dict(
+            stackwise_num_filters=[h // expansion for h in config["hidden_sizes"]],
+            stackwise_num_blocks=list(depths),
+            stackwise_num_strides=[2 if config.get("downsample_in_first_stage") else 1] + [2] * (len(depths) - 1),
+            block_type=block_type, stem_filters=config.get("embedding_size", 64),
+            image_shape=(None, None, config.get("num_channels", 3)),
+        )
+        return ResNetBackbone(**{**kwargs, **overrides})
 
+    def weights_from_hf(self, tensors, backbone):
+        t = strip_prefix(tensors, ["resnet."])
+        out = {}
+        _conv_bn(t, "embedder.embedder", "conv1", out)
+        convs = 2 if backbone.block_type == "basic" else 3
+        for s, blocks in enumerate(backbone.stackwise_num_blocks):
+            for b in range(blocks):
+                theirs, ours = f"encoder.stages.{s}.layers.{b}", f"stack{s}_block{b}"
+                if f"{theirs}.shortcut.convolution.weight" in t:
+                    _conv_bn(t, f"{theirs}.shortcut", f"{ours}_0", out)
+                for k in range(convs):
+                    _conv_bn(t, f"{theirs}.layer.{k}", f"{ours}_{k + 1}", out)
+        return out
 
-def classifier_head_from_hf(tensors):
-    """``ResNetForImageClassification``'s head (``classifier.1``) as ``(kernel, bias)``, or None."""
-    if "classifier.1.weight" not in tensors:
-        return None
-    return linear_kernel(tensors["classifier.1.weight"]), np.asarray(tensors["classifier.1.bias"])
+    def image_converter_from_hf(self, folder):
+        """The image processor's settings from ``preprocessor_config.json`` (None when absent)."""
+        file = os.path.join(folder, "preprocessor_config.json")
+        if not os.path.exists(file):
+            return None
+        with open(file, encoding="utf-8") as f:
+            processor = json.load(f)
+        size = processor.get("size", 224)
+        if isinstance(size, dict):
+            size = size.get("shortest_edge") or size.get("height") or 224
+        interpolation = {0: "nearest", 2: "bilinear", 3: "bicubic"}.get(processor.get("resample", 2), "bilinear")
+        normalize = processor.get("do_normalize", True)
+        return {"image_size": (size, size), "interpolation": interpolation,
+                "scale": processor.get("rescale_factor", 1 / 255) if processor.get("do_rescale", True) else 1.0,
+                "mean": processor.get("image_mean") if normalize else None,
+                "std": processor.get("image_std") if normalize else None}
 
+    def classifier_head_from_hf(self, tensors):
+        """``ResNetForImageClassification``'s head (``classifier.1``) as ``(kernel, bias)``, or None."""
+        if "classifier.1.weight" not in tensors:
+            return None
+        return linear_kernel(tensors["classifier.1.weight"]), np.asarray(tensors["classifier.1.bias"])
 
-def class_names_from_hf(config):
-    labels = config.get("id2label")
-    return [labels.get(str(i), labels.get(i)) for i in range(len(labels))] if labels else None
+    # ----- KerasHub -----
+    def backbone_from_keras_hub(self, config, **overrides):
+        block_type, _, vd = config["block_type"].partition("_block")
+        if block_type not in ("basic", "bottleneck") or vd not in ("", "_vd"):
+            raise PresetError(f"This keras_hub ResNet's block_type {config['block_type']!r} is one kcookbook "
+                              "does not convert (basic_block, bottleneck_block and their _vd forms are).")
+        kwargs = dict(
+            stackwise_num_filters=config["stackwise_num_filters"],
+            stackwise_num_blocks=config["stackwise_num_blocks"],
+            stackwise_num_strides=config["stackwise_num_strides"], block_type=block_type,
+            stem_filters=config["input_conv_filters"],
+            stem_kernel_sizes=config["input_conv_kernel_sizes"],
+            preactivation=bool(config.get("use_pre_activation", False)), avg_pool_shortcut=vd == "_vd",
+            image_shape=tuple(config.get("image_shape") or (None, None, 3)),
+        )
+        return ResNetBackbone(**{**kwargs, **overrides})
 
+    def weights_from_keras_hub(self, arrays, backbone):
+        """KerasHub's ResNet graph (v1 or v2) has the same weighted layers as ours in the same
+        topological order (the activations differ in class, but hold no weights): mapped by position."""
+        return keras_hub_weights_by_position(arrays, backbone, "ResNet")
 
-# ----- KerasHub -----
-def backbone_from_keras_hub(config, **overrides):
-    block_type, _, vd = config["block_type"].partition("_block")
-    if block_type not in ("basic", "bottleneck") or vd not in ("", "_vd"):
-        raise PresetError(f"This keras_hub ResNet's block_type {config['block_type']!r} is one kcookbook "
-                          "does not convert (basic_block, bottleneck_block and their _vd forms are).")
-    kwargs = dict(
-        stackwise_num_filters=config["stackwise_num_filters"],
-        stackwise_num_blocks=config["stackwise_num_blocks"],
-        stackwise_num_strides=config["stackwise_num_strides"], block_type=block_type,
-        stem_filters=config["input_conv_filters"],
-        stem_kernel_sizes=config["input_conv_kernel_sizes"],
-        preactivation=bool(config.get("use_pre_activation", False)), avg_pool_shortcut=vd == "_vd",
-        image_shape=tuple(config.get("image_shape") or (None, None, 3)),
-    )
-    return ResNetBackbone(**{**kwargs, **overrides})
-
-
-def weights_from_keras_hub(arrays, backbone):
-    """KerasHub's ResNet graph (v1 or v2) has the same weighted layers as ours in the same
-    topological order (the activations differ in class, but hold no weights): mapped by position."""
-    return keras_hub_weights_by_position(arrays, backbone, "ResNet")
-
-
-def task_from_keras_hub(task_cls, config, backbone, **kwargs):
-    """keras_hub's ``ResNetImageClassifier`` (pooling → dropout → Dense) as an ``ImageClassifier``."""
-    return image_classifier_from_keras_hub(task_cls, config, backbone, config.get("pooling") or "avg",
-                                           **kwargs)
+    def task_from_keras_hub(self, task_cls, config, backbone, **kwargs):
+        """keras_hub's ``ResNetImageClassifier`` (pooling → dropout → Dense) as an ``ImageClassifier``."""
+        return image_classifier_from_keras_hub(task_cls, config, backbone, config.get("pooling") or "avg",
+                                               **kwargs)
