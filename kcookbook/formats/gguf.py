@@ -29,8 +29,8 @@ import os
 import numpy as np
 
 from kcookbook.formats import converters
-from kcookbook.presets.errors import PresetError
 from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader
+from kcookbook.presets.errors import PresetError
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 

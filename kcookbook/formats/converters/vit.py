@@ -20,7 +20,6 @@ import os
 import numpy as np
 
 from kcookbook.backbones.vit import ViTBackbone
-from kcookbook.presets import files
 from kcookbook.formats.converters.common import (
     ImageClassifierConverter,
     hf_encoder_layer,
@@ -31,6 +30,7 @@ from kcookbook.formats.converters.common import (
     strip_prefix,
     take,
 )
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
 HF_ACTIVATIONS = {"gelu": "gelu", "gelu_new": "gelu_approximate", "gelu_pytorch_tanh": "gelu_approximate"}
