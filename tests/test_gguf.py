@@ -19,7 +19,7 @@ from conftest import TRICKY_SENTENCES, package_path, real_tweets
 from kcookbook import presets
 from kcookbook.components import BytePairTokenizer
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.gguf import GGUFCheckpoint, GGUFLoader
+from kcookbook.formats.gguf import GGUFCheckpoint, GGUFLoader
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

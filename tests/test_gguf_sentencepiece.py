@@ -23,7 +23,7 @@ from conftest import TRICKY_SENTENCES
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.data import load_shakespeare
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.gguf import GGUFCheckpoint
+from kcookbook.formats.gguf import GGUFCheckpoint
 from kcookbook.tasks import CausalLM
 from test_gguf import write_tiny_llama_gguf
 

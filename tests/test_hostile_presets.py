@@ -19,7 +19,7 @@ import kcookbook
 from kcookbook.backbones import Backbone, BertBackbone
 from kcookbook.components import Tokenizer
 from kcookbook.presets import PresetError, files
-from kcookbook.presets.gguf import GGUFCheckpoint
+from kcookbook.formats.gguf import GGUFCheckpoint
 from kcookbook.tasks import TextClassifier, TextClassifierPreprocessor
 
 from test_bad_input import _tiny_hf_folder, backbone, tokenizer  # noqa: F401 (fixtures)

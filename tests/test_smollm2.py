@@ -17,7 +17,7 @@ import pytest
 
 from conftest import package_path
 from kcookbook import presets
-from kcookbook.presets.gguf import GGUFLoader
+from kcookbook.formats.gguf import GGUFLoader
 from kcookbook.tasks import CausalLM
 
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"

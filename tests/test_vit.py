@@ -15,7 +15,9 @@ import transformers
 import kcookbook
 from kcookbook.backbones import ViTBackbone
 from kcookbook.components import PatchEmbedding
-from kcookbook.presets.converters import vit as vit_converter
+from kcookbook.formats.converters.vit import ViTConverter
+
+vit_converter = ViTConverter()
 
 TOLERANCE = 1e-4
 

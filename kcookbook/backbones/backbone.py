@@ -6,6 +6,9 @@ about the task on top, and loads from any preset handle with ``from_preset``.
 
 import keras
 
+from kcookbook.components.preset_entry import load_preset
+from kcookbook.presets import save_preset
+
 
 class Backbone(keras.Model):
     """Base class of every backbone.
@@ -42,9 +45,7 @@ class Backbone(keras.Model):
             load_weights: False builds the architecture with random weights.
             **kwargs: override config entries (e.g. ``dropout=0.0``, ``dtype="bfloat16"``).
         """
-        from kcookbook import presets
-
-        backbone = presets.load(handle).load_backbone(load_weights=load_weights, **kwargs)
+        backbone = load_preset(handle).load_backbone(load_weights=load_weights, **kwargs)
         if not isinstance(backbone, cls):
             raise TypeError(
                 f"Preset {handle!r} holds a {type(backbone).__name__}, not a {cls.__name__}. "
@@ -61,9 +62,7 @@ class Backbone(keras.Model):
 
     def save_to_preset(self, directory, metadata=None):
         """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` (KerasHub layout), atomically."""
-        from kcookbook import presets
-
-        presets.save_preset(directory, backbone=self, metadata=metadata)
+        save_preset(directory, backbone=self, metadata=metadata)
 
     # ----- LoRA (see kcookbook.components.lora) -----
     def enable_lora(self, rank, target_names=None, lora_alpha=None):

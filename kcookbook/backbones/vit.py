@@ -12,7 +12,7 @@ the [CLS] token (``ImageClassifier``'s ``pooling="first_token"``, its default fo
 what Hugging Face's ViTForImageClassification does).
 
 Hugging Face ``ViTModel`` / ``ViTForImageClassification`` checkpoints convert into it
-(``kcookbook/presets/converters/vit.py``). Hugging Face's optional ``pooler`` (a tanh dense layer
+(``kcookbook/formats/converters/vit.py``). Hugging Face's optional ``pooler`` (a tanh dense layer
 that its image classifier does not use) is not part of this backbone.
 
     >>> backbone = ViTBackbone(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2,

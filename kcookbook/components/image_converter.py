@@ -26,6 +26,9 @@ Input rules (each broken rule is a ValueError that says what to do):
 import keras
 import numpy as np
 
+from kcookbook.components.preset_entry import load_preset
+from kcookbook.presets.errors import PresetError
+
 
 def _is_tf_tensor(x):
     return type(x).__module__.startswith("tensorflow")
@@ -175,10 +178,7 @@ class ImageConverter:
     @classmethod
     def from_preset(cls, handle):
         """The image converter a preset names (its size and normalisation)."""
-        from kcookbook import presets
-        from kcookbook.presets.errors import PresetError
-
-        converter = presets.load(handle).load_image_converter()
+        converter = load_preset(handle).load_image_converter()
         if converter is None:
             raise PresetError(f"Preset {handle!r} has no image converter (it is not a vision preset).")
         return converter

@@ -22,6 +22,8 @@ import os
 import keras
 import numpy as np
 
+from kcookbook.presets.files import open_h5
+
 # Layer names of the projections LoRA adapts by default: the fused query/key/value projection of
 # kcookbook's attention ("qkv"), and the separate query and value projections of other code.
 DEFAULT_LORA_TARGETS = ("qkv", "query", "value", "query_key_value", "q_proj", "v_proj")
@@ -118,8 +120,6 @@ def load_lora_weights(model, path):
     """Load LoRA matrices written by :func:`save_lora_weights`, enabling LoRA on the same layers if
     it is not enabled yet. Names and shapes must match; a mismatch names the layer."""
     import h5py
-
-    from kcookbook.presets.files import open_h5
 
     arrays = {}
     with open_h5(os.fspath(path)) as f:

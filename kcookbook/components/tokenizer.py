@@ -20,6 +20,9 @@ import re
 import keras
 import numpy as np
 
+from kcookbook.components.preset_entry import load_preset
+from kcookbook.presets.errors import PresetError
+
 
 def _as_text(item):
     if isinstance(item, bytes):
@@ -147,12 +150,10 @@ class Tokenizer:
         >>> tokenizer("The quick brown fox.")  # doctest: +SKIP
         [1996, 4248, 2829, 4419, 1012]
         """
-        from kcookbook import presets
-
-        loader = presets.load(handle)
+        loader = load_preset(handle)
         tokenizer = loader.load_tokenizer(**kwargs)
         if tokenizer is None:
-            raise presets.PresetError(
+            raise PresetError(
                 f"Preset {handle!r} ({loader.path}) has no tokenizer: it holds no tokenizer.json + "
                 "assets/tokenizer/ (KerasHub layout) nor vocab.txt/tokenizer.json (Hugging Face). Save "
                 "the preset with its tokenizer, or build the tokenizer from a vocabulary yourself."

@@ -1,4 +1,9 @@
-"""Presets: find, read, convert and write model directories in the KerasHub layout.
+"""Presets: find, read and write model directories in the KerasHub layout (preset storage).
+
+This package sits under every model layer and imports no model code: it resolves handles, reads and
+writes preset files atomically and raises ``PresetError``. Reading a preset into models
+(``load``, ``PresetLoader``, ``register_format``) is ``kcookbook.formats``; those names are also
+reachable from here.
 
 A handle is one of
 
@@ -12,6 +17,7 @@ A handle is one of
     >>> print(presets.list_presets())  # doctest: +SKIP
 """
 
+import importlib
 import os
 
 import keras
@@ -19,9 +25,18 @@ import keras
 from kcookbook.presets import files
 from kcookbook.presets.builtin import PresetInfo, all_presets, get_preset, register_preset
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import PresetLoader, load, register_format
 from kcookbook.presets.resolve import resolve
-from kcookbook.presets import gguf  # noqa: E402,F401  (registers the "gguf" format)
+
+# Names of the format layer (kcookbook.formats, above every model layer) that this package has always
+# exported; looked up when first used, so preset storage itself imports no model code.
+FORMAT_NAMES = {"PresetLoader": "kcookbook.formats", "load": "kcookbook.formats",
+                "register_format": "kcookbook.formats"}
+
+
+def __getattr__(name):
+    if name in FORMAT_NAMES:
+        return getattr(importlib.import_module(FORMAT_NAMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 class PresetTable(list):

@@ -16,6 +16,8 @@ import keras
 import numpy as np
 
 from kcookbook.components.image_converter import ImageConverter
+from kcookbook.components.preset_entry import load_preset
+from kcookbook.presets.errors import PresetError
 from kcookbook.tasks.task import Task
 
 POOLINGS = ("auto", "avg", "max", "first_token")
@@ -154,10 +156,7 @@ class ImageClassifier(Task):
         inputs to another resolution than the preset's, e.g. small images for fast fine-tuning.
         ``load_weights=False`` builds the same architecture with random weights (from scratch).
         """
-        from kcookbook import presets
-        from kcookbook.presets.errors import PresetError
-
-        loader = presets.load(handle)
+        loader = load_preset(handle)
         head_kwargs = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
         task = loader.load_task(cls, load_weights=load_weights, **head_kwargs)
         if task is None:

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.packers import MultiSegmentPacker
+from kcookbook.components.preset_entry import load_preset
 from kcookbook.components.tokenizer import _is_tf_tensor
 
 
@@ -75,9 +76,7 @@ class Preprocessor:
     @classmethod
     def from_preset(cls, handle, **kwargs):
         """The preprocessor of a preset, with its tokenizer and sequence length."""
-        from kcookbook import presets
-
-        return presets.load(handle).load_preprocessor(cls, **kwargs)
+        return load_preset(handle).load_preprocessor(cls, **kwargs)
 
 
 def _texts(segment):

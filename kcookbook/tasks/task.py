@@ -8,7 +8,8 @@ untouched, so the same task also runs on already-preprocessed data.
 import keras
 import numpy as np
 
-from kcookbook.presets import files
+from kcookbook.components.preset_entry import load_preset
+from kcookbook.presets import files, save_preset
 
 
 def _is_dataset(x):
@@ -167,10 +168,7 @@ class Task(keras.Model):
         replaces the preset's (``preprocessor=None``: the model alone, fed token ids; the preset's
         tokenizer files are then not read at all).
         """
-        from kcookbook import presets
-        from kcookbook.presets.loaders import accepted_kwargs
-
-        loader = presets.load(handle)
+        loader = load_preset(handle)
         given = "preprocessor" in kwargs
         preprocessor = kwargs.pop("preprocessor", None)
         task = loader.load_task(cls, load_weights=load_weights, with_preprocessor=not given, **kwargs)
@@ -183,14 +181,12 @@ class Task(keras.Model):
         preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
         if not given and cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
             preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
-        defaults = accepted_kwargs(cls.__init__, loader.task_defaults())
+        defaults = loader.task_kwargs(cls)
         return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})
 
     def save_to_preset(self, directory, metadata=None):
         """Write backbone, tokenizer, preprocessor and head as one preset directory, atomically."""
-        from kcookbook import presets
-
-        presets.save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
+        save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
                             task=self, metadata=metadata)
 
 

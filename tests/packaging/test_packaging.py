@@ -115,7 +115,7 @@ def test_jax_only_install_imports_trains_and_embeds_like_sentence_transformers(
     assert "jax-only smoke check passed" in result.stdout, result.stdout[-2000:]
     with np.load(tmp_path / "out.npz") as out:
         ours, modules = out["embeddings"], list(out["modules"])
-    assert "kcookbook.presets.gguf" in modules and "kcookbook.tasks.causal_lm" in modules, modules
+    assert "kcookbook.formats.gguf" in modules and "kcookbook.tasks.causal_lm" in modules, modules
 
     import sentence_transformers
     reference = sentence_transformers.SentenceTransformer(minilm_path, device="cpu").encode(

@@ -2,6 +2,8 @@
 
 import numpy as np
 
+from kcookbook.formats.converters.base import Converter
+
 
 def take(tensors, name, source="checkpoint"):
     """Pop ``name`` from a dict of arrays with a clear error when it is absent."""
@@ -251,3 +253,14 @@ def image_classifier_from_keras_hub(task_cls, config, backbone, pooling, **kwarg
             "dropout": config.get("dropout") or 0.0,
             "class_names": imagenet_class_names() if num_classes == 1000 else None}
     return task_cls(backbone=backbone, num_classes=num_classes, **{**head, **kwargs})
+
+
+class ImageClassifierConverter(Converter):
+    """Hooks the vision families share: keras_hub's ``…ImageConverter`` classes and its image
+    classifier heads have one layout for every family."""
+
+    def image_converter_from_keras_hub(self, config, **kwargs):
+        return image_converter_from_keras_hub(config, **kwargs)
+
+    def task_weights_from_keras_hub(self, arrays, task):
+        return task_weights_from_keras_hub(arrays, task)

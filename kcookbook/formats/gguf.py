@@ -28,9 +28,10 @@ import os
 
 import numpy as np
 
-from kcookbook.presets import converters, files, headers
+from kcookbook.formats import converters
+from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader
+from kcookbook.presets import files, headers
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import HuggingFaceLoader, PresetLoader, register_format
 
 SUPPORTED_ARCHITECTURES = ("llama",)
 
@@ -456,6 +457,3 @@ class GGUFLoader(HuggingFaceLoader):
         return {"source": f"GGUF file {os.path.basename(self.path)}",
                 "name": meta.get("general.name"), "license": meta.get("general.license"),
                 "quantization": self.checkpoint.quantization_types()}
-
-
-register_format("gguf", GGUFLoader.detect, GGUFLoader)

@@ -1,23 +1,41 @@
 """Format detection and loaders: a local preset path → backbone, tokenizer, preprocessor, task.
 
-Two formats ship here; later families register more (GGUF, torch state dicts) with
-``register_format``:
+The formats kcookbook reads are named in ``FORMATS`` by dotted path and imported when a preset is
+loaded (nothing is imported to register itself); ``register_format`` adds more at run time:
 
 * ``keras``: the KerasHub layout (``config.json`` naming a class, ``model.weights.h5``…), written by
   kcookbook or by keras_hub (translated by a converter).
 * ``huggingface``: a ``save_pretrained`` folder (``config.json`` with ``model_type``,
   ``model.safetensors``), converted on load.
+* ``efficientnet_lite_state_dict``: a lukemelas-style ``efficientnet-lite*.pth`` torch state dict.
+* ``gguf``: a llama.cpp ``.gguf`` file, read as a Hugging Face checkpoint of its model type.
 """
 
+import importlib
 import inspect
 import os
 
 import keras
 
-from kcookbook.presets import converters, files
+from kcookbook.formats import converters
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError, blaming
 
-_FORMATS = []
+# name → "module:LoaderClass", tried in this order; the class's ``detect(path)`` says whether it reads path.
+FORMATS = {
+    "keras": "kcookbook.formats.loaders:KerasPresetLoader",
+    "huggingface": "kcookbook.formats.loaders:HuggingFaceLoader",
+    "efficientnet_lite_state_dict": "kcookbook.formats.converters.efficientnet_lite:StateDictLoader",
+    "gguf": "kcookbook.formats.gguf:GGUFLoader",
+}
+
+_FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]
+
+
+def import_object(dotted_path):
+    """``"package.module:Name"`` → the object ``Name`` of that module (imported now)."""
+    module, _, name = dotted_path.partition(":")
+    return getattr(importlib.import_module(module), name)
 
 
 def register_format(name, detect, loader_cls, first=False):
@@ -26,18 +44,26 @@ def register_format(name, detect, loader_cls, first=False):
     _FORMATS.insert(0, entry) if first else _FORMATS.append(entry)
 
 
+def formats():
+    """``(name, detect, loader_cls)`` of every format, in the order ``load`` tries them."""
+    for name, detect, loader_cls in list(_FORMATS):
+        if isinstance(loader_cls, str):
+            loader_cls = import_object(loader_cls)
+        yield name, detect or loader_cls.detect, loader_cls
+
+
 def load(handle):
     """Resolve a handle and return the loader for what is there."""
     from kcookbook.presets.resolve import resolve
 
     path, info = resolve(handle)
-    for _, detect, loader_cls in _FORMATS:
+    for _, detect, loader_cls in formats():
         if detect(path):
             return loader_cls(path, handle, info)
     raise PresetError(
         f"Preset {handle!r} resolved to {path}, which kcookbook cannot read: expected a KerasHub preset "
         f"(config.json naming a class), a Hugging Face checkpoint (config.json with model_type) or "
-        f"another registered format ({', '.join(n for n, _, _ in _FORMATS)})."
+        f"another registered format ({', '.join(name for name, _, _ in _FORMATS)})."
     )
 
 
@@ -80,6 +106,10 @@ class PresetLoader:
     def task_defaults(self):
         """Constructor defaults for a task on this preset (e.g. pooling="mean" for sentence embedders)."""
         return {}
+
+    def task_kwargs(self, task_cls):
+        """The ``task_defaults()`` that ``task_cls``'s constructor takes."""
+        return accepted_kwargs(task_cls.__init__, self.task_defaults())
 
     def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         """A saved task of class ``task_cls`` whose config agrees with ``kwargs``, else None
@@ -250,7 +280,7 @@ class KerasPresetLoader(PresetLoader):
         """keras_hub's task (e.g. ``ResNetImageClassifier``) as ``task_cls`` with its head weights,
         when the family's converter knows it (``task_from_keras_hub``); None builds a fresh head."""
         converter = converters.for_keras_hub_class(config.get("class_name"))
-        if converter is None or not hasattr(converter, "task_from_keras_hub"):
+        if converter is None:
             return None
         backbone = self.load_backbone(load_weights=load_weights)
         task = converter.task_from_keras_hub(task_cls, config["config"], backbone, **kwargs)
@@ -320,11 +350,9 @@ class HuggingFaceLoader(PresetLoader):
         return self.converter.tokenizer_from_hf(self.path, **kwargs)
 
     def load_image_converter(self, **kwargs):
-        """From ``preprocessor_config.json``, for vision families: the converter module's
+        """From ``preprocessor_config.json``, for vision families: the converter's
         ``image_converter_from_hf(folder)`` gives the processor's settings (image_size, scale, mean,
         std, …) or None."""
-        if not hasattr(self.converter, "image_converter_from_hf"):
-            return None
         settings = self.converter.image_converter_from_hf(self.path)
         if settings is None:
             return None
@@ -334,9 +362,8 @@ class HuggingFaceLoader(PresetLoader):
 
     def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
         """A ``…ForImageClassification`` checkpoint's own head, kept when ``num_classes`` is absent
-        or equal (families whose converter has ``classifier_head_from_hf``)."""
-        if not hasattr(self.converter, "classifier_head_from_hf") or \
-                "class_names" not in inspect.signature(task_cls.__init__).parameters:
+        or equal (the converter's ``classifier_head_from_hf`` finds it; None: build a fresh head)."""
+        if "class_names" not in inspect.signature(task_cls.__init__).parameters:
             return None
         tensors = self.read_tensors()
         head = self.converter.classifier_head_from_hf(tensors)
@@ -374,11 +401,3 @@ class HuggingFaceLoader(PresetLoader):
             if modes.get("pooling_mode_cls_token"):
                 return {"pooling": "cls"}
         return {}
-
-
-register_format("keras", KerasPresetLoader.detect, KerasPresetLoader)
-register_format("huggingface", HuggingFaceLoader.detect, HuggingFaceLoader)
-
-from kcookbook.presets.converters import efficientnet_lite as _efficientnet_lite  # noqa: E402
-
-register_format("efficientnet_lite_state_dict", _efficientnet_lite.detect, _efficientnet_lite.StateDictLoader)

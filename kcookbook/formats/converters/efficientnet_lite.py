@@ -22,8 +22,10 @@ import numpy as np
 
 from kcookbook.backbones.efficientnet import VARIANTS, EfficientNetLiteBackbone
 from kcookbook.components.image_converter import ImageConverter
+from kcookbook.formats.converters.base import Converter
+from kcookbook.formats.loaders import PresetLoader
+from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
-from kcookbook.presets.loaders import PresetLoader
 
 FILE_PATTERN = re.compile(r"efficientnet-(lite[0-4])(-[0-9a-f]+)?\.pth$")
 MEAN = STD = 0.5
@@ -95,39 +97,47 @@ def _take(state, name):
     return state.pop(name)
 
 
-def weights_from_state_dict(state, backbone):
-    """Backbone arrays ``{variable.path: array}`` (paths are ``layer/variable``); consumes the entries it uses from ``state``."""
-    out = {"stem_conv/kernel": conv_kernel(_take(state, "_conv_stem.weight"))}
-    _batch_norm(state, "_bn0", "stem_bn", out)
-    for i in range(backbone.num_blocks):
-        theirs = f"_blocks.{i}"
-        if f"{theirs}._expand_conv.weight" in state:
-            out[f"block{i}_expand_conv/kernel"] = conv_kernel(_take(state, f"{theirs}._expand_conv.weight"))
-            _batch_norm(state, f"{theirs}._bn0", f"block{i}_expand_bn", out)
-        out[f"block{i}_depthwise_conv/kernel"] = depthwise_kernel(
-            _take(state, f"{theirs}._depthwise_conv.weight"))
-        _batch_norm(state, f"{theirs}._bn1", f"block{i}_depthwise_bn", out)
-        out[f"block{i}_project_conv/kernel"] = conv_kernel(_take(state, f"{theirs}._project_conv.weight"))
-        _batch_norm(state, f"{theirs}._bn2", f"block{i}_project_bn", out)
-    out["head_conv/kernel"] = conv_kernel(_take(state, "_conv_head.weight"))
-    _batch_norm(state, "_bn1", "head_bn", out)
-    return out
-
-
 def variant_of(path):
     return FILE_PATTERN.search(os.path.basename(path)).group(1)
+
+
+class EfficientNetLiteConverter(Converter):
+    """EfficientNet-Lite from lukemelas-style torch state dicts (``StateDictLoader`` reads the file)."""
+
+    family = "efficientnet_lite"
+
+    def weights_from_state_dict(self, state, backbone):
+        """Backbone arrays ``{variable.path: array}`` (paths are ``layer/variable``); consumes the
+        entries it uses from ``state``."""
+        out = {"stem_conv/kernel": conv_kernel(_take(state, "_conv_stem.weight"))}
+        _batch_norm(state, "_bn0", "stem_bn", out)
+        for i in range(backbone.num_blocks):
+            theirs = f"_blocks.{i}"
+            if f"{theirs}._expand_conv.weight" in state:
+                out[f"block{i}_expand_conv/kernel"] = conv_kernel(_take(state, f"{theirs}._expand_conv.weight"))
+                _batch_norm(state, f"{theirs}._bn0", f"block{i}_expand_bn", out)
+            out[f"block{i}_depthwise_conv/kernel"] = depthwise_kernel(
+                _take(state, f"{theirs}._depthwise_conv.weight"))
+            _batch_norm(state, f"{theirs}._bn1", f"block{i}_depthwise_bn", out)
+            out[f"block{i}_project_conv/kernel"] = conv_kernel(_take(state, f"{theirs}._project_conv.weight"))
+            _batch_norm(state, f"{theirs}._bn2", f"block{i}_project_bn", out)
+        out["head_conv/kernel"] = conv_kernel(_take(state, "_conv_head.weight"))
+        _batch_norm(state, "_bn1", "head_bn", out)
+        return out
 
 
 class StateDictLoader(PresetLoader):
     """Loads the lukemelas-style ``efficientnet-lite*.pth`` checkpoint of a folder."""
 
     format = "efficientnet_lite_state_dict"
+    detect = staticmethod(detect)
 
     def __init__(self, path, handle, info=None):
         super().__init__(path, handle, info)
         self.checkpoint = find_checkpoint(path)
         self.variant = variant_of(self.checkpoint)
         self._state = None
+        self.converter = EfficientNetLiteConverter()
 
     def state_dict(self):
         if self._state is None:
@@ -139,12 +149,10 @@ class StateDictLoader(PresetLoader):
         if load_weights:
             state = self.state_dict()
             state.pop("_fc.weight", None), state.pop("_fc.bias", None)
-            arrays = weights_from_state_dict(state, backbone)
+            arrays = self.converter.weights_from_state_dict(state, backbone)
             if state:
                 raise PresetError(f"{self.checkpoint} has tensors this {self.variant} does not use: "
                                   f"{sorted(state)[:5]}. Is the file name's variant right?")
-            from kcookbook.presets import files
-
             files.assign_weights(backbone, arrays, self.checkpoint)
         return backbone
 
