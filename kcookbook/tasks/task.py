@@ -8,11 +8,8 @@ untouched, so the same task also runs on already-preprocessed data.
 import keras
 import numpy as np
 
+from kcookbook.components.inputs import is_tf_dataset as _is_dataset
 from kcookbook.presets import files
-
-
-def _is_dataset(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
 class Task(keras.Model):
