@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from kcookbook import paper_benchmark as pb
-from kcookbook.benchmarking import (
+from kcookbook.benchmarks import paper as pb
+from kcookbook.benchmarks.timing import (
     PEAK_FLOPS,
     BackendWorkerError,
     emit_result,

@@ -99,7 +99,7 @@ def test_efficientnet_lite_variants_match_the_reference_architecture(variant):
     equal those of the PyTorch reference for the same variant."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from kcookbook.backbones.efficientnet_lite import VARIANTS, block_arguments
+    from kcookbook.backbones.efficientnet import VARIANTS, block_arguments
 
     reference = EfficientNet.from_name(f"efficientnet-{variant}")
     theirs = [(b._depthwise_conv.kernel_size[0], b._depthwise_conv.stride[0],

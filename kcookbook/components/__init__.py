@@ -32,7 +32,17 @@ from kcookbook.components.patch_embedding import PatchEmbedding
 from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
-from kcookbook.components.samplers import Sampler, get_sampler
+from kcookbook.components.samplers import (
+    BeamSampler,
+    ContrastiveSampler,
+    GreedySampler,
+    Sampler,
+    TemperatureSampler,
+    TopKSampler,
+    TopPSampler,
+    get_sampler,
+    sample_from_logits,
+)
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
@@ -48,4 +58,6 @@ __all__ = [
     "CausalSelfAttention", "DecoderBlock", "DepthwiseConv2D", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
     "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
     "load_balancing_loss", "expert_load", "record_routing",
+    "BeamSampler", "ContrastiveSampler", "GreedySampler", "TemperatureSampler", "TopKSampler", "TopPSampler",
+    "sample_from_logits",
 ]
