@@ -25,6 +25,7 @@ from kcookbook.components.mixture_of_experts import (
     MixtureOfExperts,
     expert_load,
     load_balancing_loss,
+    parameter_counts,
     record_routing,
 )
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
@@ -57,7 +58,7 @@ __all__ = [
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
     "CausalSelfAttention", "DecoderBlock", "DepthwiseConv2D", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
     "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
-    "load_balancing_loss", "expert_load", "record_routing",
+    "load_balancing_loss", "expert_load", "parameter_counts", "record_routing",
     "BeamSampler", "ContrastiveSampler", "GreedySampler", "TemperatureSampler", "TopKSampler", "TopPSampler",
     "sample_from_logits",
 ]
