@@ -1,6 +1,7 @@
 # kcookbook — two commands for a fresh Linux machine with Python 3.11:
 #   make lab     set up .venv and open the recipes in JupyterLab   (make run RECIPE=... runs one headless)
 #   make test    set up .venv and run the whole test suite on jax, tensorflow and torch, then the recipes
+#   make test-fast   the edit-test loop: unit tests not marked slow, on one backend (FAST_BACKEND)
 # Both are idempotent: set-up only reinstalls when pyproject.toml, constraints.txt or this Makefile changed.
 
 PYTHON ?= python3.11
@@ -22,7 +23,7 @@ TORCH_CPU_INDEX := https://download.pytorch.org/whl/cpu
 BACKENDS ?= jax tensorflow torch
 RECIPE ?= recipes/nlp/01_zero_config_finetuning.ipynb
 
-.PHONY: setup lab run test test-unit test-cross-backend test-site test-packaging test-recipes docs docs-deps benchmark clean
+.PHONY: setup lab run test test-fast test-unit test-cross-backend test-site test-packaging test-recipes docs docs-deps benchmark clean
 
 setup: $(STAMP)
 
@@ -62,6 +63,14 @@ test-unit:
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
 	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+
+# The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
+# on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).
+FAST_BACKEND ?= torch
+
+test-fast: setup
+	@echo "== unit tests without the slow ones, KERAS_BACKEND=$(FAST_BACKEND)"
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$(FAST_BACKEND) $(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 test-cross-backend:
 	@echo "== the three backends agree"

@@ -172,7 +172,7 @@ def worker(args):
     sys.path.insert(0, ROOT)
     import keras
 
-    from kcookbook.benchmarking import (
+    from kcookbook.benchmarks.timing import (
         StepTimer,
         emit_result,
         matmul_parameter_count,
@@ -229,7 +229,7 @@ def worker(args):
 # ----------------------------------------------------------------------------------------------------
 def run_backend(backend, argv):
     sys.path.insert(0, ROOT)
-    from kcookbook.benchmarking import BackendWorkerError, run_backend_worker
+    from kcookbook.benchmarks.timing import BackendWorkerError, run_backend_worker
 
     arguments = [os.path.abspath(__file__), *argv, "--worker", backend]
     print(f"== {backend}: {' '.join(arguments)}", flush=True)

@@ -67,7 +67,7 @@ def generators(args, backend):
 
     import keras_hub
     from kcookbook.backbones import LlamaBackbone
-    from kcookbook.paper_benchmark import keras_hub_generate
+    from kcookbook.benchmarks.paper import keras_hub_generate
     from kcookbook.tasks import CausalLM
 
     keras.utils.set_random_seed(0)
@@ -117,7 +117,7 @@ def fit_runs(args, models):
     import keras
     import numpy as np
 
-    from kcookbook.benchmarking import StepTimer
+    from kcookbook.benchmarks.timing import StepTimer
 
     rng = np.random.default_rng(0)
     token_ids = rng.integers(3, SIZES[args.size]["vocabulary_size"],
@@ -148,7 +148,7 @@ def worker(args):
         torch.set_num_threads(args.torch_threads)
     import numpy as np
 
-    from kcookbook.benchmarking import emit_result
+    from kcookbook.benchmarks.timing import emit_result
 
     runs, models = generators(args, backend)
     results = {}
@@ -206,7 +206,7 @@ def main():
     args = parser.parse_args()
     if args.worker:
         return worker(args)
-    from kcookbook.benchmarking import BackendWorkerError, run_backend_worker
+    from kcookbook.benchmarks.timing import BackendWorkerError, run_backend_worker
 
     rows = {}
     for backend in args.backends:

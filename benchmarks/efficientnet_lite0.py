@@ -49,7 +49,7 @@ def make_data(batch_size, steps, seed=0):
 def keras_worker(args):
     import keras
 
-    from kcookbook.benchmarking import StepTimer
+    from kcookbook.benchmarks.timing import StepTimer
     from kcookbook.tasks import ImageClassifier
 
     classifier = ImageClassifier.from_preset("efficientnet_lite0_imagenet")

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from kcookbook.benchmarking import (
+from kcookbook.benchmarks.timing import (
     PEAK_FLOPS,
     StepTimer,
     matmul_parameter_count,
@@ -172,10 +172,39 @@ def test_measure_peak_flops_is_positive():
 def test_docstring_examples_run():
     import doctest
 
-    import kcookbook.benchmarking as module
+    import kcookbook.benchmarks.timing as module
 
     runner = doctest.DocTestRunner()
-    for test in doctest.DocTestFinder().find(module, "kcookbook.benchmarking", globs=dict(vars(module))):
+    for test in doctest.DocTestFinder().find(module, "kcookbook.benchmarks.timing", globs=dict(vars(module))):
         runner.run(test)
     result = runner.summarize(verbose=False)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("old, new", [("kcookbook.benchmarking", "kcookbook.benchmarks.timing"),
+                                      ("kcookbook.paper_benchmark", "kcookbook.benchmarks.paper")])
+def test_old_module_names_still_work_with_a_deprecation_warning(old, new, monkeypatch):
+    import importlib
+    import sys
+
+    monkeypatch.delitem(sys.modules, old, raising=False)
+    with pytest.warns(DeprecationWarning, match=new):
+        module = importlib.import_module(old)
+    current = importlib.import_module(new)
+    names = ["StepTimer", "PEAK_FLOPS"] if new.endswith("timing") else ["run_table", "ROWS", "main"]
+    for name in names:
+        assert getattr(module, name) is getattr(current, name)
+
+
+def test_python_m_paper_benchmark_still_runs(monkeypatch, capsys):
+    """Recipe nlp/11 (as executed) and old scripts run ``python -m kcookbook.paper_benchmark``."""
+    import runpy
+    import sys
+
+    monkeypatch.setattr(sys, "argv", ["paper_benchmark", "--help"])
+    monkeypatch.delitem(sys.modules, "kcookbook.paper_benchmark", raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("kcookbook.paper_benchmark", run_name="__main__")
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "--rows" in out and "bert_fit" in out

@@ -4,6 +4,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import tiny_llama_config
 from kcookbook.backbones import GPT2Backbone, LlamaBackbone
 from kcookbook.components import WordPieceTokenizer
 from kcookbook.components.samplers import BeamSampler, ContrastiveSampler
@@ -20,9 +21,7 @@ def tokenizer(tiny_vocabulary):
 @pytest.fixture(scope="module")
 def lm(tokenizer):
     keras.utils.set_random_seed(3)
-    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=2, num_heads=4,
-                             num_key_value_heads=2, hidden_dim=16, intermediate_dim=32,
-                             max_sequence_length=32)
+    backbone = LlamaBackbone(**tiny_llama_config(tokenizer.vocabulary_size))
     for variable in backbone.weights:  # larger random weights: distinct, confident predictions
         variable.assign(np.random.default_rng(0).normal(0, 0.5, variable.shape))
     return CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=12))
@@ -63,8 +62,8 @@ def test_logits_shape_and_loss_is_mean_over_real_tokens(lm):
 
 def test_fit_on_raw_strings_lowers_the_loss(tokenizer):
     keras.utils.set_random_seed(0)
-    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
-                             hidden_dim=16, intermediate_dim=32, max_sequence_length=16)
+    backbone = LlamaBackbone(**tiny_llama_config(tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                                                 num_key_value_heads=2, max_sequence_length=16))
     lm = CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=10))
     lm.compile(optimizer=keras.optimizers.Adam(1e-2))
     history = lm.fit(TEXTS, batch_size=4, epochs=8, verbose=0)
@@ -125,6 +124,7 @@ def test_prefill_chunk_length_must_be_a_positive_int(lm, chunk):
         bad.generate({"token_ids": [[2, 10, 11]]}, max_length=6, stop_token_ids=None)
 
 
+@pytest.mark.slow
 def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
     """``jit_compile=True``: on torch the decode step runs under torch.compile (jax/TF compile the
     whole loop anyway); greedy tokens still equal the full-sequence argmax."""
@@ -137,6 +137,7 @@ def test_jit_compiled_one_token_step_equals_uncached_argmax(lm):
     np.testing.assert_array_equal(out["token_ids"], expected)
 
 
+@pytest.mark.slow
 def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypatch):
     """On torch, ``jit_compile=True`` traces one decoder block and reuses the graph for every layer
     (a graph-counting backend stands in for inductor); a new max_length reuses it too. The tokens
@@ -165,6 +166,7 @@ def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypat
         assert len(lm.backbone.blocks) == 2 and len(graphs) == 1
 
 
+@pytest.mark.slow
 def test_compiled_decoder_blocks_fall_back_to_eager_with_a_warning_when_compilation_fails(
         lm, monkeypatch):
     """On torch, a compiler that cannot run (inductor without a C++ compiler, here a backend that
@@ -253,6 +255,7 @@ def uncached_contrastive(lm, prompt, max_length, k, alpha):
     return tokens
 
 
+@pytest.mark.slow
 def test_contrastive_search_equals_its_definition_recomputed_without_cache(lm):
     """Cached contrastive search, with the prompts prefilled in chunks of 2 (hidden states kept for
     the similarity) and prompts of different lengths, picks the tokens of the uncached definition."""

@@ -13,6 +13,7 @@ import torch
 
 from kcookbook.components import WordPieceTokenizer
 from kcookbook.tasks import CausalLM, CausalLMPreprocessor
+from helpers import tiny_llama_config
 from test_decoder_hf_parity import save_tiny_hf_model
 
 
@@ -74,8 +75,8 @@ def text_lm(tiny_vocabulary):
     from kcookbook.backbones import LlamaBackbone
 
     tokenizer = WordPieceTokenizer(tiny_vocabulary)
-    backbone = LlamaBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
-                             hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
+    backbone = LlamaBackbone(**tiny_llama_config(tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                                                 num_key_value_heads=2))
     return CausalLM(backbone, CausalLMPreprocessor(tokenizer, sequence_length=16))
 
 
@@ -105,6 +106,7 @@ def test_bad_score_input_is_named(text_lm, llama):
         llama[1].score(["some text"])
 
 
+@pytest.mark.slow
 def test_prompt_response_pairs_weigh_only_the_response(text_lm):
     pre = text_lm.preprocessor
     tokenizer = pre.tokenizer

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from kcookbook import data
-from conftest import package_path
+from helpers import package_path
 
 
 @pytest.fixture(scope="module")

@@ -131,6 +131,24 @@ def test_mixture_of_experts_top_2_of_8_matches_numpy_routing(shape):
     np.testing.assert_allclose(out, expected, atol=1e-5)
 
 
+def test_parameter_counts_active_is_the_router_and_top_k_experts():
+    """A Mixtral with E experts of width i, top-k, has E·3·h·i expert weights per layer of which k·3·h·i
+    work on a token: its active count is a dense Llama of width k·i plus the routers (h·E per layer)."""
+    from kcookbook.backbones import LlamaBackbone, MixtralBackbone
+    from kcookbook.components import parameter_counts
+
+    layers, hidden, width, experts, top_k = 2, 8, 4, 4, 2
+    common = dict(vocabulary_size=32, num_layers=layers, num_heads=2, num_key_value_heads=1,
+                  hidden_dim=hidden, max_sequence_length=16)
+    moe = MixtralBackbone(intermediate_dim=width, num_experts=experts, num_experts_per_token=top_k, **common)
+    dense = LlamaBackbone(intermediate_dim=top_k * width, **common)
+    total, active = parameter_counts(moe)
+    assert total == moe.count_params()
+    assert total - active == layers * (experts - top_k) * 3 * hidden * width
+    assert active == dense.count_params() + layers * hidden * experts
+    assert tuple(parameter_counts(dense)) == (dense.count_params(), dense.count_params())
+
+
 def test_gated_feed_forward_is_down_of_activation_gate_times_up():
     rng = np.random.default_rng(5)
     x = rng.normal(size=(2, 4)).astype("float32")

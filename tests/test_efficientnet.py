@@ -14,7 +14,7 @@ import pytest
 
 from kcookbook.backbones import Backbone, EfficientNetBackbone
 from kcookbook.presets.errors import PresetError
-from tests.conftest import randomize_keras_batch_norm, save_keras_hub_image_classifier
+from helpers import randomize_keras_batch_norm, save_keras_hub_image_classifier
 
 # keras_hub's timm-converted presets (keras_hub/src/utils/timm/convert_efficientnet.py), cut down to
 # three stacks; width 1.25 / depth 1.5 exercise the filter rounding (8 → 16 by the 10% cap) and repeats.
@@ -79,6 +79,7 @@ def test_keras_hub_efficientnet_preset_loads_with_the_same_outputs(tmp_path, sty
                                atol=1e-4)
 
 
+@pytest.mark.slow
 def test_keras_hub_efficientnet_classifier_preset_keeps_its_head(tmp_path):
     """An EfficientNetImageClassifier preset (as on Kaggle: backbone + head + image converter) gives
     keras_hub's logits on raw uint8 images; 1000 classes come with the ImageNet names."""

@@ -15,7 +15,7 @@ import tensorflow as tf
 import torch
 import transformers
 
-from conftest import TRICKY_SENTENCES, package_path, real_tweets
+from helpers import TRICKY_SENTENCES, package_path, real_tweets
 from kcookbook import presets
 from kcookbook.components import BytePairTokenizer
 from kcookbook.presets.errors import PresetError
@@ -40,6 +40,7 @@ def hf_gguf_tokenizer(smollm2_path):
 
 
 # ----- the real SmolLM2 file -----
+@pytest.mark.slow
 def test_config_matches_transformers_gguf_config(checkpoint, smollm2_path):
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -85,6 +86,7 @@ def _transformers_reference_tensors(checkpoint, config, names):
     return out
 
 
+@pytest.mark.slow
 def test_tensors_match_transformers_dequantisation_and_unpermutation(checkpoint):
     # Every kind of tensor (Q8_0 embedding, Q4_1 projections, F32 norms) of the first and last blocks.
     config = checkpoint.hf_config()
@@ -119,12 +121,14 @@ def _digit_free(texts):
     return [t for t in texts if not any(c.isdigit() for c in t)]
 
 
+@pytest.mark.slow
 def test_tokenizer_ids_match_transformers_gguf_tokenizer(tokenizer, hf_gguf_tokenizer, texts):
     plain = _digit_free(texts)
     assert len(plain) > 800
     assert tokenizer(plain) == hf_gguf_tokenizer(plain, add_special_tokens=False)["input_ids"]
 
 
+@pytest.mark.slow
 def test_digits_are_split_one_by_one_as_llama_cpp_smollm_pre_tokenizer(tokenizer, hf_gguf_tokenizer, texts):
     # The file says tokenizer.ggml.pre = "smollm": llama.cpp splits every digit off first (SmolLM2's own
     # tokenizer.json has a Digits(individual_digits=True) pre-tokenizer). transformers' GGUF loader ignores
@@ -143,6 +147,7 @@ def test_digits_are_split_one_by_one_as_llama_cpp_smollm_pre_tokenizer(tokenizer
     assert len(tokenizer("2024")) == 4
 
 
+@pytest.mark.slow
 def test_tokenizer_special_tokens_decode_and_tf_data(tokenizer, hf_gguf_tokenizer, texts):
     assert (tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token) == (
         hf_gguf_tokenizer.bos_token, hf_gguf_tokenizer.eos_token, hf_gguf_tokenizer.pad_token)
@@ -155,6 +160,7 @@ def test_tokenizer_special_tokens_decode_and_tf_data(tokenizer, hf_gguf_tokenize
     assert [row for ragged in dataset for row in ragged.to_list()] == tokenizer(texts[:100])
 
 
+@pytest.mark.slow
 def test_chat_template_renders_like_transformers(tokenizer, hf_gguf_tokenizer):
     conversations = [
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -172,6 +178,7 @@ def test_chat_template_renders_like_transformers(tokenizer, hf_gguf_tokenizer):
         tokenizer.apply_chat_template(conversations))
 
 
+@pytest.mark.slow
 def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tmp_path):
     """A Hugging Face folder's ``generation_config.json`` may list several ``eos_token_id``s (chat
     models add their end-of-turn token); generate(stop_token_ids="auto") stops at each, as
@@ -218,6 +225,7 @@ def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tm
         BytePairTokenizer({"a": 0, "b": 1}, [], stop_tokens=["<nope>"])
 
 
+@pytest.mark.slow
 def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts):
     import keras
 
@@ -234,6 +242,7 @@ def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts)
     assert keras.saving.get_registered_name(BytePairTokenizer) == "kcookbook>BytePairTokenizer"
 
 
+@pytest.mark.slow
 def test_loader_recognises_the_file_and_its_folder(smollm2_path):
     for handle in (smollm2_path, os.path.dirname(smollm2_path)):
         loader = presets.load(handle)

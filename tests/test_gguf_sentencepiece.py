@@ -19,7 +19,7 @@ import sentencepiece
 import torch
 import transformers
 
-from conftest import TRICKY_SENTENCES
+from helpers import TRICKY_SENTENCES
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.data import load_shakespeare
 from kcookbook.presets.errors import PresetError

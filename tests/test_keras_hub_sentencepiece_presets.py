@@ -26,7 +26,7 @@ import sentencepiece
 import transformers
 
 import kcookbook
-from conftest import TRICKY_SENTENCES
+from helpers import TRICKY_SENTENCES
 from kcookbook.backbones import Backbone
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.data import load_shakespeare

@@ -6,6 +6,7 @@ import keras
 import numpy as np
 import pytest
 
+from helpers import tiny_llama_config
 from kcookbook.backbones import Backbone
 from kcookbook.backbones.bert import BertBackbone
 
@@ -138,11 +139,11 @@ def test_mismatches_are_reported(trained, tiny_bert_config, tmp_path):
         BertBackbone(**tiny_bert_config).save_lora_weights(tmp_path / "none.h5")
 
 
+@pytest.mark.slow
 def test_decoder_backbone_lora_trains_merges_and_reloads(seeded, tmp_path):
     from kcookbook.backbones.llama import LlamaBackbone
 
-    config = dict(vocabulary_size=64, num_layers=2, num_heads=4, num_key_value_heads=2, hidden_dim=16,
-                  intermediate_dim=32, max_sequence_length=32)
+    config = tiny_llama_config(64)
     backbone = LlamaBackbone(**config)
     base = backbone.get_weights()
     x = {"token_ids": seeded.integers(0, 64, size=(3, 10)).astype("int32"),

@@ -9,9 +9,11 @@ import numpy as np
 import pytest
 
 import kcookbook
-from conftest import TRICKY_SENTENCES, real_tweets
+from helpers import TRICKY_SENTENCES, real_tweets
 
 TOLERANCE = 1e-4
+
+pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2 weights
 
 
 @pytest.fixture(scope="module")

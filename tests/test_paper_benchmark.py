@@ -4,8 +4,8 @@ import keras
 import numpy as np
 import pytest
 
-from kcookbook import paper_benchmark as pb
-from kcookbook.benchmarking import (
+from kcookbook.benchmarks import paper as pb
+from kcookbook.benchmarks.timing import (
     PEAK_FLOPS,
     BackendWorkerError,
     emit_result,
@@ -89,6 +89,7 @@ def test_run_backend_worker_reads_results_and_reports_failures(capsys):
         run_backend_worker(["-c", "1 / 0"], "jax")
 
 
+@pytest.mark.slow
 def test_run_table_measures_every_cell_on_this_backend():
     backend = keras.backend.backend()
     table = pb.run_table("cpu", backends=[backend], rows=["bert_predict"], verbose=False)

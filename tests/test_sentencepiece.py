@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 import transformers
 
-from conftest import TRICKY_SENTENCES, package_path, real_tweets
+from helpers import TRICKY_SENTENCES, package_path, real_tweets
 from kcookbook import presets
 from kcookbook.components import Tokenizer
 from kcookbook.components.sentencepiece import SentencePieceTokenizer

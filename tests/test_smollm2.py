@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 import pytest
 
-from conftest import package_path
+from helpers import package_path
 from kcookbook import presets
 from kcookbook.formats.gguf import GGUFLoader
 from kcookbook.tasks import CausalLM
@@ -27,6 +27,8 @@ QUESTIONS = [
     "Give me three tips for staying healthy.",
 ]
 NEW_TOKENS = 32
+
+pytestmark = pytest.mark.slow  # the real SmolLM2-135M weights (minutes of generation on CPU)
 
 
 def _messages(question):

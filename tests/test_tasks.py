@@ -42,6 +42,7 @@ def _classifier(config, tokenizer, **kwargs):
     return TextClassifier(_backbone(config), num_classes=3, preprocessor=preprocessor, **kwargs)
 
 
+@pytest.mark.slow
 def test_classifier_fits_and_predicts_on_lists_of_strings(tiny_bert_config, tokenizer, data):
     texts, labels = data
     classifier = _classifier(tiny_bert_config, tokenizer)
@@ -126,6 +127,7 @@ def test_classifier_accepts_already_preprocessed_dicts(tiny_bert_config, tokeniz
                                classifier.predict(texts[:6], verbose=0), atol=1e-6)
 
 
+@pytest.mark.slow
 def test_masked_lm_loss_decreases_on_a_repeated_corpus(tiny_bert_config, tokenizer, data):
     texts, _ = data
     corpus = texts[:16] * 4

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import package_path, randomize_keras_batch_norm, save_keras_hub_image_classifier
+from helpers import package_path, randomize_keras_batch_norm, save_keras_hub_image_classifier
 
 PHOTOS = ("chelsea", "coffee", "flower")
 EXPECTED_TOP1 = {"chelsea": "Egyptian cat", "coffee": "espresso", "flower": "daisy"}
@@ -61,6 +61,7 @@ def torch_reference_logits(lite0_checkpoint):
     return pixels, logits
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_logits_match_pytorch_reference(lite0_classifier, torch_reference_logits):
     pixels, expected = torch_reference_logits
     ours = keras.ops.convert_to_numpy(lite0_classifier(pixels, training=False))
@@ -72,6 +73,7 @@ def test_efficientnet_lite0_logits_match_pytorch_reference(lite0_classifier, tor
     assert [imagenet_class_names()[i] for i in expected.argmax(-1)] == [EXPECTED_TOP1[n] for n in PHOTOS]
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_classifies_raw_photos(lite0_classifier):
     images = [photo(n) for n in PHOTOS]  # uint8, three different sizes
     top = lite0_classifier.decode_predictions(lite0_classifier.predict(images, verbose=0), top=5)
@@ -81,6 +83,7 @@ def test_efficientnet_lite0_classifies_raw_photos(lite0_classifier):
         assert probabilities == sorted(probabilities, reverse=True) and 0 < sum(probabilities) <= 1
 
 
+@pytest.mark.slow
 def test_efficientnet_lite0_parameter_count_and_head(lite0_classifier):
     import torch
 
@@ -99,7 +102,7 @@ def test_efficientnet_lite_variants_match_the_reference_architecture(variant):
     equal those of the PyTorch reference for the same variant."""
     from efficientnet_lite_pytorch import EfficientNet
 
-    from kcookbook.backbones.efficientnet_lite import VARIANTS, block_arguments
+    from kcookbook.backbones.efficientnet import VARIANTS, block_arguments
 
     reference = EfficientNet.from_name(f"efficientnet-{variant}")
     theirs = [(b._depthwise_conv.kernel_size[0], b._depthwise_conv.stride[0],

@@ -130,6 +130,7 @@ def test_vit_without_class_token_has_one_token_per_patch(seeded):
     assert ViTBackbone.from_config(backbone.get_config()).count_params() == backbone.count_params()
 
 
+@pytest.mark.slow
 def test_vit_trains_on_every_backend(seeded):
     """A few steps of fit lower the loss: gradients flow through patches, class token and positions."""
     backbone = ViTBackbone(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2,

@@ -10,7 +10,7 @@ import tensorflow as tf
 import transformers
 
 import kcookbook
-from conftest import TRICKY_SENTENCES
+from helpers import TRICKY_SENTENCES
 from kcookbook.components import WordPieceTokenizer
 from kcookbook.tasks import TextClassifierPreprocessor
 

@@ -9,10 +9,10 @@
 
 Dropout (training only) falls on the embeddings and on each block's attention and feed-forward
 outputs, not on the attention probabilities, where Hugging Face and keras_hub also drop 10 %: that
-keeps each backend on its fused attention (``jax.nn.dot_product_attention`` has no dropout), and on
-this project's 2-core CPU a keras_hub encoder block (hidden 256, 4 heads, batch 16 × 128 tokens) took
-3.5–4.5× longer per training step under TensorFlow + XLA with that dropout than without, 1.1× under
-JAX. Inference is unaffected; fine-tuning quality at this choice is measured in recipe nlp/01.
+keeps each backend on its fused attention (``jax.nn.dot_product_attention`` has no dropout), and with
+that dropout a training step was several times slower under TensorFlow + XLA (``benchmarks/README.md``,
+"BERT: no dropout on the attention probabilities"). Inference is unaffected; fine-tuning quality at
+this choice is measured in recipe nlp/01.
 
 The inputs and outputs are those of keras_hub's ``BertBackbone``, so code written against one runs on
 the other; checkpoints of both (and Hugging Face's ``BertModel``) convert into it.

@@ -25,6 +25,7 @@ from kcookbook.components.mixture_of_experts import (
     MixtureOfExperts,
     expert_load,
     load_balancing_loss,
+    parameter_counts,
     record_routing,
 )
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
@@ -32,7 +33,17 @@ from kcookbook.components.patch_embedding import PatchEmbedding
 from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
-from kcookbook.components.samplers import Sampler, get_sampler
+from kcookbook.components.samplers import (
+    BeamSampler,
+    ContrastiveSampler,
+    GreedySampler,
+    Sampler,
+    TemperatureSampler,
+    TopKSampler,
+    TopPSampler,
+    get_sampler,
+    sample_from_logits,
+)
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.transformer import TransformerEncoderBlock, padding_to_attention_mask
@@ -47,5 +58,7 @@ __all__ = [
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
     "CausalSelfAttention", "DecoderBlock", "DepthwiseConv2D", "FeedForward", "GatedFeedForward", "MixtureOfExperts",
     "RMSNormalization", "RotaryEmbedding", "Sampler", "causal_attention_mask", "get_sampler",
-    "load_balancing_loss", "expert_load", "record_routing",
+    "load_balancing_loss", "expert_load", "parameter_counts", "record_routing",
+    "BeamSampler", "ContrastiveSampler", "GreedySampler", "TemperatureSampler", "TopKSampler", "TopPSampler",
+    "sample_from_logits",
 ]

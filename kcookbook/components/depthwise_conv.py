@@ -2,22 +2,17 @@
 
 Why it exists: Keras's ``DepthwiseConv2D`` lowers to ``conv_general_dilated`` with
 ``feature_group_count=channels`` on jax, and XLA's CPU backend runs grouped convolutions very slowly
-(it rewrites them into much larger dense convolutions). Measured on this project's 2-core CPU box
-(jax 0.10.2, ``jax.jit``, batch 16, float32; ms for forward / gradient w.r.t. input / w.r.t. kernel):
-
-    112×112×32, 3×3, stride 1    grouped 189 / 390 / 437    shifted sum  6.9 / 28 / 229
-    56×56×144, 5×5, stride 2     grouped 112 / 1588 / 281   shifted sum  10 / 89 / 157
-    14×14×672, 5×5, stride 1     grouped  86 / 173 / 506    shifted sum  6.3 / 15 / 97
-
-The same layer on EfficientNet-Lite0 (224×224, ms/step predict b32 / fit b16) took jax from
-3869 / 10174 to the figures in ``benchmarks/README.md``. TensorFlow and PyTorch have native
-depthwise kernels that beat the shifted sum, so ``implementation="auto"`` uses it on jax only.
+(it rewrites them into much larger dense convolutions); the shifted sum is an order of magnitude
+faster there. TensorFlow and PyTorch have native depthwise kernels that beat the shifted sum, so
+``implementation="auto"`` uses it on jax only.
 
 On torch, ``"auto"`` runs Keras's op in ``channels_first`` on a transposed *view* of the input: Keras's
 torch backend copies a channels-last input to NCHW (``permute().contiguous()``) and back to torch's
 channels-last memory format before every convolution; the view is already channels-last in memory, so
-both copies go. Same numbers bit for bit; forward 1.7–3.6× faster (28 → 8, 132 → 44, 40 → 24 ms on
-the three layers above, under load).
+both copies go. Same numbers bit for bit, and faster.
+
+The measurements behind both choices (per layer and on EfficientNet-Lite0, dated) are in
+``benchmarks/README.md``, "EfficientNet-Lite0 ImageClassifier vs the PyTorch reference".
 
 The result is Keras's ``DepthwiseConv2D`` exactly (same padding — TensorFlow "same", extra row/column
 at the bottom/right —, same weights ``kernel (kh, kw, channels, depth_multiplier)`` and ``bias``), and

@@ -55,36 +55,6 @@ def _read_engine(tokenizer_json):
     )
 
 
-def render_chat_template(template, messages, add_generation_prompt=True, **variables):
-    """Render a Hugging Face chat template (Jinja2) the way transformers does.
-
-    transformers renders in a sandbox with ``trim_blocks`` and ``lstrip_blocks``, a ``tojson``
-    filter, and ``raise_exception``/``strftime_now`` helpers; templates written for it rely on them.
-    """
-    try:
-        import jinja2
-        import jinja2.ext
-        from jinja2.sandbox import ImmutableSandboxedEnvironment
-    except ImportError as e:  # pragma: no cover - jinja2 ships with the project's dependencies
-        raise ImportError("Chat templates need jinja2: pip install jinja2.") from e
-    import datetime
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
-                          sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    return env.from_string(template).render(messages=messages,
-                                            add_generation_prompt=add_generation_prompt, **variables)
-
-
 @keras.saving.register_keras_serializable(package="kcookbook")
 class HuggingFaceTokenizer(Tokenizer):
     """A tokenizer driven by a ``tokenizer.json`` pipeline.
@@ -188,27 +158,6 @@ class HuggingFaceTokenizer(Tokenizer):
         """Ids of every token the pipeline treats as special (skipped when decoding)."""
         decoder = self._engine.get_added_tokens_decoder()
         return sorted(i for i, token in decoder.items() if token.special)
-
-    # ----- chat -----
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **variables):
-        """Format a conversation with the model's chat template.
-
-        ``messages`` is a list of ``{"role": ..., "content": ...}`` dicts (or one such list per
-        conversation). Returns the prompt text, or its ids with ``tokenize=True``.
-        """
-        if not self.chat_template:
-            raise ValueError(
-                f"{self.name} has no chat template: its source (tokenizer_config.json or GGUF file) "
-                "did not provide one. Pass chat_template=... when building the tokenizer."
-            )
-        batched = bool(messages) and isinstance(messages[0], (list, tuple))
-        conversations = messages if batched else [messages]
-        specials = {"bos_token": self.start_token or "", "eos_token": self.end_token or "",
-                    "pad_token": self.pad_token or ""}
-        texts = [render_chat_template(self.chat_template, list(c), add_generation_prompt,
-                                      **{**specials, **variables}) for c in conversations]
-        out = self(texts) if tokenize else texts
-        return out if batched else out[0]
 
     # ----- serialisation -----
     def get_config(self):

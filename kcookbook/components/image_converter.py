@@ -26,12 +26,9 @@ Input rules (each broken rule is a ValueError that says what to do):
 import keras
 import numpy as np
 
+from kcookbook.components.inputs import is_tf_tensor
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
-
-
-def _is_tf_tensor(x):
-    return type(x).__module__.startswith("tensorflow")
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -106,7 +103,7 @@ class ImageConverter:
         Boxes are a dict ``{"boxes": (batch, num_boxes, 4), "labels": (batch, num_boxes)}`` in
         ``bounding_box_format``; they come back moved to the output image's pixels.
         """
-        if _is_tf_tensor(images) and not _is_eager_tf(images):
+        if is_tf_tensor(images) and not _is_eager_tf(images):
             return self._convert(images, bounding_boxes)  # inside tf.data: no eager checks
         if isinstance(images, (list, tuple)):
             if len(images) == 0:
@@ -120,7 +117,7 @@ class ImageConverter:
 
     def _convert(self, images, bounding_boxes):
         # Resize in float32: Resizing keeps an integer dtype (rounding) on some paths.
-        if _is_tf_tensor(images):
+        if is_tf_tensor(images):
             import tensorflow as tf
 
             images = tf.cast(images, "float32")
@@ -133,7 +130,7 @@ class ImageConverter:
         return out
 
     def _check(self, images):
-        images = images.numpy() if _is_tf_tensor(images) else np.asarray(images)
+        images = images.numpy() if is_tf_tensor(images) else np.asarray(images)
         if images.dtype == object:
             raise ValueError("Images of different sizes must come as a list of arrays, not an object array.")
         if images.ndim == 3:

@@ -13,6 +13,9 @@ sparse dispatch. With few tokens (``tokens × top_k < num_experts``, e.g. a deco
 gathers its ``top_k`` experts' weights and runs only those: a decoding step reads ``top_k /
 num_experts`` of the expert weights (a quarter for Mixtral's top-2 of 8). Both give the same outputs.
 
+``parameter_counts(model)`` gives a model's total parameters and those active per token (the router and
+``top_k`` of the ``num_experts`` experts of each such layer).
+
 To see where tokens go, call a model eagerly inside ``record_routing()``: every
 ``MixtureOfExperts`` layer appends the experts it chose. ``expert_load`` does that for a whole
 model and returns, per layer, the share of token→expert assignments each expert received.
@@ -26,6 +29,7 @@ model and returns, per layer, the share of token→expert assignments each exper
     (2, 3, 2)
 """
 
+import collections
 import contextlib
 import contextvars
 
@@ -81,6 +85,23 @@ def expert_load(model, inputs):
     return np.stack(loads)
 
 
+ParameterCounts = collections.namedtuple("ParameterCounts", ["total", "active"])
+
+
+def parameter_counts(model):
+    """``(total, active)`` parameters of a built model or layer: ``active`` counts, in every
+    ``MixtureOfExperts`` inside it, the router and only the ``top_k`` of ``num_experts`` experts one
+    token goes through. A model without experts has ``active == total``.
+
+        >>> total, active = parameter_counts(backbone)  # doctest: +SKIP
+    """
+    total = model.count_params()
+    layers = model._flatten_layers(include_self=True, recursive=True)
+    inactive = sum(layer.count_params() - layer.count_params(active=True)
+                   for layer in layers if isinstance(layer, MixtureOfExperts))
+    return ParameterCounts(total, total - inactive)
+
+
 def load_balancing_loss(router_logits, top_k):
     """Switch Transformer's auxiliary loss from ``(tokens, num_experts)`` router logits."""
     num_experts = router_logits.shape[-1]
@@ -131,6 +152,15 @@ class MixtureOfExperts(keras.layers.Layer):
             name="expert_output", shape=(self.num_experts, self.intermediate_dim, hidden),
             initializer=self.kernel_initializer)
         self._activation_fn = get_activation(self.activation)
+
+    def count_params(self, active=False):
+        """Parameters of the layer; ``active=True``: those one token goes through (the router and
+        ``top_k`` of the ``num_experts`` experts)."""
+        total = super().count_params()
+        if not active:
+            return total
+        experts = int(np.prod(self.expert_gate_up.shape)) + int(np.prod(self.expert_output.shape))
+        return total - experts + experts * self.top_k // self.num_experts
 
     def call(self, x, training=None):
         router_logits = run_layer(self.router, x)  # (batch, length, experts)

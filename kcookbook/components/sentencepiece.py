@@ -17,7 +17,6 @@ import os
 
 import keras
 
-from kcookbook.components.hf_tokenizer import render_chat_template
 from kcookbook.components.tokenizer import Tokenizer
 
 
@@ -146,18 +145,6 @@ class SentencePieceTokenizer(Tokenizer):
         if self.pad_token is not None:
             return self._engine.piece_to_id(self.pad_token)
         return 0
-
-    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **variables):
-        """Format a conversation with ``chat_template`` (see HuggingFaceTokenizer.apply_chat_template)."""
-        if not self.chat_template:
-            raise ValueError(f"{self.name} has no chat template; pass chat_template=... when building it.")
-        batched = bool(messages) and isinstance(messages[0], (list, tuple))
-        conversations = messages if batched else [messages]
-        specials = {"bos_token": self.start_token or "", "eos_token": self.end_token or ""}
-        texts = [render_chat_template(self.chat_template, list(c), add_generation_prompt,
-                                      **{**specials, **variables}) for c in conversations]
-        out = self(texts) if tokenize else texts
-        return out if batched else out[0]
 
     # ----- serialisation -----
     def get_config(self):

@@ -14,12 +14,14 @@ Subclasses implement ``encode_batch(list_of_str) -> list[list[int]]``, ``decode_
 ``get_vocabulary``, ``get_config`` and the asset hooks.
 """
 
+import json
 import os
 import re
 
 import keras
 import numpy as np
 
+from kcookbook.components.inputs import is_tf_tensor
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
 
@@ -35,8 +37,34 @@ def _as_text(item):
     )
 
 
-def _is_tf_tensor(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "dtype")
+def render_chat_template(template, messages, add_generation_prompt=True, **variables):
+    """Render a Hugging Face chat template (Jinja2) the way transformers does.
+
+    transformers renders in a sandbox with ``trim_blocks`` and ``lstrip_blocks``, a ``tojson``
+    filter, and ``raise_exception``/``strftime_now`` helpers; templates written for it rely on them.
+    """
+    try:
+        import jinja2
+        import jinja2.ext
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+    except ImportError as e:  # pragma: no cover - jinja2 ships with the project's dependencies
+        raise ImportError("Chat templates need jinja2: pip install jinja2.") from e
+    import datetime
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                          sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=[jinja2.ext.loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    return env.from_string(template).render(messages=messages,
+                                            add_generation_prompt=add_generation_prompt, **variables)
 
 
 class Tokenizer:
@@ -75,6 +103,31 @@ class Tokenizer:
         return cls(**config)
 
     # ----- shared behaviour -----
+    # A Jinja2 chat template (tokenizer_config.json's or a GGUF file's), set by the tokenizers whose
+    # models chat; apply_chat_template renders it with the tokenizer's start, end and pad tokens.
+    chat_template = None
+    start_token = end_token = pad_token = None
+
+    def apply_chat_template(self, messages, add_generation_prompt=True, tokenize=False, **variables):
+        """Format a conversation with the model's chat template.
+
+        ``messages`` is a list of ``{"role": ..., "content": ...}`` dicts (or one such list per
+        conversation). Returns the prompt text, or its ids with ``tokenize=True``.
+        """
+        if not self.chat_template:
+            raise ValueError(
+                f"{self.name} has no chat template: its source (tokenizer_config.json or GGUF file) "
+                "did not provide one. Pass chat_template=... when building the tokenizer."
+            )
+        batched = bool(messages) and isinstance(messages[0], (list, tuple))
+        conversations = messages if batched else [messages]
+        specials = {"bos_token": self.start_token or "", "eos_token": self.end_token or "",
+                    "pad_token": self.pad_token or ""}
+        texts = [render_chat_template(self.chat_template, list(c), add_generation_prompt,
+                                      **{**specials, **variables}) for c in conversations]
+        out = self(texts) if tokenize else texts
+        return out if batched else out[0]
+
     @property
     def stop_token_ids(self):
         """Ids that end a generated reply (``CausalLM.generate(stop_token_ids="auto")``): the end
@@ -97,7 +150,7 @@ class Tokenizer:
     def __call__(self, inputs):
         if isinstance(inputs, (str, bytes, np.str_)):
             return self.encode_batch([_as_text(inputs)])[0]
-        if _is_tf_tensor(inputs):
+        if is_tf_tensor(inputs):
             return self._tf_call(inputs)
         if isinstance(inputs, np.ndarray) and inputs.ndim == 0:
             return self(inputs.item())

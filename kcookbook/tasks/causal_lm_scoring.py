@@ -90,7 +90,7 @@ class LogLikelihoodScoring:
                 raise ValueError(f"{type(self).__name__} has no preprocessor, so score takes lists of "
                                  "token ids, not text.")
             pre = self.preprocessor
-            ids = pre.prompt_ids(inputs) if start else pre._encode(inputs)
+            ids = pre.prompt_ids(inputs) if start else pre.encode_texts(inputs)
         else:
             ids = [[int(t) for t in np.asarray(row).reshape(-1)] for row in inputs]
         if any(len(row) == 0 for row in ids):

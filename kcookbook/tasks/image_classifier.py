@@ -18,6 +18,7 @@ import numpy as np
 from kcookbook.components.image_converter import ImageConverter
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
+from kcookbook.tasks.classifier_head import classifier_head
 from kcookbook.tasks.task import Task
 
 POOLINGS = ("auto", "avg", "max", "first_token")
@@ -107,8 +108,7 @@ class ImageClassifier(Task):
             pooled = pooling == "auto" and "pooled_output" in outputs
             outputs = outputs["pooled_output"] if pooled else outputs["sequence_output"]
         features = pool_features(outputs, pooling)
-        features = keras.layers.Dropout(dropout, name="output_dropout")(features)
-        logits = keras.layers.Dense(num_classes, activation=activation, name="predictions")(features)
+        logits = classifier_head(features, num_classes, activation, dropout, name="predictions")
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
         self._init_task(backbone, preprocessor)
         self.num_classes = num_classes

@@ -1,7 +1,6 @@
 """The 1000 ImageNet-1k (ILSVRC-2012) class names, read offline from TensorFlow Datasets' files.
 
-TensorFlow Datasets (Apache-2.0) ships them with its sources: the WordNet synset ids in class order
-(``datasets/imagenet2012/labels.txt``) and their human-readable names in the same order
+TensorFlow Datasets (Apache-2.0) ships them with its sources: the human-readable names in class order
 (``IMAGENET_LABELS_LIST`` in ``datasets/siscore/labels.py``, which is read as text, never imported).
 Nothing is downloaded and no name is typed in by hand here.
 
@@ -15,7 +14,7 @@ import functools
 import importlib.util
 import os
 
-SOURCE = "TensorFlow Datasets 4.x (Apache-2.0): datasets/siscore/labels.py and datasets/imagenet2012/labels.txt"
+SOURCE = "TensorFlow Datasets 4.x (Apache-2.0): datasets/siscore/labels.py"
 
 
 def _tfds_dir():
@@ -46,10 +45,3 @@ def imagenet_class_names():
     """The first (most common) name of each class, e.g. ``'tench'``, ``'Egyptian cat'``."""
     return tuple(name.split(",")[0].strip() for name in imagenet_full_names())
 
-
-@functools.lru_cache(maxsize=None)
-def imagenet_synsets():
-    """The WordNet synset id of each class, e.g. ``'n01440764'``."""
-    path = os.path.join(_tfds_dir(), "datasets", "imagenet2012", "labels.txt")
-    with open(path, encoding="utf-8") as f:
-        return tuple(line.strip() for line in f if line.strip())

@@ -9,8 +9,8 @@ import keras
 import numpy as np
 
 from kcookbook.components.packers import MultiSegmentPacker
+from kcookbook.components.inputs import as_text, as_text_list, is_tf_tensor
 from kcookbook.components.preset_entry import load_preset
-from kcookbook.components.tokenizer import _is_tf_tensor
 
 
 class Preprocessor:
@@ -30,7 +30,7 @@ class Preprocessor:
 
     def __call__(self, x, y=None, sample_weight=None):
         segments = tuple(x) if isinstance(x, tuple) else (x,)
-        if any(_is_tf_tensor(s) for s in segments):
+        if any(is_tf_tensor(s) for s in segments):
             out = self._tf_call(segments)
         else:
             out = self.numpy_call(segments)
@@ -42,6 +42,10 @@ class Preprocessor:
 
     def numpy_call(self, segments):
         raise NotImplementedError
+
+    def encode_texts(self, segment):
+        """One segment of raw text (a str, a list of str...) → a list of token id lists, no packing."""
+        return self.tokenizer.encode_batch([as_text(t) for t in as_text_list(segment)])
 
     def _tf_call(self, segments):
         import tensorflow as tf
@@ -79,20 +83,8 @@ class Preprocessor:
         return load_preset(handle).load_preprocessor(cls, **kwargs)
 
 
-def _texts(segment):
-    """One segment of raw input as a list of str (accepts str, bytes, lists and numpy arrays)."""
-    if isinstance(segment, (str, bytes)):
-        return [segment]
-    if isinstance(segment, np.ndarray):
-        return [s.decode("utf-8") if isinstance(s, bytes) else s for s in segment.reshape(-1).tolist()]
-    if isinstance(segment, (list, tuple)):
-        return list(segment)
-    if hasattr(segment, "tolist") and not isinstance(segment, dict):  # e.g. a pandas Series of str
-        return _texts(np.asarray(segment.tolist(), dtype=object))
-    raise TypeError(
-        f"Text tasks take strings: a str, a list of str, or a tf.data dataset of strings. Got "
-        f"{type(segment).__name__}. If you already have token ids, pass a dict of arrays instead."
-    )
+# The old private names, still imported by causal_lm.py.
+_texts = as_text_list
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -118,19 +110,9 @@ class TextClassifierPreprocessor(Preprocessor):
             pad_value=tokenizer.pad_token_id, truncate=truncate)
 
     def numpy_call(self, segments):
-        tokenized = [self.tokenizer.encode_batch([self._check(t) for t in _texts(s)]) for s in segments]
-        return self.packer(tuple(tokenized))
+        return self.packer(tuple(self.encode_texts(s) for s in segments))
 
-    @staticmethod
-    def _check(text):
-        if isinstance(text, bytes):
-            return text.decode("utf-8", errors="replace")
-        if not isinstance(text, str):
-            raise TypeError(
-                f"Text tasks take strings, but an input element is {type(text).__name__} ({text!r:.40}). "
-                "Convert it with str(), or pass a dict of token ids if it is already tokenized."
-            )
-        return text
+    _check = staticmethod(as_text)  # the old private name, still used by causal_lm.py
 
     def get_config(self):
         config = super().get_config()

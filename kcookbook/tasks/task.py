@@ -8,12 +8,9 @@ untouched, so the same task also runs on already-preprocessed data.
 import keras
 import numpy as np
 
+from kcookbook.components.inputs import is_tf_dataset as _is_dataset
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets import files, save_preset
-
-
-def _is_dataset(x):
-    return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
 class Task(keras.Model):

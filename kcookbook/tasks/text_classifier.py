@@ -9,6 +9,7 @@
 import keras
 
 from kcookbook.components import MaskedMeanPooling
+from kcookbook.tasks.classifier_head import classifier_head
 from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
 
@@ -68,8 +69,7 @@ class TextClassifier(Task):
         features = first_token_features(backbone, inputs, pooling)
         if features is None:
             features = pool_sequence(backbone, backbone(inputs), inputs, pooling)
-        features = keras.layers.Dropout(dropout, name="output_dropout")(features)
-        logits = keras.layers.Dense(num_classes, activation=activation, name="logits")(features)
+        logits = classifier_head(features, num_classes, activation, dropout, name="logits")
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
         self._init_task(backbone, preprocessor)
         self.num_classes = num_classes

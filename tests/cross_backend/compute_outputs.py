@@ -13,7 +13,7 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 
 import kcookbook  # noqa: E402
-from conftest import TRICKY_SENTENCES, real_tweets  # noqa: E402
+from helpers import TRICKY_SENTENCES, real_tweets  # noqa: E402
 
 
 def main(out_path, tiny_preset):

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import TRICKY_SENTENCES
+from helpers import TRICKY_SENTENCES
 
 BACKENDS = ("jax", "tensorflow", "torch")
 TOLERANCE = 1e-4

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import kcookbook
-from conftest import TRICKY_SENTENCES, real_tweets
+from helpers import TRICKY_SENTENCES, real_tweets
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,14 @@
+"""Tools for measuring speed, not model code.
+
+* ``kcookbook.benchmarks.timing``: ``StepTimer`` (ms/step of fit/predict), ``time_calls``, model FLOPs
+  utilisation (``PEAK_FLOPS``, ``measure_peak_flops``) and one worker process per backend.
+* ``kcookbook.benchmarks.paper``: the paper's benchmark table (``run_table``;
+  ``python -m kcookbook.benchmarks.paper``).
+
+The scripts that compare kcookbook with keras_hub and transformers, and their dated results, are in the
+repository's ``benchmarks/`` folder (``benchmarks/README.md``).
+"""
+
+from kcookbook.benchmarks.timing import PEAK_FLOPS, StepTimer, time_calls
+
+__all__ = ["PEAK_FLOPS", "StepTimer", "time_calls"]
