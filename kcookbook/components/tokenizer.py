@@ -21,11 +21,28 @@ import keras
 import numpy as np
 
 
+def valid_unicode(text):
+    """``text`` with lone surrogates (U+D800–U+DFFF, left by ``surrogateescape`` decoding or a JSON
+    ``"\\ud800"``) replaced by U+FFFD, as undecodable bytes are; a pair written as two code units
+    becomes its character. Tokenizer engines cannot encode lone surrogates (a bare TypeError).
+
+    >>> valid_unicode("a\\ud800b"), valid_unicode("\\ud83d\\ude00")
+    ('a\ufffdb', '😀')
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def _as_text(item):
     if isinstance(item, bytes):
         return item.decode("utf-8", errors="replace")
     if isinstance(item, (str, np.str_)):
-        return str(item)
+        return valid_unicode(str(item))
     raise TypeError(
         f"A tokenizer takes strings, but got an element of type {type(item).__name__}: {item!r:.60}. "
         "Pass a str, a list of str, or a tf.string tensor."

@@ -106,5 +106,5 @@ def check_ids_in_range(name, ids, size, size_name, fix=""):
     if outside.any():
         index = tuple(int(i) for i in np.argwhere(outside)[0])
         value = ids[index].item()
-        raise ValueError(f"{name} holds {value:g} at index {index}, outside [0, {size}) "
+        raise ValueError(f"{name} holds {value} at index {index}, outside [0, {size}) "
                          f"({size_name}={size}).{fix}")

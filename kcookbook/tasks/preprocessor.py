@@ -9,7 +9,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.packers import MultiSegmentPacker
-from kcookbook.components.tokenizer import _is_tf_tensor
+from kcookbook.components.tokenizer import _is_tf_tensor, valid_unicode
 
 
 class Preprocessor:
@@ -131,7 +131,7 @@ class TextClassifierPreprocessor(Preprocessor):
                 f"Text tasks take strings, but an input element is {type(text).__name__} ({text!r:.40}). "
                 "Convert it with str(), or pass a dict of token ids if it is already tokenized."
             )
-        return text
+        return valid_unicode(text)
 
     def get_config(self):
         config = super().get_config()

@@ -17,6 +17,7 @@ used to leave every variable empty; the values are put back.
 """
 
 import contextlib
+import inspect
 
 import keras
 import numpy as np
@@ -98,14 +99,17 @@ class Task(keras.Model):
 
     def _compile_classifier(self, learning_rate, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Classifier defaults for ``"auto"``: Adam(learning_rate), sparse categorical cross-entropy
-        (from logits unless the head has an activation) and accuracy."""
+        (from logits unless the head has an activation) and accuracy (categorical accuracy for a
+        categorical cross-entropy loss)."""
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(learning_rate)
         if loss == "auto":
             from_logits = self.activation in (None, keras.activations.linear)
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if metrics == "auto":  # accuracy read the way the loss reads labels (ids or one-hot rows)
+            one_hot = isinstance(loss, keras.losses.CategoricalCrossentropy) or loss == "categorical_crossentropy"
+            metrics = [(keras.metrics.CategoricalAccuracy if one_hot else
+                        keras.metrics.SparseCategoricalAccuracy)(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     # ----- raw inputs → model inputs -----
@@ -392,6 +396,8 @@ class Task(keras.Model):
         backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
         preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
         if not given and cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
+            preprocessor_kwargs = _sequence_length_for(backbone, cls.preprocessor_cls, loader,
+                                                       preprocessor_kwargs)
             preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
         defaults = accepted_kwargs(cls.__init__, loader.task_defaults())
         return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})
@@ -402,6 +408,21 @@ class Task(keras.Model):
 
         presets.save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
                             task=self, metadata=metadata)
+
+
+def _sequence_length_for(backbone, preprocessor_cls, loader, preprocessor_kwargs):
+    """``preprocessor_kwargs`` with a sequence length the backbone can take: where neither the
+    caller nor the preset names one, the preprocessor's default (512 tokens…) is capped at the
+    backbone's ``max_sequence_length`` (a preset of a 32-position model without preprocessor.json)."""
+    limit = backbone.max_sequence_length
+    if limit is None or "sequence_length" in preprocessor_kwargs or \
+            "sequence_length" in loader.preprocessor_defaults():
+        return preprocessor_kwargs
+    parameter = inspect.signature(preprocessor_cls.__init__).parameters.get("sequence_length")
+    default = None if parameter is None else parameter.default
+    if isinstance(default, int) and default > limit:
+        return {**preprocessor_kwargs, "sequence_length": limit}
+    return preprocessor_kwargs
 
 
 def _as_numpy(value):
