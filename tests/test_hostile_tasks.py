@@ -156,10 +156,10 @@ def test_labels_in_a_dataset_are_checked_in_the_pipeline(classifier, tmp_path):
     bad = tf.data.Dataset.from_tensor_slices((TEXTS, [0, 1, 9, 1])).batch(2)
     classifier.fit(good, epochs=1, verbose=0)
     before = _weights(classifier)
-    with pytest.raises(ValueError, match=r"outside \[0, 3\).*num_classes=3"):
+    with pytest.raises(ValueError, match=r"outside \[0, 3\) .*\(num_classes=3\); the batch holds \[9 1\]"):
         classifier.evaluate(bad, verbose=0)
     _assert_same_weights(before, classifier)
-    with pytest.raises(ValueError, match=r"outside \[0, 3\).*num_classes=3"):
+    with pytest.raises(ValueError, match=r"outside \[0, 3\) .*\(num_classes=3\); the batch holds \[9 1\]"):
         classifier.fit(bad, epochs=1, verbose=0)
     classifier.fit(good, epochs=1, verbose=0)
     assert np.isfinite(classifier.predict(TEXTS, verbose=0)).all()

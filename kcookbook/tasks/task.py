@@ -275,12 +275,13 @@ class Task(keras.Model):
 
         def check(*element):
             y = element[1]
-            message = f"{_LABEL_CHECK}a label is outside [0, {classes}) or not a whole number ({what})"
-            checks = [tf.debugging.assert_greater_equal(y, tf.cast(0, y.dtype), message=message),
-                      tf.debugging.assert_less(y, tf.cast(classes, y.dtype), message=message)]
+            valid = (y >= tf.cast(0, y.dtype)) & (y < tf.cast(classes, y.dtype))
             if y.dtype.is_floating:
-                checks.append(tf.debugging.assert_equal(y, tf.round(y), message=message))
-            with tf.control_dependencies(checks):
+                valid &= tf.equal(y, tf.round(y))
+            message = (f"{_LABEL_CHECK}a label of the dataset is outside [0, {classes}) or not a whole "
+                       f"number ({what}); the batch holds")
+            assertion = tf.debugging.Assert(tf.reduce_all(valid), [message, y], summarize=20)
+            with tf.control_dependencies([assertion]):
                 return (element[0], tf.identity(y)) + tuple(element[2:])
 
         return ds.map(check)
@@ -310,9 +311,9 @@ class Task(keras.Model):
                     variable._value = value
             self._jax_state = None
             message = str(getattr(error, "message", ""))
-            if _LABEL_CHECK in message:
-                raise ValueError(message[message.index(_LABEL_CHECK) + len(_LABEL_CHECK):]
-                                 .split("\n")[0] + ". Fix the labels of the dataset.") from error
+            if _LABEL_CHECK in message:  # "…[Label check failed: MESSAGE] [labels]\n…"
+                text = message[message.index(_LABEL_CHECK) + len(_LABEL_CHECK):].split("\n")[0]
+                raise ValueError(text.replace("] [", " [", 1) + ".") from error
             raise
 
     def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None, **kwargs):
