@@ -17,6 +17,7 @@ from kcookbook.components.validation import (
     check_ids_in_range,
     check_int,
     check_int_list,
+    eager_array,
 )
 
 # Bounds of every backbone config field, by name: generous for every real checkpoint (Gemma 3's
@@ -258,7 +259,7 @@ class Backbone(keras.Model):
 
 
 def _check_input(backbone, name, value, spec):
-    array = _eager_array(value)
+    array = eager_array(value)
     if array is None:
         return
     expected = tuple(spec.shape)
@@ -288,17 +289,3 @@ def _check_input(backbone, name, value, spec):
             array.shape[1] > limit:
         raise ValueError(f"{backbone.name} input {name!r} has {array.shape[1]} positions; the model has "
                          f"{limit} (max_sequence_length). Truncate the sequences to {limit}.")
-
-
-def _eager_array(value):
-    """``value`` as numpy, or None for a symbolic tensor (inside tf.data or a traced function)."""
-    if isinstance(value, np.ndarray):
-        return value
-    if isinstance(value, (list, tuple, int, float)):
-        return np.asarray(value)
-    if type(value).__module__.startswith("tensorflow") and not hasattr(value, "numpy"):
-        return None
-    try:
-        return np.asarray(keras.ops.convert_to_numpy(value))
-    except Exception:
-        return None

@@ -16,6 +16,7 @@ poison a model's state or come out as NaN.
 import math
 import numbers
 
+import keras
 import numpy as np
 
 
@@ -108,3 +109,18 @@ def check_ids_in_range(name, ids, size, size_name, fix=""):
         value = ids[index].item()
         raise ValueError(f"{name} holds {value} at index {index}, outside [0, {size}) "
                          f"({size_name}={size}).{fix}")
+
+
+def eager_array(value):
+    """``value`` as a numpy array, or None where it has no value yet (a symbolic tensor inside
+    ``tf.data`` or a traced function): checks run on what can be read eagerly."""
+    if isinstance(value, np.ndarray):
+        return value
+    if isinstance(value, (list, tuple, numbers.Number)):
+        return np.asarray(value)
+    if type(value).__module__.startswith("tensorflow") and not hasattr(value, "numpy"):
+        return None
+    try:
+        return np.asarray(keras.ops.convert_to_numpy(value))
+    except Exception:
+        return None

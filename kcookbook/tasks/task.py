@@ -22,7 +22,7 @@ import inspect
 import keras
 import numpy as np
 
-from kcookbook.components.validation import check_finite, check_ids_in_range
+from kcookbook.components.validation import check_finite, check_ids_in_range, eager_array
 from kcookbook.presets import files
 from kcookbook.tasks.preprocessor import Preprocessor
 
@@ -70,7 +70,7 @@ class Task(keras.Model):
                     f"{backbone.name!r} embeds only vocabulary_size={table}: ids {table}…{size - 1} have "
                     "no embedding. Use the tokenizer the backbone was trained with, or build the "
                     f"backbone with vocabulary_size={size}.")
-        limit = backbone.position_table_length if backbone is not None else None
+        limit = backbone.position_table_length
         length = preprocessor.sequence_length
         if limit is not None and length > limit:
             raise ValueError(
@@ -215,7 +215,7 @@ class Task(keras.Model):
                              "predictions), or a dataset of (x, y) pairs.")
         if isinstance(y, dict) or isinstance(y, (list, tuple)) and len(self.outputs) != 1:
             return
-        y = _as_numpy(y)
+        y = eager_array(y)
         if y is None:
             return
         name, out_rank = "y (the labels)", len(self.outputs[0].shape)
@@ -248,7 +248,7 @@ class Task(keras.Model):
                                      "categorical labels are probabilities in [0, 1].")
 
     def _check_sample_weight(self, sample_weight):
-        weights = _as_numpy(sample_weight)
+        weights = eager_array(sample_weight)
         if weights is None:
             return
         check_finite("sample_weight", weights)
@@ -293,8 +293,9 @@ class Task(keras.Model):
         Keras's jax trainer sets each variable's value to None while it runs and writes its new
         state back at the end; a failure before the first step completes (a shape error in
         tracing, an empty iterator) left the model with no values at all, so every later call
-        raised "'NoneType' object is not callable". Holding the original arrays costs no memory
-        (jax arrays are immutable; a training step that donates them runs past the failure point).
+        raised "'NoneType' object is not callable". Holding the original arrays costs no copy (jax
+        arrays are immutable; a training step that donates them has run past any failure they
+        would be needed for, and Keras's own state is written back first).
         """
         optimizer = getattr(self, "optimizer", None)
         variables = list(self.variables) + list(self.metrics_variables)
@@ -304,12 +305,13 @@ class Task(keras.Model):
         try:
             yield
         except Exception as error:
-            if getattr(self, "_jax_state", None):  # a state newer than ours: write it back first
-                self.jax_state_sync()
+            if hasattr(self, "jax_state_sync"):  # jax: a state newer than ours is written back first
+                if getattr(self, "_jax_state", None):
+                    self.jax_state_sync()
+                self._jax_state = None
             for variable, value in values:
                 if getattr(variable, "_value", 0) is None and value is not None:
                     variable._value = value
-            self._jax_state = None
             message = str(getattr(error, "message", ""))
             if _LABEL_CHECK in message:  # "…[Label check failed: MESSAGE] [labels]\n…"
                 text = message[message.index(_LABEL_CHECK) + len(_LABEL_CHECK):].split("\n")[0]
@@ -424,19 +426,6 @@ def _sequence_length_for(backbone, preprocessor_cls, loader, preprocessor_kwargs
     if isinstance(default, int) and default > limit:
         return {**preprocessor_kwargs, "sequence_length": limit}
     return preprocessor_kwargs
-
-
-def _as_numpy(value):
-    """An array-like as numpy (None for what cannot be read eagerly, e.g. a symbolic tensor)."""
-    if isinstance(value, np.ndarray):
-        return value
-    try:
-        return np.asarray(keras.ops.convert_to_numpy(value))
-    except Exception:
-        try:
-            return np.asarray(value)
-        except Exception:
-            return None
 
 
 class _Variables:
