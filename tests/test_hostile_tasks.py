@@ -298,6 +298,8 @@ def test_hidden_dim_must_divide_into_the_heads(family):
     ("efficientnet", "stackwise_squeeze_excite_ratios", [0.25, 2.0],
      r"stackwise_squeeze_excite_ratios\[1\] must be a number in \[0.0, 1.0\]"),
     ("efficientnet", "drop_connect_rate", -0.1, r"drop_connect_rate must be a number"),
+    ("llama", "tie_word_embeddings", "false", r"tie_word_embeddings must be True or False, got 'false'"),
+    ("vit", "use_class_token", 1, r"use_class_token must be True or False, got 1"),
 ])
 def test_every_config_field_names_itself_and_its_range(family, field, value, shown):
     cls, config = BACKBONES[family]
@@ -401,6 +403,15 @@ def test_other_bad_token_inputs(backbone):
         task.predict(_token_inputs([2, 3]), verbose=0)
     with pytest.raises(ValueError, match="'token_ids' must hold whole numbers, got 2.5"):
         task.predict({**_token_inputs([[2, 3]]), "token_ids": np.array([[2.5, 3.0]])}, verbose=0)
+
+
+def test_a_masked_lm_fed_token_ids_checks_its_mask_positions(backbone):
+    mlm = MaskedLM(backbone)
+    inputs = _token_inputs([[2, 4, 5, 3]], mask_positions=np.array([[1, 9]], "int32"))
+    with pytest.raises(ValueError, match=r"mask_positions holds 9 at index \(0, 1\), outside \[0, 4\)"):
+        mlm.predict(inputs, verbose=0)
+    assert mlm.predict({**inputs, "mask_positions": np.array([[1, 2]], "int32")}, verbose=0).shape == \
+        (1, 2, backbone.vocabulary_size)
 
 
 def test_a_causal_lm_fed_token_ids_checks_them():

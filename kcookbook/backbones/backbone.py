@@ -67,6 +67,8 @@ _FLOAT_LIST_FIELDS = {
     "stackwise_expansion_ratios": (1.0, 64.0),
     "stackwise_squeeze_excite_ratios": (0.0, 1.0),
 }
+_BOOL_FIELDS = ("norm_unit_offset", "tie_word_embeddings", "scale_embeddings", "attention_bias",
+                "preactivation", "avg_pool_shortcut", "use_class_token")
 # Largest embedding table (vocabulary_size × hidden_dim entries): 4× Llama 3.1 405B's.
 MAX_EMBEDDING_ENTRIES = 2**33
 
@@ -99,6 +101,10 @@ def check_backbone_config(owner, arguments):
     for name, (low, high) in _FLOAT_LIST_FIELDS.items():
         if arguments.get(name) is not None:
             check_float_list(name, arguments[name], low, high, owner)
+    for name in _BOOL_FIELDS:
+        if name in arguments and not isinstance(arguments[name], (bool, np.bool_)):
+            raise ValueError(f"{owner}: {name} must be True or False, got {arguments[name]!r:.60} "
+                             f"({type(arguments[name]).__name__}).")
     _check_related_fields(owner, arguments)
 
 
