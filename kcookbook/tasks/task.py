@@ -140,6 +140,9 @@ class Task(keras.Model):
         if self.preprocessor is None:
             return self._checked_labels_dataset(ds)
 
+        # Plain Python bridging into numpy (tf.numpy_function): nothing for autograph to convert, and
+        # its conversion of zero-argument super() calls deeper down is fragile.
+        @tf.autograph.experimental.do_not_convert
         def fn(*element):
             # (x, y[, sample_weight]) when the element has several parts; one part is x alone, even
             # when it is itself a tuple of text segments ((first, second),).
