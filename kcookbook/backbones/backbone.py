@@ -6,8 +6,136 @@ about the task on top, and loads from any preset handle with ``from_preset``.
 
 import keras
 
+import numpy as np
+
+from kcookbook.components.embeddings import PositionEmbedding
+from kcookbook.components.validation import (
+    check_divisible,
+    check_finite,
+    check_float,
+    check_float_list,
+    check_ids_in_range,
+    check_int,
+    check_int_list,
+    eager_array,
+)
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets import save_preset
+
+# Bounds of every backbone config field, by name: generous for every real checkpoint (Gemma 3's
+# 262,144-token vocabulary, Llama 3.1 405B's 126 layers × 16,384 wide × 128 heads, Llama 4's 10M-token
+# context, ResNet-152's 36-block stack) and tight enough that a typo cannot allocate the machine away
+# (``vocabulary_size=10**12`` aborts a jax process; ``num_layers=10**6`` builds for minutes).
+MAX_WIDTH = 65_536
+_INT_FIELDS = {  # name: (low, high, None allowed)
+    "vocabulary_size": (1, 2**20, False),
+    "num_layers": (1, 512, False),
+    "num_heads": (1, 1024, False),
+    "num_key_value_heads": (1, 1024, True),
+    "head_dim": (1, 4096, True),
+    "hidden_dim": (1, MAX_WIDTH, False),
+    "intermediate_dim": (1, 4 * MAX_WIDTH, False),
+    "max_sequence_length": (1, 2**24, False),
+    "num_segments": (1, 1024, False),
+    "sliding_window": (1, 2**24, True),
+    "num_experts": (1, 1024, True),
+    "num_experts_per_token": (1, 1024, False),
+    "patch_size": (1, 1024, False),
+    "stem_filters": (1, MAX_WIDTH, False),
+    "head_filters": (1, MAX_WIDTH, False),
+}
+_INT_LIST_FIELDS = {  # name: (low, high) of each entry
+    "stackwise_num_filters": (1, MAX_WIDTH),
+    "stackwise_num_blocks": (1, 1000),
+    "stackwise_num_strides": (1, 16),
+    "stackwise_strides": (1, 16),
+    "stackwise_kernel_sizes": (1, 31),
+    "stackwise_output_filters": (1, MAX_WIDTH),
+    "stem_kernel_sizes": (1, 31),
+}
+_FLOAT_FIELDS = {  # name: (low, high, low open, high open)
+    "dropout": (0.0, 1.0, False, True),
+    "drop_connect_rate": (0.0, 1.0, False, True),
+    "layer_norm_epsilon": (0.0, 1.0, True, False),
+    "batch_norm_epsilon": (0.0, 1.0, True, False),
+    "batch_norm_momentum": (0.0, 1.0, False, False),
+    "rope_max_wavelength": (0.0, 1e12, True, False),
+    "rope_scaling_factor": (0.0, 1e4, True, False),
+    "router_aux_loss_coefficient": (0.0, 1e3, False, False),
+    "width_coefficient": (0.0, 16.0, True, False),
+    "depth_coefficient": (0.0, 16.0, True, False),
+}
+_FLOAT_LIST_FIELDS = {
+    "stackwise_expansion_ratios": (1.0, 64.0),
+    "stackwise_squeeze_excite_ratios": (0.0, 1.0),
+}
+_BOOL_FIELDS = ("norm_unit_offset", "tie_word_embeddings", "scale_embeddings", "attention_bias",
+                "preactivation", "avg_pool_shortcut", "use_class_token")
+# Largest embedding table (vocabulary_size × hidden_dim entries): 4× Llama 3.1 405B's.
+MAX_EMBEDDING_ENTRIES = 2**33
+
+
+def check_backbone_config(owner, arguments):
+    """Refuse a backbone config field of the wrong type, sign or size before anything is built.
+
+    ``arguments`` maps constructor argument names to values (a backbone passes ``locals()`` first
+    thing in ``__init__``); fields named in the tables above are checked, with the rules that tie
+    fields together (heads divide the width, an image holds whole patches…). The ``ValueError``
+    names ``owner``, the field, its value and the allowed range.
+
+    >>> check_backbone_config("BertBackbone", {"num_layers": 0})
+    Traceback (most recent call last):
+    ...
+    ValueError: BertBackbone: num_layers must be an integer in [1, 512], got 0.
+    """
+    owner = owner if isinstance(owner, str) else type(owner).__name__
+    for name, (low, high, allow_none) in _INT_FIELDS.items():
+        if name in arguments and not (name == "stem_filters" and isinstance(arguments[name], (list, tuple))):
+            check_int(name, arguments[name], low, high, owner, allow_none)
+    for name, (low, high) in _INT_LIST_FIELDS.items():
+        if name in arguments:
+            check_int_list(name, arguments[name], low, high, owner)
+    if isinstance(arguments.get("stem_filters"), (list, tuple)):
+        check_int_list("stem_filters", arguments["stem_filters"], 1, MAX_WIDTH, owner)
+    for name, (low, high, low_open, high_open) in _FLOAT_FIELDS.items():
+        if name in arguments:
+            check_float(name, arguments[name], low, high, owner, low_open, high_open)
+    for name, (low, high) in _FLOAT_LIST_FIELDS.items():
+        if arguments.get(name) is not None:
+            check_float_list(name, arguments[name], low, high, owner)
+    for name in _BOOL_FIELDS:
+        if name in arguments and not isinstance(arguments[name], (bool, np.bool_)):
+            raise ValueError(f"{owner}: {name} must be True or False, got {arguments[name]!r:.60} "
+                             f"({type(arguments[name]).__name__}).")
+    _check_related_fields(owner, arguments)
+
+
+def _check_related_fields(owner, arguments):
+    get = arguments.get
+    if get("hidden_dim") is not None and get("num_heads") is not None and get("head_dim") is None:
+        check_divisible("hidden_dim", get("hidden_dim"), "num_heads", get("num_heads"), owner)
+    if get("num_key_value_heads") is not None and get("num_heads") is not None:
+        check_divisible("num_heads", get("num_heads"), "num_key_value_heads", get("num_key_value_heads"),
+                        owner)
+    if get("num_experts") is not None and get("num_experts_per_token", 0) > get("num_experts"):
+        raise ValueError(f"{owner}: num_experts_per_token={get('num_experts_per_token')} must be at most "
+                         f"num_experts={get('num_experts')}.")
+    if get("vocabulary_size") is not None and get("hidden_dim") is not None and \
+            get("vocabulary_size") * get("hidden_dim") > MAX_EMBEDDING_ENTRIES:
+        raise ValueError(f"{owner}: vocabulary_size × hidden_dim = {get('vocabulary_size')} × "
+                         f"{get('hidden_dim')} is an embedding table of more than {MAX_EMBEDDING_ENTRIES:.3g} "
+                         "entries; check both fields.")
+    if "image_shape" in arguments:
+        _check_image_shape(owner, get("image_shape"))
+
+
+def _check_image_shape(owner, image_shape):
+    """(height, width, channels); height and width may be None (any resolution)."""
+    if not (isinstance(image_shape, (list, tuple)) and len(image_shape) == 3):
+        raise ValueError(f"{owner}: image_shape must be (height, width, channels), got {image_shape!r}.")
+    for i, size in enumerate(image_shape):
+        if size is not None or i == 2:
+            check_int(f"image_shape[{i}]", size, 1, 16384 if i < 2 else 1024, owner)
 
 
 class Backbone(keras.Model):
@@ -16,7 +144,43 @@ class Backbone(keras.Model):
     Subclasses build a functional graph in ``__init__`` and call
     ``super().__init__(inputs=..., outputs=..., name=..., dtype=...)``, then record the constructor
     arguments that ``get_config`` returns.
+
+    Text backbones set ``vocabulary_size`` (the rows of their token embedding) and
+    ``max_sequence_length``; both stay None on backbones without them (vision).
     """
+
+    vocabulary_size = None
+    max_sequence_length = None
+
+    @property
+    def position_table_length(self):
+        """Rows of the learned position table (BERT, GPT-2): the longest sequence the model can
+        read at all. None where positions are computed (rotary: Llama) or absent (vision)."""
+        tables = [layer for layer in self._flatten_layers(include_self=False)
+                  if isinstance(layer, PositionEmbedding)]
+        return min(table.sequence_length for table in tables) if tables else None
+
+    def check_inputs(self, inputs):
+        """Refuse, in numpy and before any compiled function runs, inputs the graph would misread.
+
+        ``inputs`` are this backbone's inputs as arrays (a dict for text backbones). Checked: every
+        input is present with the rank and fixed sizes of its ``keras.Input``; integer inputs hold
+        whole numbers, float inputs finite values; ``token_ids`` lie in ``[0, vocabulary_size)``
+        (an id past the table is NaN on jax, an IndexError on torch); ``padding_mask`` holds 0/1;
+        sequences fit the position table. Symbolic tensors (inside ``tf.data``) are not checked.
+        """
+        specs = self.input if isinstance(self.input, dict) else {"images" if len(self.input.shape) == 4
+                                                                  else "inputs": self.input}
+        if not isinstance(inputs, dict):
+            if len(specs) != 1:
+                raise ValueError(f"{self.name} takes a dict of arrays with keys {sorted(specs)}, got "
+                                 f"{type(inputs).__name__}.")
+            inputs = {next(iter(specs)): inputs}
+        missing = sorted(set(specs) - set(inputs))
+        if missing:
+            raise ValueError(f"{self.name} needs inputs {sorted(specs)}; missing {missing}.")
+        for name, spec in specs.items():
+            _check_input(self, name, inputs[name], spec)
 
     def get_config(self):
         return {
@@ -96,3 +260,36 @@ class Backbone(keras.Model):
         from kcookbook.components import lora
 
         lora.merge_lora(self)
+
+
+def _check_input(backbone, name, value, spec):
+    array = eager_array(value)
+    if array is None:
+        return
+    expected = tuple(spec.shape)
+    if array.ndim != len(expected) or any(e is not None and e != a for e, a in zip(expected, array.shape)):
+        shape = "(" + ", ".join("batch" if i == 0 else str(e) if e is not None else "any"
+                                for i, e in enumerate(expected)) + ")"
+        raise ValueError(f"{backbone.name} input {name!r} has shape {array.shape}; it takes {shape}.")
+    integer_spec = "int" in str(spec.dtype)
+    if integer_spec and not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
+        if array.dtype == object or not np.issubdtype(array.dtype, np.floating):
+            raise ValueError(f"{backbone.name} input {name!r} must hold integers, got dtype {array.dtype}.")
+        check_finite(f"{backbone.name} input {name!r}", array)
+        if (array != np.round(array)).any():
+            raise ValueError(f"{backbone.name} input {name!r} must hold whole numbers, got "
+                             f"{array[array != np.round(array)].ravel()[0]}.")
+    elif not integer_spec:
+        check_finite(f"{backbone.name} input {name!r}", array)
+    if name == "token_ids" and backbone.vocabulary_size is not None:
+        check_ids_in_range(f"{backbone.name} input 'token_ids'", array, backbone.vocabulary_size,
+                           "vocabulary_size", " Token ids index the embedding table; tokenize with the "
+                           "backbone's own tokenizer.")
+    if name == "padding_mask" and array.size and not np.isin(array, (0, 1)).all():
+        raise ValueError(f"{backbone.name} input 'padding_mask' must hold 0 (padding) or 1 (token), got "
+                         f"{array[~np.isin(array, (0, 1))].ravel()[0]}.")
+    limit = backbone.position_table_length
+    if limit is not None and array.ndim == 2 and name in ("token_ids", "padding_mask") and \
+            array.shape[1] > limit:
+        raise ValueError(f"{backbone.name} input {name!r} has {array.shape[1]} positions; the model has "
+                         f"{limit} (max_sequence_length). Truncate the sequences to {limit}.")

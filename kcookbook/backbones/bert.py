@@ -27,7 +27,7 @@ the other; checkpoints of both (and Hugging Face's ``BertModel``) convert into i
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import (
     PositionEmbedding,
     ReversibleEmbedding,
@@ -91,6 +91,7 @@ class BertBackbone(Backbone):
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
                  dropout=0.1, max_sequence_length=512, num_segments=2, layer_norm_epsilon=1e-12,
                  activation="gelu", dtype=None, name="bert_backbone", **kwargs):
+        check_backbone_config(self, locals())
         init = bert_kernel_initializer
         token_embedding = ReversibleEmbedding(
             vocabulary_size, hidden_dim, embeddings_initializer=init(), dtype=dtype,

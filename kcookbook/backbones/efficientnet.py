@@ -47,7 +47,7 @@ import math
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 # One row per stage (efficientnet_builder.py, shared by B0 and Lite): repeats, kernel, stride,
@@ -189,6 +189,7 @@ class EfficientNetBackbone(Backbone):
                  head_filters=HEAD_FILTERS, activation="swish", padding="same", drop_connect_rate=0.2,
                  image_shape=(None, None, 3), batch_norm_epsilon=1e-3, batch_norm_momentum=0.99,
                  name="efficientnet", dtype=None, **kwargs):
+        check_backbone_config(self, locals())
         stacks = [list(v) for v in (stackwise_num_blocks, stackwise_kernel_sizes, stackwise_strides,
                                     stackwise_expansion_ratios, stackwise_output_filters)]
         se_ratios = list(stackwise_squeeze_excite_ratios or [0.0] * len(stacks[0]))
@@ -257,6 +258,7 @@ class EfficientNetLiteBackbone(EfficientNetBackbone):
     def __init__(self, width_coefficient=1.0, depth_coefficient=1.0, drop_connect_rate=0.2,
                  image_shape=(None, None, 3), batch_norm_epsilon=1e-3, batch_norm_momentum=0.99,
                  name="efficientnet_lite", dtype=None, **kwargs):
+        check_backbone_config(self, locals())
         stacks = lite_stacks(width_coefficient, depth_coefficient)
         num_blocks, kernels, strides, expansions, out_filters = (list(v) for v in zip(*stacks))
         super().__init__(num_blocks, kernels, strides, expansions, out_filters, stem_filters=STEM_FILTERS,

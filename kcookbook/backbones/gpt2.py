@@ -19,7 +19,7 @@ checkpoints and keras_hub presets convert into it.
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import DecoderBlock, PositionEmbedding, ReversibleEmbedding
 from kcookbook.components.decoder_block import run_decoder_blocks
 from kcookbook.components.direct_calls import run_layer
@@ -56,6 +56,7 @@ class GPT2Backbone(Backbone):
     def __init__(self, vocabulary_size, num_layers, num_heads, hidden_dim, intermediate_dim,
                  dropout=0.1, max_sequence_length=1024, layer_norm_epsilon=1e-5, dtype=None,
                  name="gpt2_backbone", **kwargs):
+        check_backbone_config(self, locals())
         token_embedding = ReversibleEmbedding(
             vocabulary_size, hidden_dim, embeddings_initializer=gpt2_kernel_initializer(),
             dtype=dtype, name="token_embedding")

@@ -32,7 +32,7 @@ import math
 import keras
 from keras import ops
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import DecoderBlock, ReversibleEmbedding, RMSNormalization
 from kcookbook.components.decoder_block import run_decoder_blocks
 from kcookbook.components.direct_calls import run_layer
@@ -83,6 +83,7 @@ class LlamaBackbone(Backbone):
                  scale_embeddings=False, attention_bias=False, sliding_window=None,
                  num_experts=None, num_experts_per_token=2, router_aux_loss_coefficient=0.0,
                  dropout=0.0, dtype=None, name="llama_backbone", **kwargs):
+        check_backbone_config(self, locals())
         head_dim = head_dim or hidden_dim // num_heads
         token_embedding = ReversibleEmbedding(
             vocabulary_size, hidden_dim, tie_weights=tie_word_embeddings,

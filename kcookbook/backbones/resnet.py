@@ -31,7 +31,7 @@ Layer names follow KerasHub's (``conv1_conv``, ``stack0_block0_1_conv``…).
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 
 # name: (block type, blocks per stack, pre-activation); widths 64, 128, 256, 512 (×4 at a
 # bottleneck's output)
@@ -124,6 +124,7 @@ class ResNetBackbone(Backbone):
                  stackwise_num_strides=(1, 2, 2, 2), block_type="basic", stem_filters=64,
                  stem_kernel_sizes=(7,), preactivation=False, avg_pool_shortcut=False,
                  image_shape=(None, None, 3), name="resnet", dtype=None, **kwargs):
+        check_backbone_config(self, locals())
         if block_type not in ("basic", "bottleneck"):
             raise ValueError(f"block_type must be 'basic' or 'bottleneck', got {block_type!r}.")
         if not len(stackwise_num_filters) == len(stackwise_num_blocks) == len(stackwise_num_strides):

@@ -23,7 +23,7 @@ that its image classifier does not use) is not part of this backbone.
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone
+from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import PatchEmbedding, TransformerEncoderBlock, get_activation
 
 
@@ -54,6 +54,7 @@ class ViTBackbone(Backbone):
     def __init__(self, image_shape, patch_size, num_layers, num_heads, hidden_dim, intermediate_dim,
                  dropout=0.0, layer_norm_epsilon=1e-12, activation="gelu", use_class_token=True,
                  dtype=None, name="vit_backbone", **kwargs):
+        check_backbone_config(self, locals())
         image_shape = tuple(image_shape)
         if len(image_shape) != 3:
             raise ValueError(f"image_shape must be (height, width, channels), got {image_shape!r}.")

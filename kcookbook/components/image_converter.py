@@ -15,11 +15,17 @@ with the image (``crop_to_aspect_ratio`` crops boxes too).
 Input rules (each broken rule is a ValueError that says what to do):
 
 * a batch ``(batch, height, width, channels)``, one image ``(height, width, channels)``, a list of
-  images of different sizes (each is resized, then stacked), or a ``tf.Tensor`` inside ``tf.data``;
+  images (of different sizes: each is resized, then stacked), or a ``tf.Tensor`` inside ``tf.data``;
+* a 3-D array is one image only when its last axis can be channels (1, 3, 4 or ``num_channels``):
+  ``(1, 240, 320)`` is refused rather than read as one image with 320 channels. A batch of
+  grayscale images ``(batch, height, width)`` needs its channel axis: ``images[..., None]``;
+* a 2-D array ``(height, width)`` is one grayscale image (a list of them is a batch);
 * ``channels`` equal to ``num_channels`` (3): grayscale images must be repeated to RGB first;
-* float images are taken to hold values in ``[0, 255]`` like uint8 (Keras's convention); a float
-  image whose values all lie in ``[0, 1]`` is refused (multiply it by 255 first), and so are values
-  outside ``[0, 255]``. These checks run eagerly; inside ``tf.data`` the values are trusted;
+* height and width of at least one pixel;
+* integer images hold values in ``[0, 255]``; float images are taken to hold values in
+  ``[0, 255]`` like uint8 (Keras's convention); a float image whose values all lie in ``[0, 1]`` is
+  refused (multiply it by 255 first), and so are NaN, infinity and values outside ``[0, 255]``. These
+  checks run eagerly; inside ``tf.data`` the values are trusted;
 * at least one image.
 """
 
@@ -27,6 +33,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_tensor
+from kcookbook.components.validation import check_finite
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
 
@@ -108,9 +115,10 @@ class ImageConverter:
         if isinstance(images, (list, tuple)):
             if len(images) == 0:
                 raise ValueError("No images to convert: got an empty list.")
+            images = [_with_channel_axis(np.asarray(i)) for i in images]
             if bounding_boxes is None and len({np.shape(i) for i in images}) > 1:
                 return np.stack([self(image)[0] for image in images])
-            images = np.stack([np.asarray(i) for i in images])
+            images = np.stack(images)
         images = self._check(images)
         out = self._convert(images, bounding_boxes)
         return keras.tree.map_structure(keras.ops.convert_to_numpy, out)
@@ -133,23 +141,36 @@ class ImageConverter:
         images = images.numpy() if is_tf_tensor(images) else np.asarray(images)
         if images.dtype == object:
             raise ValueError("Images of different sizes must come as a list of arrays, not an object array.")
+        one_grayscale = images.ndim == 2
+        images = _with_channel_axis(images)
         if images.ndim == 3:
+            if images.shape[-1] not in (1, 3, 4, self.num_channels):
+                raise ValueError(
+                    f"Images shaped {images.shape} are ambiguous: one image with {images.shape[-1]} channels, "
+                    f"or {images.shape[0]} grayscale images? A batch of grayscale images needs a channel "
+                    f"axis: images[..., None] (then np.repeat(images[..., None], {self.num_channels}, "
+                    f"axis=-1) for {self.num_channels} channels); one image is (height, width, channels).")
             images = images[None]
         if images.ndim != 4:
             raise ValueError(
                 f"Expected images shaped (batch, height, width, {self.num_channels}) or (height, width, "
-                f"{self.num_channels}); got shape {images.shape}. A grayscale image (height, width) needs a "
-                f"channel axis: np.repeat(image[..., None], {self.num_channels}, axis=-1).")
+                f"{self.num_channels}); got shape {images.shape}.")
         if images.shape[0] == 0:
             raise ValueError(f"No images to convert: the batch is empty (shape {images.shape}).")
+        if images.shape[1] == 0 or images.shape[2] == 0:
+            raise ValueError(f"Images must be at least 1×1 pixels; got height {images.shape[1]} and width "
+                             f"{images.shape[2]} (shape {images.shape}).")
         if images.shape[-1] != self.num_channels:
-            hint = (f" Repeat grayscale to RGB: np.repeat(images, {self.num_channels}, axis=-1)."
+            hint = (f" A grayscale image (height, width) needs a channel axis of {self.num_channels}: "
+                    f"np.repeat(image[..., None], {self.num_channels}, axis=-1)." if one_grayscale else
+                    f" Repeat grayscale to RGB: np.repeat(images, {self.num_channels}, axis=-1)."
                     if images.shape[-1] == 1 else
                     " Drop the alpha channel: images[..., :3]." if images.shape[-1] == 4 else
                     " Channels go last (channels_last).")
             raise ValueError(f"Images have {images.shape[-1]} channels; this converter takes "
                              f"{self.num_channels}. Got shape {images.shape}.{hint}")
         if np.issubdtype(images.dtype, np.floating):
+            check_finite("images", images)
             low, high = float(np.min(images)), float(np.max(images))
             if low < 0.0 or high > 255.0:
                 raise ValueError(f"Float images must hold pixel values in [0, 255]; these range over "
@@ -157,7 +178,11 @@ class ImageConverter:
             if high <= 1.0 and high > 0.0:
                 raise ValueError("Float images are read as pixel values in [0, 255] (like uint8), but "
                                  f"these all lie in [0, 1] (max {high:.3g}). Multiply them by 255 first.")
-        elif not np.issubdtype(images.dtype, np.integer):
+        elif np.issubdtype(images.dtype, np.integer):
+            if images.dtype != np.uint8 and (images.min() < 0 or images.max() > 255):
+                raise ValueError(f"Integer images must hold pixel values in [0, 255]; these ({images.dtype}) "
+                                 f"range over [{images.min()}, {images.max()}]. Scale them to uint8 first.")
+        else:
             raise ValueError(f"Images must be uint8 or float, got dtype {images.dtype}.")
         return images
 
@@ -183,6 +208,11 @@ class ImageConverter:
     def __repr__(self):
         return (f"ImageConverter(image_size={self.image_size}, scale={self.scale}, offset={self.offset}, "
                 f"interpolation={self.interpolation!r}, crop_to_aspect_ratio={self.crop_to_aspect_ratio})")
+
+
+def _with_channel_axis(image):
+    """A 2-D array (height, width) is one grayscale image: give it its channel axis."""
+    return image[..., None] if image.ndim == 2 else image
 
 
 def _is_eager_tf(x):

@@ -17,6 +17,23 @@ def is_tf_dataset(x):
     return type(x).__module__.startswith("tensorflow") and hasattr(x, "element_spec")
 
 
+def valid_unicode(text):
+    """``text`` with lone surrogates (U+D800–U+DFFF, left by ``surrogateescape`` decoding or a JSON
+    ``"\\ud800"``) replaced by U+FFFD, as undecodable bytes are; a pair written as two code units
+    becomes its character. Tokenizer engines cannot encode lone surrogates (a bare TypeError).
+
+    >>> valid_unicode("a\\ud800b"), valid_unicode("\\ud83d\\ude00")
+    ('a\ufffdb', '😀')
+    """
+    if text.isascii():
+        return text
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+
+
 def as_text_list(segment):
     """One segment of raw text input as a list (accepts str, bytes, lists, numpy arrays and pandas
     Series); its elements are checked by :func:`as_text`."""
@@ -35,7 +52,8 @@ def as_text_list(segment):
 
 
 def as_text(text):
-    """One element of text input as a str (bytes are decoded as UTF-8); anything else is refused."""
+    """One element of text input as a str (bytes are decoded as UTF-8, lone surrogates become U+FFFD);
+    anything else is refused."""
     if isinstance(text, bytes):
         return text.decode("utf-8", errors="replace")
     if not isinstance(text, str):
@@ -43,4 +61,4 @@ def as_text(text):
             f"Text tasks take strings, but an input element is {type(text).__name__} ({text!r:.40}). "
             "Convert it with str(), or pass a dict of token ids if it is already tokenized."
         )
-    return text
+    return valid_unicode(text)

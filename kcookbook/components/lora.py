@@ -123,6 +123,11 @@ def load_lora_weights(model, path):
 
     arrays = {}
     with open_h5(os.fspath(path)) as f:
+        if "rank" not in f.attrs or "lora_alpha" not in f.attrs:
+            raise ValueError(
+                f"{path} is not a LoRA adapter file: it has no 'rank'/'lora_alpha' attributes (a full "
+                "weights file, e.g. model.weights.h5, loads with load_weights or from_preset). Make an "
+                "adapter with backbone.enable_lora(rank), fit, then backbone.save_lora_weights(path).")
         rank, alpha = int(f.attrs["rank"]), float(f.attrs["lora_alpha"])
 
         def visit(name, obj):

@@ -21,7 +21,7 @@ import re
 import keras
 import numpy as np
 
-from kcookbook.components.inputs import is_tf_tensor
+from kcookbook.components.inputs import is_tf_tensor, valid_unicode
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
 
@@ -30,7 +30,7 @@ def _as_text(item):
     if isinstance(item, bytes):
         return item.decode("utf-8", errors="replace")
     if isinstance(item, (str, np.str_)):
-        return str(item)
+        return valid_unicode(str(item))
     raise TypeError(
         f"A tokenizer takes strings, but got an element of type {type(item).__name__}: {item!r:.60}. "
         "Pass a str, a list of str, or a tf.string tensor."

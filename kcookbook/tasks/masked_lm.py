@@ -11,6 +11,7 @@ import keras
 import numpy as np
 
 from kcookbook.components import MaskedLMHead, MaskedLMMaskGenerator
+from kcookbook.components.validation import check_ids_in_range, eager_array
 from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
 
@@ -100,6 +101,15 @@ class MaskedLM(Task):
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
         self._init_task(backbone, preprocessor)
         self.compile()
+
+    def check_inputs(self, x):
+        """The backbone's checks, and ``mask_positions`` inside the sequence (jax would read a
+        clamped position silently)."""
+        super().check_inputs(x)
+        positions, token_ids = (eager_array(x.get(k)) for k in ("mask_positions", "token_ids"))
+        if positions is not None and token_ids is not None and token_ids.ndim == 2:
+            check_ids_in_range("mask_positions", positions, token_ids.shape[1], "sequence length",
+                               " A mask position indexes a token of its row.")
 
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Defaults: Adam(5e-5), cross-entropy on the masked positions, weighted accuracy."""

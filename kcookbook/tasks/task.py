@@ -3,14 +3,34 @@
 ``fit``/``predict``/``evaluate`` take raw inputs (lists of strings, a ``tf.data`` dataset of
 strings…) and preprocess them with the task's preprocessor; a dict of arrays is passed through
 untouched, so the same task also runs on already-preprocessed data.
+
+Inputs are checked before Keras's trainer sees them (numpy, eagerly): an empty batch, labels the
+loss cannot read (a class id outside ``[0, num_classes)``, 0.5, NaN, one-hot rows for a loss that
+takes ids), token ids outside the embedding table, non-finite images or sample weights are each a
+``ValueError`` naming the value and the fix. Inside a ``tf.data`` dataset the labels of a sparse
+classification loss are checked in the pipeline (range and whole numbers; a failure is the same
+``ValueError`` when the batch is read); other values of a dataset are not checked.
+
+A call that fails leaves the model as it was: on jax, Keras's trainer detaches the variables'
+values while it runs, and a failure in the first step (before it holds a new state to write back)
+used to leave every variable empty; the values are put back.
 """
+
+import contextlib
+import inspect
 
 import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_dataset as _is_dataset
 from kcookbook.components.preset_entry import load_preset
+from kcookbook.components.validation import check_finite, check_ids_in_range, eager_array
 from kcookbook.presets import files, save_preset
+from kcookbook.tasks.preprocessor import Preprocessor
+
+# Prefix of the label checks that run inside tf.data (a tf assertion), so fit can raise them as
+# the ValueError they are.
+_LABEL_CHECK = "Label check failed: "
 
 
 class Task(keras.Model):
@@ -21,6 +41,40 @@ class Task(keras.Model):
     def _init_task(self, backbone, preprocessor):
         self.backbone = backbone
         self.preprocessor = preprocessor
+
+    # ----- the preprocessor must fit the backbone -----
+    @property
+    def preprocessor(self):
+        return self.__dict__.get("_preprocessor")
+
+    @preprocessor.setter
+    def preprocessor(self, preprocessor):
+        self._check_preprocessor(preprocessor)
+        object.__setattr__(self, "_preprocessor", preprocessor)
+
+    def _check_preprocessor(self, preprocessor):
+        """A tokenizer whose ids the embedding table cannot hold gives NaN (jax) or an index error
+        (torch) at the first such token; a sequence longer than a learned position table fails deep
+        in the graph. Both are refused here, when the two are put together."""
+        if not isinstance(preprocessor, Preprocessor):
+            return
+        backbone = self.backbone
+        table = backbone.vocabulary_size
+        if table is not None and preprocessor.tokenizer is not None:
+            size = preprocessor.tokenizer.vocabulary_size
+            if size > table:
+                raise ValueError(
+                    f"The tokenizer {preprocessor.tokenizer.name!r} has {size} tokens but the backbone "
+                    f"{backbone.name!r} embeds only vocabulary_size={table}: ids {table}…{size - 1} have "
+                    "no embedding. Use the tokenizer the backbone was trained with, or build the "
+                    f"backbone with vocabulary_size={size}.")
+        limit = backbone.position_table_length
+        length = preprocessor.sequence_length
+        if limit is not None and length > limit:
+            raise ValueError(
+                f"The preprocessor packs sequence_length={length} tokens but the backbone "
+                f"{backbone.name!r} has positions for max_sequence_length={limit}. Build the "
+                f"preprocessor with sequence_length<={limit}.")
 
     # ----- compiled functions follow the variable set -----
     # Keras caches train/test/predict functions after the first call. Adding or removing variables
@@ -43,14 +97,17 @@ class Task(keras.Model):
 
     def _compile_classifier(self, learning_rate, optimizer="auto", loss="auto", metrics="auto", **kwargs):
         """Classifier defaults for ``"auto"``: Adam(learning_rate), sparse categorical cross-entropy
-        (from logits unless the head has an activation) and accuracy."""
+        (from logits unless the head has an activation) and accuracy (categorical accuracy for a
+        categorical cross-entropy loss)."""
         if optimizer == "auto":
             optimizer = keras.optimizers.Adam(learning_rate)
         if loss == "auto":
             from_logits = self.activation in (None, keras.activations.linear)
             loss = keras.losses.SparseCategoricalCrossentropy(from_logits=from_logits)
-        if metrics == "auto":
-            metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        if metrics == "auto":  # accuracy read the way the loss reads labels (ids or one-hot rows)
+            one_hot = isinstance(loss, keras.losses.CategoricalCrossentropy) or loss == "categorical_crossentropy"
+            metrics = [(keras.metrics.CategoricalAccuracy if one_hot else
+                        keras.metrics.SparseCategoricalAccuracy)(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, metrics=metrics, **kwargs)
 
     # ----- raw inputs → model inputs -----
@@ -76,10 +133,14 @@ class Task(keras.Model):
         return self._model_inputs(out)
 
     def _dataset(self, ds):
-        if self.preprocessor is None:
-            return ds
         import tensorflow as tf
 
+        if self.preprocessor is None:
+            return self._checked_labels_dataset(ds)
+
+        # Plain Python bridging into numpy (tf.numpy_function): nothing for autograph to convert, and
+        # its conversion of zero-argument super() calls deeper down is fragile.
+        @tf.autograph.experimental.do_not_convert
         def fn(*element):
             # (x, y[, sample_weight]) when the element has several parts; one part is x alone, even
             # when it is itself a tuple of text segments ((first, second),).
@@ -91,38 +152,197 @@ class Task(keras.Model):
                 return keras.utils.pack_x_y_sample_weight(self._model_inputs(x), y, sw)
             return self.preprocess(x, y, sw)
 
-        return ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+        ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE)
+        return self._checked_labels_dataset(ds).prefetch(tf.data.AUTOTUNE)
 
-    def _prepare(self, x, y=None, sample_weight=None):
+    def _prepare(self, x, y=None, sample_weight=None, labelled=False):
+        """Raw inputs → checked model inputs; ``labelled`` for fit/evaluate (a loss needs labels)."""
         if _is_dataset(x):
             return self._dataset(x), None, None
+        if x is None:
+            raise ValueError(f"{self.name} got x=None: pass the inputs (e.g. a list of strings or images).")
         # Keras takes arrays, not Python lists, for labels and weights: fit(texts, [2, 0]) should work.
         y = np.asarray(y) if isinstance(y, list) else y
         sample_weight = np.asarray(sample_weight) if isinstance(sample_weight, list) else sample_weight
         out = self.preprocess(x, y, sample_weight)
-        return keras.utils.unpack_x_y_sample_weight(out) if isinstance(out, tuple) else (out, y, sample_weight)
+        x, y, sample_weight = (keras.utils.unpack_x_y_sample_weight(out) if isinstance(out, tuple)
+                               else (out, y, sample_weight))
+        self.check_inputs(x)
+        if labelled:
+            self.check_labels(y)
+            if sample_weight is not None:
+                self._check_sample_weight(sample_weight)
+        return x, y, sample_weight
+
+    # ----- checks of what reaches the trainer -----
+    def check_inputs(self, x):
+        """Model inputs (after preprocessing) the backbone can read: not empty, right ranks and dtypes,
+        ids within their tables (``Backbone.check_inputs``)."""
+        leaves = [leaf for leaf in keras.tree.flatten(x) if hasattr(leaf, "shape")]
+        if leaves and (len(leaves[0].shape) == 0 or leaves[0].shape[0] == 0):
+            raise ValueError(f"{self.name} got no examples: the inputs are empty (shape "
+                             f"{tuple(leaves[0].shape)}). Pass at least one.")
+        backbone_input = self.backbone.input
+        if isinstance(x, dict) and isinstance(backbone_input, dict):
+            x = {k: v for k, v in x.items() if k in backbone_input}
+        self.backbone.check_inputs(x)
+
+    def _label_rule(self):
+        """("sparse" | "categorical" | None, classes): what the compiled loss reads from ``y``."""
+        loss = getattr(self, "loss", None)
+        if len(self.outputs) != 1 or loss is None:
+            return None, None
+        classes = self.outputs[0].shape[-1]
+        if isinstance(loss, keras.losses.SparseCategoricalCrossentropy) or loss in (
+                "sparse_categorical_crossentropy", keras.losses.sparse_categorical_crossentropy):
+            return "sparse", classes
+        if isinstance(loss, keras.losses.CategoricalCrossentropy) or loss in (
+                "categorical_crossentropy", keras.losses.categorical_crossentropy):
+            return "categorical", classes
+        return None, classes
+
+    def _classes_name(self, classes):
+        return "num_classes" if getattr(self, "num_classes", None) == classes else "classes"
+
+    def check_labels(self, y):
+        """Labels the compiled loss can read: class ids in ``[0, classes)`` shaped like the output
+        without its class axis (sparse cross-entropy), or rows of ``classes`` probabilities
+        (categorical); finite in any case."""
+        mode, classes = self._label_rule()
+        if mode is None and y is None:
+            return
+        if y is None:
+            raise ValueError(f"{self.name} needs labels here: pass y (its loss compares them with the "
+                             "predictions), or a dataset of (x, y) pairs.")
+        if isinstance(y, dict) or isinstance(y, (list, tuple)) and len(self.outputs) != 1:
+            return
+        y = eager_array(y)
+        if y is None:
+            return
+        name, out_rank = "y (the labels)", len(self.outputs[0].shape)
+        what = f"{self._classes_name(classes)}={classes}"
+        if y.dtype == object or not (np.issubdtype(y.dtype, np.number) or y.dtype == bool):
+            raise ValueError(f"{name} must be numbers, got an array of dtype {y.dtype} ({y.ravel()[:3]!r:.60}). "
+                             "Map class names to ids 0…num_classes-1 first.")
+        if mode == "sparse":
+            if y.ndim == out_rank and y.shape[-1] == classes and classes > 1:
+                raise ValueError(
+                    f"{name} has shape {y.shape}: one-hot rows, but {self.name} is compiled with sparse "
+                    f"categorical cross-entropy, which takes class ids shaped {y.shape[:-1]}. Pass "
+                    "y.argmax(-1), or compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True)).")
+            if not (y.ndim == out_rank - 1 or (y.ndim == out_rank and y.shape[-1] == 1)):
+                raise ValueError(f"{name} has shape {y.shape}; {self.name} takes class ids shaped "
+                                 f"(batch{', ...' if out_rank > 2 else ''}), one per prediction.")
+            hint = (f" Labels are class ids 0…{classes - 1}; if there are more classes, build the task "
+                    "with a larger num_classes." if what.startswith("num_classes") else "")
+            check_ids_in_range(name, y, classes, what.split("=")[0], hint)
+        else:
+            check_finite(name, y)
+            if mode == "categorical":
+                if y.ndim != out_rank or y.shape[-1] != classes:
+                    raise ValueError(
+                        f"{name} has shape {y.shape}, but {self.name} is compiled with categorical "
+                        f"cross-entropy, which takes one row of {classes} probabilities per example "
+                        f"({what}). Use keras.utils.to_categorical(y, {classes}).")
+                if y.size and (y.min() < 0 or y.max() > 1):
+                    raise ValueError(f"{name} holds {y.min() if y.min() < 0 else y.max():g}, but "
+                                     "categorical labels are probabilities in [0, 1].")
+
+    def _check_sample_weight(self, sample_weight):
+        weights = eager_array(sample_weight)
+        if weights is None:
+            return
+        check_finite("sample_weight", weights)
+        if weights.size and weights.min() < 0:
+            raise ValueError(f"sample_weight holds {weights.min():g}: weights must be >= 0.")
+
+    def _checked_labels_dataset(self, ds):
+        """Check a dataset's labels inside the pipeline: shape once, values as each batch is read
+        (sparse losses only: ids in range and whole; a failure surfaces as a ValueError in fit)."""
+        import tensorflow as tf
+
+        mode, classes = self._label_rule()
+        spec = ds.element_spec
+        if mode != "sparse" or not isinstance(spec, tuple) or len(spec) < 2 or \
+                not isinstance(spec[1], tf.TensorSpec):
+            return ds
+        shape = spec[1].shape
+        if shape.rank is not None and shape.rank >= 2 and shape[-1] == classes and classes > 1:
+            raise ValueError(
+                f"The dataset's labels have shape {shape}: one-hot rows, but {self.name} is compiled with "
+                "sparse categorical cross-entropy, which takes class ids. Map them with "
+                "tf.argmax(y, -1), or compile(loss=keras.losses.CategoricalCrossentropy(from_logits=True)).")
+        what = f"{self._classes_name(classes)}={classes}"
+
+        def check(*element):
+            y = element[1]
+            valid = (y >= tf.cast(0, y.dtype)) & (y < tf.cast(classes, y.dtype))
+            if y.dtype.is_floating:
+                valid &= tf.equal(y, tf.round(y))
+            message = (f"{_LABEL_CHECK}a label of the dataset is outside [0, {classes}) or not a whole "
+                       f"number ({what}); the batch holds")
+            assertion = tf.debugging.Assert(tf.reduce_all(valid), [message, y], summarize=20)
+            with tf.control_dependencies([assertion]):
+                return (element[0], tf.identity(y)) + tuple(element[2:])
+
+        return ds.map(check)
+
+    @contextlib.contextmanager
+    def _keeps_state_on_failure(self):
+        """Run a trainer call; if it fails, give back every variable value the trainer detached.
+
+        Keras's jax trainer sets each variable's value to None while it runs and writes its new
+        state back at the end; a failure before the first step completes (a shape error in
+        tracing, an empty iterator) left the model with no values at all, so every later call
+        raised "'NoneType' object is not callable". Holding the original arrays costs no copy (jax
+        arrays are immutable; a training step that donates them has run past any failure they
+        would be needed for, and Keras's own state is written back first).
+        """
+        optimizer = getattr(self, "optimizer", None)
+        variables = list(self.variables) + list(self.metrics_variables)
+        if optimizer is not None and getattr(optimizer, "built", False):
+            variables += list(optimizer.variables)
+        values = [(v, getattr(v, "_value", None)) for v in variables]
+        try:
+            yield
+        except Exception as error:
+            if hasattr(self, "jax_state_sync"):  # jax: a state newer than ours is written back first
+                if getattr(self, "_jax_state", None):
+                    self.jax_state_sync()
+                self._jax_state = None
+            for variable, value in values:
+                if getattr(variable, "_value", 0) is None and value is not None:
+                    variable._value = value
+            message = str(getattr(error, "message", ""))
+            if _LABEL_CHECK in message:  # "…[Label check failed: MESSAGE] [labels]\n…"
+                text = message[message.index(_LABEL_CHECK) + len(_LABEL_CHECK):].split("\n")[0]
+                raise ValueError(text.replace("] [", " [", 1) + ".") from error
+            raise
 
     def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None, **kwargs):
         if _is_dataset(x):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
-        x, y, sample_weight = self._prepare(x, y, sample_weight)
+        x, y, sample_weight = self._prepare(x, y, sample_weight, labelled=True)
         if validation_data is not None:
             if _is_dataset(validation_data):
                 validation_data = self._dataset(validation_data)
             else:
-                validation_data = keras.utils.pack_x_y_sample_weight(*self._prepare(*validation_data))
-        return super().fit(x=x, y=y, batch_size=batch_size, validation_data=validation_data,
-                           sample_weight=sample_weight, **kwargs)
+                validation_data = keras.utils.pack_x_y_sample_weight(
+                    *self._prepare(*validation_data, labelled=True))
+        with self._keeps_state_on_failure():
+            return super().fit(x=x, y=y, batch_size=batch_size, validation_data=validation_data,
+                               sample_weight=sample_weight, **kwargs)
 
     def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
-        if kwargs.get("_use_cached_eval_dataset"):  # fit's validation pass: already preprocessed
+        if not kwargs.get("_use_cached_eval_dataset"):  # fit's validation pass: already preprocessed
+            x, y, sample_weight = self._prepare(x, y, sample_weight, labelled=True)
+        with self._keeps_state_on_failure():
             return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
-        x, y, sample_weight = self._prepare(x, y, sample_weight)
-        return super().evaluate(x=x, y=y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
 
     def predict(self, x, batch_size=None, **kwargs):
         x, _, _ = self._prepare(x)
-        return super().predict(x, batch_size=batch_size, **kwargs)
+        with self._keeps_state_on_failure():
+            return super().predict(x, batch_size=batch_size, **kwargs)
 
     # ----- weights of the head alone (task.weights.h5) -----
     def head_variables(self):
@@ -177,6 +397,8 @@ class Task(keras.Model):
         backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
         preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
         if not given and cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
+            preprocessor_kwargs = _sequence_length_for(backbone, cls.preprocessor_cls, loader,
+                                                       preprocessor_kwargs)
             preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
         defaults = loader.task_kwargs(cls)
         return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})
@@ -185,6 +407,21 @@ class Task(keras.Model):
         """Write backbone, tokenizer, preprocessor and head as one preset directory, atomically."""
         save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
                             task=self, metadata=metadata)
+
+
+def _sequence_length_for(backbone, preprocessor_cls, loader, preprocessor_kwargs):
+    """``preprocessor_kwargs`` with a sequence length the backbone can take: where neither the
+    caller nor the preset names one, the preprocessor's default (512 tokens…) is capped at the
+    backbone's ``max_sequence_length`` (a preset of a 32-position model without preprocessor.json)."""
+    limit = backbone.max_sequence_length
+    if limit is None or "sequence_length" in preprocessor_kwargs or \
+            "sequence_length" in loader.preprocessor_defaults():
+        return preprocessor_kwargs
+    parameter = inspect.signature(preprocessor_cls.__init__).parameters.get("sequence_length")
+    default = None if parameter is None else parameter.default
+    if isinstance(default, int) and default > limit:
+        return {**preprocessor_kwargs, "sequence_length": limit}
+    return preprocessor_kwargs
 
 
 class _Variables:
