@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import kcookbook
-from conftest import real_tweets
+from helpers import real_tweets
 from kcookbook.backbones import (
     BertBackbone,
     EfficientNetBackbone,
