@@ -14,8 +14,6 @@ the ``1 + weight`` variant), ``feed_forward`` (``"dense"``, ``"gated"``, ``"mixt
     (2, 5, 8)
 """
 
-import contextlib
-import threading
 import warnings
 
 import keras
@@ -152,20 +150,24 @@ class DecoderBlock(keras.layers.Layer):
         return config
 
 
-def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0):
+def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0, run_block=None):
     """Hidden states through a stack of ``DecoderBlock``s.
 
     Without ``caches`` this is the full-sequence pass (training, scoring); with one cache per block
     (generation) each block reads and updates its cache, and the updated caches are returned too.
     The positions, rotary angles and attention mask of the new tokens are computed once
     (``DecodingStep``) for all the blocks that share an attention configuration.
+
+    ``run_block`` (optional, same arguments as ``run_block_with_cache``) runs each block of a
+    one-token step, e.g. ``compiled_block_step()`` on torch; longer steps (prefill chunks) and the
+    default use ``run_block_with_cache``.
     """
     if caches is None:
         for block in blocks:
             x = block(x, padding_mask=padding_mask)
         return x
     one_token = x.shape[1] == 1
-    step = _COMPILED.step if _COMPILED.step is not None and one_token else run_block_with_cache
+    step = run_block if run_block is not None and one_token else run_block_with_cache
     length = ops.shape(x)[1]
     decoding_steps = {}
     new_caches = []
@@ -192,12 +194,7 @@ def run_block_with_cache(block, x, cache, cache_index, decoding_step=None):
 # so one block's compiled graph runs every block of the same configuration: one compilation
 # (seconds), not one per layer. ``dynamic=True`` keeps the batch size and the cache length symbolic,
 # so a new max_length does not compile again (batch size 1 and >1 are two graphs).
-class _CompiledStep(threading.local):
-    step = None
-
-
-_COMPILED = _CompiledStep()
-_COMPILED_FUNCTION = None
+_COMPILED_FUNCTION = None  # torch.compile(run_block_with_cache), made on first use
 
 
 def _compiled_block_function():
@@ -209,28 +206,21 @@ def _compiled_block_function():
     return _COMPILED_FUNCTION
 
 
-@contextlib.contextmanager
-def compiled_decoder_blocks(enabled=True):
-    """On torch, within this block ``run_decoder_blocks`` runs one-token steps through one
-    ``torch.compile``d block function shared by all blocks. Elsewhere (jax, TensorFlow: the whole
-    loop is compiled already) it does nothing. Use with ``torch.no_grad()`` and
-    ``direct_layer_calls()``, in inference.
+def compiled_block_step():
+    """On torch, a ``run_block`` for ``run_decoder_blocks`` that runs one-token steps through one
+    ``torch.compile``d block function shared by all blocks; None elsewhere (jax, TensorFlow: the
+    whole loop is compiled already). Use it under ``torch.no_grad()`` and ``direct_layer_calls()``,
+    in inference.
 
     If the compiler cannot run here (inductor needs a C++ compiler), a warning says so and the
-    blocks run eagerly.
+    blocks run eagerly from then on.
     """
-    previous = _COMPILED.step
-    if enabled and keras.backend.backend() == "torch":
-        _COMPILED.step = _guarded(_compiled_block_function())
-    try:
-        yield
-    finally:
-        _COMPILED.step = previous
+    if keras.config.backend() != "torch":
+        return None
 
-
-def _guarded(compiled):
     def step(block, x, cache, cache_index, decoding_step=None):
         global _COMPILED_FUNCTION
+        compiled = _compiled_block_function()
         try:
             return compiled(block, x, cache, cache_index, decoding_step)
         except Exception as error:  # the compiler toolchain, not the model: fall back to eager
@@ -240,6 +230,6 @@ def _guarded(compiled):
                 raise
             warnings.warn(f"torch.compile of the decoder block failed ({type(error).__name__}: "
                           f"{str(error).splitlines()[0][:200]}); decoding eagerly instead.")
-            _COMPILED_FUNCTION = _COMPILED.step = run_block_with_cache
+            _COMPILED_FUNCTION = run_block_with_cache
             return run_block_with_cache(block, x, cache, cache_index, decoding_step)
     return step
