@@ -14,6 +14,8 @@ output layer are written here once:
 * ``empty_cache(batch_size, max_length)``: one zero key/value cache per block;
 * ``call_with_cache(token_ids, caches, cache_index)``: the tokens at positions ``cache_index…``
   through the model, reading and updating the caches; returns ``(hidden, caches)``;
+* ``hidden_states(token_ids, padding_mask)``: the whole-sequence pass without a cache (the
+  functional model's output, callable with explicit ``calls``);
 * ``vocabulary_size``, ``hidden_dim`` and ``max_sequence_length`` (the longest sequence
   generation may reach).
 """
@@ -22,21 +24,22 @@ import keras
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.components.decoder_block import run_decoder_blocks
-from kcookbook.components.direct_calls import run_layer
+from kcookbook.components.torch_speedups import KERAS_CALLS
 
 
 def run_decoder(embed, blocks, final_norm, token_ids, padding_mask=None, caches=None, cache_index=0,
-                run_block=None):
+                run_block=None, calls=KERAS_CALLS):
     """Token ids → final hidden states; with ``caches`` (one per block) also the updated caches.
 
-    ``embed(token_ids, start_index)`` is the family's embedding step; ``run_block`` how a cached
-    one-token step runs a block (see ``run_decoder_blocks``).
+    ``embed(token_ids, start_index, calls)`` is the family's embedding step; ``run_block`` how a
+    cached one-token step runs a block and ``calls`` how layers are called (see
+    ``run_decoder_blocks`` and ``torch_speedups``).
     """
-    x = embed(token_ids, cache_index)
+    x = embed(token_ids, cache_index, calls)
     if caches is None:
-        return run_layer(final_norm, run_decoder_blocks(blocks, x, padding_mask))
-    x, new_caches = run_decoder_blocks(blocks, x, padding_mask, caches, cache_index, run_block)
-    return run_layer(final_norm, x), new_caches
+        return calls(final_norm, run_decoder_blocks(blocks, x, padding_mask, calls=calls))
+    x, new_caches = run_decoder_blocks(blocks, x, padding_mask, caches, cache_index, run_block, calls)
+    return calls(final_norm, x), new_caches
 
 
 class DecoderBackbone(Backbone):
@@ -49,9 +52,10 @@ class DecoderBackbone(Backbone):
     Args:
         token_embedding: a ``ReversibleEmbedding``: ids → vectors, and ``reverse=True`` hidden
             states → logits.
-        embed: ``embed(token_ids, start_index) → (batch, length, hidden)``, the family's embedding
-            step (it calls ``token_embedding`` and whatever else the family adds: learned
-            positions, a scale, dropout); ``start_index`` is the position of the first token.
+        embed: ``embed(token_ids, start_index, calls) → (batch, length, hidden)``, the family's
+            embedding step (it calls ``token_embedding`` and whatever else the family adds:
+            learned positions, a scale, dropout) with ``calls(layer, ...)``
+            (``torch_speedups.LayerCalls``); ``start_index`` is the position of the first token.
         blocks: the ``DecoderBlock``s, first to last.
         final_norm: the normalization after the last block.
         **kwargs: ``name``, ``dtype`` and the rest of ``keras.Model``'s arguments.
@@ -68,20 +72,27 @@ class DecoderBackbone(Backbone):
         self.blocks = blocks
         self.final_norm = final_norm
 
-    def logits(self, hidden):
+    def logits(self, hidden, calls=KERAS_CALLS):
         """Hidden states ``(..., hidden_dim)`` → logits ``(..., vocabulary_size)`` in the compute dtype."""
-        return run_layer(self.token_embedding, hidden, reverse=True)
+        return calls(self.token_embedding, hidden, reverse=True)
+
+    def hidden_states(self, token_ids, padding_mask, calls=KERAS_CALLS):
+        """The final hidden states ``(batch, length, hidden_dim)`` of whole sequences, no cache:
+        the same as calling the backbone, with ``calls`` choosing how layers are called."""
+        return run_decoder(self.embed, self.blocks, self.final_norm, token_ids, padding_mask,
+                           calls=calls)
 
     def empty_cache(self, batch_size, max_length):
         """One zero key/value cache per block, for ``max_length`` positions."""
         return [block.attention.empty_cache(batch_size, max_length) for block in self.blocks]
 
-    def call_with_cache(self, token_ids, caches, cache_index, run_block=None):
+    def call_with_cache(self, token_ids, caches, cache_index, run_block=None, calls=KERAS_CALLS):
         """Run ``token_ids`` (at positions ``cache_index…``) through the model, updating ``caches``.
 
         Returns ``(hidden, caches)``: the final hidden states ``(batch, length, hidden_dim)`` and the
-        updated caches. ``run_block`` (optional) runs a block on a one-token step, e.g. the
-        torch-compiled step of ``kcookbook.components.decoder_block``.
+        updated caches. ``run_block`` (optional) runs a block on a one-token step (e.g.
+        ``torch_speedups.compiled_block_step(run_block_with_cache)``) and ``calls`` calls the
+        layers (``torch_speedups.DIRECT_CALLS`` in torch inference).
         """
         return run_decoder(self.embed, self.blocks, self.final_norm, token_ids, caches=caches,
-                           cache_index=cache_index, run_block=run_block)
+                           cache_index=cache_index, run_block=run_block, calls=calls)

@@ -21,7 +21,6 @@ import keras
 
 from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.components import DecoderBlock, PositionEmbedding, ReversibleEmbedding
-from kcookbook.components.direct_calls import run_layer
 
 
 def gpt2_kernel_initializer():
@@ -62,10 +61,10 @@ class GPT2Backbone(DecoderBackbone):
         final_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype,
                                                      name="final_norm")
 
-        def embed(token_ids, start_index=0):
-            tokens = run_layer(token_embedding, token_ids)
-            positions = run_layer(position_embedding, tokens, start_index=start_index)
-            return run_layer(embeddings_dropout, tokens + positions)
+        def embed(token_ids, start_index, calls):
+            tokens = calls(token_embedding, token_ids)
+            positions = calls(position_embedding, tokens, start_index=start_index)
+            return calls(embeddings_dropout, tokens + positions)
 
         super().__init__(token_embedding, embed, blocks, final_norm, dtype=dtype, name=name, **kwargs)
         self.position_embedding = position_embedding

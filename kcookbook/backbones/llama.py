@@ -34,7 +34,6 @@ from keras import ops
 
 from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.components import DecoderBlock, ReversibleEmbedding, RMSNormalization
-from kcookbook.components.direct_calls import run_layer
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -92,8 +91,8 @@ class LlamaBackbone(DecoderBackbone):
                                       name="final_norm")
         embedding_scale = math.sqrt(hidden_dim) if scale_embeddings else None
 
-        def embed(token_ids, start_index=0):
-            x = run_layer(token_embedding, token_ids)
+        def embed(token_ids, start_index, calls):
+            x = calls(token_embedding, token_ids)
             return x if embedding_scale is None else x * ops.cast(embedding_scale, x.dtype)
 
         super().__init__(token_embedding, embed, blocks, final_norm, dtype=dtype, name=name, **kwargs)

@@ -11,7 +11,7 @@
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
   a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow. On torch the loop
   runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
-  (``direct_layer_calls``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
+  (``torch_speedups.DIRECT_CALLS``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
   ``compile(jit_compile=True)``) also runs each one-token step through one ``torch.compile``d
   decoder block that every layer shares (``compiled_block_step``): ~10-30 s of compilation on a
   CPU, once per process and block configuration, then 1.25-1.4x the eager tokens/s of SmolLM2-135M
@@ -36,10 +36,10 @@ import numpy as np
 from keras import ops
 
 from kcookbook.backbones.decoder import DecoderBackbone
-from kcookbook.components.decoder_block import compiled_block_step
-from kcookbook.components.direct_calls import direct_layer_calls
+from kcookbook.components.decoder_block import run_block_with_cache
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
+from kcookbook.components.torch_speedups import compiled_block_step, layer_calls
 from kcookbook.tasks.causal_lm_scoring import LogLikelihoodScoring
 from kcookbook.tasks.generate_arguments import (
     check_generate_seed,
@@ -293,19 +293,22 @@ class CausalLM(LogLikelihoodScoring, Task):
         """Prefill the cache with the prompts, then let the sampler run the search with ``next``."""
         token_ids = ops.convert_to_tensor(token_ids, "int32")
         padding_mask = ops.convert_to_tensor(padding_mask, "int32")
-        # torch with jit_compile: one-token steps through one compiled decoder block (None elsewhere).
-        run_block = compiled_block_step() if self.jit_compile else None
+        # torch: layers called directly, and with jit_compile one-token steps through one compiled
+        # decoder block (None elsewhere).
+        calls = layer_calls()
+        run_block = compiled_block_step(run_block_with_cache) if self.jit_compile else None
         hidden_states = None
         if sampler.uses_hidden_states:
             batch_size, max_length = token_ids.shape
             hidden_states = ops.zeros((batch_size, max_length, self.backbone.hidden_dim),
                                       self.backbone.compute_dtype)
-        cache, start, *hidden_states = self._prefill(token_ids, padding_mask, hidden_states, run_block)
+        cache, start, *hidden_states = self._prefill(token_ids, padding_mask, hidden_states, run_block,
+                                                     calls)
 
         def next(token_ids, cache, index):
-            hidden, cache = self.backbone.call_with_cache(token_ids, cache, index, run_block=run_block)
+            hidden, cache = self.backbone.call_with_cache(token_ids, cache, index, run_block, calls)
             hidden = hidden[:, -1]
-            return ops.cast(self.backbone.logits(hidden), "float32"), hidden, cache
+            return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
 
         return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
                        hidden_states=hidden_states[0] if hidden_states else None)
@@ -339,7 +342,7 @@ class CausalLM(LogLikelihoodScoring, Task):
             self.generate_trace_count += 1
 
             def eager(*args):
-                with torch.no_grad(), direct_layer_calls():
+                with torch.no_grad():
                     return loop(*[ops.convert_to_tensor(a) for a in args])
 
             return eager
@@ -349,7 +352,7 @@ class CausalLM(LogLikelihoodScoring, Task):
     # costs beyond its own length (the width stays static, so compiled loops do not depend on it).
     prefill_chunk_length = 16
 
-    def _prefill(self, token_ids, padding_mask, hiddens=None, run_block=None):
+    def _prefill(self, token_ids, padding_mask, hiddens, run_block, calls):
         """Fill the caches with the prompts, in chunks of ``prefill_chunk_length`` tokens.
 
         Decoding starts at ``start``, the shortest prompt's length, and its first step processes the
@@ -361,7 +364,7 @@ class CausalLM(LogLikelihoodScoring, Task):
 
         ``hiddens`` (``(batch, max_length, hidden)``, for samplers that use hidden states) is filled
         with the final hidden states of the same positions; then ``(caches, start, hiddens)`` is
-        returned. ``run_block`` is passed on to ``call_with_cache``.
+        returned. ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
         """
         batch_size, max_length = token_ids.shape
         caches = self.backbone.empty_cache(batch_size, max_length)
@@ -374,7 +377,7 @@ class CausalLM(LogLikelihoodScoring, Task):
         def body(offset, caches, *hiddens):
             first = ops.minimum(offset, max_length - width)
             chunk = ops.slice(token_ids, (0, first), (batch_size, width))
-            hidden, caches = self.backbone.call_with_cache(chunk, caches, first, run_block=run_block)
+            hidden, caches = self.backbone.call_with_cache(chunk, caches, first, run_block, calls)
             hiddens = [ops.slice_update(h, (0, first, 0), ops.cast(hidden, h.dtype)) for h in hiddens]
             return (offset + width, caches, *hiddens)
 
