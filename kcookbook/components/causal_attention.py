@@ -32,8 +32,8 @@ import keras
 from keras import ops
 
 from kcookbook.components.attention import MultiHeadAttention
-from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, write_key_value_in_place
 from kcookbook.components.rotary_embedding import RotaryEmbedding
+from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, write_key_value_in_place
 
 MASKED = -1e30  # added to the scores of masked keys: exp(MASKED - max) is 0 in float32
 
