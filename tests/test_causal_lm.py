@@ -143,7 +143,7 @@ def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypat
     (a graph-counting backend stands in for inductor); a new max_length reuses it too. The tokens
     are the eager ones. On jax/TensorFlow the whole loop is compiled anyway and the option changes
     nothing."""
-    from kcookbook.components import decoder_block
+    from kcookbook.components import decoder_block, torch_speedups
 
     graphs = []
     if keras.backend.backend() == "torch":
@@ -153,8 +153,9 @@ def test_compiled_decoder_blocks_compile_one_block_for_every_layer(lm, monkeypat
             graphs.append(graph_module)
             return graph_module.forward
 
-        monkeypatch.setattr(decoder_block, "_COMPILED_FUNCTION", torch.compile(
-            decoder_block.run_block_with_cache, dynamic=True, backend=counting_backend))
+        monkeypatch.setitem(torch_speedups.COMPILED_BLOCK_FUNCTIONS, decoder_block.run_block_with_cache,
+                            torch.compile(decoder_block.run_block_with_cache, dynamic=True,
+                                          backend=counting_backend))
     compiled = CausalLM(lm.backbone, lm.preprocessor)
     compiled.jit_compile = True
     prompts = {"token_ids": np.array([[2, 10, 11]], "int32"), "padding_mask": np.ones((1, 3), "int32")}
@@ -181,13 +182,14 @@ def test_compiled_decoder_blocks_fall_back_to_eager_with_a_warning_when_compilat
         return
     import torch
 
-    from kcookbook.components import decoder_block
+    from kcookbook.components import decoder_block, torch_speedups
 
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("no C++ compiler found")
 
-    monkeypatch.setattr(decoder_block, "_COMPILED_FUNCTION", torch.compile(
-        decoder_block.run_block_with_cache, dynamic=True, backend=broken_backend))
+    monkeypatch.setitem(torch_speedups.COMPILED_BLOCK_FUNCTIONS, decoder_block.run_block_with_cache,
+                        torch.compile(decoder_block.run_block_with_cache, dynamic=True,
+                                      backend=broken_backend))
     with pytest.warns(UserWarning, match="torch.compile of the decoder block failed.*decoding eagerly"):
         out = compiled.generate(prompts, max_length=7, stop_token_ids=None)
     np.testing.assert_array_equal(out["token_ids"], expected["token_ids"])

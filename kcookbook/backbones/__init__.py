@@ -2,11 +2,12 @@
 
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.backbones.bert import BertBackbone
+from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.backbones.efficientnet import EfficientNetBackbone, EfficientNetLiteBackbone
 from kcookbook.backbones.gpt2 import GPT2Backbone
 from kcookbook.backbones.resnet import ResNetBackbone
 from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
 from kcookbook.backbones.vit import ViTBackbone
 
-__all__ = ["Backbone", "BertBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
+__all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]

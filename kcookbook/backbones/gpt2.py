@@ -19,29 +19,17 @@ checkpoints and keras_hub presets convert into it.
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone, check_backbone_config
+from kcookbook.backbones.backbone import check_backbone_config
+from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.components import DecoderBlock, PositionEmbedding, ReversibleEmbedding
-from kcookbook.components.decoder_block import run_decoder_blocks
-from kcookbook.components.direct_calls import run_layer
 
 
 def gpt2_kernel_initializer():
     return keras.initializers.RandomNormal(stddev=0.02)
 
 
-def decode(token_embedding, position_embedding, dropout, blocks, final_norm, token_ids,
-           padding_mask=None, caches=None, cache_index=0):
-    """Token ids → final hidden states; with ``caches`` (one per block) also the updated caches."""
-    tokens = run_layer(token_embedding, token_ids)
-    x = run_layer(dropout, tokens + run_layer(position_embedding, tokens, start_index=cache_index))
-    if caches is None:
-        return run_layer(final_norm, run_decoder_blocks(blocks, x, padding_mask))
-    x, new_caches = run_decoder_blocks(blocks, x, padding_mask, caches, cache_index)
-    return run_layer(final_norm, x), new_caches
-
-
 @keras.saving.register_keras_serializable(package="kcookbook")
-class GPT2Backbone(Backbone):
+class GPT2Backbone(DecoderBackbone):
     """GPT-2 decoder.
 
     Args:
@@ -75,18 +63,14 @@ class GPT2Backbone(Backbone):
         final_norm = keras.layers.LayerNormalization(epsilon=layer_norm_epsilon, dtype=dtype,
                                                      name="final_norm")
 
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        sequence_output = decode(token_embedding, position_embedding, embeddings_dropout, blocks,
-                                 final_norm, token_ids, padding_mask=padding_mask)
-        super().__init__(inputs={"token_ids": token_ids, "padding_mask": padding_mask},
-                         outputs=sequence_output, dtype=dtype, name=name, **kwargs)
+        def embed(token_ids, start_index, calls):
+            tokens = calls(token_embedding, token_ids)
+            positions = calls(position_embedding, tokens, start_index=start_index)
+            return calls(embeddings_dropout, tokens + positions)
 
-        self.token_embedding = token_embedding
+        super().__init__(token_embedding, embed, blocks, final_norm, dtype=dtype, name=name, **kwargs)
         self.position_embedding = position_embedding
         self.embeddings_dropout = embeddings_dropout
-        self.blocks = blocks
-        self.final_norm = final_norm
         self.vocabulary_size = vocabulary_size
         self.num_layers = num_layers
         self.num_heads = num_heads
@@ -95,16 +79,6 @@ class GPT2Backbone(Backbone):
         self.dropout = dropout
         self.max_sequence_length = max_sequence_length
         self.layer_norm_epsilon = layer_norm_epsilon
-
-    # ----- the decoder contract CausalLM relies on -----
-    def empty_cache(self, batch_size, max_length):
-        """One zero key/value cache per block."""
-        return [block.attention.empty_cache(batch_size, max_length) for block in self.blocks]
-
-    def call_with_cache(self, token_ids, caches, cache_index):
-        """Run ``token_ids`` (at positions ``cache_index…``) through the model, updating ``caches``."""
-        return decode(self.token_embedding, self.position_embedding, self.embeddings_dropout,
-                      self.blocks, self.final_norm, token_ids, caches=caches, cache_index=cache_index)
 
     def get_config(self):
         config = super().get_config()

@@ -32,26 +32,13 @@ import math
 import keras
 from keras import ops
 
-from kcookbook.backbones.backbone import Backbone, check_backbone_config
+from kcookbook.backbones.backbone import check_backbone_config
+from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.components import DecoderBlock, ReversibleEmbedding, RMSNormalization
-from kcookbook.components.decoder_block import run_decoder_blocks
-from kcookbook.components.direct_calls import run_layer
-
-
-def decode(token_embedding, blocks, final_norm, embedding_scale, token_ids, padding_mask=None,
-           caches=None, cache_index=0):
-    """Token ids → final hidden states; with ``caches`` (one per block) also the updated caches."""
-    x = run_layer(token_embedding, token_ids)
-    if embedding_scale is not None:
-        x = x * ops.cast(embedding_scale, x.dtype)
-    if caches is None:
-        return run_layer(final_norm, run_decoder_blocks(blocks, x, padding_mask))
-    x, new_caches = run_decoder_blocks(blocks, x, padding_mask, caches, cache_index)
-    return run_layer(final_norm, x), new_caches
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
-class LlamaBackbone(Backbone):
+class LlamaBackbone(DecoderBackbone):
     """Llama-style decoder.
 
     Args:
@@ -106,16 +93,11 @@ class LlamaBackbone(Backbone):
                                       name="final_norm")
         embedding_scale = math.sqrt(hidden_dim) if scale_embeddings else None
 
-        token_ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
-        padding_mask = keras.Input(shape=(None,), dtype="int32", name="padding_mask")
-        sequence_output = decode(token_embedding, blocks, final_norm, embedding_scale, token_ids,
-                                 padding_mask=padding_mask)
-        super().__init__(inputs={"token_ids": token_ids, "padding_mask": padding_mask},
-                         outputs=sequence_output, dtype=dtype, name=name, **kwargs)
+        def embed(token_ids, start_index, calls):
+            x = calls(token_embedding, token_ids)
+            return x if embedding_scale is None else x * ops.cast(embedding_scale, x.dtype)
 
-        self.token_embedding = token_embedding
-        self.blocks = blocks
-        self.final_norm = final_norm
+        super().__init__(token_embedding, embed, blocks, final_norm, dtype=dtype, name=name, **kwargs)
         self.embedding_scale = embedding_scale
 
         self.vocabulary_size = vocabulary_size
@@ -139,16 +121,6 @@ class LlamaBackbone(Backbone):
         self.num_experts_per_token = num_experts_per_token
         self.router_aux_loss_coefficient = router_aux_loss_coefficient
         self.dropout = dropout
-
-    # ----- the decoder contract CausalLM relies on -----
-    def empty_cache(self, batch_size, max_length):
-        """One zero key/value cache per block."""
-        return [block.attention.empty_cache(batch_size, max_length) for block in self.blocks]
-
-    def call_with_cache(self, token_ids, caches, cache_index):
-        """Run ``token_ids`` (at positions ``cache_index…``) through the model, updating ``caches``."""
-        return decode(self.token_embedding, self.blocks, self.final_norm, self.embedding_scale,
-                      token_ids, caches=caches, cache_index=cache_index)
 
     def get_config(self):
         config = super().get_config()

@@ -32,8 +32,8 @@ import keras
 from keras import ops
 
 from kcookbook.components.attention import MultiHeadAttention
-from kcookbook.components.direct_calls import cast_if_needed, run_layer
 from kcookbook.components.rotary_embedding import RotaryEmbedding
+from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, write_key_value_in_place
 
 MASKED = -1e30  # added to the scores of masked keys: exp(MASKED - max) is 0 in float32
 
@@ -128,7 +128,7 @@ class CausalSelfAttention(MultiHeadAttention):
                                      self.sliding_window)
         bias = ops.where(mask, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
         cache_positions = None
-        if keras.backend.backend() == "torch":
+        if keras.config.backend() == "torch":  # written in place (write_key_value)
             cache_positions = ops.cast(positions, "int64")
         return DecodingStep(index, cos, sin, bias, cache_positions)
 
@@ -156,12 +156,14 @@ class CausalSelfAttention(MultiHeadAttention):
         return (query_key[:, :, :self.num_heads], query_key[:, :, self.num_heads:],
                 heads[:, :, values_start:])
 
-    def attend(self, query, key, value, attention_mask=None, is_causal=False, attention_bias=None):
+    def attend(self, query, key, value, attention_mask=None, is_causal=False, attention_bias=None,
+               calls=KERAS_CALLS):
         """Grouped-query attention written out: query heads are grouped under their key/value head
         (no copies of keys and values), scores and softmax in float32. For one-token decoding steps
         this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF.
         ``attention_bias`` (float32, broadcastable to (batch, heads, queries, keys)) is added to the
-        scores: 0 to attend, ``MASKED`` not to (the same scores as ``attention_mask``)."""
+        scores: 0 to attend, ``MASKED`` not to (the same scores as ``attention_mask``). ``calls``
+        calls the output projection (``torch_speedups.LayerCalls``)."""
         shape = ops.shape(query)
         batch, length = shape[0], shape[1]
         groups = self.num_heads // self.num_key_value_heads
@@ -174,35 +176,34 @@ class CausalSelfAttention(MultiHeadAttention):
             scores = scores + attention_bias[:, :, None]
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         out = ops.einsum("bhgqk,bkhd->bqhgd", probabilities, value)
-        return run_layer(self.output_dense,
-                         ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
+        return calls(self.output_dense, ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
 
-    def call(self, x, padding_mask=None, cache=None, cache_index=0, decoding_step=None):
+    def call(self, x, padding_mask=None, cache=None, cache_index=0, decoding_step=None,
+             calls=KERAS_CALLS):
         """``decoding_step`` (with ``cache``): this call's shared ``DecodingStep``, computed here
-        when not given."""
-        qkv = run_layer(self.qkv, x)
+        when not given. ``calls``: how the projections are called (``torch_speedups.LayerCalls``)."""
+        qkv = calls(self.qkv, x)
         if cache is None:
             positions, cos, sin = self._positions(ops.shape(x)[1], ops.cast(cache_index, "int32"))
             query, key, value = self.rotated_heads(qkv, cos, sin)
             mask = causal_attention_mask(positions, positions, padding_mask, self.sliding_window)
-            return self.attend(query, key, value, attention_mask=mask)
+            return self.attend(query, key, value, attention_mask=mask, calls=calls)
         step = decoding_step
         if step is None:
             step = self.decoding_step(ops.shape(x)[1], ops.shape(cache)[2], cache_index)
         query, key, value = self.rotated_heads(qkv, step.cos, step.sin)
         cache = self.write_key_value(cache, key, value, step)
-        out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias)
+        out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias,
+                          calls=calls)
         return out, cache
 
     @staticmethod
     def write_key_value(cache, key, value, step):
-        """``cache[:, 0/1, i:i + n] = key/value`` at ``step``'s positions. On torch in place (no copy
-        of the whole cache; the positions stay a tensor, so ``torch.compile`` traces it without a host
-        sync or a recompile); elsewhere a ``slice_update`` that compiles inside a ``while_loop``."""
-        if step.cache_positions is not None:  # torch
-            cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
-            cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
-            return cache
+        """``cache[:, 0/1, i:i + n] = key/value`` at ``step``'s positions: on torch in place
+        (``torch_speedups.write_key_value_in_place``: no copy of the whole cache), elsewhere a
+        ``slice_update`` that compiles inside a ``while_loop`` (jax, TensorFlow)."""
+        if keras.config.backend() == "torch":
+            return write_key_value_in_place(cache, key, value, step)
         zero = ops.zeros((), "int32")
         update = ops.cast(ops.stack([key, value], axis=1), cache.dtype)
         return ops.slice_update(cache, (zero, zero, step.index, zero, zero), update)

@@ -14,18 +14,14 @@ the ``1 + weight`` variant), ``feed_forward`` (``"dense"``, ``"gated"``, ``"mixt
     (2, 5, 8)
 """
 
-import contextlib
-import threading
-import warnings
-
 import keras
 from keras import ops
 
 from kcookbook.components.causal_attention import CausalSelfAttention
-from kcookbook.components.direct_calls import run_layer
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
 from kcookbook.components.mixture_of_experts import MixtureOfExperts
 from kcookbook.components.rms_normalization import RMSNormalization
+from kcookbook.components.torch_speedups import KERAS_CALLS
 
 FEED_FORWARDS = ("dense", "gated", "mixture_of_experts")
 NORMALIZATIONS = ("layer", "rms")
@@ -117,17 +113,18 @@ class DecoderBlock(keras.layers.Layer):
             layer.build(input_shape)
 
     def call(self, x, padding_mask=None, cache=None, cache_index=0, training=None,
-             decoding_step=None):
+             decoding_step=None, calls=KERAS_CALLS):
         """``decoding_step``: with ``cache``, the ``DecodingStep`` its attention shares with the
-        other blocks (``run_decoder_blocks`` computes it once per call)."""
-        attended = run_layer(self.attention, run_layer(self.attention_norm, x),
-                             padding_mask=padding_mask, cache=cache, cache_index=cache_index,
-                             decoding_step=decoding_step)
+        other blocks (``run_decoder_blocks`` computes it once per call). ``calls``: how the
+        sublayers are called (``torch_speedups.LayerCalls``)."""
+        attended = calls.nested(self.attention, calls(self.attention_norm, x),
+                                padding_mask=padding_mask, cache=cache, cache_index=cache_index,
+                                decoding_step=decoding_step)
         if cache is not None:
             attended, cache = attended
-        x = x + run_layer(self.dropout_layer, attended, training=training)
-        feed_forward = run_layer(self.feed_forward, run_layer(self.feed_forward_norm, x))
-        x = x + run_layer(self.dropout_layer, feed_forward, training=training)
+        x = x + calls(self.dropout_layer, attended, training=training)
+        feed_forward = calls.nested(self.feed_forward, calls(self.feed_forward_norm, x))
+        x = x + calls(self.dropout_layer, feed_forward, training=training)
         return x if cache is None else (x, cache)
 
     def compute_output_shape(self, input_shape):
@@ -152,20 +149,26 @@ class DecoderBlock(keras.layers.Layer):
         return config
 
 
-def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0):
+def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0, run_block=None,
+                       calls=KERAS_CALLS):
     """Hidden states through a stack of ``DecoderBlock``s.
 
     Without ``caches`` this is the full-sequence pass (training, scoring); with one cache per block
     (generation) each block reads and updates its cache, and the updated caches are returned too.
     The positions, rotary angles and attention mask of the new tokens are computed once
     (``DecodingStep``) for all the blocks that share an attention configuration.
+
+    ``run_block`` (optional, same arguments as ``run_block_with_cache``) runs each block of a
+    one-token step, e.g. ``torch_speedups.compiled_block_step(run_block_with_cache)``; longer steps
+    (prefill chunks) and the default use ``run_block_with_cache``. ``calls`` calls the blocks
+    (``torch_speedups.LayerCalls``).
     """
     if caches is None:
         for block in blocks:
-            x = block(x, padding_mask=padding_mask)
+            x = calls.nested(block, x, padding_mask=padding_mask)
         return x
     one_token = x.shape[1] == 1
-    step = _COMPILED.step if _COMPILED.step is not None and one_token else run_block_with_cache
+    step = run_block if run_block is not None and one_token else run_block_with_cache
     length = ops.shape(x)[1]
     decoding_steps = {}
     new_caches = []
@@ -174,72 +177,11 @@ def run_decoder_blocks(blocks, x, padding_mask=None, caches=None, cache_index=0)
         if key not in decoding_steps:
             decoding_steps[key] = block.attention.decoding_step(length, ops.shape(cache)[2],
                                                                 cache_index)
-        x, cache = step(block, x, cache, cache_index, decoding_steps[key])
+        x, cache = step(block, x, cache, cache_index, decoding_steps[key], calls)
         new_caches.append(cache)
     return x, new_caches
 
 
-def run_block_with_cache(block, x, cache, cache_index, decoding_step=None):
+def run_block_with_cache(block, x, cache, cache_index, decoding_step=None, calls=KERAS_CALLS):
     """One block on tokens at positions ``cache_index…``, reading and updating its cache."""
-    return run_layer(block, x, cache=cache, cache_index=cache_index, decoding_step=decoding_step)
-
-
-# ----- torch: one compiled block for every layer of a one-token decoding step -----
-# Eager torch spends more time in Python (Keras' per-op dispatch, ~40 ops per block) than in the
-# arithmetic when it decodes one token at a time. torch.compile removes that, but compiling a whole
-# 30-layer model takes minutes on a CPU. The blocks of a decoder are the same code on different
-# weights, and torch.compile treats a module's weights as graph inputs (inline_inbuilt_nn_modules),
-# so one block's compiled graph runs every block of the same configuration: one compilation
-# (seconds), not one per layer. ``dynamic=True`` keeps the batch size and the cache length symbolic,
-# so a new max_length does not compile again (batch size 1 and >1 are two graphs).
-class _CompiledStep(threading.local):
-    step = None
-
-
-_COMPILED = _CompiledStep()
-_COMPILED_FUNCTION = None
-
-
-def _compiled_block_function():
-    global _COMPILED_FUNCTION
-    if _COMPILED_FUNCTION is None:
-        import torch
-
-        _COMPILED_FUNCTION = torch.compile(run_block_with_cache, dynamic=True)
-    return _COMPILED_FUNCTION
-
-
-@contextlib.contextmanager
-def compiled_decoder_blocks(enabled=True):
-    """On torch, within this block ``run_decoder_blocks`` runs one-token steps through one
-    ``torch.compile``d block function shared by all blocks. Elsewhere (jax, TensorFlow: the whole
-    loop is compiled already) it does nothing. Use with ``torch.no_grad()`` and
-    ``direct_layer_calls()``, in inference.
-
-    If the compiler cannot run here (inductor needs a C++ compiler), a warning says so and the
-    blocks run eagerly.
-    """
-    previous = _COMPILED.step
-    if enabled and keras.backend.backend() == "torch":
-        _COMPILED.step = _guarded(_compiled_block_function())
-    try:
-        yield
-    finally:
-        _COMPILED.step = previous
-
-
-def _guarded(compiled):
-    def step(block, x, cache, cache_index, decoding_step=None):
-        global _COMPILED_FUNCTION
-        try:
-            return compiled(block, x, cache, cache_index, decoding_step)
-        except Exception as error:  # the compiler toolchain, not the model: fall back to eager
-            from torch._dynamo.exc import BackendCompilerFailed
-
-            if not isinstance(error, BackendCompilerFailed):
-                raise
-            warnings.warn(f"torch.compile of the decoder block failed ({type(error).__name__}: "
-                          f"{str(error).splitlines()[0][:200]}); decoding eagerly instead.")
-            _COMPILED_FUNCTION = _COMPILED.step = run_block_with_cache
-            return run_block_with_cache(block, x, cache, cache_index, decoding_step)
-    return step
+    return calls.nested(block, x, cache=cache, cache_index=cache_index, decoding_step=decoding_step)

@@ -14,7 +14,7 @@ import keras
 from keras import ops  # noqa: F401  (used by the docstring example)
 
 from kcookbook.components.activations import get_activation
-from kcookbook.components.direct_calls import run_layer
+from kcookbook.components.torch_speedups import KERAS_CALLS
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -39,8 +39,9 @@ class FeedForward(keras.layers.Layer):
         self.output_dense = keras.layers.Dense(input_shape[-1], name="output", **common)
         self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
 
-    def call(self, x):
-        return run_layer(self.output_dense, run_layer(self.intermediate, x))
+    def call(self, x, calls=KERAS_CALLS):
+        """``calls``: how the dense layers are called (``torch_speedups.LayerCalls``)."""
+        return calls(self.output_dense, calls(self.intermediate, x))
 
     def compute_output_shape(self, input_shape):
         return input_shape
@@ -70,7 +71,7 @@ class GatedFeedForward(FeedForward):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.intermediate_dim,))
         self._activation_fn = get_activation(self.activation)
 
-    def call(self, x):
-        gate_up = run_layer(self.gate_up, x)  # halves by slicing: no Keras op per call
+    def call(self, x, calls=KERAS_CALLS):
+        gate_up = calls(self.gate_up, x)  # halves by slicing: no Keras op per call
         gate, up = gate_up[..., :self.intermediate_dim], gate_up[..., self.intermediate_dim:]
-        return run_layer(self.output_dense, self._activation_fn(gate) * up)
+        return calls(self.output_dense, self._activation_fn(gate) * up)

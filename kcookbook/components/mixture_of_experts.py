@@ -38,7 +38,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.components.activations import get_activation
-from kcookbook.components.direct_calls import run_layer
+from kcookbook.components.torch_speedups import KERAS_CALLS
 
 
 # {layer: [selected expert ids, one array per call]} while record_routing() is active.
@@ -162,8 +162,8 @@ class MixtureOfExperts(keras.layers.Layer):
         experts = int(np.prod(self.expert_gate_up.shape)) + int(np.prod(self.expert_output.shape))
         return total - experts + experts * self.top_k // self.num_experts
 
-    def call(self, x, training=None):
-        router_logits = run_layer(self.router, x)  # (batch, length, experts)
+    def call(self, x, training=None, calls=KERAS_CALLS):
+        router_logits = calls(self.router, x)  # (batch, length, experts)
         probabilities = ops.softmax(ops.cast(router_logits, "float32"), axis=-1)
         top_probabilities, selected = ops.top_k(probabilities, self.top_k)
         top_probabilities = top_probabilities / ops.sum(top_probabilities, axis=-1, keepdims=True)

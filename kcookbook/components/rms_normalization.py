@@ -11,7 +11,7 @@ with ``scale`` starting at zero (Gemma's variant) instead of by ``scale`` starti
 import keras
 from keras import ops
 
-from kcookbook.components.direct_calls import cast_if_needed
+from kcookbook.components.torch_speedups import cast_if_needed
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")

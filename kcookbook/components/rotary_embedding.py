@@ -14,7 +14,7 @@ Gemma, Mixtral, SmolLM2).
 import keras
 from keras import ops
 
-from kcookbook.components.direct_calls import cast_if_needed
+from kcookbook.components.torch_speedups import cast_if_needed
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")

@@ -11,9 +11,9 @@
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
   a stateless function on jax, ``tf.function(jit_compile=True)`` on TensorFlow. On torch the loop
   runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
-  (``direct_layer_calls``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
+  (``torch_speedups.DIRECT_CALLS``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
   ``compile(jit_compile=True)``) also runs each one-token step through one ``torch.compile``d
-  decoder block that every layer shares (``compiled_decoder_blocks``): ~10-30 s of compilation on a
+  decoder block that every layer shares (``compiled_block_step``): ~10-30 s of compilation on a
   CPU, once per process and block configuration, then 1.25-1.4x the eager tokens/s of SmolLM2-135M
   (see ``benchmarks/README.md``). Off by default, as Keras leaves ``torch.compile`` off: it pays
   back after roughly a thousand generated tokens. The compiled loop is kept per
@@ -24,20 +24,30 @@ Prompts are right-padded. Generation starts at the end of the shortest prompt; f
 prompt is longer the model's picks are replaced by the prompt's own tokens, so one batch holds
 prompts of any length.
 
-The backbone contract: ``backbone.token_embedding(hidden, reverse=True)`` gives logits,
-``backbone.empty_cache(batch, max_length)`` and ``backbone.call_with_cache(token_ids, caches, index)``
-run the model a few tokens at a time, and ``backbone.max_sequence_length`` bounds ``max_length``.
+The backbone is a ``DecoderBackbone`` (``kcookbook.backbones.decoder``, where its contract is
+written). ``generate`` fills its cache with the prompts (``_prefill``) and hands the search to the
+sampler with one model step, ``next(token_ids, cache, index) -> (logits, hidden_states, cache)``:
+greedy, random, beam and contrastive search all run in the sampler's loop
+(``kcookbook.components.samplers.Sampler``), and the task never looks at the sampler's type.
 """
 
 import keras
 import numpy as np
 from keras import ops
 
-from kcookbook.components.decoder_block import compiled_decoder_blocks
-from kcookbook.components.direct_calls import direct_layer_calls, run_layer
+from kcookbook.backbones.decoder import DecoderBackbone
+from kcookbook.components.decoder_block import run_block_with_cache
 from kcookbook.components.packers import StartEndPacker, pad_prompts
-from kcookbook.components.samplers import BeamSampler, ContrastiveSampler, get_sampler
+from kcookbook.components.samplers import get_sampler
+from kcookbook.components.torch_speedups import compiled_block_step, layer_calls
 from kcookbook.tasks.causal_lm_scoring import LogLikelihoodScoring
+from kcookbook.tasks.generate_arguments import (
+    check_generate_seed,
+    check_max_length,
+    check_prompt_ids,
+    check_room_to_generate,
+    check_token_ids,
+)
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor, _texts
 from kcookbook.tasks.task import Task
 
@@ -141,13 +151,17 @@ class CausalLM(LogLikelihoodScoring, Task):
     """A decoder backbone with its (tied or separate) output layer: logits over the vocabulary.
 
     Args:
-        backbone: a decoder backbone (``LlamaBackbone``, ``GPT2Backbone``…).
+        backbone: a ``DecoderBackbone`` (``LlamaBackbone``, ``GPT2Backbone``…): its contract is all
+            this task relies on.
         preprocessor: a ``CausalLMPreprocessor``, or None to feed and generate token ids.
     """
 
     preprocessor_cls = CausalLMPreprocessor
 
     def __init__(self, backbone, preprocessor=None, name="causal_lm", **kwargs):
+        if not isinstance(backbone, DecoderBackbone):
+            raise TypeError(f"CausalLM needs a decoder backbone (a DecoderBackbone: LlamaBackbone, "
+                            f"GPT2Backbone…), got {type(backbone).__name__}.")
         inputs = dict(backbone.input)
         hidden = backbone(inputs)
         logits = backbone.token_embedding(hidden, reverse=True)
@@ -176,44 +190,67 @@ class CausalLM(LogLikelihoodScoring, Task):
         Args:
             inputs: a string or a list of strings (needs a preprocessor), or token ids: a dict
                 ``{"token_ids", "padding_mask"}`` of right-padded arrays, or a list of id lists.
-            max_length: total length of prompt + continuation; defaults to the preprocessor's
-                ``sequence_length`` (or the width of ``token_ids``). Longer prompts are an error.
+            max_length: total length of prompt + continuation, at most the backbone's
+                ``max_sequence_length`` and more than the longest prompt; defaults to the
+                preprocessor's ``sequence_length`` (or the width of ``token_ids``). Longer prompts
+                are an error.
             sampler: a name (``"greedy"``, ``"top_k"``, ``"top_p"``, ``"temperature"``, ``"beam"``,
-                ``"contrastive"``) or a ``Sampler`` with parameters.
+                ``"contrastive"``) or a ``Sampler`` with parameters. The sampler runs the search;
+                this task gives it one model step (``next``) and the prefilled cache.
             stop_token_ids: ids that end a row; ``"auto"`` is the tokenizer's ``stop_token_ids``
                 (its end token and its ``stop_tokens``, e.g. a chat model's end of turn); None
                 never stops early.
             strip_prompt: return only the continuation.
-            seed: seed of the random samplers.
+            seed: seed of the random samplers (an int in [0, 2**31 - 1]).
+
+        Every argument is checked before anything is allocated or compiled, and a failed call
+        leaves the model as it was.
 
         Returns strings for string input (one string for one string), else a dict of numpy
         ``token_ids`` and ``padding_mask`` (1 on prompt and generated tokens).
         """
         sampler = get_sampler(sampler)
+        stop = self._stop_token_ids(stop_token_ids)
+        seed = check_generate_seed(seed)
+        if not isinstance(strip_prompt, (bool, np.bool_)):
+            raise ValueError(f"strip_prompt must be True or False, got {strip_prompt!r}.")
+        limit = self.backbone.max_sequence_length
+        if max_length is not None:
+            check_max_length(max_length, limit)
         single = isinstance(inputs, str)
-        texts = single or (isinstance(inputs, (list, tuple)) and inputs and isinstance(inputs[0], str))
+        if not single and len(inputs["token_ids"] if isinstance(inputs, dict) else inputs) == 0:
+            raise ValueError("generate got no prompts (inputs is empty): pass a string, a list of "
+                             "strings, or token ids with at least one row.")
+        texts = single or (isinstance(inputs, (list, tuple)) and isinstance(inputs[0], str))
         if texts and self.preprocessor is None:
             raise ValueError(f"{type(self).__name__} has no preprocessor, so generate takes token ids "
                              "(a dict with token_ids and padding_mask, or a list of id lists), not text.")
-        if max_length is None:
-            max_length = self.preprocessor.sequence_length if self.preprocessor is not None else None
-        limit = getattr(self.backbone, "max_sequence_length", None)
+        pad_value = 0
         if texts:
-            token_ids, padding_mask = self.preprocessor.generate_preprocess(inputs, max_length)
+            rows = self.preprocessor.prompt_ids(inputs)
+            pad_value = self.preprocessor.packer.pad_value
         elif isinstance(inputs, dict):
-            token_ids = np.asarray(inputs["token_ids"], "int32")
-            padding_mask = np.asarray(inputs.get("padding_mask", np.ones_like(token_ids)), "int32")
-            width = max_length or token_ids.shape[1]
-            token_ids, padding_mask = pad_prompts(
-                [row[m.astype(bool)].tolist() for row, m in zip(token_ids, padding_mask)], width)
+            token_ids = np.asarray(inputs["token_ids"])
+            padding_mask = np.asarray(inputs.get("padding_mask", np.ones(token_ids.shape, "int32")))
+            if token_ids.ndim != 2 or padding_mask.shape != token_ids.shape:
+                raise ValueError("inputs['token_ids'] and inputs['padding_mask'] must be 2-D arrays of "
+                                 f"one shape (batch, length), got {token_ids.shape} and "
+                                 f"{padding_mask.shape}.")
+            rows = [check_token_ids(row[m.astype(bool)]) for row, m in zip(token_ids, padding_mask)]
+            widest = token_ids.shape[1]
         else:
-            ids = [list(np.asarray(row).reshape(-1)) for row in inputs]
-            token_ids, padding_mask = pad_prompts(ids, max_length or max(len(r) for r in ids))
-        max_length = token_ids.shape[1]
-        if limit and max_length > limit:
-            raise ValueError(f"max_length={max_length} is more than the model's max_sequence_length="
-                             f"{limit}.")
-        stop = self._stop_token_ids(stop_token_ids)
+            rows = [check_token_ids(row) for row in inputs]
+            widest = max(len(r) for r in rows)
+        if max_length is None:  # the preprocessor's sequence_length, or the prompts' width
+            max_length = self.preprocessor.sequence_length if self.preprocessor is not None else widest
+        max_length = check_max_length(max_length, limit)
+        check_prompt_ids(rows, self.backbone.vocabulary_size, from_text=texts)
+        token_ids, padding_mask = pad_prompts(rows, max_length, pad_value)
+        check_room_to_generate(padding_mask)
+        chunk = self.prefill_chunk_length
+        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+            raise ValueError(f"prefill_chunk_length must be a positive int (prompt tokens per prefill "
+                             f"call; the default is 16), got {chunk!r}.")
         run = self._generate_function(token_ids.shape[0], max_length, sampler, stop)
         out_ids, out_mask = run(token_ids, padding_mask, np.asarray(seed, "int32"))
         out_ids = ops.convert_to_numpy(out_ids).astype("int32")
@@ -230,7 +267,13 @@ class CausalLM(LogLikelihoodScoring, Task):
             return () if self.preprocessor is None else self.preprocessor.tokenizer.stop_token_ids
         if stop_token_ids is None:
             return ()
-        return tuple(int(i) for i in np.asarray(stop_token_ids).reshape(-1))
+        ids = check_token_ids(stop_token_ids, "stop_token_ids")
+        vocabulary_size = self.backbone.vocabulary_size
+        outside = [i for i in ids if not 0 <= i < vocabulary_size]
+        if outside:
+            raise ValueError(f"stop_token_ids has ids outside the vocabulary [0, {vocabulary_size}): "
+                             f"{outside[:5]}. Pass ids the model can generate, or None.")
+        return tuple(ids)
 
     def _generate_function(self, batch_size, max_length, sampler, stop):
         """The compiled loop for these shapes and options (built once, then reused)."""
@@ -241,17 +284,34 @@ class CausalLM(LogLikelihoodScoring, Task):
         key = (batch_size, max_length, sampler.key, stop, self.prefill_chunk_length,
                tuple(id(v) for v in self.variables))
         if key not in self._generate_functions:
-            if isinstance(sampler, BeamSampler) and sampler.num_beams > 1:
-                def loop(token_ids, padding_mask, seed):
-                    return self._beam_search(token_ids, padding_mask, sampler, stop)
-            elif isinstance(sampler, ContrastiveSampler):
-                def loop(token_ids, padding_mask, seed):
-                    return self._contrastive_search(token_ids, padding_mask, sampler, stop)
-            else:
-                def loop(token_ids, padding_mask, seed):
-                    return self._sample(token_ids, padding_mask, seed, sampler, stop)
+            def loop(token_ids, padding_mask, seed):
+                return self._search(token_ids, padding_mask, seed, sampler, stop)
             self._generate_functions[key] = self._compile_loop(loop)
         return self._generate_functions[key]
+
+    def _search(self, token_ids, padding_mask, seed, sampler, stop):
+        """Prefill the cache with the prompts, then let the sampler run the search with ``next``."""
+        token_ids = ops.convert_to_tensor(token_ids, "int32")
+        padding_mask = ops.convert_to_tensor(padding_mask, "int32")
+        # torch: layers called directly, and with jit_compile one-token steps through one compiled
+        # decoder block (None elsewhere).
+        calls = layer_calls()
+        run_block = compiled_block_step(run_block_with_cache) if self.jit_compile else None
+        hidden_states = None
+        if sampler.uses_hidden_states:
+            batch_size, max_length = token_ids.shape
+            hidden_states = ops.zeros((batch_size, max_length, self.backbone.hidden_dim),
+                                      self.backbone.compute_dtype)
+        cache, start, *hidden_states = self._prefill(token_ids, padding_mask, hidden_states, run_block,
+                                                     calls)
+
+        def next(token_ids, cache, index):
+            hidden, cache = self.backbone.call_with_cache(token_ids, cache, index, run_block, calls)
+            hidden = hidden[:, -1]
+            return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
+
+        return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
+                       hidden_states=hidden_states[0] if hidden_states else None)
 
     def _compile_loop(self, loop):
         backend = keras.backend.backend()
@@ -282,27 +342,17 @@ class CausalLM(LogLikelihoodScoring, Task):
             self.generate_trace_count += 1
 
             def eager(*args):
-                with torch.no_grad(), direct_layer_calls(), compiled_decoder_blocks(self.jit_compile):
+                with torch.no_grad():
                     return loop(*[ops.convert_to_tensor(a) for a in args])
 
             return eager
         raise NotImplementedError(f"generate does not support the {backend} backend.")
 
-    def _next_logits(self, token_ids, caches, index):
-        """Logits (float32, (batch, vocab)) for the token after position ``index``; updated caches."""
-        hidden, caches = self.backbone.call_with_cache(token_ids, caches, index)
-        logits = run_layer(self.backbone.token_embedding, hidden[:, -1], reverse=True)
-        return ops.cast(logits, "float32"), caches, hidden[:, -1]
-
-    @staticmethod
-    def _column(x, index):
-        return ops.squeeze(ops.slice(x, (0, index), (ops.shape(x)[0], 1)), axis=1)
-
     # Prompt tokens the cache is filled with per prefill call; a multiple of it is the most a prompt
     # costs beyond its own length (the width stays static, so compiled loops do not depend on it).
     prefill_chunk_length = 16
 
-    def _prefill(self, token_ids, padding_mask, hiddens=None):
+    def _prefill(self, token_ids, padding_mask, hiddens, run_block, calls):
         """Fill the caches with the prompts, in chunks of ``prefill_chunk_length`` tokens.
 
         Decoding starts at ``start``, the shortest prompt's length, and its first step processes the
@@ -312,17 +362,14 @@ class CausalLM(LogLikelihoodScoring, Task):
         positions it repeats get the same keys and values again. Cache entries past ``start - 1``
         hold whatever the chunk saw there; decoding overwrites each before any query reads it.
 
-        ``hiddens`` (``(batch, max_length, hidden)``, for contrastive search) is filled with the
-        final hidden states of the same positions; then ``(caches, start, hiddens)`` is returned.
+        ``hiddens`` (``(batch, max_length, hidden)``, for samplers that use hidden states) is filled
+        with the final hidden states of the same positions; then ``(caches, start, hiddens)`` is
+        returned. ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
         """
         batch_size, max_length = token_ids.shape
         caches = self.backbone.empty_cache(batch_size, max_length)
         start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
-        chunk = self.prefill_chunk_length
-        if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
-            raise ValueError(f"prefill_chunk_length must be a positive int (prompt tokens per prefill "
-                             f"call; the default is 16), got {chunk!r}.")
-        width = min(chunk, max_length)
+        width = min(self.prefill_chunk_length, max_length)
 
         def cond(offset, caches, *hiddens):
             return offset < start - 1
@@ -330,146 +377,10 @@ class CausalLM(LogLikelihoodScoring, Task):
         def body(offset, caches, *hiddens):
             first = ops.minimum(offset, max_length - width)
             chunk = ops.slice(token_ids, (0, first), (batch_size, width))
-            hidden, caches = self.backbone.call_with_cache(chunk, caches, first)
+            hidden, caches = self.backbone.call_with_cache(chunk, caches, first, run_block, calls)
             hiddens = [ops.slice_update(h, (0, first, 0), ops.cast(hidden, h.dtype)) for h in hiddens]
             return (offset + width, caches, *hiddens)
 
         state = (ops.zeros((), "int32"), caches) + (() if hiddens is None else (hiddens,))
         _, caches, *hiddens = ops.while_loop(cond, body, state)
         return (caches, start, *hiddens)
-
-    def _place(self, index, picked, token_ids, is_prompt, valid, done, stop_ids):
-        """Write the picked tokens at ``index``: prompt tokens win, finished rows get padding."""
-        in_prompt = self._column(is_prompt, index)
-        chosen = ops.where(in_prompt, self._column(token_ids, index), picked)
-        keep = ops.logical_or(in_prompt, ops.logical_not(done))
-        chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
-        token_ids = ops.slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
-        valid = ops.slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
-        stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
-        generated = ops.logical_and(keep, ops.logical_not(in_prompt))
-        return token_ids, valid, ops.logical_or(done, ops.logical_and(stopped, generated))
-
-    def _sample(self, token_ids, padding_mask, seed, sampler, stop):
-        token_ids = ops.convert_to_tensor(token_ids, "int32")
-        padding_mask = ops.convert_to_tensor(padding_mask, "int32")
-        batch_size, max_length = token_ids.shape
-        caches, start = self._prefill(token_ids, padding_mask)
-        is_prompt = ops.cast(padding_mask, "bool")
-        stop_ids = ops.convert_to_tensor(list(stop) or [-1], "int32")
-
-        def cond(index, token_ids, valid, caches, done):
-            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
-
-        def body(index, token_ids, valid, caches, done):
-            previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
-            logits, caches, _ = self._next_logits(previous, caches, index - 1)
-            picked = sampler.next_token(logits, seed, index)
-            token_ids, valid, done = self._place(index, picked, token_ids, is_prompt, valid, done,
-                                                 stop_ids)
-            return index + 1, token_ids, valid, caches, done
-
-        done = ops.zeros((batch_size,), "bool")
-        _, token_ids, valid, _, _ = ops.while_loop(
-            cond, body, (start, token_ids, padding_mask, caches, done))
-        return token_ids, valid
-
-    def _contrastive_search(self, token_ids, padding_mask, sampler, stop):
-        """Pick among the top ``k`` the token maximising ``(1 - alpha) p - alpha max cos(h, h_prev)``.
-
-        Each step runs the ``k`` candidates one token further (on a copy of the cache) to get their
-        hidden states, and compares them with the hidden states of every earlier position.
-        """
-        token_ids = ops.convert_to_tensor(token_ids, "int32")
-        padding_mask = ops.convert_to_tensor(padding_mask, "int32")
-        batch_size, max_length = token_ids.shape
-        k, alpha = sampler.k, sampler.alpha
-        hiddens = ops.zeros((batch_size, max_length, self.backbone.hidden_dim),
-                            self.backbone.compute_dtype)
-        caches, start, hiddens = self._prefill(token_ids, padding_mask, hiddens)
-        is_prompt = ops.cast(padding_mask, "bool")
-        stop_ids = ops.convert_to_tensor(list(stop) or [-1], "int32")
-        positions = ops.arange(max_length, dtype="int32")
-
-        def normalize(x):
-            return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
-
-        def cond(index, token_ids, valid, caches, hiddens, done):
-            return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
-
-        def body(index, token_ids, valid, caches, hiddens, done):
-            previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
-            logits, caches, hidden = self._next_logits(previous, caches, index - 1)
-            hiddens = ops.slice_update(hiddens, (0, index - 1, 0), ops.cast(hidden[:, None], hiddens.dtype))
-            top_probabilities, candidates = ops.top_k(ops.softmax(logits, axis=-1), k)
-            candidate_caches = [ops.repeat(c, k, axis=0) for c in caches]
-            candidate_hidden, _ = self.backbone.call_with_cache(
-                ops.reshape(candidates, (batch_size * k, 1)), candidate_caches, index)
-            candidate_hidden = ops.reshape(candidate_hidden, (batch_size, k, -1))
-            similarity = ops.einsum("bkh,blh->bkl", normalize(ops.cast(candidate_hidden, "float32")),
-                                    normalize(ops.cast(hiddens, "float32")))
-            earlier = (positions < index)[None, None, :]
-            similarity = ops.where(earlier, similarity, ops.full_like(similarity, -1.0))
-            degeneration = ops.max(similarity, axis=-1)
-            score = (1.0 - alpha) * top_probabilities - alpha * degeneration
-            best = ops.argmax(score, axis=-1)[:, None]
-            picked = ops.cast(ops.take_along_axis(candidates, best, axis=1)[:, 0], "int32")
-            token_ids, valid, done = self._place(index, picked, token_ids, is_prompt, valid, done,
-                                                 stop_ids)
-            return index + 1, token_ids, valid, caches, hiddens, done
-
-        done = ops.zeros((batch_size,), "bool")
-        _, token_ids, valid, _, _, _ = ops.while_loop(
-            cond, body, (start, token_ids, padding_mask, caches, hiddens, done))
-        return token_ids, valid
-
-    def _beam_search(self, token_ids, padding_mask, sampler, stop):
-        """Keep the ``num_beams`` continuations with the highest total log-probability per row.
-
-        Every beam has the same length (``max_length``), so no length penalty is needed. Stop tokens
-        end a row's returned ``padding_mask`` after the first one in its best beam.
-        """
-        beams = sampler.num_beams
-        batch_size, max_length = token_ids.shape
-        token_ids = ops.repeat(ops.convert_to_tensor(token_ids, "int32"), beams, axis=0)
-        padding_mask = ops.repeat(ops.convert_to_tensor(padding_mask, "int32"), beams, axis=0)
-        caches, start = self._prefill(token_ids, padding_mask)
-        is_prompt = ops.cast(padding_mask, "bool")
-        vocabulary = self.backbone.token_embedding.input_dim
-        first_beam_only = ops.convert_to_tensor([0.0] + [-float("inf")] * (beams - 1), "float32")
-        scores = ops.tile(first_beam_only[None, :], (batch_size, 1))
-        rows = ops.arange(batch_size, dtype="int32")[:, None] * beams
-
-        def cond(index, token_ids, caches, scores):
-            return index < max_length
-
-        def body(index, token_ids, caches, scores):
-            previous = ops.slice(token_ids, (0, index - 1), (batch_size * beams, 1))
-            logits, caches, _ = self._next_logits(previous, caches, index - 1)
-            log_probabilities = ops.log_softmax(logits, axis=-1)
-            prompt_token = ops.one_hot(self._column(token_ids, index), vocabulary, dtype="float32")
-            forced = ops.where(prompt_token > 0, 0.0, -float("inf"))
-            log_probabilities = ops.where(self._column(is_prompt, index)[:, None], forced,
-                                          log_probabilities)
-            candidates = ops.reshape(scores, (-1, 1)) + log_probabilities
-            scores, best = ops.top_k(ops.reshape(candidates, (batch_size, beams * vocabulary)), beams)
-            source = ops.reshape(rows + ops.cast(best // vocabulary, "int32"), (-1,))
-            token_ids = ops.take(token_ids, source, axis=0)
-            caches = [ops.take(c, source, axis=0) for c in caches]
-            next_tokens = ops.reshape(ops.cast(best % vocabulary, "int32"), (-1, 1))
-            token_ids = ops.slice_update(token_ids, (0, index), next_tokens)
-            return index + 1, token_ids, caches, scores
-
-        _, token_ids, _, scores = ops.while_loop(cond, body, (start, token_ids, caches, scores))
-        best = ops.argmax(scores, axis=1)
-        token_ids = ops.reshape(token_ids, (batch_size, beams, max_length))
-        token_ids = ops.take_along_axis(token_ids, ops.reshape(best, (-1, 1, 1)), axis=1)[:, 0]
-        prompt = ops.reshape(padding_mask, (batch_size, beams, max_length))[:, 0]
-        valid = ops.ones_like(token_ids)
-        if stop:
-            stop_ids = ops.convert_to_tensor(list(stop), "int32")
-            is_stop = ops.logical_and(ops.any(token_ids[..., None] == stop_ids, axis=-1),
-                                      ops.logical_not(ops.cast(prompt, "bool")))
-            stops_before = ops.cumsum(ops.cast(is_stop, "int32"), axis=1) - ops.cast(is_stop, "int32")
-            valid = ops.cast(stops_before == 0, "int32")
-        return token_ids, valid

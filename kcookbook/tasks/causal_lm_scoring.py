@@ -10,6 +10,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.components.packers import pad_prompts
+from kcookbook.components.torch_speedups import layer_calls
 
 
 class LogLikelihoodScoring:
@@ -127,13 +128,14 @@ class LogLikelihoodScoring:
         key = (batch_size, length, last, tuple(id(v) for v in self.variables))
         if key not in self._score_functions:
             def loop(token_ids, padding_mask, seed):
-                hidden = self.backbone({"token_ids": token_ids, "padding_mask": padding_mask})
+                calls = layer_calls()  # torch: layers called directly (see torch_speedups)
+                hidden = self.backbone.hidden_states(token_ids, padding_mask, calls)
                 if last:
                     index = ops.sum(padding_mask, axis=1) - 1
                     hidden = ops.take_along_axis(hidden, ops.reshape(index, (-1, 1, 1)), axis=1)[:, 0]
-                    logits = ops.cast(self.backbone.token_embedding(hidden, reverse=True), "float32")
+                    logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
                     return ops.log_softmax(logits, axis=-1)
-                logits = ops.cast(self.backbone.token_embedding(hidden, reverse=True), "float32")
+                logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
                 following = ops.take_along_axis(logits[:, :-1], token_ids[:, 1:, None], axis=-1)[..., 0]
                 log_p = following - ops.logsumexp(logits[:, :-1], axis=-1)
                 log_p = ops.concatenate([ops.zeros_like(log_p[:, :1]), log_p], axis=1)

@@ -1,0 +1,126 @@
+"""The speed paths of eager (torch) decoding, in one module, passed down explicitly.
+
+On jax and TensorFlow the generation loop is compiled whole (XLA): Keras' per-call bookkeeping is
+paid once, while tracing. On torch the loop runs eagerly, and when it decodes one token at a time
+Keras' per-call and per-op dispatch costs more than the arithmetic. Three paths remove most of it.
+A task picks them by the backend's name (``keras.config.backend()``) where its loop starts and
+passes them down as arguments; nothing is switched by a global:
+
+* ``LayerCalls`` — how a component calls its sublayers. ``KERAS_CALLS`` is ``layer(x)`` (Keras'
+  ``__call__``: input conversion, dtype autocasting, masks, name scopes, training-flag resolution
+  and, on torch, ``nn.Module`` hooks); ``DIRECT_CALLS`` calls ``layer.call(x)`` on built layers.
+  ``layer_calls()`` gives ``DIRECT_CALLS`` on torch. Direct calls are for inference only.
+* ``write_key_value_in_place`` — new keys and values go into the cache with ``index_copy_``
+  instead of a ``slice_update`` that copies the whole cache (``CausalSelfAttention.write_key_value``
+  picks it by the backend's name).
+* ``compiled_block_step(run_block)`` — one ``torch.compile``d decoder block for every layer of a
+  one-token step (``lm.jit_compile = True``).
+
+``cast_if_needed`` skips a no-op cast (a Keras op's dispatch, ~20 µs on torch) on every backend.
+
+    >>> dense = keras.layers.Dense(2)
+    >>> x = ops.ones((1, 3))
+    >>> bool(ops.all(DIRECT_CALLS(dense, x) == KERAS_CALLS(dense, x)))
+    True
+"""
+
+import warnings
+
+import keras
+from keras import ops
+
+
+class LayerCalls:
+    """Calls a layer through Keras (``direct=False``) or, when it is built, its ``call`` directly.
+
+    ``calls(layer, *args, **kwargs)`` calls any layer. ``calls.nested(layer, ...)`` calls one of
+    kcookbook's components whose ``call`` takes ``calls=`` (decoder blocks, attention,
+    feed-forward layers) and, when direct, hands itself on, so the component's sublayers are
+    called the same way.
+    """
+
+    def __init__(self, direct):
+        self.direct = bool(direct)
+
+    def __call__(self, layer, *args, **kwargs):
+        if self.direct and layer.built:
+            return layer.call(*args, **kwargs)
+        return layer(*args, **kwargs)
+
+    def nested(self, layer, *args, **kwargs):
+        if self.direct and layer.built:
+            return layer.call(*args, calls=self, **kwargs)
+        return layer(*args, **kwargs)
+
+    def __repr__(self):
+        return "DIRECT_CALLS" if self.direct else "KERAS_CALLS"
+
+
+KERAS_CALLS = LayerCalls(direct=False)
+DIRECT_CALLS = LayerCalls(direct=True)
+
+
+def layer_calls(backend=None):
+    """The layer calls of an inference loop on ``backend`` (default: Keras' backend): direct on
+    torch, where the loop runs eagerly; through Keras elsewhere, where it is traced once."""
+    return DIRECT_CALLS if (backend or keras.config.backend()) == "torch" else KERAS_CALLS
+
+
+def cast_if_needed(x, dtype):
+    """``ops.cast(x, dtype)``, skipped when ``x`` already has that dtype: the same tensor, without a
+    Keras op's dispatch (~20 µs on torch) in loops that run per layer and per token."""
+    if keras.backend.standardize_dtype(x.dtype) == keras.backend.standardize_dtype(dtype):
+        return x
+    return ops.cast(x, dtype)
+
+
+def write_key_value_in_place(cache, key, value, step):
+    """torch: ``cache[:, 0/1, positions] = key/value`` in place (``index_copy_``: no copy of the
+    whole cache; the positions ``step.cache_positions`` stay an int64 tensor, so ``torch.compile``
+    traces it without a host sync or a recompile)."""
+    cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
+    cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
+    return cache
+
+
+# ----- torch: one compiled block for every layer of a one-token decoding step -----
+# Eager torch spends more time in Python (Keras' per-op dispatch, ~40 ops per block) than in the
+# arithmetic when it decodes one token at a time. torch.compile removes that, but compiling a whole
+# 30-layer model takes minutes on a CPU. The blocks of a decoder are the same code on different
+# weights, and torch.compile treats a module's weights as graph inputs (inline_inbuilt_nn_modules),
+# so one block's compiled graph runs every block of the same configuration: one compilation
+# (seconds), not one per layer. ``dynamic=True`` keeps the batch size and the cache length symbolic,
+# so a new max_length does not compile again (batch size 1 and >1 are two graphs).
+COMPILED_BLOCK_FUNCTIONS = {}  # run_block → its torch.compile, made on first use (once per process)
+
+
+def compiled_block_step(run_block):
+    """On torch, ``run_block`` (a function ``(block, x, cache, cache_index, decoding_step, calls)``,
+    e.g. ``decoder_block.run_block_with_cache``) through ``torch.compile``, one graph for every
+    block of the same configuration; None elsewhere (jax, TensorFlow: the whole loop is compiled
+    already). Use it under ``torch.no_grad()`` with ``DIRECT_CALLS``, in inference.
+
+    If the compiler cannot run here (inductor needs a C++ compiler), a warning says so and the
+    blocks run eagerly from then on.
+    """
+    if keras.config.backend() != "torch":
+        return None
+
+    def step(*args):
+        compiled = COMPILED_BLOCK_FUNCTIONS.get(run_block)
+        if compiled is None:
+            import torch
+
+            compiled = COMPILED_BLOCK_FUNCTIONS[run_block] = torch.compile(run_block, dynamic=True)
+        try:
+            return compiled(*args)
+        except Exception as error:  # the compiler toolchain, not the model: fall back to eager
+            from torch._dynamo.exc import BackendCompilerFailed
+
+            if not isinstance(error, BackendCompilerFailed):
+                raise
+            warnings.warn(f"torch.compile of the decoder block failed ({type(error).__name__}: "
+                          f"{str(error).splitlines()[0][:200]}); decoding eagerly instead.")
+            COMPILED_BLOCK_FUNCTIONS[run_block] = run_block
+            return run_block(*args)
+    return step
