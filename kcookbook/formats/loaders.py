@@ -143,6 +143,18 @@ def _deserialize(config, source, custom_objects=None):
         raise PresetError(f"Could not build the object described by {source}: {e}") from e
 
 
+def _folder_config(path):
+    """``(found, config)``: whether ``path`` is a folder with a ``config.json``, and that file's JSON
+    object (None when it is unreadable or not an object)."""
+    config = files.safe_path(path, files.CONFIG_FILE)
+    if not (os.path.isdir(path) and os.path.exists(config)):
+        return False, None
+    try:
+        return True, files.read_json(config)
+    except PresetError:
+        return True, None
+
+
 def _registered_name(config):
     return config.get("registered_name") or config.get("class_name")
 
@@ -154,14 +166,10 @@ class KerasPresetLoader(PresetLoader):
 
     @staticmethod
     def detect(path):
-        config = files.safe_path(path, files.CONFIG_FILE)
-        if not (os.path.isdir(path) and os.path.exists(config)):
-            return False
-        try:
-            data = files.read_json(config)
-        except PresetError:
-            return True  # let load_backbone report the corrupt file
-        return isinstance(data, dict) and "class_name" in data and "config" in data
+        found, data = _folder_config(path)
+        if data is None:
+            return found  # a corrupt config.json: let load_backbone report it
+        return "class_name" in data and "config" in data
 
     def backbone_config(self):
         return files.read_serialized(self.file(files.CONFIG_FILE))
@@ -298,13 +306,8 @@ class HuggingFaceLoader(PresetLoader):
 
     @staticmethod
     def detect(path):
-        config = files.safe_path(path, files.CONFIG_FILE)
-        if not (os.path.isdir(path) and os.path.exists(config)):
-            return False
-        try:
-            return "model_type" in files.read_json(config)
-        except PresetError:
-            return False
+        found, data = _folder_config(path)
+        return found and data is not None and "model_type" in data
 
     def __init__(self, path, handle, info=None):
         super().__init__(path, handle, info)

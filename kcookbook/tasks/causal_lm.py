@@ -48,7 +48,7 @@ from kcookbook.tasks.generate_arguments import (
     check_room_to_generate,
     check_token_ids,
 )
-from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor, _texts
+from kcookbook.tasks.preprocessor import Preprocessor
 from kcookbook.tasks.task import Task
 
 
@@ -97,16 +97,13 @@ class CausalLMPreprocessor(Preprocessor):
             end_value=tokenizer.end_token_id if self.add_end_token else None,
             pad_value=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0)
 
-    def _encode(self, segment):
-        return self.tokenizer.encode_batch([TextClassifierPreprocessor._check(t) for t in _texts(segment)])
-
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
             raise ValueError("CausalLMPreprocessor takes one text segment (strings to learn), or two: "
                              f"(prompts, responses) to learn the responses only. Got {len(segments)}.")
-        ids = self._encode(segments[0])
+        ids = self.encode_texts(segments[0])
         if len(segments) == 2:
-            responses = self._encode(segments[1])
+            responses = self.encode_texts(segments[1])
             if len(responses) != len(ids):
                 raise ValueError(f"{len(ids)} prompts but {len(responses)} responses: give one response "
                                  "per prompt.")
@@ -133,7 +130,7 @@ class CausalLMPreprocessor(Preprocessor):
     def prompt_ids(self, prompts):
         """Prompts → lists of ids as the model sees them before continuing (start token, no end)."""
         start = [self.tokenizer.start_token_id] if self.add_start_token else []
-        return [start + list(row) for row in self._encode(prompts)]
+        return [start + list(row) for row in self.encode_texts(prompts)]
 
     def generate_postprocess(self, token_ids, mask):
         """Generated ids (where ``mask``) → strings, special tokens dropped."""

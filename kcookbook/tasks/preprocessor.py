@@ -83,10 +83,6 @@ class Preprocessor:
         return load_preset(handle).load_preprocessor(cls, **kwargs)
 
 
-# The old private names, still imported by causal_lm.py.
-_texts = as_text_list
-
-
 @keras.saving.register_keras_serializable(package="kcookbook")
 class TextClassifierPreprocessor(Preprocessor):
     """Tokenize one or more text segments and pack them as ``[CLS] a [SEP] b [SEP]``.
@@ -111,8 +107,6 @@ class TextClassifierPreprocessor(Preprocessor):
 
     def numpy_call(self, segments):
         return self.packer(tuple(self.encode_texts(s) for s in segments))
-
-    _check = staticmethod(as_text)  # the old private name, still used by causal_lm.py
 
     def get_config(self):
         config = super().get_config()
