@@ -15,6 +15,21 @@ import pytest  # noqa: E402
 from helpers import BERT_SPECIAL_TOKENS, LETTERS, TINY_WORDS, load_tweets, package_path, real_tweets  # noqa: E402
 
 
+# Tests marked backend_independent (preset files, tokenizers, format readers: nothing goes through a
+# backend) run in the torch run of `make test` only, so CI does not repeat them three times.
+# KCOOKBOOK_ALL_BACKENDS=1 runs them on every backend.
+BACKEND_INDEPENDENT_RUNS_ON = "torch"
+
+
+def pytest_collection_modifyitems(config, items):
+    if os.environ.get("KCOOKBOOK_ALL_BACKENDS") == "1" or keras.backend.backend() == BACKEND_INDEPENDENT_RUNS_ON:
+        return
+    kept = [item for item in items if item.get_closest_marker("backend_independent") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(items=[item for item in items if item not in kept])
+        items[:] = kept
+
+
 @pytest.fixture(scope="session")
 def tweets():
     """2,000 unique real tweets (a session-wide list; do not mutate)."""
