@@ -15,6 +15,8 @@ import pathlib
 
 import pytest
 
+pytestmark = pytest.mark.backend_independent  # imports and layering: the same on every backend
+
 ROOT = pathlib.Path(os.environ.get("KCOOKBOOK_ARCHITECTURE_ROOT", pathlib.Path(__file__).parents[1]))
 PACKAGE = ROOT / "kcookbook"
 MODEL_LAYERS = ("components", "backbones", "tasks")  # lowest first

@@ -20,6 +20,8 @@ from helpers import TRICKY_SENTENCES, package_path, real_tweets
 from kcookbook import presets
 from kcookbook.components import BytePairTokenizer, HuggingFaceTokenizer, Tokenizer
 
+pytestmark = pytest.mark.backend_independent  # a tokenizer against transformers': the same on every backend
+
 
 @pytest.fixture(scope="module")
 def shakespeare_files():

@@ -11,6 +11,8 @@ import pytest
 from kcookbook import data
 from helpers import package_path
 
+pytestmark = pytest.mark.backend_independent  # dataset loaders (numpy): the same on every backend
+
 
 @pytest.fixture(scope="module")
 def tweets():

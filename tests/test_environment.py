@@ -5,12 +5,15 @@ import pathlib
 import re
 import tomllib
 
+import pytest
 import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
 import kcookbook
+
+pytestmark = pytest.mark.backend_independent  # install files: the same on every backend
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 BACKEND_PACKAGES = {"jax", "jaxlib", "tensorflow", "tensorflow-cpu", "torch"}

@@ -41,6 +41,7 @@ def hf_gguf_tokenizer(smollm2_path):
 
 # ----- the real SmolLM2 file -----
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_config_matches_transformers_gguf_config(checkpoint, smollm2_path):
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
@@ -87,6 +88,7 @@ def _transformers_reference_tensors(checkpoint, config, names):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_tensors_match_transformers_dequantisation_and_unpermutation(checkpoint):
     # Every kind of tensor (Q8_0 embedding, Q4_1 projections, F32 norms) of the first and last blocks.
     config = checkpoint.hf_config()
@@ -122,6 +124,7 @@ def _digit_free(texts):
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_tokenizer_ids_match_transformers_gguf_tokenizer(tokenizer, hf_gguf_tokenizer, texts):
     plain = _digit_free(texts)
     assert len(plain) > 800
@@ -129,6 +132,7 @@ def test_tokenizer_ids_match_transformers_gguf_tokenizer(tokenizer, hf_gguf_toke
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_digits_are_split_one_by_one_as_llama_cpp_smollm_pre_tokenizer(tokenizer, hf_gguf_tokenizer, texts):
     # The file says tokenizer.ggml.pre = "smollm": llama.cpp splits every digit off first (SmolLM2's own
     # tokenizer.json has a Digits(individual_digits=True) pre-tokenizer). transformers' GGUF loader ignores
@@ -148,6 +152,7 @@ def test_digits_are_split_one_by_one_as_llama_cpp_smollm_pre_tokenizer(tokenizer
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_tokenizer_special_tokens_decode_and_tf_data(tokenizer, hf_gguf_tokenizer, texts):
     assert (tokenizer.start_token, tokenizer.end_token, tokenizer.pad_token) == (
         hf_gguf_tokenizer.bos_token, hf_gguf_tokenizer.eos_token, hf_gguf_tokenizer.pad_token)
@@ -161,6 +166,7 @@ def test_tokenizer_special_tokens_decode_and_tf_data(tokenizer, hf_gguf_tokenize
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_chat_template_renders_like_transformers(tokenizer, hf_gguf_tokenizer):
     conversations = [
         [{"role": "user", "content": "What is the capital of France?"}],
@@ -226,6 +232,7 @@ def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tm
 
 
 @pytest.mark.slow
+@pytest.mark.backend_independent
 def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts):
     import keras
 
@@ -318,6 +325,7 @@ def write_tiny_llama_gguf(path, qtype, architecture="llama", tie=False, seed=0, 
 
 
 @pytest.mark.parametrize("qtype", ["F32", "F16", "Q8_0", "Q4_1"])
+@pytest.mark.backend_independent
 def test_tiny_files_read_like_transformers(tmp_path, qtype):
     qtype = gguf.GGMLQuantizationType[qtype]
     path = tmp_path / "tiny.gguf"
@@ -334,6 +342,7 @@ def test_tiny_files_read_like_transformers(tmp_path, qtype):
         np.testing.assert_allclose(ours[name], weight, rtol=0, atol=tolerance, err_msg=name)
 
 
+@pytest.mark.backend_independent
 def test_unsupported_architecture_is_named(tmp_path):
     path = tmp_path / "qwen.gguf"
     write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.F32, architecture="qwen2")
@@ -343,6 +352,7 @@ def test_unsupported_architecture_is_named(tmp_path):
         presets.load(str(path))
 
 
+@pytest.mark.backend_independent
 def test_unsupported_quantisation_is_named(tmp_path):
     path = tmp_path / "q81.gguf"
     writer = gguf.GGUFWriter(str(path), "llama")
@@ -356,6 +366,7 @@ def test_unsupported_quantisation_is_named(tmp_path):
         GGUFCheckpoint(path).dequantize("token_embd.weight")
 
 
+@pytest.mark.backend_independent
 def test_corrupt_and_truncated_files_are_named(tmp_path, smollm2_path):
     garbage = tmp_path / "garbage.gguf"
     garbage.write_bytes(b"not a gguf file at all" * 10)

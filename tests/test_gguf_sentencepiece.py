@@ -92,6 +92,7 @@ def hf_tokenizer(gguf_folder):
     return transformers.AutoTokenizer.from_pretrained(str(gguf_folder), gguf_file=FILE)
 
 
+@pytest.mark.backend_independent
 def test_ids_match_sentencepiece_and_transformers_gguf_tokenizer(gguf_folder, model_file, hf_tokenizer,
                                                                  plays):
     texts = plays[1]
@@ -128,6 +129,7 @@ def test_causal_lm_on_strings_matches_transformers_on_the_same_gguf(gguf_folder,
     assert lm.generate(prompt, max_length=20) == hf_tokenizer.decode(out[0], skip_special_tokens=True)
 
 
+@pytest.mark.backend_independent
 def test_gguf_sentencepiece_tokenizer_round_trips_through_a_preset(gguf_folder, plays, tmp_path):
     lm = CausalLM.from_preset(str(gguf_folder / FILE))
     lm.save_to_preset(str(tmp_path / "preset"))
@@ -137,6 +139,7 @@ def test_gguf_sentencepiece_tokenizer_round_trips_through_a_preset(gguf_folder, 
     assert again.get_config() == lm.preprocessor.tokenizer.get_config()
 
 
+@pytest.mark.backend_independent
 def test_sentencepiece_gguf_without_scores_is_named(model_file, tmp_path):
     path = tmp_path / "no_scores.gguf"
     write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.F32, vocab_size=VOCABULARY,
@@ -145,6 +148,7 @@ def test_sentencepiece_gguf_without_scores_is_named(model_file, tmp_path):
         GGUFCheckpoint(path).tokenizer()
 
 
+@pytest.mark.backend_independent
 def test_gemma_style_pieces_without_space_prefix(plays, tmp_path):
     """No ``▁`` prefix (``add_space_prefix`` false), specials at Gemma's ids and user-defined chat
     pieces: the ids are still SentencePiece's on the original model."""

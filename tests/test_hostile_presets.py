@@ -24,6 +24,8 @@ from kcookbook.tasks import TextClassifier, TextClassifierPreprocessor
 
 from test_bad_input import _tiny_hf_folder, backbone, tokenizer  # noqa: F401 (fixtures)
 
+pytestmark = pytest.mark.backend_independent  # preset files and their errors: the same on every backend
+
 BOUNDED = settings(max_examples=60, deadline=2000, derandomize=True,
                    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 

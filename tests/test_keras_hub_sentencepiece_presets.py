@@ -104,6 +104,7 @@ def numpy(x):
     return keras.ops.convert_to_numpy(x)
 
 
+@pytest.mark.backend_independent
 def test_token_ids_match_sentencepiece_and_transformers(written, loaded, plays):
     family, reference, _, model_file = written
     texts = plays[1]
@@ -178,6 +179,7 @@ def test_save_to_preset_round_trips(written, loaded, plays, tmp_path):
     np.testing.assert_allclose(numpy(again(x)), numpy(loaded(x)), atol=1e-6, rtol=0)
 
 
+@pytest.mark.backend_independent
 def test_tokenizer_problems_are_named(written, tmp_path):
     family, _, preset, _ = written
     broken = tmp_path / "no_vocabulary"
@@ -272,6 +274,7 @@ def offline_kagglehub(tmp_path, monkeypatch):
     ("gemma", GEMMA_NAMES, keras_hub_gemma_presets),
     ("mistral", MISTRAL_NAMES, keras_hub_mistral_presets),
 ])
+@pytest.mark.backend_independent
 def test_kaggle_names_are_listed_with_keras_hubs_handles(family, names, table):
     rows = {row["name"]: row for row in kcookbook.presets.list_presets(family=family)}
     assert set(rows) == set(names)
@@ -287,6 +290,7 @@ def test_kaggle_names_are_listed_with_keras_hubs_handles(family, names, table):
 
 @pytest.mark.parametrize("name, handle", [("gemma_2b_en", "kaggle://keras/gemma/keras/gemma_2b_en/3"),
                                           ("mistral_7b_en", "kaggle://keras/mistral/keras/mistral_7b_en/8")])
+@pytest.mark.backend_independent
 def test_uncached_kaggle_name_fails_offline_with_a_clear_error(offline_kagglehub, name, handle):
     with pytest.raises(PresetError) as error:
         CausalLM.from_preset(name)

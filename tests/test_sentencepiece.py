@@ -22,6 +22,8 @@ from kcookbook.components import Tokenizer
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 import sentencepiece  # noqa: E402  (the engine; pinned sentencepiece==0.2.3)
 
+pytestmark = pytest.mark.backend_independent  # a tokenizer against transformers': the same on every backend
+
 
 @pytest.fixture(scope="module")
 def shakespeare_lines():

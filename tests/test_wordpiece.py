@@ -14,6 +14,8 @@ from helpers import TRICKY_SENTENCES
 from kcookbook.components import WordPieceTokenizer
 from kcookbook.tasks import TextClassifierPreprocessor
 
+pytestmark = pytest.mark.backend_independent  # a tokenizer against transformers': the same on every backend
+
 
 @pytest.fixture(scope="module")
 def hf_tokenizer(minilm_path):
