@@ -19,7 +19,7 @@ from kcookbook.components.validation import (
     check_int_list,
     eager_array,
 )
-from kcookbook.components.preset_entry import load_preset
+from kcookbook.components.preset_entry import export_to_transformers, load_preset
 from kcookbook.presets import save_preset
 
 # Bounds of every backbone config field, by name: generous for every real checkpoint (Gemma 3's
@@ -227,6 +227,13 @@ class Backbone(keras.Model):
     def save_to_preset(self, directory, metadata=None):
         """Write ``config.json``, ``model.weights.h5`` and ``metadata.json`` (KerasHub layout), atomically."""
         save_preset(directory, backbone=self, metadata=metadata)
+
+    def export_to_transformers(self, directory, dtype="float32"):
+        """Write a Hugging Face transformers folder (``config.json``, ``model.safetensors``) that
+        ``transformers.AutoModel.from_pretrained(directory)`` loads with no kcookbook code (decoder
+        families as ``…ForCausalLM``). LoRA updates are folded in and int8 kernels dequantised;
+        ``dtype`` is ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+        export_to_transformers(self, directory, dtype=dtype)
 
     # ----- LoRA (see kcookbook.components.lora) -----
     def enable_lora(self, rank, target_names=None, lora_alpha=None):

@@ -1,8 +1,10 @@
-"""The one door from a ``from_preset`` classmethod to the format readers.
+"""The one door from the model classes to the format readers and writers.
 
 ``Tokenizer``, ``ImageConverter``, ``Backbone``, ``Preprocessor`` and ``Task`` build themselves from
-a preset through :func:`load_preset`. The readers (``kcookbook.formats``) build backbones and tasks,
-so they sit above every model layer and are imported here only when a preset is loaded.
+a preset through :func:`load_preset`, and backbones, tasks and tokenizers write themselves as
+transformers folders through :func:`export_to_transformers`. The formats (``kcookbook.formats``)
+build and read backbones and tasks, so they sit above every model layer and are imported here only
+when called.
 """
 
 
@@ -12,3 +14,11 @@ def load_preset(handle):
     from kcookbook.formats import load
 
     return load(handle)
+
+
+def export_to_transformers(obj, directory, dtype="float32"):
+    """Write ``obj`` as a Hugging Face transformers folder (see ``kcookbook.formats.export``)."""
+    # export entry point: the writers use the converters' name maps, so they are imported at call time.
+    from kcookbook.formats.export import export_to_transformers as export
+
+    export(obj, directory, dtype=dtype)

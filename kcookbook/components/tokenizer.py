@@ -22,7 +22,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_tensor, valid_unicode
-from kcookbook.components.preset_entry import load_preset
+from kcookbook.components.preset_entry import export_to_transformers, load_preset
 from kcookbook.presets.errors import PresetError
 
 
@@ -217,6 +217,11 @@ class Tokenizer:
                 f"Call {type(tokenizer).__name__}.from_preset or Tokenizer.from_preset instead."
             )
         return tokenizer
+
+    def export_to_transformers(self, directory):
+        """Write Hugging Face tokenizer files (``tokenizer.json`` or ``tokenizer.model``, and
+        ``tokenizer_config.json``) that ``transformers.AutoTokenizer.from_pretrained`` loads."""
+        export_to_transformers(self, directory)
 
     def __repr__(self):
         return f"<{type(self).__name__} name={self.name!r} vocabulary_size={self.vocabulary_size}>"

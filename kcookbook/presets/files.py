@@ -33,6 +33,11 @@ PRESET_FILES = frozenset({
     CONFIG_FILE, WEIGHTS_FILE, TOKENIZER_FILE, PREPROCESSOR_FILE, IMAGE_CONVERTER_FILE, TASK_FILE,
     TASK_WEIGHTS_FILE, METADATA_FILE, "model.weights.json", "audio_converter.json", "video_converter.json",
 })
+# What an export to a Hugging Face transformers folder writes (kcookbook.formats.export).
+HF_EXPORT_FILES = frozenset({
+    CONFIG_FILE, "model.safetensors", TOKENIZER_FILE, "tokenizer_config.json", "special_tokens_map.json",
+    "generation_config.json", "vocab.txt", "vocab.json", "merges.txt", "tokenizer.model",
+})
 SHARDED_WEIGHTS = re.compile(r"model_\d+\.weights\.h5")  # keras_hub's sharded model.weights.h5
 MAX_JSON_BYTES = 64 * 2**20  # configs are kilobytes; a tokenizer.json with a 250k vocabulary ~20 MB
 
@@ -292,10 +297,10 @@ def save_variables_h5(path, variables):
 
 # ----------------------------------------------------------------------------- atomic saves
 
-def foreign_entries(directory):
+def foreign_entries(directory, known_files=PRESET_FILES):
     """The entries of ``directory`` that no preset save writes (so replacing the folder would delete
-    them): anything but PRESET_FILES, sharded weights and ``assets/<name>/<files>``; symbolic links
-    count as foreign."""
+    them): anything but ``known_files`` (PRESET_FILES, or HF_EXPORT_FILES for an export), sharded
+    weights and ``assets/<name>/<files>``; symbolic links count as foreign."""
     foreign = []
     for entry in sorted(os.scandir(directory), key=lambda e: e.name):
         if entry.name == ASSETS_DIR and entry.is_dir(follow_symlinks=False):
@@ -307,7 +312,7 @@ def foreign_entries(directory):
                 foreign += [os.path.join(inner, f.name) for f in os.scandir(sub.path)
                             if not f.is_file(follow_symlinks=False)]
         elif not (entry.is_file(follow_symlinks=False) and
-                  (entry.name in PRESET_FILES or SHARDED_WEIGHTS.fullmatch(entry.name))):
+                  (entry.name in known_files or SHARDED_WEIGHTS.fullmatch(entry.name))):
             foreign.append(entry.name + ("/" if entry.is_dir(follow_symlinks=False) else ""))
     return foreign
 
@@ -338,7 +343,7 @@ def _staging_name(base):
     return f".{base}.partial-{os.getpid()}-{secrets.token_hex(4)}"
 
 
-def _remove_stale_staging(parent, base):
+def _remove_stale_staging(parent, base, known_files):
     """Remove what a killed save to ``parent/base`` left behind: ``.{base}.partial-{pid}-{hex}``
     staging folders (and their ``.old`` retired twins) of processes that no longer run, holding only
     what a preset save writes."""
@@ -348,7 +353,7 @@ def _remove_stale_staging(parent, base):
         path = os.path.join(parent, name)
         if not match or os.path.islink(path) or not os.path.isdir(path) or _process_alive(int(match[1])):
             continue
-        if not foreign_entries(path):
+        if not foreign_entries(path, known_files):
             shutil.rmtree(path, ignore_errors=True)
 
 
@@ -363,7 +368,7 @@ def _process_alive(pid):
 
 
 @contextlib.contextmanager
-def atomic_directory(directory, overwrite=True):
+def atomic_directory(directory, overwrite=True, known_files=PRESET_FILES):
     """Yield a temporary directory that replaces ``directory`` only if the block succeeds.
 
     Nothing half-written is ever visible at ``directory``: on any error the temporary directory is
@@ -371,7 +376,8 @@ def atomic_directory(directory, overwrite=True):
     all it holds is what a preset save writes (:func:`foreign_entries`); an empty path, the current,
     home or root folder and a symbolic link are refused. The result has the permissions of a folder
     made with ``mkdir`` (0o755 under the usual umask). Staging folders left by a killed save to the
-    same target are removed first.
+    same target are removed first. ``known_files``: the top-level files a save writes
+    (HF_EXPORT_FILES for an export to transformers).
     """
     given = directory
     directory = os.path.abspath(os.fspath(directory))
@@ -381,7 +387,7 @@ def atomic_directory(directory, overwrite=True):
     if os.path.exists(directory):
         if not os.path.isdir(directory):
             raise PresetError(f"Cannot save a preset to {directory}: it is a file.")
-        foreign = foreign_entries(directory)
+        foreign = foreign_entries(directory, known_files)
         if foreign:
             raise PresetError(
                 f"Cannot save a preset to {directory}: the directory holds other files, which saving "
@@ -390,7 +396,7 @@ def atomic_directory(directory, overwrite=True):
             )
         if os.listdir(directory) and not overwrite:
             raise PresetError(f"A preset already exists at {directory}; pass overwrite=True.")
-    _remove_stale_staging(parent, base)
+    _remove_stale_staging(parent, base, known_files)
     while True:
         staging = os.path.join(parent, _staging_name(base))
         try:

@@ -23,7 +23,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_dataset as _is_dataset
-from kcookbook.components.preset_entry import load_preset
+from kcookbook.components.preset_entry import export_to_transformers, load_preset
 from kcookbook.components.validation import check_finite, check_ids_in_range, eager_array
 from kcookbook.presets import files, save_preset
 from kcookbook.tasks.preprocessor import Preprocessor
@@ -407,6 +407,15 @@ class Task(keras.Model):
         """Write backbone, tokenizer, preprocessor and head as one preset directory, atomically."""
         save_preset(directory, backbone=self.backbone, preprocessor=self.preprocessor,
                             task=self, metadata=metadata)
+
+    def export_to_transformers(self, directory, dtype="float32"):
+        """Write a Hugging Face transformers folder (``config.json``, ``model.safetensors``, the
+        tokenizer's files and, for text generators, ``generation_config.json``) that
+        ``transformers.AutoModelForCausalLM.from_pretrained(directory)`` (for a ``CausalLM``) loads
+        with no kcookbook code. The backbone is exported: a task's own head (a classifier's Dense)
+        is not. LoRA updates are folded in and int8 kernels dequantised; ``dtype`` is
+        ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+        export_to_transformers(self, directory, dtype=dtype)
 
 
 def _sequence_length_for(backbone, preprocessor_cls, loader, preprocessor_kwargs):

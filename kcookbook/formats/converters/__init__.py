@@ -31,13 +31,15 @@ def for_family(family):
 
 @functools.cache
 def _index():
-    """``({hf model_type: converter}, {keras_hub class name: converter})`` of every family."""
-    by_model_type, by_keras_hub_class = {}, {}
+    """``({hf model_type: converter}, {keras_hub class name: converter}, {our backbone class name:
+    converter that exports it})`` of every family."""
+    by_model_type, by_keras_hub_class, by_backbone_class = {}, {}, {}
     for family in CONVERTERS:
         converter = for_family(family)
         by_model_type.update(dict.fromkeys(converter.hf_model_types, converter))
         by_keras_hub_class.update(dict.fromkeys(converter.keras_hub_classes, converter))
-    return by_model_type, by_keras_hub_class
+        by_backbone_class.update(dict.fromkeys(converter.exports_backbones, converter))
+    return by_model_type, by_keras_hub_class, by_backbone_class
 
 
 def for_hf_model_type(model_type):
@@ -56,3 +58,12 @@ def known_hf_model_types():
 
 def known_keras_hub_classes():
     return sorted(_index()[1])
+
+
+def for_backbone_class(class_name):
+    """The converter that exports kcookbook's backbone class ``class_name`` to transformers, or None."""
+    return _index()[2].get(class_name)
+
+
+def exportable_backbone_classes():
+    return sorted(_index()[2])

@@ -30,6 +30,10 @@ class Converter:
     family = None
     hf_model_types = ()
     keras_hub_classes = ()
+    # kcookbook backbone class names this converter writes back as transformers folders, and whether
+    # that model generates text (a generation_config.json goes with it).
+    exports_backbones = ()
+    hf_generates = False
 
     def not_supported(self, what):
         return ConversionNotSupported(
@@ -97,6 +101,23 @@ class Converter:
         """``{variable.path: array}`` of ``backbone`` from a torch ``state_dict`` (``{name: array}``),
         popping the entries it uses from ``state`` so that what is left over can be reported."""
         raise self.not_supported("torch state dicts")
+
+    # ----- export to Hugging Face transformers (kcookbook.formats.export) -----
+    def hf_config_from_backbone(self, backbone):
+        """The transformers ``config.json`` (a dict, with ``model_type`` and ``architectures``) of
+        ``backbone``: the inverse of :meth:`backbone_from_hf`."""
+        raise self.not_exported()
+
+    def hf_tensors_from_backbone(self, backbone, read):
+        """``{transformers tensor name: function returning the array}`` of ``backbone``, the inverse
+        of :meth:`weights_from_hf`; ``read(variable_path)`` gives a weight as a float numpy array
+        (LoRA folded in, int8 dequantised). Functions, so the export computes one tensor at a time."""
+        raise self.not_exported()
+
+    def not_exported(self):
+        return ConversionNotSupported(
+            f"kcookbook's {self.family} converter does not write transformers folders yet; save the "
+            "model with save_to_preset instead.")
 
     def __repr__(self):
         return f"<{type(self).__name__} family={self.family!r}>"

@@ -12,9 +12,9 @@ from kcookbook.backbones.bert import BertBackbone
 from kcookbook.components.tokenizer import read_vocabulary_file
 from kcookbook.components.wordpiece import WordPieceTokenizer
 from kcookbook.formats.converters.base import Converter
-from kcookbook.formats.converters.common import (hf_encoder_layer, keras_hub_blocks, keras_hub_reader,
-                                                 keras_hub_transformer_layer, linear_kernel, strip_prefix,
-                                                 take)
+from kcookbook.formats.converters.common import (hf_encoder_layer, hf_encoder_layer_tensors, keras_hub_blocks,
+                                                 keras_hub_reader, keras_hub_transformer_layer, linear_kernel,
+                                                 same, strip_prefix, take, torch_linear)
 from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
@@ -30,6 +30,7 @@ class BertConverter(Converter):
     family = "bert"
     hf_model_types = ("bert",)
     keras_hub_classes = ("BertBackbone", "BertTokenizer")
+    exports_backbones = ("BertBackbone",)
 
     def backbone_from_hf(self, hf_config, **overrides):
         hidden_act = hf_config.get("hidden_act", "gelu")
@@ -74,6 +75,37 @@ class BertConverter(Converter):
             for v in backbone.weights:
                 if v.path.startswith("pooled_dense/"):
                     out[v.path] = np.asarray(v)
+        return out
+
+    # ---------------------------------------------------------------- export (the inverse)
+    def hf_config_from_backbone(self, backbone):
+        activation = {ours: hf for hf, ours in HF_ACTIVATIONS.items() if hf != "gelu_pytorch_tanh"}
+        return {
+            "model_type": "bert", "architectures": ["BertModel"],
+            "vocab_size": backbone.vocabulary_size, "num_hidden_layers": backbone.num_layers,
+            "num_attention_heads": backbone.num_heads, "hidden_size": backbone.hidden_dim,
+            "intermediate_size": backbone.intermediate_dim, "hidden_act": activation[backbone.activation],
+            "hidden_dropout_prob": backbone.dropout, "attention_probs_dropout_prob": backbone.dropout,
+            "max_position_embeddings": backbone.max_sequence_length,
+            "type_vocab_size": backbone.num_segments, "layer_norm_eps": backbone.layer_norm_epsilon,
+            "pad_token_id": 0,
+        }
+
+    def hf_tensors_from_backbone(self, backbone, read):
+        out = {
+            "embeddings.word_embeddings.weight": same(read, "token_embedding/embeddings"),
+            "embeddings.position_embeddings.weight": same(read, "position_embedding/embeddings"),
+            "embeddings.token_type_embeddings.weight": same(read, "segment_embedding/embeddings"),
+            "embeddings.LayerNorm.weight": same(read, "embeddings_layer_norm/gamma"),
+            "embeddings.LayerNorm.bias": same(read, "embeddings_layer_norm/beta"),
+        }
+        for i in range(backbone.num_layers):
+            out.update(hf_encoder_layer_tensors(
+                read, f"encoder.layer.{i}.", f"transformer_layer_{i}/", "attention.self",
+                {"attention_norm": "attention.output.LayerNorm", "ffn_norm": "output.LayerNorm"},
+                backbone.hidden_dim))
+        out["pooler.dense.weight"] = torch_linear(read, "pooled_dense/kernel")
+        out["pooler.dense.bias"] = same(read, "pooled_dense/bias")
         return out
 
     def tokenizer_from_hf(self, folder, **kwargs):

@@ -74,6 +74,45 @@ def hf_encoder_layer(t, hf_prefix, our_prefix, self_attention, norm_names, missi
     return out
 
 
+def torch_linear(read, path):
+    """``read(path)`` (a Keras kernel (in, out)) as a torch ``nn.Linear`` weight (out, in): the
+    inverse of :func:`linear_kernel`, for exports."""
+    return lambda: np.ascontiguousarray(read(path).T)
+
+
+def column_block(read, path, start, stop, transpose=True):
+    """Columns ``start:stop`` of the fused kernel (or bias) at ``path``, e.g. the query part of a
+    ``qkv`` kernel, transposed to torch's (out, in) for kernels."""
+    def compute():
+        part = read(path)[..., start:stop]
+        return np.ascontiguousarray(part.T if transpose and part.ndim == 2 else part)
+    return compute
+
+
+def hf_encoder_layer_tensors(read, hf_prefix, our_prefix, self_attention, norm_names, hidden):
+    """The inverse of :func:`hf_encoder_layer`: our fused-QKV encoder block → a Hugging Face
+    BERT-style layer's ``{tensor name: function}``, for exports."""
+    out = {}
+    for i, name in enumerate(("query", "key", "value")):
+        span = (i * hidden, (i + 1) * hidden)
+        out[f"{hf_prefix}{self_attention}.{name}.weight"] = column_block(read, our_prefix + "attention/qkv/kernel", *span)
+        out[f"{hf_prefix}{self_attention}.{name}.bias"] = column_block(read, our_prefix + "attention/qkv/bias", *span)
+    for our_name, hf_name in {"attention/output": "attention.output.dense",
+                              "ffn_intermediate": "intermediate.dense",
+                              "ffn_output": "output.dense"}.items():
+        out[f"{hf_prefix}{hf_name}.weight"] = torch_linear(read, our_prefix + our_name + "/kernel")
+        out[f"{hf_prefix}{hf_name}.bias"] = same(read, our_prefix + our_name + "/bias")
+    for our_name, hf_name in norm_names.items():
+        out[f"{hf_prefix}{hf_name}.weight"] = same(read, our_prefix + our_name + "/gamma")
+        out[f"{hf_prefix}{hf_name}.bias"] = same(read, our_prefix + our_name + "/beta")
+    return out
+
+
+def same(read, path):
+    """``read(path)`` unchanged, as a function (for exports)."""
+    return lambda: read(path)
+
+
 # ---------------------------------------------------------------- keras_hub transformer layers
 
 def keras_hub_layer_suffix(i):

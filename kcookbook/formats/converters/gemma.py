@@ -44,6 +44,15 @@ class GemmaConverter(LlamaConverter):
     family = "gemma"
     hf_model_types = ("gemma",)
     keras_hub_classes = ("GemmaBackbone", "GemmaTokenizer")
+    exports_backbones = ("GemmaBackbone",)
+    hf_architecture = "GemmaForCausalLM"
+    export_requires = {"norm_unit_offset": True, "scale_embeddings": True, "sliding_window": None,
+                       "num_experts": None, "tie_word_embeddings": True}
+
+    def hf_config_from_backbone(self, backbone):
+        config = super().hf_config_from_backbone(backbone)
+        config["hidden_activation"] = config["hidden_act"]
+        return config
 
     def backbone_from_hf(self, hf_config, **overrides):
         activation = hf_config.get("hidden_activation") or hf_config.get("hidden_act", "gelu_pytorch_tanh")

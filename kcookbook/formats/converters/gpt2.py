@@ -10,7 +10,7 @@ import os
 from kcookbook.backbones.gpt2 import GPT2Backbone
 from kcookbook.formats.converters.base import Converter
 from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
-                                                 keras_hub_transformer_layer, strip_prefix, take)
+                                                 keras_hub_transformer_layer, same, strip_prefix, take)
 from kcookbook.formats.converters.llama import HF_ACTIVATIONS
 from kcookbook.presets.errors import PresetError
 
@@ -21,6 +21,13 @@ class GPT2Converter(Converter):
     family = "gpt2"
     hf_model_types = ("gpt2",)
     keras_hub_classes = ("GPT2Backbone", "GPT2Tokenizer")
+    exports_backbones = ("GPT2Backbone",)
+    hf_generates = True
+
+    # Our sublayer names → Hugging Face's (Conv1D weights are (in, out), like Keras kernels).
+    HF_PROJECTIONS = {"attention/qkv": "attn.c_attn", "attention/output": "attn.c_proj",
+                      "feed_forward/intermediate": "mlp.c_fc", "feed_forward/output": "mlp.c_proj"}
+    HF_NORMS = {"attention_norm": "ln_1", "feed_forward_norm": "ln_2"}
 
     # ---------------------------------------------------------------- Hugging Face
     def backbone_from_hf(self, hf_config, **overrides):
@@ -57,16 +64,40 @@ class GPT2Converter(Converter):
         }
         for i in range(backbone.num_layers):
             hf, ours = f"h.{i}.", f"transformer_layer_{i}/"
-            pairs = {"attention/qkv": "attn.c_attn", "attention/output": "attn.c_proj",
-                     "feed_forward/intermediate": "mlp.c_fc", "feed_forward/output": "mlp.c_proj"}
-            for our_name, hf_name in pairs.items():
+            for our_name, hf_name in self.HF_PROJECTIONS.items():
                 out[f"{ours}{our_name}/kernel"] = take(t, f"{hf}{hf_name}.weight")  # Conv1D: (in, out)
                 out[f"{ours}{our_name}/bias"] = take(t, f"{hf}{hf_name}.bias")
-            for our_name, hf_name in {"attention_norm": "ln_1", "feed_forward_norm": "ln_2"}.items():
+            for our_name, hf_name in self.HF_NORMS.items():
                 out[f"{ours}{our_name}/gamma"] = take(t, f"{hf}{hf_name}.weight")
                 out[f"{ours}{our_name}/beta"] = take(t, f"{hf}{hf_name}.bias")
             for buffer in ("attn.bias", "attn.masked_bias"):  # causal-mask buffers of old checkpoints
                 t.pop(hf + buffer, None)
+        return out
+
+    # ---------------------------------------------------------------- export (the inverse)
+    def hf_config_from_backbone(self, backbone):
+        return {
+            "model_type": "gpt2", "architectures": ["GPT2LMHeadModel"],
+            "vocab_size": backbone.vocabulary_size, "n_layer": backbone.num_layers,
+            "n_head": backbone.num_heads, "n_embd": backbone.hidden_dim, "n_inner": backbone.intermediate_dim,
+            "n_positions": backbone.max_sequence_length, "layer_norm_epsilon": backbone.layer_norm_epsilon,
+            "activation_function": "gelu_new", "resid_pdrop": backbone.dropout,
+            "embd_pdrop": backbone.dropout, "attn_pdrop": backbone.dropout, "tie_word_embeddings": True,
+        }
+
+    def hf_tensors_from_backbone(self, backbone, read):
+        out = {"transformer.wte.weight": same(read, "token_embedding/embeddings"),
+               "transformer.wpe.weight": same(read, "position_embedding/embeddings"),
+               "transformer.ln_f.weight": same(read, "final_norm/gamma"),
+               "transformer.ln_f.bias": same(read, "final_norm/beta")}
+        for i in range(backbone.num_layers):
+            hf, ours = f"transformer.h.{i}.", f"transformer_layer_{i}/"
+            for our_name, hf_name in self.HF_PROJECTIONS.items():
+                out[f"{hf}{hf_name}.weight"] = same(read, f"{ours}{our_name}/kernel")
+                out[f"{hf}{hf_name}.bias"] = same(read, f"{ours}{our_name}/bias")
+            for our_name, hf_name in self.HF_NORMS.items():
+                out[f"{hf}{hf_name}.weight"] = same(read, f"{ours}{our_name}/gamma")
+                out[f"{hf}{hf_name}.bias"] = same(read, f"{ours}{our_name}/beta")
         return out
 
     def tokenizer_from_hf(self, folder, **kwargs):

@@ -13,7 +13,7 @@ import numpy as np
 
 from kcookbook.backbones.llama import LlamaBackbone
 from kcookbook.formats.converters.base import Converter
-from kcookbook.formats.converters.common import linear_kernel, strip_prefix, take
+from kcookbook.formats.converters.common import column_block, linear_kernel, same, strip_prefix, take, torch_linear
 from kcookbook.presets import files
 from kcookbook.presets.errors import PresetError
 
@@ -73,6 +73,35 @@ def decoder_config(hf_config, tie_default=False):
     }
 
 
+def hf_decoder_config(backbone, activation_key="hidden_act"):
+    """The inverse of :func:`decoder_config`: a Llama-family backbone's transformers config keys."""
+    activation = {"silu": "silu", "gelu": "gelu", "gelu_approximate": "gelu_pytorch_tanh"}
+    if backbone.activation not in activation:
+        raise PresetError(f"Export: activation {backbone.activation!r} has no transformers name.")
+    config = {
+        "vocab_size": backbone.vocabulary_size, "num_hidden_layers": backbone.num_layers,
+        "num_attention_heads": backbone.num_heads, "num_key_value_heads": backbone.num_key_value_heads,
+        "hidden_size": backbone.hidden_dim, "head_dim": backbone.head_dim or backbone.hidden_dim // backbone.num_heads,
+        "intermediate_size": backbone.intermediate_dim, activation_key: activation[backbone.activation],
+        "rms_norm_eps": backbone.layer_norm_epsilon, "rope_theta": backbone.rope_max_wavelength,
+        "max_position_embeddings": backbone.max_sequence_length,
+        "tie_word_embeddings": backbone.tie_word_embeddings, "attention_bias": backbone.attention_bias,
+        "mlp_bias": False, "attention_dropout": 0.0,
+    }
+    if backbone.rope_scaling_factor != 1.0:
+        config["rope_scaling"] = {"rope_type": "linear", "factor": backbone.rope_scaling_factor}
+    return config
+
+
+def check_exportable(backbone, family, **expected):
+    """PresetError when ``backbone`` has a setting the transformers class of ``family`` cannot hold
+    (e.g. a Llama with Gemma's scaled embeddings): ``expected`` maps attributes to required values."""
+    wrong = {k: getattr(backbone, k) for k, v in expected.items() if getattr(backbone, k) != v}
+    if wrong:
+        raise PresetError(f"Export: this {type(backbone).__name__} sets {wrong}, which transformers' "
+                          f"{family} models do not have; the export would compute something else.")
+
+
 def expert_weights(t, hf, ours, num_experts):
     """Mixtral's ``gate`` router and ``experts.{e}.w1/w3/w2`` → stacked expert kernels."""
     gate_up, output = [], []
@@ -82,6 +111,19 @@ def expert_weights(t, hf, ours, num_experts):
         output.append(linear_kernel(w2))
     return {ours + "router/kernel": linear_kernel(take(t, hf + "gate.weight")),
             ours + "expert_gate_up": np.stack(gate_up), ours + "expert_output": np.stack(output)}
+
+
+def expert_tensors(read, hf, ours, num_experts, inner):
+    """The inverse of :func:`expert_weights`, for exports."""
+    def expert(path, e, start, stop):
+        return lambda: np.ascontiguousarray(read(path)[e][:, start:stop].T)
+
+    out = {hf + "gate.weight": torch_linear(read, ours + "router/kernel")}
+    for e in range(num_experts):
+        out[f"{hf}experts.{e}.w1.weight"] = expert(ours + "expert_gate_up", e, 0, inner)
+        out[f"{hf}experts.{e}.w3.weight"] = expert(ours + "expert_gate_up", e, inner, 2 * inner)
+        out[f"{hf}experts.{e}.w2.weight"] = expert(ours + "expert_output", e, 0, None)
+    return out
 
 
 def generation_eos_ids(folder):
@@ -98,6 +140,12 @@ class LlamaConverter(Converter):
 
     family = "llama"
     hf_model_types = ("llama",)
+    exports_backbones = ("LlamaBackbone",)
+    hf_generates = True
+    hf_architecture = "LlamaForCausalLM"
+    # What transformers' Llama cannot express; subclasses name their own family's settings.
+    export_requires = {"norm_unit_offset": False, "scale_embeddings": False, "sliding_window": None,
+                       "num_experts": None}
 
     def backbone_from_hf(self, hf_config, **overrides):
         return LlamaBackbone(**{**decoder_config(hf_config), **overrides})
@@ -133,6 +181,44 @@ class LlamaConverter(Converter):
         if t:
             raise PresetError(f"The checkpoint has tensors the {type(backbone).__name__} does not use: "
                               f"{sorted(t)[:5]}. Is config.json describing this checkpoint?")
+        return out
+
+    # ---------------------------------------------------------------- export (the inverse)
+    def hf_config_from_backbone(self, backbone):
+        check_exportable(backbone, self.family, **self.export_requires)
+        return {"model_type": self.hf_model_types[0], "architectures": [self.hf_architecture],
+                **hf_decoder_config(backbone)}
+
+    def hf_tensors_from_backbone(self, backbone, read):
+        """The inverse of :meth:`weights_from_hf`: split ``qkv`` and ``gate_up`` back into q/k/v and
+        gate/up, and the stacked experts into ``experts.{e}.w1/w3/w2``."""
+        out = {"model.embed_tokens.weight": same(read, "token_embedding/embeddings"),
+               "model.norm.weight": same(read, "final_norm/scale")}
+        if not backbone.tie_word_embeddings:
+            out["lm_head.weight"] = torch_linear(read, "token_embedding/reverse_embeddings")
+        head_dim = backbone.head_dim or backbone.hidden_dim // backbone.num_heads
+        q, kv = backbone.num_heads * head_dim, backbone.num_key_value_heads * head_dim
+        spans = {"q": (0, q), "k": (q, q + kv), "v": (q + kv, q + 2 * kv)}
+        inner = backbone.intermediate_dim
+        for i in range(backbone.num_layers):
+            hf, ours = f"model.layers.{i}.", f"transformer_layer_{i}/"
+            for name, span in spans.items():
+                out[f"{hf}self_attn.{name}_proj.weight"] = column_block(read, ours + "attention/qkv/kernel", *span)
+                if backbone.attention_bias:
+                    out[f"{hf}self_attn.{name}_proj.bias"] = column_block(read, ours + "attention/qkv/bias", *span)
+            out[hf + "self_attn.o_proj.weight"] = torch_linear(read, ours + "attention/output/kernel")
+            if backbone.attention_bias:
+                out[hf + "self_attn.o_proj.bias"] = same(read, ours + "attention/output/bias")
+            out[hf + "input_layernorm.weight"] = same(read, ours + "attention_norm/scale")
+            out[hf + "post_attention_layernorm.weight"] = same(read, ours + "feed_forward_norm/scale")
+            if backbone.num_experts:
+                out.update(expert_tensors(read, hf + "block_sparse_moe.", ours + "feed_forward/",
+                                          backbone.num_experts, inner))
+            else:
+                gate_up = ours + "feed_forward/gate_up/kernel"
+                out[hf + "mlp.gate_proj.weight"] = column_block(read, gate_up, 0, inner)
+                out[hf + "mlp.up_proj.weight"] = column_block(read, gate_up, inner, 2 * inner)
+                out[hf + "mlp.down_proj.weight"] = torch_linear(read, ours + "feed_forward/output/kernel")
         return out
 
     def tokenizer_from_hf(self, folder, **kwargs):

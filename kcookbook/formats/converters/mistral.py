@@ -15,6 +15,12 @@ class MistralConverter(LlamaConverter):
     family = "mistral"
     hf_model_types = ("mistral",)
     keras_hub_classes = ("MistralBackbone", "MistralTokenizer")
+    exports_backbones = ("MistralBackbone",)
+    hf_architecture = "MistralForCausalLM"
+    export_requires = {"norm_unit_offset": False, "scale_embeddings": False, "num_experts": None}
+
+    def hf_config_from_backbone(self, backbone):
+        return {**super().hf_config_from_backbone(backbone), "sliding_window": backbone.sliding_window}
 
     def backbone_from_hf(self, hf_config, **overrides):
         config = decoder_config(hf_config)

@@ -3,6 +3,7 @@
 
 from kcookbook.backbones.llama import MixtralBackbone
 from kcookbook.formats.converters.llama import LlamaConverter, decoder_config
+from kcookbook.presets.errors import PresetError
 
 
 class MixtralConverter(LlamaConverter):
@@ -10,6 +11,18 @@ class MixtralConverter(LlamaConverter):
 
     family = "mixtral"
     hf_model_types = ("mixtral",)
+    exports_backbones = ("MixtralBackbone",)
+    hf_architecture = "MixtralForCausalLM"
+    export_requires = {"norm_unit_offset": False, "scale_embeddings": False}
+
+    def hf_config_from_backbone(self, backbone):
+        if not backbone.num_experts:
+            raise PresetError("Export: a MixtralBackbone without experts (num_experts=None) is a Mistral; "
+                              "build a MistralBackbone to export it.")
+        return {**super().hf_config_from_backbone(backbone), "sliding_window": backbone.sliding_window,
+                "num_local_experts": backbone.num_experts,
+                "num_experts_per_tok": backbone.num_experts_per_token,
+                "router_aux_loss_coef": backbone.router_aux_loss_coefficient}
 
     def backbone_from_hf(self, hf_config, **overrides):
         config = decoder_config(hf_config)
