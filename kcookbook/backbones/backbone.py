@@ -4,11 +4,14 @@ A backbone is built from its config alone (``get_config``/``from_config`` round-
 about the task on top, and loads from any preset handle with ``from_preset``.
 """
 
+import warnings
+
 import keras
 
 import numpy as np
 
 from kcookbook.components.embeddings import PositionEmbedding
+from kcookbook.components.mixture_of_experts import MixtureOfExperts
 from kcookbook.components.validation import (
     check_divisible,
     check_finite,
@@ -186,8 +189,34 @@ class Backbone(keras.Model):
         return {
             "name": self.name,
             "trainable": self.trainable,
-            "dtype": keras.dtype_policies.serialize(self.dtype_policy),
+            "dtype": keras.dtype_policies.serialize(self._dtype_policy_with_quantized_layers()),
         }
+
+    def quantize(self, mode=None, config=None, filters=None, **kwargs):
+        """Keras's ``Model.quantize`` (``"int8"``: projections, and token embeddings with their tied or
+        untied output table), saying what stays in float: Keras warns for each layer type without a
+        quantised form, and mixture-of-experts routers stay float on purpose (see
+        ``components.mixture_of_experts.Router``) while their expert weights are not quantised yet."""
+        super().quantize(mode, config=config, filters=filters, **kwargs)
+        experts = [layer.path for layer in self._flatten_layers(include_self=False)
+                   if isinstance(layer, MixtureOfExperts)]
+        if experts:
+            warnings.warn(f"{self.name}: the expert weights of {len(experts)} mixture-of-experts layers "
+                          f"({experts[0]}, …) stay {self.dtype_policy.variable_dtype}: kcookbook does not "
+                          "quantise them yet. Attention, embeddings and routers' inputs are int8.")
+
+    def _dtype_policy_with_quantized_layers(self):
+        """The backbone's dtype policy, or after ``quantize`` a ``DTypePolicyMap`` naming each
+        quantised layer's policy by path (as keras_hub saves it): built from that config, those
+        layers create their int8 variables, so a quantised preset loads back quantised."""
+        quantized = {layer.path: layer.dtype_policy for layer in self._flatten_layers(include_self=False)
+                     if layer.quantization_mode is not None}
+        if not quantized:
+            return self.dtype_policy
+        policy_map = keras.dtype_policies.DTypePolicyMap(default_policy=self.dtype_policy.name)
+        for path, policy in quantized.items():
+            policy_map[path] = policy
+        return policy_map
 
     @classmethod
     def from_config(cls, config):

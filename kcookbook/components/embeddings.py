@@ -14,6 +14,10 @@ class ReversibleEmbedding(keras.layers.Embedding):
     ``tie_weights=False`` gives the reverse projection its own ``(output_dim, input_dim)`` table
     (``reverse_embeddings``): decoders whose output layer is not the input embedding (Llama).
 
+    ``quantize("int8")`` stores the table as int8 with one scale per token (Keras's ``Embedding``
+    scheme) and the untied output table likewise, one scale per vocabulary entry; lookups and the
+    reverse projection dequantise on the fly, so the biggest matrices of a small LM shrink 4×.
+
     >>> emb = ReversibleEmbedding(input_dim=10, output_dim=4)
     >>> tuple(emb(ops.zeros((2, 3), "int32")).shape), tuple(emb(ops.zeros((2, 4)), reverse=True).shape)
     ((2, 3, 4), (2, 10))
@@ -24,23 +28,78 @@ class ReversibleEmbedding(keras.layers.Embedding):
         self.tie_weights = tie_weights
 
     def build(self, input_shape=None):
-        super().build(input_shape)
-        if not self.tie_weights:
+        super().build(input_shape)  # an int8 layer gets its int8 tables in quantized_build
+        if not self.tie_weights and self.quantization_mode is None:
             self.reverse_embeddings = self.add_weight(
                 name="reverse_embeddings", shape=(self.output_dim, self.input_dim),
                 initializer=self.embeddings_initializer)
 
     def call(self, inputs, reverse=False):
-        if reverse:
-            table = ops.transpose(self.embeddings) if self.tie_weights else self.reverse_embeddings
-            return ops.matmul(inputs, ops.cast(table, inputs.dtype))
-        return super().call(inputs)
+        if not reverse:
+            return super().call(inputs)
+        table = ops.transpose(self.embeddings) if self.tie_weights else self.reverse_embeddings
+        return ops.matmul(inputs, ops.cast(table, inputs.dtype))
+
+    def _int8_call(self, inputs, reverse=False, training=None):
+        """What Keras calls instead of ``call`` once the layer is int8."""
+        if not reverse:
+            return super()._int8_call(inputs, training=training)
+        if self.tie_weights:  # int8 table, one scale per vocabulary entry
+            table, scale = ops.transpose(self._embeddings), self.embeddings_scale
+        else:
+            table, scale = self.reverse_embeddings, self.reverse_embeddings_scale
+        logits = ops.matmul(inputs, ops.cast(table, inputs.dtype))
+        return ops.divide(logits, ops.cast(scale, inputs.dtype))
+
+    def float_tables(self):
+        """``{"embeddings": (input_dim, output_dim), "reverse_embeddings": (output_dim, input_dim) when
+        untied}`` as float arrays, dequantised when the layer is int8 (for exports)."""
+        if self.quantization_mode not in (None, "int8"):
+            raise NotImplementedError(f"{self.name}: quantization mode {self.quantization_mode!r}.")
+        quantized = self.quantization_mode == "int8"
+
+        def dequantize(values, scale, axis):
+            values = ops.cast(values, "float32")
+            return ops.divide(values, ops.expand_dims(ops.cast(scale, "float32"), axis)) if quantized else values
+
+        tables = {"embeddings": dequantize(self._embeddings, getattr(self, "embeddings_scale", None), -1)}
+        if not self.tie_weights:
+            tables["reverse_embeddings"] = dequantize(
+                self.reverse_embeddings, getattr(self, "reverse_embeddings_scale", None), 0)
+        return {k: ops.convert_to_numpy(v) for k, v in tables.items()}
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """int8 only (Keras's own Embedding scheme for the table, the same per vocabulary entry for
+        an untied output table); other modes raise NotImplementedError, which ``Model.quantize``
+        reports as a warning naming this layer."""
+        if mode != "int8":
+            raise NotImplementedError(f"{type(self).__name__} {self.name!r} quantises to 'int8', not {mode!r}.")
+        if not self.tie_weights:
+            values, scale = keras.quantizers.abs_max_quantize(self.reverse_embeddings, axis=0, to_numpy=True)
+            del self.reverse_embeddings
+        super().quantize(mode, type_check=False, config=config)  # builds the int8 variables
+        if not self.tie_weights:
+            self.reverse_embeddings.assign(values)
+            self.reverse_embeddings_scale.assign(ops.reshape(scale, (self.input_dim,)))
+
+    def quantized_build(self, embeddings_shape, mode, config=None):
+        """Build int8 variables (a preset saved after quantising loads into this)."""
+        super().quantized_build(embeddings_shape, mode, config)
+        if not self.tie_weights and mode == "int8":
+            self.reverse_embeddings = self.add_weight(name="reverse_embeddings",
+                                                      shape=(self.output_dim, self.input_dim),
+                                                      initializer="zeros", dtype="int8", trainable=False)
+            self.reverse_embeddings_scale = self.add_weight(name="reverse_embeddings_scale",
+                                                            shape=(self.input_dim,), initializer="ones",
+                                                            trainable=False)
 
     @property
     def variable_serialization_spec(self):
         # Keras' Embedding saves only the variables named here: add the untied output table.
         spec = dict(super().variable_serialization_spec)
-        spec[None] = list(spec[None]) + ([] if self.tie_weights else ["reverse_embeddings"])
+        if not self.tie_weights:
+            spec[None] = list(spec[None]) + ["reverse_embeddings"]
+            spec["int8"] = list(spec["int8"]) + ["reverse_embeddings", "reverse_embeddings_scale"]
         return spec
 
     def get_config(self):

@@ -112,6 +112,18 @@ def load_balancing_loss(router_logits, top_k):
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
+class Router(keras.layers.Dense):
+    """The router's projection: a ``Dense`` that stays in float when the model is quantised.
+
+    Which ``top_k`` experts a token goes to is a discontinuous choice: int8 rounding of a
+    ``(hidden, experts)`` matrix (a few thousand numbers) flips it for tokens near a tie and changes the
+    output far more than the same rounding anywhere else, to save almost nothing. llama.cpp keeps it
+    in float for the same reason."""
+
+    def quantize(self, mode=None, **kwargs):
+        return None
+
+
 class MixtureOfExperts(keras.layers.Layer):
     """Top-k routed gated feed-forward experts.
 
@@ -141,7 +153,7 @@ class MixtureOfExperts(keras.layers.Layer):
 
     def build(self, input_shape):
         hidden = input_shape[-1]
-        self.router = keras.layers.Dense(
+        self.router = Router(
             self.num_experts, use_bias=False, kernel_initializer=self.kernel_initializer,
             dtype=self.dtype_policy, name="router")
         self.router.build(input_shape)

@@ -31,6 +31,9 @@ class RotaryEmbedding(keras.layers.Layer):
         super().__init__(**kwargs)
         self.max_wavelength = max_wavelength
         self.scaling_factor = scaling_factor
+        # No weights, and attention calls cos_sin directly, so no call ever builds it: say it is
+        # built, or Keras refuses to quantise a model holding it ("not built yet").
+        self.built = True
 
     def call(self, x, positions):
         """``positions``: int tensor ``(length,)``, the absolute position of each row of ``x``."""

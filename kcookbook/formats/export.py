@@ -27,6 +27,7 @@ from tokenizers import Tokenizer as RustTokenizer
 from tokenizers import processors
 
 from kcookbook.backbones.backbone import Backbone
+from kcookbook.components.embeddings import ReversibleEmbedding
 from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.components.tokenizer import Tokenizer
@@ -53,16 +54,25 @@ class WeightReader:
 
     def __init__(self, backbone):
         self.variables = {v.path: v for v in backbone.weights}
-        self.projections = {}
+        self.projections, self.tables = {}, {}
         for layer in backbone._flatten_layers(include_self=False):
             if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and layer.built:
                 self.projections[layer._kernel.path] = layer
+            elif isinstance(layer, ReversibleEmbedding) and layer.built:
+                prefix = layer._embeddings.path.rsplit("/", 1)[0]
+                for name in ("embeddings", "reverse_embeddings"):
+                    self.tables[f"{prefix}/{name}"] = (layer, name)
         self.notes = set()
 
     def __call__(self, path):
         layer = self.projections.get(path)
         if layer is not None:
             return self._kernel(layer)
+        if path in self.tables:
+            layer, name = self.tables[path]
+            if layer.quantization_mode == "int8":
+                self.notes.add("int8 embeddings dequantised to float")
+            return layer.float_tables()[name]
         if path not in self.variables:
             raise PresetError(f"Export: the model has no weight {path!r}.")
         variable = self.variables[path]

@@ -1,0 +1,85 @@
+"""int8 weights with Keras's own ``model.quantize("int8")`` on kcookbook's backbones.
+
+Every backbone quantises right after it is built or loaded (the SmolLM2 failure was a weightless
+rotary layer that no call ever built), its projections become int8, its logits stay close to the
+float model's, and an int8 model exports to transformers dequantised, saying so.
+"""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from kcookbook.tasks import CausalLM
+
+from test_decoder_hf_parity import VOCAB, save_tiny_hf_model
+
+
+def test_int8_preset_round_trip_keeps_the_int8_model(tmp_path):
+    save_tiny_hf_model("llama", str(tmp_path / "source"))
+    lm = CausalLM.from_preset(str(tmp_path / "source"))
+    lm.backbone.quantize("int8")
+    lm.save_to_preset(str(tmp_path / "int8"))
+    again = CausalLM.from_preset(str(tmp_path / "int8"))
+    assert again.backbone.token_embedding.quantization_mode == "int8"
+    assert set(_projection_modes(again.backbone).values()) == {"int8"}
+    token_ids = np.random.default_rng(2).integers(3, VOCAB, (1, 8)).astype("int32")
+    inputs = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again(inputs)),
+                               keras.ops.convert_to_numpy(lm(inputs)), atol=1e-5)
+
+
+def _projection_modes(backbone):
+    return {layer.name: layer.quantization_mode for layer in backbone._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.Dense)}
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma", "mixtral", "gpt2"])
+def test_int8_quantisation_after_from_preset_keeps_logits_close(family, tmp_path):
+    save_tiny_hf_model(family, str(tmp_path / "source"))
+    lm = CausalLM.from_preset(str(tmp_path / "source"))
+    token_ids = np.random.default_rng(0).integers(3, VOCAB, (2, 8)).astype("int32")
+    inputs = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+    float_logits = keras.ops.convert_to_numpy(lm(inputs))
+
+    if family == "mixtral":
+        with pytest.warns(UserWarning, match=r"expert weights of 2 mixture-of-experts layers .* stay float32"):
+            lm.backbone.quantize("int8")
+    else:
+        lm.backbone.quantize("int8")
+    assert lm.backbone.token_embedding.quantization_mode == "int8"  # the largest matrix of a small LM
+    modes = _projection_modes(lm.backbone)
+    assert {mode for name, mode in modes.items() if name != "router"} == {"int8"}
+    assert {mode for name, mode in modes.items() if name == "router"} <= {None}  # routers stay float
+    int8_logits = keras.ops.convert_to_numpy(lm(inputs))
+    scale = np.abs(float_logits).max()
+    error = np.abs(int8_logits - float_logits).max(axis=-1)  # per token
+    assert error.max() > 0  # the int8 path ran
+    # A mixture of experts can route a token near a tie to another expert after rounding (its error is
+    # then that of a different expert); every other token stays within 10% of the largest logit (tiny
+    # random models with 32-wide layers are the worst case for per-channel int8; measured ≤ 7.3%).
+    close = error < 0.1 * scale
+    assert close.all() if family != "mixtral" else close.mean() >= 0.75, (error / scale).round(3)
+    agreement = (int8_logits.argmax(-1) == float_logits.argmax(-1)).mean()
+    assert agreement > 0.8
+
+
+def test_int8_model_exports_dequantised(tmp_path):
+    save_tiny_hf_model("llama", str(tmp_path / "source"))
+    lm = CausalLM.from_preset(str(tmp_path / "source"))
+    lm.backbone.quantize("int8")
+    lm.export_to_transformers(str(tmp_path / "export"))
+    config = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert config["kcookbook_export"]["notes"] == ["int8 embeddings dequantised to float",
+                                                   "int8 kernels dequantised to float"]
+
+    token_ids = np.random.default_rng(1).integers(3, VOCAB, (1, 8)).astype("int32")
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        exported = model(input_ids=torch.tensor(token_ids, dtype=torch.long)).logits.numpy()
+    ours = keras.ops.convert_to_numpy(lm({"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}))
+    # Ours also quantises the activations (Keras's int8 matmul): close, not equal.
+    assert np.abs(exported - ours).max() < 0.1 * np.abs(ours).max()
