@@ -36,8 +36,10 @@ generation may reach) and ``decoder_start_token_id`` (the first decoder token) o
 """
 
 import keras
+from keras import ops
 
 from kcookbook.backbones.backbone import Backbone
+from kcookbook.components.causal_attention import MASKED, causal_attention_mask
 from kcookbook.components.encoder_decoder_block import padding_bias
 from kcookbook.components.torch_speedups import KERAS_CALLS
 
@@ -118,11 +120,17 @@ class Seq2SeqBackbone(Backbone):
         """Decoder tokens at positions ``index…`` → ``(hidden, cache)`` (hidden after the final norm)."""
         x = self.embed_decoder(token_ids, index, calls)
         max_length = cache["self"][0].shape[2]
-        self_bias = self.decoder_self_attention_bias(x, max_length, index, calls)
+        # The causal mask over the cache and the family's bias, once for every block.
+        queries = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(index, "int32")
+        allowed = causal_attention_mask(queries, ops.arange(max_length, dtype="int32"))
+        self_bias = ops.where(allowed, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
+        relative = self.decoder_self_attention_bias(x, max_length, index, calls)
+        if relative is not None:
+            self_bias = self_bias + relative
         caches = []
         for block, self_cache, cross in zip(self.decoder_blocks, cache["self"], cache["cross"]):
             x, self_cache = calls.nested(
-                block, x, self_attention_bias=self_bias, causal=True, cross_key_value=cross,
+                block, x, self_attention_bias=self_bias, cross_key_value=cross,
                 cross_attention_bias=cache["cross_bias"], cache=self_cache, cache_index=index)
             caches.append(self_cache)
         return calls(self.decoder_final_norm, x), {**cache, "self": caches}

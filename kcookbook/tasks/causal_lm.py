@@ -171,14 +171,7 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Defaults: Adam(2e-5); next-token cross-entropy averaged over the real (non-padding)
         tokens; accuracy weighted the same way."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(2e-5)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight")
-        if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+        self._compile_token_loss(2e-5, optimizer, loss, weighted_metrics, **kwargs)
 
     # ----- generation -----
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",

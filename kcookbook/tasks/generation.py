@@ -15,7 +15,22 @@ from kcookbook.tasks.generate_arguments import check_token_ids
 
 
 class GenerationLoop:
-    """Mixin of a ``Task`` that generates: ``_stop_token_ids`` and ``_generate_function``."""
+    """Mixin of a ``Task`` that generates: ``_stop_token_ids``, ``_generate_function`` and the
+    token-level ``compile`` defaults (``_compile_token_loss``)."""
+
+    def _compile_token_loss(self, learning_rate, optimizer="auto", loss="auto", weighted_metrics="auto",
+                            **kwargs):
+        """``"auto"``: Adam(learning_rate); cross-entropy over the vocabulary averaged over the
+        weighted (learned) tokens; accuracy weighted the same way."""
+        if optimizer == "auto":
+            optimizer = keras.optimizers.Adam(learning_rate)
+        if loss == "auto":
+            loss = keras.losses.SparseCategoricalCrossentropy(
+                from_logits=True, reduction="mean_with_sample_weight")
+        if weighted_metrics == "auto":
+            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+        keras.Model.compile(self, optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics,
+                            **kwargs)
 
     def _stop_token_ids(self, stop_token_ids):
         """``"auto"``: the tokenizer's ``stop_token_ids`` (none without a preprocessor); None: none;

@@ -165,14 +165,7 @@ class Seq2SeqLM(GenerationLoop, Task):
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Defaults: Adam(1e-4); cross-entropy averaged over the target tokens; accuracy weighted
         the same way."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(1e-4)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight")
-        if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+        self._compile_token_loss(1e-4, optimizer, loss, weighted_metrics, **kwargs)
 
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto", seed=0):
         """Generate decoder sequences for encoder inputs.
