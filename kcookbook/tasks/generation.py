@@ -5,7 +5,8 @@ loop compiled once per backend and kept per shapes and options.
 * TensorFlow: ``tf.function(jit_compile=True)``;
 * torch: eager under ``no_grad`` (the loop writes its caches in place).
 
-``generate_trace_count`` counts compilations (traces on jax/TensorFlow, loops built on torch).
+Arguments may be arrays or dicts of arrays (an encoder's inputs). ``generate_trace_count`` counts
+compilations (traces on jax/TensorFlow, loops built on torch).
 """
 
 import keras
@@ -80,7 +81,7 @@ class GenerationLoop:
                 return loop(*args)
 
             compiled = tf.function(traced, jit_compile=True)
-            return lambda *args: compiled(*[tf.convert_to_tensor(a) for a in args])
+            return lambda *args: compiled(*keras.tree.map_structure(tf.convert_to_tensor, list(args)))
         if backend == "torch":
             import torch
 
@@ -88,7 +89,7 @@ class GenerationLoop:
 
             def eager(*args):
                 with torch.no_grad():
-                    return loop(*[ops.convert_to_tensor(a) for a in args])
+                    return loop(*keras.tree.map_structure(ops.convert_to_tensor, list(args)))
 
             return eager
         raise NotImplementedError(f"generate does not support the {backend} backend.")

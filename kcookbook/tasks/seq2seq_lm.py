@@ -171,8 +171,9 @@ class Seq2SeqLM(GenerationLoop, Task):
         """Generate decoder sequences for encoder inputs.
 
         Args:
-            inputs: a string or a list of strings (needs a preprocessor), or a dict of
-                ``encoder_token_ids`` and ``encoder_padding_mask`` (right-padded), optionally with
+            inputs: a string or a list of strings (needs a preprocessor), or a dict of the
+                backbone's encoder inputs (``encoder_token_ids`` and ``encoder_padding_mask``,
+                right-padded, for T5), optionally with
                 ``decoder_token_ids`` (+ ``decoder_padding_mask``): a forced decoder prefix, which
                 must start with the decoder start token.
             max_length: decoder length (start token included), at most the backbone's
@@ -202,12 +203,13 @@ class Seq2SeqLM(GenerationLoop, Task):
                              f"encoder_token_ids and encoder_padding_mask; got {type(inputs).__name__}.")
         encoder = self.preprocessor.generate_preprocess([inputs] if single else inputs) if texts else \
             self._encoder_arrays(inputs)
-        batch_size = encoder["encoder_token_ids"].shape[0]
+        first = next(iter(encoder.values()))
+        batch_size = first.shape[0]
         if batch_size == 0:
             raise ValueError("generate got no inputs: pass at least one.")
         if max_length is None:
             max_length = self.preprocessor.decoder_sequence_length if self.preprocessor is not None \
-                else encoder["encoder_token_ids"].shape[1]
+                else first.shape[1]
         max_length = check_max_length(max_length, limit)
         rows = self._decoder_prefix(inputs if not texts else {}, batch_size)
         check_prompt_ids(rows, self.backbone.vocabulary_size)
@@ -215,10 +217,10 @@ class Seq2SeqLM(GenerationLoop, Task):
         check_room_to_generate(padding_mask)
         self.backbone.check_inputs({**encoder, "decoder_token_ids": token_ids,
                                     "decoder_padding_mask": padding_mask})
-        key = (batch_size, encoder["encoder_token_ids"].shape[1], max_length, sampler.key, stop)
+        shapes = tuple(sorted((name, value.shape) for name, value in encoder.items()))
+        key = (shapes, max_length, sampler.key, stop)
         run = self._generate_function(key, lambda *args: self._search(*args, sampler, stop))
-        out_ids, out_mask = run(encoder["encoder_token_ids"], encoder["encoder_padding_mask"],
-                                token_ids, padding_mask, np.asarray(seed, "int32"))
+        out_ids, out_mask = run(encoder, token_ids, padding_mask, np.asarray(seed, "int32"))
         out_ids = ops.convert_to_numpy(out_ids).astype("int32")
         out_mask = ops.convert_to_numpy(out_mask).astype("int32")
         if not texts:
@@ -227,14 +229,16 @@ class Seq2SeqLM(GenerationLoop, Task):
         return strings[0] if single else strings
 
     def _encoder_arrays(self, inputs):
-        missing = [name for name in ENCODER_INPUTS if name not in inputs]
+        """The backbone's encoder inputs (every input not named ``decoder_…``) from ``inputs``."""
+        names = sorted(name for name in self.backbone.input if not name.startswith("decoder_"))
+        missing = [name for name in names if name not in inputs]
         if missing:
-            raise ValueError(f"generate's inputs dict needs {list(ENCODER_INPUTS)}; missing {missing}.")
-        ids, mask = (np.asarray(inputs[name]) for name in ENCODER_INPUTS)
-        if ids.ndim != 2 or mask.shape != ids.shape:
-            raise ValueError("encoder_token_ids and encoder_padding_mask must be 2-D arrays of one shape "
-                             f"(batch, length), got {ids.shape} and {mask.shape}.")
-        return {"encoder_token_ids": ids, "encoder_padding_mask": mask}
+            raise ValueError(f"generate's inputs dict needs {names}; missing {missing}.")
+        arrays = {name: np.asarray(inputs[name]) for name in names}
+        shapes = {name: array.shape[:2] for name, array in arrays.items()}
+        if any(array.ndim < 2 for array in arrays.values()) or len(set(shapes.values())) != 1:
+            raise ValueError(f"The encoder inputs must be arrays of one (batch, length), got {shapes}.")
+        return arrays
 
     def _decoder_prefix(self, inputs, batch_size):
         """Rows of decoder ids to start from: the start token, or the given ``decoder_token_ids``."""
@@ -252,13 +256,12 @@ class Seq2SeqLM(GenerationLoop, Task):
                              f"({start}); the model was trained to read it first.")
         return rows
 
-    def _search(self, encoder_token_ids, encoder_padding_mask, token_ids, padding_mask, seed,
-                sampler, stop):
+    def _search(self, encoder_inputs, token_ids, padding_mask, seed, sampler, stop):
         """Encode once, compute the cross-attention keys/values once, then let the sampler search
         with one cached decoder step (``next``)."""
         calls = layer_calls()
-        encoder_inputs = {"encoder_token_ids": ops.convert_to_tensor(encoder_token_ids, "int32"),
-                          "encoder_padding_mask": ops.convert_to_tensor(encoder_padding_mask, "int32")}
+        encoder_inputs = {name: ops.convert_to_tensor(value, self.backbone.input[name].dtype)
+                          for name, value in encoder_inputs.items()}
         token_ids = ops.convert_to_tensor(token_ids, "int32")
         padding_mask = ops.convert_to_tensor(padding_mask, "int32")
         encoder_output, encoder_mask = self.backbone.encode(encoder_inputs, calls)
@@ -269,12 +272,12 @@ class Seq2SeqLM(GenerationLoop, Task):
             hidden_states = ops.zeros((token_ids.shape[0], max_length, self.backbone.hidden_dim),
                                       self.backbone.compute_dtype)
 
-        def next(token_ids, cache, index):
+        def step(token_ids, cache, index):
             hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls)
             hidden = hidden[:, -1]
             return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
 
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
         start = ops.ones((), "int32")
-        return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
+        return sampler(step, token_ids, padding_mask, cache, start, stop, seed,
                        hidden_states=hidden_states)
