@@ -55,7 +55,7 @@ class Seq2SeqLMPreprocessor(Preprocessor):
         ...     encoder_sequence_length=4, decoder_sequence_length=3)
         >>> x, y, weights = pre((["good film"], ["yes"]))
         >>> x["encoder_token_ids"].tolist(), x["decoder_token_ids"].tolist(), y.tolist()
-        ([[4, 5, 3, 0]], [[0, 6, 0]], [[6, 3, 0]])
+        ([[4, 5, 3, 0]], [[0, 6, 3]], [[6, 3, 0]])
 
     Args:
         tokenizer: with ``end_token_id`` and ``pad_token_id``.
