@@ -154,7 +154,7 @@ def test_every_family_converter_implements_the_contract():
     assert converters.known_hf_model_types() == sorted(hf_types)
     for model_type in hf_types:
         assert model_type in converters.for_hf_model_type(model_type).hf_model_types
-    assert converters.for_hf_model_type("t5") is None and converters.for_keras_hub_class("T5Backbone") is None
+    assert converters.for_hf_model_type("t6") is None and converters.for_keras_hub_class("T6Backbone") is None
 
 
 def test_a_hook_a_family_lacks_has_a_default():

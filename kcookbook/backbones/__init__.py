@@ -11,3 +11,7 @@ from kcookbook.backbones.vit import ViTBackbone
 
 __all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]
+from kcookbook.backbones.seq2seq import Seq2SeqBackbone  # noqa: E402
+from kcookbook.backbones.t5 import T5Backbone  # noqa: E402
+
+__all__ += ["Seq2SeqBackbone", "T5Backbone"]

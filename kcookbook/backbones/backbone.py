@@ -46,6 +46,10 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "patch_size": (1, 1024, False),
     "stem_filters": (1, MAX_WIDTH, False),
     "head_filters": (1, MAX_WIDTH, False),
+    "num_decoder_layers": (1, 512, True),
+    "relative_attention_num_buckets": (4, 4096, False),
+    "relative_attention_max_distance": (2, 2**24, False),
+    "decoder_start_token_id": (0, 2**20, False),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),
@@ -74,6 +78,7 @@ _FLOAT_LIST_FIELDS = {
 }
 _BOOL_FIELDS = ("norm_unit_offset", "tie_word_embeddings", "scale_embeddings", "attention_bias",
                 "preactivation", "avg_pool_shortcut", "use_class_token")
+_BOOL_FIELDS += ("use_gated_activation",)
 # Largest embedding table (vocabulary_size × hidden_dim entries): 4× Llama 3.1 405B's.
 MAX_EMBEDDING_ENTRIES = 2**33
 

@@ -62,3 +62,10 @@ __all__ = [
     "BeamSampler", "ContrastiveSampler", "GreedySampler", "TemperatureSampler", "TopKSampler", "TopPSampler",
     "sample_from_logits",
 ]
+from kcookbook.components.encoder_decoder_block import (  # noqa: E402
+    EncoderDecoderAttention,
+    EncoderDecoderBlock,
+)
+from kcookbook.components.relative_position_bias import RelativePositionBias  # noqa: E402
+
+__all__ += ["EncoderDecoderAttention", "EncoderDecoderBlock", "RelativePositionBias"]

@@ -281,3 +281,36 @@ register_kaggle_presets(
         ("mistral_0.3_7b_en", "Mistral 7B v0.3 base, 7.2B parameters, vocabulary 32,768", 1),
         ("mistral_0.3_instruct_7b_en", "Mistral 7B v0.3 instruct, 7.2B parameters, vocabulary 32,768", 1),
     ])
+
+# KerasHub's T5 presets on Kaggle (keras_hub T5Backbone + T5Tokenizer, converted on load; needs
+# network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's t5_presets.py.
+register_kaggle_presets(
+    "t5", "t5/keras/{name}/{version}",
+    "{what}; SentencePiece vocabulary of 32,128.",
+    "Google's T5 / Flan-T5 checkpoints as KerasHub presets on Kaggle (Apache-2.0).",
+    [
+        ("t5_small_multi", "T5 v1.0 small multi-task: 6 + 6 layers, d_model 512, 60.5M parameters", 3),
+        ("t5_base_multi", "T5 v1.0 base multi-task: 12 + 12 layers, d_model 768, 223M parameters", 3),
+        ("t5_large_multi", "T5 v1.0 large multi-task: 24 + 24 layers, d_model 1024, 738M parameters", 3),
+        ("t5_1.1_small", "T5 v1.1 small (gated GELU, untied head), 60.5M parameters", 2),
+        ("t5_1.1_base", "T5 v1.1 base (gated GELU, untied head), 248M parameters", 2),
+        ("t5_1.1_large", "T5 v1.1 large (gated GELU, untied head), 750M parameters", 2),
+        ("t5_1.1_xl", "T5 v1.1 XL (gated GELU, untied head), 2.85B parameters", 2),
+        ("t5_1.1_xxl", "T5 v1.1 XXL (gated GELU, untied head), 11.1B parameters", 2),
+        ("flan_small_multi", "Flan-T5 small, instruction-tuned: 8 + 8 layers, 77M parameters", 3),
+        ("flan_base_multi", "Flan-T5 base, instruction-tuned: 12 + 12 layers, 248M parameters", 3),
+        ("flan_large_multi", "Flan-T5 large, instruction-tuned: 24 + 24 layers, 783M parameters", 3),
+    ])
+
+# Hugging Face's own T5 checkpoints (online only: no T5 weights ship in a PyPI package).
+register_preset(PresetInfo(
+    name="t5_small", family="t5",
+    description="T5 v1.0 small (online only, Hugging Face): 6 + 6 layers, d_model 512, 60.5M parameters.",
+    source="google-t5/t5-small on Hugging Face (Apache-2.0), converted on load.",
+    handle="hf://google-t5/t5-small"))
+register_preset(PresetInfo(
+    name="flan_t5_small", family="t5",
+    description="Flan-T5 small (online only, Hugging Face): instruction-tuned T5 v1.1, 8 + 8 layers, 77M "
+                "parameters.",
+    source="google/flan-t5-small on Hugging Face (Apache-2.0), converted on load.",
+    handle="hf://google/flan-t5-small"))

@@ -7,10 +7,12 @@ from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocesso
 from kcookbook.tasks.task import Task
 from kcookbook.tasks.text_classifier import TextClassifier
 from kcookbook.tasks.text_embedder import TextEmbedder
+from kcookbook.tasks.seq2seq_lm import Seq2SeqLM, Seq2SeqLMPreprocessor
 
 __all__ = [
     "ImageClassifier", "ImageClassifierPreprocessor",
     "CausalLM", "CausalLMPreprocessor",
     "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
     "TextClassifierPreprocessor", "TextEmbedder",
+    "Seq2SeqLM", "Seq2SeqLMPreprocessor",
 ]

@@ -48,6 +48,7 @@ from kcookbook.tasks.generate_arguments import (
     check_room_to_generate,
     check_token_ids,
 )
+from kcookbook.tasks.generation import GenerationLoop
 from kcookbook.tasks.preprocessor import Preprocessor
 from kcookbook.tasks.task import Task
 
@@ -144,7 +145,7 @@ class CausalLMPreprocessor(Preprocessor):
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
-class CausalLM(LogLikelihoodScoring, Task):
+class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
     """A decoder backbone with its (tied or separate) output layer: logits over the vocabulary.
 
     Args:
@@ -170,14 +171,7 @@ class CausalLM(LogLikelihoodScoring, Task):
     def compile(self, optimizer="auto", loss="auto", weighted_metrics="auto", **kwargs):
         """Defaults: Adam(2e-5); next-token cross-entropy averaged over the real (non-padding)
         tokens; accuracy weighted the same way."""
-        if optimizer == "auto":
-            optimizer = keras.optimizers.Adam(2e-5)
-        if loss == "auto":
-            loss = keras.losses.SparseCategoricalCrossentropy(
-                from_logits=True, reduction="mean_with_sample_weight")
-        if weighted_metrics == "auto":
-            weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-        super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+        self._compile_token_loss(2e-5, optimizer, loss, weighted_metrics, **kwargs)
 
     # ----- generation -----
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto",
@@ -248,7 +242,7 @@ class CausalLM(LogLikelihoodScoring, Task):
         if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
             raise ValueError(f"prefill_chunk_length must be a positive int (prompt tokens per prefill "
                              f"call; the default is 16), got {chunk!r}.")
-        run = self._generate_function(token_ids.shape[0], max_length, sampler, stop)
+        run = self._loop_for(token_ids.shape[0], max_length, sampler, stop)
         out_ids, out_mask = run(token_ids, padding_mask, np.asarray(seed, "int32"))
         out_ids = ops.convert_to_numpy(out_ids).astype("int32")
         out_mask = ops.convert_to_numpy(out_mask).astype("int32")
@@ -259,32 +253,12 @@ class CausalLM(LogLikelihoodScoring, Task):
         strings = self.preprocessor.generate_postprocess(out_ids, out_mask)
         return strings[0] if single else strings
 
-    def _stop_token_ids(self, stop_token_ids):
-        if isinstance(stop_token_ids, str) and stop_token_ids == "auto":
-            return () if self.preprocessor is None else self.preprocessor.tokenizer.stop_token_ids
-        if stop_token_ids is None:
-            return ()
-        ids = check_token_ids(stop_token_ids, "stop_token_ids")
-        vocabulary_size = self.backbone.vocabulary_size
-        outside = [i for i in ids if not 0 <= i < vocabulary_size]
-        if outside:
-            raise ValueError(f"stop_token_ids has ids outside the vocabulary [0, {vocabulary_size}): "
-                             f"{outside[:5]}. Pass ids the model can generate, or None.")
-        return tuple(ids)
-
-    def _generate_function(self, batch_size, max_length, sampler, stop):
-        """The compiled loop for these shapes and options (built once, then reused)."""
-        if not hasattr(self, "_generate_functions"):
-            self._generate_functions = {}
-        # The variable set is part of the key: enable_lora/merge_lora add or remove variables, and a
-        # loop compiled before that would keep running the old weights.
-        key = (batch_size, max_length, sampler.key, stop, self.prefill_chunk_length,
-               tuple(id(v) for v in self.variables))
-        if key not in self._generate_functions:
-            def loop(token_ids, padding_mask, seed):
-                return self._search(token_ids, padding_mask, seed, sampler, stop)
-            self._generate_functions[key] = self._compile_loop(loop)
-        return self._generate_functions[key]
+    def _loop_for(self, batch_size, max_length, sampler, stop):
+        """The compiled loop for these shapes and options (``GenerationLoop._generate_function``)."""
+        def loop(token_ids, padding_mask, seed):
+            return self._search(token_ids, padding_mask, seed, sampler, stop)
+        key = (batch_size, max_length, sampler.key, stop, self.prefill_chunk_length)
+        return self._generate_function(key, loop)
 
     def _search(self, token_ids, padding_mask, seed, sampler, stop):
         """Prefill the cache with the prompts, then let the sampler run the search with ``next``."""
@@ -309,41 +283,6 @@ class CausalLM(LogLikelihoodScoring, Task):
 
         return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
                        hidden_states=hidden_states[0] if hidden_states else None)
-
-    def _compile_loop(self, loop):
-        backend = keras.backend.backend()
-        if backend == "jax":
-            import jax
-
-            variables = list(self.variables)
-
-            def stateless(values, token_ids, padding_mask, seed):
-                self.generate_trace_count += 1
-                with keras.StatelessScope(state_mapping=list(zip(variables, values))):
-                    return loop(token_ids, padding_mask, seed)
-
-            compiled = jax.jit(stateless)
-            return lambda *args: compiled([v.value for v in variables], *args)
-        if backend == "tensorflow":
-            import tensorflow as tf
-
-            def traced(token_ids, padding_mask, seed):
-                self.generate_trace_count += 1
-                return loop(token_ids, padding_mask, seed)
-
-            compiled = tf.function(traced, jit_compile=True)
-            return lambda *args: compiled(*[tf.convert_to_tensor(a) for a in args])
-        if backend == "torch":
-            import torch
-
-            self.generate_trace_count += 1
-
-            def eager(*args):
-                with torch.no_grad():
-                    return loop(*[ops.convert_to_tensor(a) for a in args])
-
-            return eager
-        raise NotImplementedError(f"generate does not support the {backend} backend.")
 
     # Prompt tokens the cache is filled with per prefill call; a multiple of it is the most a prompt
     # costs beyond its own length (the width stays static, so compiled loops do not depend on it).

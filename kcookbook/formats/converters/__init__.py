@@ -20,6 +20,7 @@ CONVERTERS = {
     "efficientnet_lite": "kcookbook.formats.converters.efficientnet_lite:EfficientNetLiteConverter",
     "resnet": "kcookbook.formats.converters.resnet:ResNetConverter",
     "vit": "kcookbook.formats.converters.vit:ViTConverter",
+    "t5": "kcookbook.formats.converters.t5:T5Converter",
 }
 
 
