@@ -11,3 +11,6 @@ from kcookbook.backbones.vit import ViTBackbone
 
 __all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]
+from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEncoder  # noqa: E402
+
+__all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]

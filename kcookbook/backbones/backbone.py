@@ -43,6 +43,8 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "patch_size": (1, 1024, False),
     "stem_filters": (1, MAX_WIDTH, False),
     "head_filters": (1, MAX_WIDTH, False),
+    "projection_dim": (1, MAX_WIDTH, False),
+    "end_token_id": (0, 2**20, True),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),

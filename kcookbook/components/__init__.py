@@ -3,7 +3,7 @@
 No file here names a model family; backbones assemble these.
 """
 
-from kcookbook.components.activations import gelu_approximate, get_activation
+from kcookbook.components.activations import gelu_approximate, get_activation, quick_gelu
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.byte_pair import BytePairTokenizer
 from kcookbook.components.augmentation import JitteredResize, Mosaic
@@ -62,3 +62,4 @@ __all__ = [
     "BeamSampler", "ContrastiveSampler", "GreedySampler", "TemperatureSampler", "TopKSampler", "TopPSampler",
     "sample_from_logits",
 ]
+__all__ += ["quick_gelu"]
