@@ -14,3 +14,6 @@ __all__ = [
     "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
     "TextClassifierPreprocessor", "TextEmbedder",
 ]
+from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifier  # noqa: E402
+
+__all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
