@@ -161,7 +161,8 @@ class ZeroShotImageClassifier(_ImageTextTask):
         super().__init__(inputs=images, outputs=head(features), name=name, **kwargs)
         self._init_image_text(backbone, preprocessor, text_preprocessor)
         self.class_names, self.templates = class_names, templates
-        head.logit_scale.assign(backbone.logits.logit_scale)
+        # a copy: on jax, assigning the variable itself would share one buffer between two variables
+        head.logit_scale.assign(np.array(keras.ops.convert_to_numpy(backbone.logits.logit_scale)))
         if text_preprocessor is not None:
             head.class_embeddings.assign(self.class_embeddings_from_prompts())
 
@@ -180,6 +181,7 @@ class ZeroShotImageClassifier(_ImageTextTask):
     @classmethod
     def from_preset(cls, handle, class_names, templates=DEFAULT_TEMPLATES, load_weights=True, **kwargs):
         """A zero-shot classifier on a CLIP preset (a Hugging Face ``CLIPModel`` folder, ``hf://…``)."""
+        _check_prompts(class_names, templates)  # before the weights are read
         backbone, preprocessor, text_preprocessor = cls._from_preset_parts(handle, load_weights)
         return cls(backbone, class_names, templates, preprocessor=preprocessor,
                    text_preprocessor=text_preprocessor, **kwargs)
