@@ -28,6 +28,7 @@ plus the projections and the learned temperature ``logit_scale``. ``get_vision_e
 The causal mask makes padding harmless: the end-of-text token comes before any padding, so its
 vector never sees the padding, and the text encoder takes ``token_ids`` alone.
 
+    >>> import numpy as np
     >>> vision = CLIPVisionEncoder(image_shape=(8, 8, 3), patch_size=4, num_layers=1, num_heads=2,
     ...                            hidden_dim=8, intermediate_dim=16)
     >>> text = CLIPTextEncoder(vocabulary_size=20, max_sequence_length=6, num_layers=1, num_heads=2,
