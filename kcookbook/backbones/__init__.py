@@ -15,3 +15,6 @@ from kcookbook.backbones.seq2seq import Seq2SeqBackbone  # noqa: E402
 from kcookbook.backbones.t5 import T5Backbone  # noqa: E402
 
 __all__ += ["Seq2SeqBackbone", "T5Backbone"]
+from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEncoder  # noqa: E402
+
+__all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]

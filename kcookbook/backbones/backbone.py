@@ -50,6 +50,8 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "relative_attention_num_buckets": (4, 4096, False),
     "relative_attention_max_distance": (2, 2**24, False),
     "decoder_start_token_id": (0, 2**20, False),
+    "projection_dim": (1, MAX_WIDTH, False),
+    "end_token_id": (0, 2**20, True),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),

@@ -3,7 +3,7 @@
 No file here names a model family; backbones assemble these.
 """
 
-from kcookbook.components.activations import gelu_approximate, get_activation
+from kcookbook.components.activations import gelu_approximate, get_activation, quick_gelu
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.byte_pair import BytePairTokenizer
 from kcookbook.components.augmentation import JitteredResize, Mosaic
@@ -69,3 +69,4 @@ from kcookbook.components.encoder_decoder_block import (  # noqa: E402
 from kcookbook.components.relative_position_bias import RelativePositionBias  # noqa: E402
 
 __all__ += ["EncoderDecoderAttention", "EncoderDecoderBlock", "RelativePositionBias"]
+__all__ += ["quick_gelu"]

@@ -18,7 +18,14 @@ def gelu_approximate(x):
     return keras.activations.gelu(x, approximate=True)
 
 
-ACTIVATIONS = {"gelu_approximate": gelu_approximate}
+@keras.saving.register_keras_serializable(package="kcookbook")
+def quick_gelu(x):
+    """``x * sigmoid(1.702 x)``: the sigmoid approximation of GELU that OpenAI's CLIP was trained with
+    (HF's ``quick_gelu``)."""
+    return x * keras.ops.sigmoid(1.702 * x)
+
+
+ACTIVATIONS = {"gelu_approximate": gelu_approximate, "quick_gelu": quick_gelu}
 
 
 def get_activation(identifier):

@@ -13,6 +13,11 @@ names the rule:
 * ``"gpt2_single_digits"``: every digit on its own first, then GPT-2's regex (StarCoder, SmolLM,
   SmolLM2: llama.cpp's ``smollm``/``starcoder`` pre-tokenizer).
 * ``"llama3"``: Llama-3's regex (case-insensitive contractions, numbers in groups of up to 3).
+* ``"clip"``: CLIP's rules: the text is NFC-normalised, every whitespace run becomes one space and
+  it is lower-cased; pre-tokens are letter runs, single digits, punctuation runs and English
+  contractions (spaces dropped); the last symbol of every word carries the end-of-word suffix
+  ``</w>`` (so ``"a"`` inside a word and ``"a</w>"`` ending one are different tokens), and decoding
+  turns the suffix back into a space. The vocabulary of such merges: :func:`end_of_word_vocabulary`.
 
     >>> vocab = {"<|endoftext|>": 0, "a": 1, "b": 2, "Ġ": 3, "Ġa": 4, "ab": 5}
     >>> tokenizer = BytePairTokenizer(vocab, ["Ġ a", "a b"])
@@ -26,7 +31,7 @@ import json
 import os
 
 import keras
-from tokenizers import AddedToken, Regex, decoders, models, pre_tokenizers
+from tokenizers import AddedToken, Regex, decoders, models, normalizers, pre_tokenizers
 from tokenizers import Tokenizer as _RustTokenizer
 
 from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
@@ -37,6 +42,9 @@ _LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+CLIP_SPLIT = (r"<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]"
+              r"|[^\s\p{L}\p{N}]+")
+END_OF_WORD_SUFFIX = "</w>"
 
 
 def _pre_tokenizer(name, add_prefix_space):
@@ -50,10 +58,52 @@ def _pre_tokenizer(name, add_prefix_space):
             pre_tokenizers.Split(Regex(_LLAMA3_SPLIT), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space, use_regex=False),
         ])
+    if name == "clip":
+        return pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(CLIP_SPLIT), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ])
     raise ValueError(f"Unknown pre_tokenizer {name!r}; expected one of {sorted(PRE_TOKENIZERS)}.")
 
 
-PRE_TOKENIZERS = ("gpt2", "gpt2_single_digits", "llama3")
+PRE_TOKENIZERS = ("gpt2", "gpt2_single_digits", "llama3", "clip")
+
+
+def end_of_word_vocabulary(merges, special_tokens=()):
+    """The ``{token: id}`` of a byte-level BPE whose words end in ``</w>`` (CLIP's), from its merges.
+
+    The ids run: the 256 byte symbols (in GPT-2's byte-alphabet order), the same with ``</w>``, one
+    token per merge (the pair joined, in merge order), then ``special_tokens``. This is how OpenAI's
+    CLIP builds its vocabulary from ``bpe_simple_vocab_16e6.txt.gz`` (49,408 tokens from its first
+    48,894 merges).
+
+    >>> vocab = end_of_word_vocabulary(["a b</w>"], ["<|endoftext|>"])
+    >>> len(vocab), vocab["ab</w>"], vocab["<|endoftext|>"]
+    (514, 512, 513)
+    """
+    symbols = [_byte_symbol(b) for b in _byte_alphabet_order()]
+    tokens = symbols + [s + END_OF_WORD_SUFFIX for s in symbols]
+    tokens += ["".join(pair) for pair in _as_pairs(merges)] + list(special_tokens)
+    vocabulary = {}
+    for token in tokens:
+        vocabulary.setdefault(token, len(vocabulary))
+    if len(vocabulary) != len(tokens):
+        raise ValueError(f"The merges make {len(tokens) - len(vocabulary)} duplicate tokens; they are not a "
+                         "BPE merge list (each merge makes a new token).")
+    return vocabulary
+
+
+def _byte_alphabet_order():
+    """GPT-2's byte order: the printable bytes ``!``…``~``, ``¡``…``¬``, ``®``…``ÿ``, then the rest."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + \
+        list(range(ord("®"), ord("ÿ") + 1))
+    return printable + [b for b in range(256) if b not in printable]
+
+
+def _byte_symbol(byte):
+    """The character GPT-2's byte alphabet spells ``byte`` with."""
+    printable = _byte_alphabet_order()[:188]
+    return chr(byte) if byte in printable else chr(256 + [b for b in range(256) if b not in printable].index(byte))
 
 
 def read_vocabulary_json(path):
@@ -91,8 +141,17 @@ def _as_pairs(merges, source="merges"):
 def byte_level_bpe_engine(vocabulary, merges, special_tokens=(), user_tokens=(), pre_tokenizer="gpt2",
                           add_prefix_space=False):
     """A ``tokenizers.Tokenizer`` for byte-level BPE: the shared builder of this file and of GGUF."""
-    engine = _RustTokenizer(models.BPE(dict(vocabulary), _as_pairs(merges), fuse_unk=False,
-                                       ignore_merges=pre_tokenizer == "llama3"))
+    if pre_tokenizer == "clip":
+        unknown = next((t for t in special_tokens if t == GPT2_END_OF_TEXT), None)
+        model = models.BPE(dict(vocabulary), _as_pairs(merges), fuse_unk=False, continuing_subword_prefix="",
+                           end_of_word_suffix=END_OF_WORD_SUFFIX, unk_token=unknown)
+    else:
+        model = models.BPE(dict(vocabulary), _as_pairs(merges), fuse_unk=False,
+                           ignore_merges=pre_tokenizer == "llama3")
+    engine = _RustTokenizer(model)
+    if pre_tokenizer == "clip":
+        engine.normalizer = normalizers.Sequence(
+            [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()])
     engine.pre_tokenizer = _pre_tokenizer(pre_tokenizer, add_prefix_space)
     engine.decoder = decoders.ByteLevel()
     missing = [t for t in list(special_tokens) + list(user_tokens) if t not in vocabulary]
@@ -156,6 +215,12 @@ class BytePairTokenizer(HuggingFaceTokenizer):
     @property
     def merges(self):
         return list(self._merges)
+
+    def decode_batch(self, ids_batch, skip_special_tokens=True):
+        texts = super().decode_batch(ids_batch, skip_special_tokens)
+        if self.pre_tokenizer != "clip":
+            return texts
+        return [text.replace(END_OF_WORD_SUFFIX, " ").strip() for text in texts]
 
     def get_config(self):
         config = super().get_config()

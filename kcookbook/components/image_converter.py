@@ -12,6 +12,14 @@ with the image (``crop_to_aspect_ratio`` crops boxes too).
     >>> out.shape, float(out.max())
     ((2, 4, 4, 3), 1.0)
 
+``resampling="pillow"`` resizes as Hugging Face's image processors do instead (Pillow's filter, in
+numpy: ``components/pillow_resize.py``), and ``shortest_edge=n`` first scales the short side to ``n``
+(keeping the aspect ratio), then centre-crops ``image_size``: CLIP's preprocessing, pixel for pixel.
+
+    >>> clip_like = ImageConverter((4, 4), shortest_edge=4, resampling="pillow", interpolation="bicubic")
+    >>> clip_like(np.zeros((6, 9, 3), "uint8")).shape
+    (1, 4, 4, 3)
+
 Input rules (each broken rule is a ValueError that says what to do):
 
 * a batch ``(batch, height, width, channels)``, one image ``(height, width, channels)``, a list of
@@ -33,6 +41,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_tensor
+from kcookbook.components.pillow_resize import FILTERS, center_crop, pillow_resize, shortest_edge_size
 from kcookbook.components.validation import check_finite
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
@@ -54,10 +63,15 @@ class ImageConverter:
         num_channels: channels every image must have.
         bounding_box_format: format of boxes passed to ``__call__`` (``"xyxy"``, ``"rel_xyxy"``,
             ``"xywh"``, ``"center_xywh"``…, as in ``keras.utils.bounding_boxes``).
+        resampling: ``"keras"`` (``keras.layers.Resizing``) or ``"pillow"`` (Pillow's uint8 resampling,
+            what Hugging Face's image processors use; ``"bicubic"`` or ``"bilinear"``, no boxes).
+        shortest_edge: with ``resampling="pillow"``, scale the short side to this many pixels, then
+            centre-crop ``image_size`` (None: resize straight to ``image_size``).
     """
 
     def __init__(self, image_size=(224, 224), scale=1.0 / 255.0, offset=0.0, interpolation="bilinear",
-                 crop_to_aspect_ratio=True, antialias=False, num_channels=3, bounding_box_format="xyxy"):
+                 crop_to_aspect_ratio=True, antialias=False, num_channels=3, bounding_box_format="xyxy",
+                 resampling="keras", shortest_edge=None):
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         if len(image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in image_size):
@@ -70,6 +84,9 @@ class ImageConverter:
         self.antialias = antialias
         self.num_channels = num_channels
         self.bounding_box_format = bounding_box_format
+        _check_resampling(resampling, interpolation, shortest_edge, self.image_size)
+        self.resampling = resampling
+        self.shortest_edge = shortest_edge
         self._resizing = keras.layers.Resizing(
             *self.image_size, interpolation=interpolation, crop_to_aspect_ratio=crop_to_aspect_ratio,
             antialias=antialias, bounding_box_format=bounding_box_format, dtype="float32")
@@ -131,11 +148,38 @@ class ImageConverter:
             images = tf.cast(images, "float32")
         else:
             images = np.asarray(images, dtype="float32")
+        if self.resampling == "pillow":
+            if bounding_boxes is not None:
+                raise ValueError("resampling='pillow' does not move bounding boxes; use resampling='keras'.")
+            return self._rescaling(self._pillow_resized(images))
         if bounding_boxes is None:
             return self._rescaling(self._resizing(images))
         out = self._resizing({"images": images, "bounding_boxes": bounding_boxes})
         out["images"] = self._rescaling(out["images"])
         return out
+
+    def _pillow_resized(self, images):
+        """Pillow's resize (and centre crop) of each image, as float32; inside tf.data through
+        ``tf.numpy_function``."""
+        def resize_all(array):
+            array = np.clip(np.round(np.asarray(array, "float32")), 0, 255).astype(np.uint8)
+            batch = array if array.ndim == 4 else array[None]
+            out = np.stack([self._pillow_resize_one(image) for image in batch]).astype("float32")
+            return out if array.ndim == 4 else out[0]
+
+        if not is_tf_tensor(images):
+            return resize_all(images)
+        import tensorflow as tf
+
+        out = tf.numpy_function(resize_all, [images], tf.float32, stateful=False)
+        out.set_shape(images.shape[:-3].concatenate(self.image_size + (images.shape[-1],)))
+        return out
+
+    def _pillow_resize_one(self, image):
+        if self.shortest_edge is None:
+            return pillow_resize(image, self.image_size, self.interpolation)
+        size = shortest_edge_size(image.shape[0], image.shape[1], self.shortest_edge)
+        return center_crop(pillow_resize(image, size, self.interpolation), self.image_size)
 
     def _check(self, images):
         images = images.numpy() if is_tf_tensor(images) else np.asarray(images)
@@ -191,7 +235,8 @@ class ImageConverter:
         return {"image_size": list(self.image_size), "scale": self.scale, "offset": self.offset,
                 "interpolation": self.interpolation, "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
                 "antialias": self.antialias, "num_channels": self.num_channels,
-                "bounding_box_format": self.bounding_box_format}
+                "bounding_box_format": self.bounding_box_format, "resampling": self.resampling,
+                "shortest_edge": self.shortest_edge}
 
     @classmethod
     def from_config(cls, config):
@@ -208,6 +253,20 @@ class ImageConverter:
     def __repr__(self):
         return (f"ImageConverter(image_size={self.image_size}, scale={self.scale}, offset={self.offset}, "
                 f"interpolation={self.interpolation!r}, crop_to_aspect_ratio={self.crop_to_aspect_ratio})")
+
+
+def _check_resampling(resampling, interpolation, shortest_edge, image_size):
+    if resampling not in ("keras", "pillow"):
+        raise ValueError(f"resampling must be 'keras' or 'pillow', got {resampling!r}.")
+    if resampling == "pillow" and interpolation not in FILTERS:
+        raise ValueError(f"resampling='pillow' supports interpolation {sorted(FILTERS)}, got {interpolation!r}.")
+    if shortest_edge is None:
+        return
+    if resampling != "pillow":
+        raise ValueError("shortest_edge (resize the short side, then centre-crop) needs resampling='pillow'.")
+    if not isinstance(shortest_edge, int) or isinstance(shortest_edge, bool) or shortest_edge < max(image_size):
+        raise ValueError(f"shortest_edge must be an int of at least the crop size {max(image_size)} (image_size "
+                         f"{image_size}), got {shortest_edge!r}.")
 
 
 def _with_channel_axis(image):

@@ -78,8 +78,10 @@ class TransformerEncoderBlock(keras.layers.Layer):
         self.ffn_norm.build(input_shape)
         self.dropout_layer = keras.layers.Dropout(self.dropout, **common)
 
-    def call(self, x, padding_mask=None, attention_mask=None, training=None, query_length=None):
-        """``query_length`` (a Python int): outputs of the first ``query_length`` positions only."""
+    def call(self, x, padding_mask=None, attention_mask=None, training=None, query_length=None,
+             is_causal=False):
+        """``query_length`` (a Python int): outputs of the first ``query_length`` positions only;
+        ``is_causal``: each position attends to itself and the positions before it (CLIP's text)."""
         if attention_mask is None and padding_mask is not None:
             attention_mask = padding_to_attention_mask(padding_mask)
         residual = x
@@ -88,7 +90,8 @@ class TransformerEncoderBlock(keras.layers.Layer):
             residual = x[:, :query_length]
 
         def attention(h):  # keys and values from all of h; queries from its first query_length
-            out = self.attention(h, attention_mask=attention_mask, query_length=query_length)
+            out = self.attention(h, attention_mask=attention_mask, is_causal=is_causal,
+                                 query_length=query_length)
             return self.dropout_layer(out, training=training)
 
         def feed_forward(h):

@@ -16,3 +16,6 @@ __all__ = [
     "TextClassifierPreprocessor", "TextEmbedder",
     "Seq2SeqLM", "Seq2SeqLMPreprocessor",
 ]
+from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifier  # noqa: E402
+
+__all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]

@@ -21,6 +21,7 @@ CONVERTERS = {
     "resnet": "kcookbook.formats.converters.resnet:ResNetConverter",
     "vit": "kcookbook.formats.converters.vit:ViTConverter",
     "t5": "kcookbook.formats.converters.t5:T5Converter",
+    "clip": "kcookbook.formats.converters.clip:CLIPConverter",
 }
 
 
