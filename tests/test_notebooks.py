@@ -42,7 +42,6 @@ NOT_YET_UPDATED = {
     "nlp/05_lora_instruction_tuning.ipynb",
     "nlp/06_retrieval_augmented_generation.ipynb",
     "nlp/08_mixture_of_experts.ipynb",
-    "nlp/09_pretraining_from_scratch.ipynb",
     "nlp/10_scale_out_with_keras_distribution.ipynb",
     "nlp/11_reproduce_the_benchmark_table.ipynb",
 }
