@@ -41,7 +41,6 @@ NOT_YET_UPDATED = {
     "nlp/04_text_generation.ipynb",
     "nlp/05_lora_instruction_tuning.ipynb",
     "nlp/06_retrieval_augmented_generation.ipynb",
-    "nlp/08_mixture_of_experts.ipynb",
     "nlp/10_scale_out_with_keras_distribution.ipynb",
     "nlp/11_reproduce_the_benchmark_table.ipynb",
 }
