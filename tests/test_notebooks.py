@@ -37,10 +37,8 @@ NOT_YET_UPDATED = {
     "cv/04_custom_vit.ipynb",
     "nlp/01_zero_config_finetuning.ipynb",
     "nlp/02_custom_components.ipynb",
-    "nlp/03_semantic_search.ipynb",
     "nlp/04_text_generation.ipynb",
     "nlp/05_lora_instruction_tuning.ipynb",
-    "nlp/06_retrieval_augmented_generation.ipynb",
     "nlp/10_scale_out_with_keras_distribution.ipynb",
     "nlp/11_reproduce_the_benchmark_table.ipynb",
 }
