@@ -39,7 +39,6 @@ NOT_YET_UPDATED = {
     "nlp/02_custom_components.ipynb",
     "nlp/04_text_generation.ipynb",
     "nlp/05_lora_instruction_tuning.ipynb",
-    "nlp/11_reproduce_the_benchmark_table.ipynb",
 }
 
 
