@@ -68,6 +68,9 @@ BACKEND_PATTERNS = (
     re.compile(r"\bKeras [0-9.]+ on (jax|tensorflow|torch)\b"),
     re.compile(r"\bbackend: (jax|tensorflow|torch)\b"),
 )
+# A recipe's own "Open in Colab" badge (an image on colab.research.google.com): the page's Colab button
+# replaces it, so the site loads nothing from another host.
+COLAB_BADGE = re.compile(r"\[!\[Open In Colab\]\([^)]*\)\]\([^)]*\)[ \t]*\n?")
 # API pages: these layers first, in the order imports run; any other subpackage follows.
 API_LAYERS = ("components", "backbones", "tasks", "presets")
 MODULES_PAGE = "modules"    # the package's top-level modules (data, plotting, ...) share one page
@@ -341,7 +344,7 @@ def read_recipe(path, recipes_dir, out_dir):
     images, cells = [], []
     for index, cell in enumerate(notebook.cells):
         if cell.cell_type == "markdown":
-            source = title_cell_rest if index == title_cell else cell.source
+            source = COLAB_BADGE.sub("", title_cell_rest if index == title_cell else cell.source)
             if source.strip():
                 cells.append({"kind": "markdown", "html": markdown_html(source)})
         elif cell.cell_type == "code":
