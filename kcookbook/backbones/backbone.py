@@ -43,6 +43,7 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "patch_size": (1, 1024, False),
     "stem_filters": (1, MAX_WIDTH, False),
     "head_filters": (1, MAX_WIDTH, False),
+    "max_channels": (8, MAX_WIDTH, False),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),

@@ -3,6 +3,7 @@
 from kcookbook.tasks.causal_lm import CausalLM, CausalLMPreprocessor
 from kcookbook.tasks.image_classifier import ImageClassifier, ImageClassifierPreprocessor
 from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
+from kcookbook.tasks.object_detector import ObjectDetector
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
 from kcookbook.tasks.text_classifier import TextClassifier
@@ -14,3 +15,4 @@ __all__ = [
     "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
     "TextClassifierPreprocessor", "TextEmbedder",
 ]
+__all__ += ["ObjectDetector"]
