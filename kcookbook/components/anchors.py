@@ -32,10 +32,12 @@ def anchor_points(feature_sizes, strides, offset=0.5):
 
 def distances_to_boxes(distances, points):
     """``(left, top, right, bottom)`` distances from ``points`` → ``xyxy`` boxes (same units)."""
+    distances, points = ops.convert_to_tensor(distances, "float32"), ops.convert_to_tensor(points, "float32")
     left_top, right_bottom = distances[..., :2], distances[..., 2:]
     return ops.concatenate([points - left_top, points + right_bottom], axis=-1)
 
 
 def boxes_to_distances(boxes, points):
     """``xyxy`` boxes → ``(left, top, right, bottom)`` distances from ``points``."""
+    boxes, points = ops.convert_to_tensor(boxes, "float32"), ops.convert_to_tensor(points, "float32")
     return ops.concatenate([points - boxes[..., :2], boxes[..., 2:] - points], axis=-1)

@@ -113,13 +113,7 @@ def find_weights(path):
 def read_weights(path):
     """``{name: array}`` of a safetensors file or a tensor-only torch file; pickled models are refused."""
     if path.endswith(".safetensors"):
-        from safetensors.numpy import load_file
-
-        try:
-            return load_file(path)
-        except Exception as e:
-            raise PresetError(f"Could not read {path} as safetensors ({type(e).__name__}: {str(e)[:200]}): "
-                              "it is corrupt or truncated; export it again.") from e
+        return files.read_safetensors(path)
     try:
         return read_state_dict(path)
     except PresetError as e:
