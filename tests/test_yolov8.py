@@ -240,32 +240,3 @@ def test_bad_config_named(tmp_path):
     with pytest.raises(PresetError, match="Shape mismatch"):
         ObjectDetector.from_preset(folder)
 
-
-def coloured_squares(rng, count, size=64, max_boxes=3):
-    """Canvases with 1-3 squares, class = colour (red, green, blue); boxes xyxy, padded with -1."""
-    images = rng.uniform(0, 40, (count, size, size, 3)).astype("float32")
-    boxes = np.full((count, max_boxes, 4), -1, "float32")
-    labels = np.full((count, max_boxes), -1, "int32")
-    for i in range(count):
-        for j in range(rng.integers(1, max_boxes + 1)):
-            side = int(rng.integers(12, 28))
-            x, y = rng.integers(0, size - side, 2)
-            label = int(rng.integers(0, 3))
-            images[i, y:y + side, x:x + side] = 40
-            images[i, y:y + side, x:x + side, label] = 230
-            boxes[i, j], labels[i, j] = (x, y, x + side, y + side), label
-    return images, {"boxes": boxes, "labels": labels}
-
-
-@pytest.mark.slow
-def test_training_from_scratch_lowers_the_loss():
-    keras.utils.set_random_seed(0)
-    images, targets = coloured_squares(np.random.default_rng(4), 32)
-    backbone = YOLOv8Backbone(depth_coefficient=0.33, width_coefficient=0.0625)
-    detector = ObjectDetector(backbone, num_classes=3, image_size=64)
-    history = detector.fit(images, targets, batch_size=8, epochs=12, verbose=0).history
-    # YOLOv8's loss first rises: the assigner's target scores grow as predicted boxes start to overlap
-    # the objects (they are the IoU of the best-aligned anchor). Once they do, it falls.
-    peak = int(np.argmax(history["loss"]))
-    assert peak < 8 and history["loss"][-1] < 0.75 * history["loss"][peak], history
-    assert history["box_loss"][-1] < history["box_loss"][0], history
