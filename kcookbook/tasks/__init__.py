@@ -3,6 +3,7 @@
 from kcookbook.tasks.causal_lm import CausalLM, CausalLMPreprocessor
 from kcookbook.tasks.image_classifier import ImageClassifier, ImageClassifierPreprocessor
 from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
+from kcookbook.tasks.object_detector import ObjectDetector
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
 from kcookbook.tasks.text_classifier import TextClassifier
@@ -19,3 +20,4 @@ __all__ = [
 from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifier  # noqa: E402
 
 __all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
+__all__ += ["ObjectDetector"]
