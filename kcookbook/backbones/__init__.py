@@ -7,7 +7,8 @@ from kcookbook.backbones.efficientnet import EfficientNetBackbone, EfficientNetL
 from kcookbook.backbones.gpt2 import GPT2Backbone
 from kcookbook.backbones.resnet import ResNetBackbone
 from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
+from kcookbook.backbones.llama import Gemma2Backbone, Gemma3Backbone
 from kcookbook.backbones.vit import ViTBackbone
 
-__all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
+__all__ = ["Gemma2Backbone", "Gemma3Backbone", "Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]

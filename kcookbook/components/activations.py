@@ -6,6 +6,7 @@
 """
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -16,6 +17,12 @@ def gelu_approximate(x):
     one and run with the other drift apart by ~1e-3.
     """
     return keras.activations.gelu(x, approximate=True)
+
+
+def soft_cap(x, cap):
+    """``cap · tanh(x / cap)``: ``x`` squashed smoothly into ``(-cap, cap)`` (Gemma 2's attention
+    and final logits)."""
+    return ops.tanh(x / cap) * cap
 
 
 ACTIVATIONS = {"gelu_approximate": gelu_approximate}

@@ -20,6 +20,8 @@ CONVERTERS = {
     "efficientnet_lite": "kcookbook.formats.converters.efficientnet_lite:EfficientNetLiteConverter",
     "resnet": "kcookbook.formats.converters.resnet:ResNetConverter",
     "vit": "kcookbook.formats.converters.vit:ViTConverter",
+    "gemma2": "kcookbook.formats.converters.gemma:Gemma2Converter",
+    "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",
 }
 
 
