@@ -18,6 +18,7 @@ import pytest
 import torch
 import transformers
 
+from helpers import cached_reference
 from kcookbook.backbones import Gemma2Backbone, Gemma3Backbone
 from kcookbook.presets import PresetError
 from kcookbook.tasks import CausalLM
@@ -263,23 +264,9 @@ def _transformers_gemma3_greedy(path):
 
 @pytest.fixture(scope="module")
 def gemma3_reference(gemma3_path):
-    """transformers' greedy tokens, computed once per machine (a minute of CPU) and cached."""
-    import hashlib
-    import tempfile
-
-    stat = os.stat(gemma3_path)
-    key = json.dumps([stat.st_size, stat.st_mtime_ns, transformers.__version__, PROMPTS, NEW_TOKENS])
-    cache = os.path.join(tempfile.gettempdir(), "kcookbook-test-cache",
-                         f"gemma3-transformers-greedy-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            return json.load(f)
-    result = _transformers_gemma3_greedy(gemma3_path)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache + ".partial", "w") as f:
-        json.dump(result, f)
-    os.replace(cache + ".partial", cache)
-    return result
+    """transformers' greedy tokens, computed once per machine (a minute or more of CPU) and cached."""
+    return cached_reference("gemma3-transformers-greedy", gemma3_path, [PROMPTS, NEW_TOKENS],
+                            lambda: _transformers_gemma3_greedy(gemma3_path))
 
 
 @pytest.mark.slow
