@@ -115,3 +115,28 @@ def tiny_llama_config(vocabulary_size, **changes):
     config = dict(vocabulary_size=vocabulary_size, num_layers=2, num_heads=4, num_key_value_heads=2,
                   hidden_dim=16, intermediate_dim=32, max_sequence_length=32)
     return {**config, **changes}
+
+
+def cached_reference(name, file, key, compute):
+    """``compute()``'s JSON result, computed once per machine: kept in the temp folder under a name
+    keyed by ``file``'s size and time, transformers' version and ``key`` (for slow references such
+    as transformers generating with real weights), written atomically."""
+    import hashlib
+    import json
+    import tempfile
+
+    import transformers
+
+    stat = os.stat(file)
+    digest = hashlib.sha1(json.dumps([stat.st_size, stat.st_mtime_ns, transformers.__version__, key])
+                          .encode()).hexdigest()[:16]
+    cache = os.path.join(tempfile.gettempdir(), "kcookbook-test-cache", f"{name}-{digest}.json")
+    if os.path.exists(cache):
+        with open(cache) as f:
+            return json.load(f)
+    result = compute()
+    os.makedirs(os.path.dirname(cache), exist_ok=True)
+    with open(cache + ".partial", "w") as f:
+        json.dump(result, f)
+    os.replace(cache + ".partial", cache)
+    return result

@@ -7,15 +7,12 @@ minute or two on a 2-core CPU, so its tokens are computed once per machine and k
 keyed by the GGUF file, the transformers version and the prompts; every backend's run compares with it.
 """
 
-import hashlib
-import json
 import os
-import tempfile
 
 import numpy as np
 import pytest
 
-from helpers import package_path
+from helpers import cached_reference, package_path
 from kcookbook import presets
 from kcookbook.formats.gguf import GGUFLoader
 from kcookbook.tasks import CausalLM
@@ -63,21 +60,8 @@ def gguf_path():
 
 @pytest.fixture(scope="module")
 def reference(gguf_path):
-    import transformers
-
-    stat = os.stat(gguf_path)
-    key = json.dumps([stat.st_size, stat.st_mtime_ns, transformers.__version__, QUESTIONS, NEW_TOKENS])
-    cache = os.path.join(tempfile.gettempdir(), "kcookbook-test-cache",
-                         f"smollm2-transformers-greedy-{hashlib.sha1(key.encode()).hexdigest()[:16]}.json")
-    if os.path.exists(cache):
-        with open(cache) as f:
-            return json.load(f)
-    result = _transformers_greedy(gguf_path)
-    os.makedirs(os.path.dirname(cache), exist_ok=True)
-    with open(cache + ".partial", "w") as f:
-        json.dump(result, f)
-    os.replace(cache + ".partial", cache)
-    return result
+    return cached_reference("smollm2-transformers-greedy", gguf_path, [QUESTIONS, NEW_TOKENS],
+                            lambda: _transformers_greedy(gguf_path))
 
 
 @pytest.fixture(scope="module")

@@ -7,10 +7,11 @@ from kcookbook.backbones.efficientnet import EfficientNetBackbone, EfficientNetL
 from kcookbook.backbones.gpt2 import GPT2Backbone
 from kcookbook.backbones.resnet import ResNetBackbone
 from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackbone, MixtralBackbone
+from kcookbook.backbones.llama import Gemma2Backbone, Gemma3Backbone
 from kcookbook.backbones.vit import ViTBackbone
 from kcookbook.backbones.yolov8 import YOLOv8Backbone
 
-__all__ = ["Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
+__all__ = ["Gemma2Backbone", "Gemma3Backbone", "Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]
 from kcookbook.backbones.seq2seq import Seq2SeqBackbone  # noqa: E402
 from kcookbook.backbones.t5 import T5Backbone  # noqa: E402

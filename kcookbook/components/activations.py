@@ -6,6 +6,7 @@
 """
 
 import keras
+from keras import ops
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -23,6 +24,12 @@ def quick_gelu(x):
     """``x * sigmoid(1.702 x)``: the sigmoid approximation of GELU that OpenAI's CLIP was trained with
     (HF's ``quick_gelu``)."""
     return x * keras.ops.sigmoid(1.702 * x)
+
+
+def soft_cap(x, cap):
+    """``cap · tanh(x / cap)``: ``x`` squashed smoothly into ``(-cap, cap)`` (Gemma 2's attention
+    and final logits)."""
+    return ops.tanh(x / cap) * cap
 
 
 ACTIVATIONS = {"gelu_approximate": gelu_approximate, "quick_gelu": quick_gelu}

@@ -12,8 +12,11 @@ what a decoder needs:
   ``slice_update`` that compiles inside a ``while_loop`` (jax, TensorFlow/XLA) and an in-place copy on
   torch.
 
-A sliding window of ``w`` lets a query at position ``q`` see keys at ``q - w < k ≤ q`` (Mistral).
-The cache keeps every position and the window is applied by the mask.
+A sliding window of ``w`` lets a query at position ``q`` see keys at ``q - w < k ≤ q`` (Mistral,
+the local layers of Gemma 2/3). The cache keeps every position and the window is applied by the
+mask. Gemma's options: queries scaled by ``query_scale`` instead of ``1/sqrt(head_dim)``
+(``query_pre_attn_scalar ** -0.5``), scores soft-capped (``cap · tanh(score / cap)``, Gemma 2),
+and each query and key head RMS-normalised before the rotation (QK-norm, Gemma 3).
 
     >>> attention = CausalSelfAttention(num_heads=4, head_dim=2, num_key_value_heads=2,
     ...                                 rotary_max_wavelength=10000)
@@ -31,7 +34,9 @@ from typing import NamedTuple
 import keras
 from keras import ops
 
+from kcookbook.components.activations import soft_cap
 from kcookbook.components.attention import MultiHeadAttention
+from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
 from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, write_key_value_in_place
 
@@ -85,20 +90,42 @@ class CausalSelfAttention(MultiHeadAttention):
             (models with learned absolute positions, e.g. GPT-2).
         rotary_scaling_factor: linear RoPE scaling (positions divided by it).
         sliding_window: attend only to the last ``sliding_window`` positions; None for all.
+        query_scale: the scores' scale; None for ``head_dim ** -0.5``.
+        logit_soft_cap: scores become ``cap · tanh(score / cap)``; None for no cap.
+        query_key_norm: RMS-normalise each query and key head (``query_norm``, ``key_norm``, with
+            ``norm_epsilon`` and ``norm_unit_offset``) before the rotation.
     """
 
     def __init__(self, num_heads, head_dim, num_key_value_heads=None, use_bias=False,
                  output_dim=None, rotary_max_wavelength=None, rotary_scaling_factor=1.0,
-                 sliding_window=None, kernel_initializer="glorot_uniform", **kwargs):
+                 sliding_window=None, query_scale=None, logit_soft_cap=None, query_key_norm=False,
+                 norm_epsilon=1e-6, norm_unit_offset=False, kernel_initializer="glorot_uniform",
+                 **kwargs):
         super().__init__(num_heads, head_dim, num_key_value_heads, use_bias, output_dim,
                          kernel_initializer, **kwargs)
         self.rotary_max_wavelength = rotary_max_wavelength
         self.rotary_scaling_factor = rotary_scaling_factor
         self.sliding_window = sliding_window
+        self.query_scale = query_scale
+        self.logit_soft_cap = logit_soft_cap
+        self.query_key_norm = query_key_norm
+        self.norm_epsilon = norm_epsilon
+        self.norm_unit_offset = norm_unit_offset
         self.rotary = None
         if rotary_max_wavelength is not None:
             self.rotary = RotaryEmbedding(rotary_max_wavelength, rotary_scaling_factor,
                                           dtype=self.dtype_policy, name="rotary")
+        self.query_norm = self.key_norm = None
+        if query_key_norm:
+            self.query_norm, self.key_norm = (
+                RMSNormalization(norm_epsilon, norm_unit_offset, dtype=self.dtype_policy, name=name)
+                for name in ("query_norm", "key_norm"))
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        if self.query_key_norm:
+            for norm in (self.query_norm, self.key_norm):
+                norm.build((None, None, None, self.head_dim))
 
     def empty_cache(self, batch_size, max_length, dtype=None):
         """A zero cache ``(batch, 2, max_length, kv_heads, head_dim)`` for ``call(..., cache=)``."""
@@ -146,13 +173,19 @@ class CausalSelfAttention(MultiHeadAttention):
         return (heads[:, :, :self.num_heads], heads[:, :, self.num_heads:values_start],
                 heads[:, :, values_start:])
 
-    def rotated_heads(self, qkv, cos, sin):
+    def rotated_heads(self, qkv, cos, sin, calls=KERAS_CALLS):
         """``split_heads`` with rotary positions applied to the queries and keys (one rotation of
-        both: they are adjacent in the fused projection)."""
-        if self.rotary is None:
+        both: they are adjacent in the fused projection), after QK-norm when the layer has it."""
+        if self.rotary is None and not self.query_key_norm:
             return self.split_heads(qkv)
         heads, values_start = self._heads_of(qkv)
-        query_key = self.rotary.rotate(heads[:, :, :values_start], cos, sin)
+        query_key = heads[:, :, :values_start]
+        if self.query_key_norm:
+            query_key = ops.concatenate([calls(self.query_norm, query_key[:, :, :self.num_heads]),
+                                         calls(self.key_norm, query_key[:, :, self.num_heads:])],
+                                        axis=2)
+        if self.rotary is not None:
+            query_key = self.rotary.rotate(query_key, cos, sin)
         return (query_key[:, :, :self.num_heads], query_key[:, :, self.num_heads:],
                 heads[:, :, values_start:])
 
@@ -169,7 +202,10 @@ class CausalSelfAttention(MultiHeadAttention):
         groups = self.num_heads // self.num_key_value_heads
         query = ops.reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
         scores = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
-        scores = cast_if_needed(scores, "float32") * (self.head_dim ** -0.5)
+        scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
+        scores = cast_if_needed(scores, "float32") * scale
+        if self.logit_soft_cap is not None:
+            scores = soft_cap(scores, self.logit_soft_cap)
         if attention_mask is not None:
             scores = ops.where(attention_mask[:, :, None], scores, ops.full_like(scores, MASKED))
         if attention_bias is not None:
@@ -185,13 +221,13 @@ class CausalSelfAttention(MultiHeadAttention):
         qkv = calls(self.qkv, x)
         if cache is None:
             positions, cos, sin = self._positions(ops.shape(x)[1], ops.cast(cache_index, "int32"))
-            query, key, value = self.rotated_heads(qkv, cos, sin)
+            query, key, value = self.rotated_heads(qkv, cos, sin, calls)
             mask = causal_attention_mask(positions, positions, padding_mask, self.sliding_window)
             return self.attend(query, key, value, attention_mask=mask, calls=calls)
         step = decoding_step
         if step is None:
             step = self.decoding_step(ops.shape(x)[1], ops.shape(cache)[2], cache_index)
-        query, key, value = self.rotated_heads(qkv, step.cos, step.sin)
+        query, key, value = self.rotated_heads(qkv, step.cos, step.sin, calls)
         cache = self.write_key_value(cache, key, value, step)
         out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias,
                           calls=calls)
@@ -212,5 +248,7 @@ class CausalSelfAttention(MultiHeadAttention):
         config = super().get_config()
         config.update({"rotary_max_wavelength": self.rotary_max_wavelength,
                        "rotary_scaling_factor": self.rotary_scaling_factor,
-                       "sliding_window": self.sliding_window})
+                       "sliding_window": self.sliding_window, "query_scale": self.query_scale,
+                       "logit_soft_cap": self.logit_soft_cap, "query_key_norm": self.query_key_norm,
+                       "norm_epsilon": self.norm_epsilon, "norm_unit_offset": self.norm_unit_offset})
         return config

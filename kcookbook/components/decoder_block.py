@@ -6,7 +6,9 @@
 Its options are the axes along which decoder families differ, so a family is a configuration:
 ``normalization`` (``"layer"``: LayerNorm with bias; ``"rms"``: RMSNorm, ``norm_unit_offset`` for
 the ``1 + weight`` variant), ``feed_forward`` (``"dense"``, ``"gated"``, ``"mixture_of_experts"``),
-``use_bias`` on the projections, rotary positions or none, a sliding window.
+``use_bias`` on the projections, rotary positions or none, a sliding window, and Gemma 2/3's
+``post_norms`` (each sublayer's output normalised again before the residual: "sandwich" norms) and
+attention options (``query_scale``, ``attention_logit_soft_cap``, ``query_key_norm``).
 
     >>> block = DecoderBlock(num_heads=2, head_dim=4, intermediate_dim=16, rotary_max_wavelength=1e4)
     >>> x = ops.ones((2, 5, 8))
@@ -42,6 +44,9 @@ class DecoderBlock(keras.layers.Layer):
         use_bias: biases on the attention projections and, for ``"dense"``, the feed-forward.
         rotary_max_wavelength, rotary_scaling_factor: rotary positions (None: none).
         sliding_window: attention window (None: full causal attention).
+        query_scale, attention_logit_soft_cap, query_key_norm: see ``CausalSelfAttention``.
+        post_norms: normalise the attention and feed-forward outputs too (``post_attention_norm``,
+            ``post_feed_forward_norm``) before adding them to the residual (Gemma 2/3).
         dropout: after attention and feed-forward, in training.
         kernel_initializer: initializer of every kernel.
     """
@@ -50,7 +55,8 @@ class DecoderBlock(keras.layers.Layer):
                  activation="silu", feed_forward="gated", num_experts=None, num_experts_per_token=2,
                  router_aux_loss_coefficient=0.0, normalization="rms", norm_epsilon=1e-6,
                  norm_unit_offset=False, use_bias=False, rotary_max_wavelength=None,
-                 rotary_scaling_factor=1.0, sliding_window=None, dropout=0.0,
+                 rotary_scaling_factor=1.0, sliding_window=None, query_scale=None,
+                 attention_logit_soft_cap=None, query_key_norm=False, post_norms=False, dropout=0.0,
                  kernel_initializer="glorot_uniform", **kwargs):
         super().__init__(**kwargs)
         if feed_forward not in FEED_FORWARDS:
@@ -75,6 +81,10 @@ class DecoderBlock(keras.layers.Layer):
         self.rotary_max_wavelength = rotary_max_wavelength
         self.rotary_scaling_factor = rotary_scaling_factor
         self.sliding_window = sliding_window
+        self.query_scale = query_scale
+        self.attention_logit_soft_cap = attention_logit_soft_cap
+        self.query_key_norm = query_key_norm
+        self.post_norms = post_norms
         self.dropout = dropout
         self.kernel_initializer = keras.initializers.get(kernel_initializer)
 
@@ -83,7 +93,10 @@ class DecoderBlock(keras.layers.Layer):
             num_heads, head_dim, self.num_key_value_heads, use_bias=use_bias,
             rotary_max_wavelength=rotary_max_wavelength,
             rotary_scaling_factor=rotary_scaling_factor, sliding_window=sliding_window,
-            kernel_initializer=self.kernel_initializer, name="attention", **common)
+            query_scale=query_scale, logit_soft_cap=attention_logit_soft_cap,
+            query_key_norm=query_key_norm, norm_epsilon=norm_epsilon,
+            norm_unit_offset=norm_unit_offset, kernel_initializer=self.kernel_initializer,
+            name="attention", **common)
         if feed_forward == "dense":
             self.feed_forward = FeedForward(
                 intermediate_dim, activation, use_bias=use_bias,
@@ -99,6 +112,10 @@ class DecoderBlock(keras.layers.Layer):
                 kernel_initializer=self.kernel_initializer, name="feed_forward", **common)
         self.attention_norm = self._norm("attention_norm")
         self.feed_forward_norm = self._norm("feed_forward_norm")
+        self.post_attention_norm = self.post_feed_forward_norm = None
+        if post_norms:
+            self.post_attention_norm = self._norm("post_attention_norm")
+            self.post_feed_forward_norm = self._norm("post_feed_forward_norm")
         self.dropout_layer = keras.layers.Dropout(dropout, **common)
 
     def _norm(self, name):
@@ -109,8 +126,10 @@ class DecoderBlock(keras.layers.Layer):
                                                name=name)
 
     def build(self, input_shape):
-        for layer in (self.attention, self.feed_forward, self.attention_norm, self.feed_forward_norm):
-            layer.build(input_shape)
+        for layer in (self.attention, self.feed_forward, self.attention_norm, self.feed_forward_norm,
+                      self.post_attention_norm, self.post_feed_forward_norm):
+            if layer is not None:
+                layer.build(input_shape)
 
     def call(self, x, padding_mask=None, cache=None, cache_index=0, training=None,
              decoding_step=None, calls=KERAS_CALLS):
@@ -122,8 +141,12 @@ class DecoderBlock(keras.layers.Layer):
                                 decoding_step=decoding_step)
         if cache is not None:
             attended, cache = attended
+        if self.post_norms:
+            attended = calls(self.post_attention_norm, attended)
         x = x + calls(self.dropout_layer, attended, training=training)
         feed_forward = calls.nested(self.feed_forward, calls(self.feed_forward_norm, x))
+        if self.post_norms:
+            feed_forward = calls(self.post_feed_forward_norm, feed_forward)
         x = x + calls(self.dropout_layer, feed_forward, training=training)
         return x if cache is None else (x, cache)
 
@@ -143,7 +166,10 @@ class DecoderBlock(keras.layers.Layer):
             "norm_unit_offset": self.norm_unit_offset, "use_bias": self.use_bias,
             "rotary_max_wavelength": self.rotary_max_wavelength,
             "rotary_scaling_factor": self.rotary_scaling_factor,
-            "sliding_window": self.sliding_window, "dropout": self.dropout,
+            "sliding_window": self.sliding_window, "query_scale": self.query_scale,
+            "attention_logit_soft_cap": self.attention_logit_soft_cap,
+            "query_key_norm": self.query_key_norm, "post_norms": self.post_norms,
+            "dropout": self.dropout,
             "kernel_initializer": keras.initializers.serialize(self.kernel_initializer),
         })
         return config

@@ -3,13 +3,14 @@
 A ``.gguf`` file holds metadata (architecture hyper-parameters, the tokenizer's vocabulary and
 merges, the chat template) and tensors, most of them block-quantised (Q4_1, Q8_0, ...). This module
 reads a llama-architecture file (Llama, Mistral, SmolLM, ... all use ``general.architecture =
-"llama"``) into what a Hugging Face ``save_pretrained`` folder would give, so the same converter
-builds the model:
+"llama"``) or a ``gemma2`` / ``gemma3`` one into what a Hugging Face ``save_pretrained`` folder would
+give, so the same converter builds the model:
 
 * :meth:`GGUFCheckpoint.hf_config`: a ``config.json``-style dict (``model_type: "llama"``, ...).
 * :meth:`GGUFCheckpoint.hf_tensors`: float32 numpy arrays under Hugging Face names
   (``model.layers.0.self_attn.q_proj.weight``, ...), dequantised with the ``gguf`` package and with
-  llama.cpp's reordering of the query/key rows undone.
+  llama.cpp's reordering of the query/key rows undone (llama) or the ``+ 1`` llama.cpp adds to
+  Gemma's ``(1 + w)`` norm weights taken off (gemma2, gemma3).
 * :meth:`GGUFCheckpoint.tokenizer`: the tokenizer embedded in the file, with its special tokens
   and chat template: byte-level BPE (``tokenizer.ggml.model == "gpt2"``: SmolLM2, Llama-3) as a
   BytePairTokenizer, SentencePiece BPE (``"llama"``: Llama-2, Mistral, TinyLlama) as a
@@ -33,7 +34,11 @@ from kcookbook.formats.loaders import HuggingFaceLoader, PresetLoader
 from kcookbook.presets import files, headers
 from kcookbook.presets.errors import PresetError
 
-SUPPORTED_ARCHITECTURES = ("llama",)
+SUPPORTED_ARCHITECTURES = ("llama", "gemma2", "gemma3")
+# GGUF architecture → Hugging Face model_type / class.
+_HF_MODEL_TYPES = {"llama": ("llama", "LlamaForCausalLM"), "gemma2": ("gemma2", "Gemma2ForCausalLM"),
+                   "gemma3": ("gemma3_text", "Gemma3ForCausalLM")}
+_GEMMA_ARCHITECTURES = ("gemma2", "gemma3")
 
 # llama.cpp's tensor names → Hugging Face's (LlamaForCausalLM). "{i}" is the block index.
 _GLOBAL_TENSORS = {
@@ -51,6 +56,15 @@ _BLOCK_TENSORS = {
     "ffn_gate.weight": "mlp.gate_proj.weight",
     "ffn_up.weight": "mlp.up_proj.weight",
     "ffn_down.weight": "mlp.down_proj.weight",
+}
+# Gemma 2/3 blocks: four norms around attention and feed-forward (and Gemma 3's QK-norm).
+_GEMMA_BLOCK_TENSORS = {
+    **_BLOCK_TENSORS,
+    "post_attention_norm.weight": "post_attention_layernorm.weight",
+    "ffn_norm.weight": "pre_feedforward_layernorm.weight",
+    "post_ffw_norm.weight": "post_feedforward_layernorm.weight",
+    "attn_q_norm.weight": "self_attn.q_norm.weight",
+    "attn_k_norm.weight": "self_attn.k_norm.weight",
 }
 
 # tokenizer.ggml.pre (how llama.cpp splits text before BPE) → BytePairTokenizer's pre_tokenizer.
@@ -157,7 +171,8 @@ class GGUFCheckpoint:
         if self.architecture not in SUPPORTED_ARCHITECTURES:
             raise PresetError(
                 f"GGUF file {self.path} holds a {self.architecture!r} model; kcookbook reads these GGUF "
-                f"architectures: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama, Mistral, SmolLM... files)."
+                f"architectures: {', '.join(SUPPORTED_ARCHITECTURES)} (Llama, Mistral, SmolLM, Gemma 2, "
+                "Gemma 3... files)."
             )
         if "rope_freqs.weight" in self._tensors or f"{self.architecture}.rope.scaling.type" in self.metadata:
             kind = self.metadata.get(f"{self.architecture}.rope.scaling.type", "frequency factors")
@@ -174,9 +189,10 @@ class GGUFCheckpoint:
         hidden = int(self._arch_value("embedding_length"))
         tokens = self.metadata.get("tokenizer.ggml.tokens")
         vocab_size = self._arch_value("vocab_size", len(tokens) if tokens else None)
+        model_type, model_class = _HF_MODEL_TYPES[self.architecture]
         config = {
-            "model_type": "llama",
-            "architectures": ["LlamaForCausalLM"],
+            "model_type": model_type,
+            "architectures": [model_class],
             "hidden_size": hidden,
             "intermediate_size": int(self._arch_value("feed_forward_length")),
             "num_hidden_layers": int(self._arch_value("block_count")),
@@ -191,6 +207,8 @@ class GGUFCheckpoint:
             "attention_bias": False,
             "mlp_bias": False,
         }
+        if self.architecture in _GEMMA_ARCHITECTURES:
+            config.update(self._gemma_config(config))
         head_dim = self._arch_value("attention.key_length", required=False)
         rope_dim = self._arch_value("rope.dimension_count", required=False)
         if head_dim is not None and int(head_dim) != hidden // heads:
@@ -204,13 +222,32 @@ class GGUFCheckpoint:
                 config[f"{'pad' if name == 'padding' else name}_token_id"] = int(value)
         return config
 
+    def _gemma_config(self, config):
+        """Gemma 2/3's options as llama.cpp reads them: the window and the head width from the
+        file; the soft caps from the file (Gemma 2); Gemma 2 alternates local and global layers,
+        Gemma 3 has five local to one global with a local rotary base of 10,000 (llama.cpp's
+        constants for these architectures). Queries are scaled by ``1/sqrt(head_dim)``, as llama.cpp
+        does for every Gemma 3 but the 27B model."""
+        head_dim = int(self._arch_value("attention.key_length"))
+        gemma = {"hidden_act": "gelu_pytorch_tanh", "head_dim": head_dim,
+                 "query_pre_attn_scalar": head_dim,
+                 "sliding_window": int(self._arch_value("attention.sliding_window")),
+                 "attn_logit_softcapping": self._arch_value("attn_logit_softcapping", required=False),
+                 "final_logit_softcapping": self._arch_value("final_logit_softcapping", required=False)}
+        if self.architecture == "gemma3":
+            gemma.update(sliding_window_pattern=6, rope_local_base_freq=10000.0)
+        else:
+            gemma.update(sliding_window_pattern=2)
+        return gemma
+
     # ----- tensors -----
     def hf_name(self, gguf_name):
         if gguf_name in _GLOBAL_TENSORS:
             return _GLOBAL_TENSORS[gguf_name]
+        blocks = _GEMMA_BLOCK_TENSORS if self.architecture in _GEMMA_ARCHITECTURES else _BLOCK_TENSORS
         parts = gguf_name.split(".", 2)
-        if len(parts) == 3 and parts[0] == "blk" and parts[2] in _BLOCK_TENSORS:
-            return f"model.layers.{int(parts[1])}.{_BLOCK_TENSORS[parts[2]]}"
+        if len(parts) == 3 and parts[0] == "blk" and parts[2] in blocks:
+            return f"model.layers.{int(parts[1])}.{blocks[parts[2]]}"
         return None
 
     def dequantize(self, gguf_name):
@@ -241,8 +278,11 @@ class GGUFCheckpoint:
         hf_name = self.hf_name(gguf_name)
         if hf_name is None:
             raise PresetError(f"GGUF file {self.path} has a tensor {gguf_name!r} that kcookbook cannot place "
-                              "in a llama model.")
+                              f"in a {self.architecture} model.")
         weight = self.dequantize(gguf_name)
+        if self.architecture in _GEMMA_ARCHITECTURES:
+            # llama.cpp stores Gemma's (1 + w) norm weights as 1 + w and does not reorder q/k rows.
+            return hf_name, weight - 1.0 if gguf_name.endswith("norm.weight") else weight
         if gguf_name.endswith("attn_q.weight"):
             weight = unpermute_query_key(weight, config["num_attention_heads"])
         elif gguf_name.endswith("attn_k.weight"):

@@ -59,7 +59,7 @@ def list_presets(family=None):
             continue
         rows.append({"name": name, "family": info.family, "description": info.description,
                      "source": info.source, "handle": info.handle,
-                     "offline": info.offline_path() is not None})
+                     "offline": info.has_offline_copy()})
     return rows
 
 

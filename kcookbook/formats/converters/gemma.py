@@ -1,13 +1,16 @@
 """Gemma checkpoints: the Llama converter with Gemma's backbone (GeGLU, ``1 + w`` RMSNorm, scaled
 and tied embeddings). Gemma configs name the activation ``hidden_activation`` (older) or
-``hidden_act``."""
+``hidden_act``. Gemma 2 (``gemma2``) and Gemma 3 (``gemma3_text``: ``Gemma3ForCausalLM``) add their
+options from ``config.json``: ``layer_types``, ``sliding_window``, ``query_pre_attn_scalar``, the
+soft caps, and Gemma 3's rotary base per layer kind."""
 
 import numpy as np
 
-from kcookbook.backbones.llama import GemmaBackbone
+from kcookbook.backbones.llama import (Gemma2Backbone, Gemma3Backbone, GemmaBackbone,
+                                       interleaved_layer_types)
 from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_sentencepiece)
-from kcookbook.formats.converters.llama import LlamaConverter, decoder_config
+from kcookbook.formats.converters.llama import GEMMA2_FEATURES_OFF, LlamaConverter, decoder_config, rope_settings
 from kcookbook.presets.errors import PresetError
 
 
@@ -47,17 +50,17 @@ class GemmaConverter(LlamaConverter):
     exports_backbones = ("GemmaBackbone",)
     hf_architecture = "GemmaForCausalLM"
     export_requires = {"norm_unit_offset": True, "scale_embeddings": True, "sliding_window": None,
-                       "num_experts": None, "tie_word_embeddings": True}
+                       "num_experts": None, "tie_word_embeddings": True, **GEMMA2_FEATURES_OFF}
 
     def hf_config_from_backbone(self, backbone):
         config = super().hf_config_from_backbone(backbone)
         config["hidden_activation"] = config["hidden_act"]
         return config
 
+    backbone_cls = GemmaBackbone
+
     def backbone_from_hf(self, hf_config, **overrides):
-        activation = hf_config.get("hidden_activation") or hf_config.get("hidden_act", "gelu_pytorch_tanh")
-        config = decoder_config({**hf_config, "hidden_act": activation}, tie_default=True)
-        return GemmaBackbone(**{**config, **overrides})
+        return self.backbone_cls(**{**gemma_config(hf_config), **overrides})
 
     def backbone_from_keras_hub(self, config, **overrides):
         gemma2 = [k for k in GEMMA2_OPTIONS if config.get(k)]
@@ -115,3 +118,68 @@ class GemmaConverter(LlamaConverter):
             tokenizer.chat_template = GEMMA_CHAT_TEMPLATE
         tokenizer.stop_tokens = tuple(dict.fromkeys(tokenizer.stop_tokens + (END_OF_TURN,)))
         return tokenizer
+
+
+def gemma_config(hf_config):
+    """The constructor arguments of a Gemma-family backbone from a Hugging Face ``config.json``."""
+    activation = hf_config.get("hidden_activation") or hf_config.get("hidden_act", "gelu_pytorch_tanh")
+    return decoder_config({**hf_config, "hidden_act": activation}, tie_default=True)
+
+
+def gemma2_config(hf_config, default_pattern):
+    """Gemma 2/3's options: local/global layers, window, query scaling and soft caps."""
+    if hf_config.get("use_bidirectional_attention"):
+        raise PresetError("The checkpoint sets use_bidirectional_attention=true (an embedding model, "
+                          "not a causal LM); kcookbook's Gemma backbones are causal decoders.")
+    num_layers = hf_config["num_hidden_layers"]
+    pattern = hf_config.get("sliding_window_pattern") or hf_config.get("_sliding_window_pattern")
+    return {"layer_types": hf_config.get("layer_types")
+            or interleaved_layer_types(num_layers, pattern or default_pattern),
+            "sliding_window": hf_config.get("sliding_window") or 4096,
+            "query_pre_attn_scalar": hf_config.get("query_pre_attn_scalar") or 256,
+            "attention_logit_soft_cap": hf_config.get("attn_logit_softcapping"),
+            "final_logit_soft_cap": hf_config.get("final_logit_softcapping")}
+
+
+class Gemma2Converter(GemmaConverter):
+    """Gemma 2 (``Gemma2ForCausalLM``): alternating local/global layers, post-norms, soft caps."""
+
+    family = "gemma2"
+    exports_backbones = ()  # export to transformers: not written for Gemma 2/3 yet
+    hf_model_types = ("gemma2",)
+    keras_hub_classes = ()
+
+    def backbone_from_hf(self, hf_config, **overrides):
+        config = {**gemma_config(hf_config), **gemma2_config(hf_config, 2)}
+        return Gemma2Backbone(**{**config, **overrides})
+
+
+class Gemma3Converter(GemmaConverter):
+    """Gemma 3 text models (``Gemma3ForCausalLM``, ``model_type`` ``gemma3_text``): five local
+    layers to one global, QK-norm, a rotary base per layer kind (``rope_parameters`` keyed by layer
+    kind, or the older ``rope_theta`` + ``rope_local_base_freq``)."""
+
+    family = "gemma3"
+    exports_backbones = ()  # export to transformers: not written for Gemma 2/3 yet
+    hf_model_types = ("gemma3_text",)
+    keras_hub_classes = ()
+
+    def backbone_from_hf(self, hf_config, **overrides):
+        config = {**gemma_config(hf_config), **gemma2_config(hf_config, 6)}
+        parameters = hf_config.get("rope_parameters") or {}
+        if "full_attention" in parameters:
+            theta, factor = rope_settings({"rope_parameters": parameters["full_attention"]})
+            local_theta, local_factor = rope_settings(
+                {"rope_parameters": parameters.get("sliding_attention", {"rope_theta": 10000.0})})
+        else:
+            theta, factor = rope_settings(hf_config)
+            local_theta, local_factor = float(hf_config.get("rope_local_base_freq", 10000.0)), 1.0
+        if local_factor != 1.0:
+            raise PresetError("The checkpoint scales the rotary positions of its local "
+                              "(sliding_attention) layers; kcookbook's Gemma 3 scales the global "
+                              "layers' only.")
+        # Gemma 3 configs carry attn_logit_softcapping but transformers' Gemma 3 never applies it
+        # (Gemma 3 dropped the attention soft cap for QK-norm); the final soft cap does apply.
+        config.update(rope_max_wavelength=theta, rope_scaling_factor=factor,
+                      local_rope_max_wavelength=local_theta, attention_logit_soft_cap=None)
+        return Gemma3Backbone(**{**config, **overrides})

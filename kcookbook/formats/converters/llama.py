@@ -135,6 +135,29 @@ def generation_eos_ids(folder):
     return [] if eos is None else [int(i) for i in (eos if isinstance(eos, list) else [eos])]
 
 
+def block_norms(backbone):
+    """``{Hugging Face name in a layer: our variable path in a block}`` of a block's norms. With
+    ``post_norms`` (Gemma 2/3) Hugging Face's ``post_attention_layernorm`` is the attention's
+    post-norm; without, it is the feed-forward's pre-norm."""
+    norms = {"input_layernorm.weight": "attention_norm/scale"}
+    if backbone.post_norms:
+        norms.update({"post_attention_layernorm.weight": "post_attention_norm/scale",
+                      "pre_feedforward_layernorm.weight": "feed_forward_norm/scale",
+                      "post_feedforward_layernorm.weight": "post_feed_forward_norm/scale"})
+    else:
+        norms["post_attention_layernorm.weight"] = "feed_forward_norm/scale"
+    if backbone.query_key_norm:
+        norms.update({"self_attn.q_norm.weight": "attention/query_norm/scale",
+                      "self_attn.k_norm.weight": "attention/key_norm/scale"})
+    return norms
+
+
+# Gemma 2/3 settings (exported by no converter yet): a backbone using any of them is refused by export.
+GEMMA2_FEATURES_OFF = {"layer_types": None, "query_pre_attn_scalar": None, "attention_logit_soft_cap": None,
+                       "final_logit_soft_cap": None, "post_norms": False, "query_key_norm": False,
+                       "local_rope_max_wavelength": None}
+
+
 class LlamaConverter(Converter):
     """Llama-style decoders from Hugging Face ``llama`` folders (and GGUF files read as one)."""
 
@@ -145,7 +168,7 @@ class LlamaConverter(Converter):
     hf_architecture = "LlamaForCausalLM"
     # What transformers' Llama cannot express; subclasses name their own family's settings.
     export_requires = {"norm_unit_offset": False, "scale_embeddings": False, "sliding_window": None,
-                       "num_experts": None}
+                       "num_experts": None, **GEMMA2_FEATURES_OFF}
 
     def backbone_from_hf(self, hf_config, **overrides):
         return LlamaBackbone(**{**decoder_config(hf_config), **overrides})
@@ -168,8 +191,8 @@ class LlamaConverter(Converter):
             if backbone.attention_bias:
                 out[ours + "attention/qkv/bias"] = np.concatenate([take(t, p + ".bias") for p in projections])
                 out[ours + "attention/output/bias"] = take(t, hf + "self_attn.o_proj.bias")
-            out[ours + "attention_norm/scale"] = take(t, hf + "input_layernorm.weight")
-            out[ours + "feed_forward_norm/scale"] = take(t, hf + "post_attention_layernorm.weight")
+            for hf_norm, our_norm in block_norms(backbone).items():
+                out[ours + our_norm] = take(t, hf + hf_norm)
             if backbone.num_experts:
                 out.update(expert_weights(t, hf + "block_sparse_moe.", ours + "feed_forward/",
                                           backbone.num_experts))
@@ -209,8 +232,8 @@ class LlamaConverter(Converter):
             out[hf + "self_attn.o_proj.weight"] = torch_linear(read, ours + "attention/output/kernel")
             if backbone.attention_bias:
                 out[hf + "self_attn.o_proj.bias"] = same(read, ours + "attention/output/bias")
-            out[hf + "input_layernorm.weight"] = same(read, ours + "attention_norm/scale")
-            out[hf + "post_attention_layernorm.weight"] = same(read, ours + "feed_forward_norm/scale")
+            for hf_norm, our_norm in block_norms(backbone).items():
+                out[hf + hf_norm] = same(read, ours + our_norm)
             if backbone.num_experts:
                 out.update(expert_tensors(read, hf + "block_sparse_moe.", ours + "feed_forward/",
                                           backbone.num_experts, inner))

@@ -6,7 +6,7 @@ import numpy as np
 from kcookbook.backbones.llama import MistralBackbone
 from kcookbook.formats.converters.common import (keras_hub_blocks, keras_hub_reader,
                                                  keras_hub_sentencepiece)
-from kcookbook.formats.converters.llama import LlamaConverter, decoder_config
+from kcookbook.formats.converters.llama import GEMMA2_FEATURES_OFF, LlamaConverter, decoder_config
 
 
 class MistralConverter(LlamaConverter):
@@ -17,7 +17,7 @@ class MistralConverter(LlamaConverter):
     keras_hub_classes = ("MistralBackbone", "MistralTokenizer")
     exports_backbones = ("MistralBackbone",)
     hf_architecture = "MistralForCausalLM"
-    export_requires = {"norm_unit_offset": False, "scale_embeddings": False, "num_experts": None}
+    export_requires = {"norm_unit_offset": False, "scale_embeddings": False, "num_experts": None, **GEMMA2_FEATURES_OFF}
 
     def hf_config_from_backbone(self, backbone):
         return {**super().hf_config_from_backbone(backbone), "sliding_window": backbone.sliding_window}

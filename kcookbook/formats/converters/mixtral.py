@@ -2,7 +2,7 @@
 (``block_sparse_moe.gate`` router, ``experts.{e}.w1/w3/w2`` = gate/up/down)."""
 
 from kcookbook.backbones.llama import MixtralBackbone
-from kcookbook.formats.converters.llama import LlamaConverter, decoder_config
+from kcookbook.formats.converters.llama import GEMMA2_FEATURES_OFF, LlamaConverter, decoder_config
 from kcookbook.presets.errors import PresetError
 
 
@@ -13,7 +13,7 @@ class MixtralConverter(LlamaConverter):
     hf_model_types = ("mixtral",)
     exports_backbones = ("MixtralBackbone",)
     hf_architecture = "MixtralForCausalLM"
-    export_requires = {"norm_unit_offset": False, "scale_embeddings": False}
+    export_requires = {"norm_unit_offset": False, "scale_embeddings": False, **GEMMA2_FEATURES_OFF}
 
     def hf_config_from_backbone(self, backbone):
         if not backbone.num_experts:
