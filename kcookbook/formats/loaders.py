@@ -27,6 +27,7 @@ FORMATS = {
     "huggingface": "kcookbook.formats.loaders:HuggingFaceLoader",
     "efficientnet_lite_state_dict": "kcookbook.formats.converters.efficientnet_lite:StateDictLoader",
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
+    "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

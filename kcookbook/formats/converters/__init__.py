@@ -20,6 +20,7 @@ CONVERTERS = {
     "efficientnet_lite": "kcookbook.formats.converters.efficientnet_lite:EfficientNetLiteConverter",
     "resnet": "kcookbook.formats.converters.resnet:ResNetConverter",
     "vit": "kcookbook.formats.converters.vit:ViTConverter",
+    "sam": "kcookbook.formats.converters.sam:SAMConverter",
 }
 
 
