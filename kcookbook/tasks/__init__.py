@@ -2,6 +2,7 @@
 
 from kcookbook.tasks.causal_lm import CausalLM, CausalLMPreprocessor
 from kcookbook.tasks.image_classifier import ImageClassifier, ImageClassifierPreprocessor
+from kcookbook.tasks.image_segmenter import ImageSegmenter, ImageSegmenterPreprocessor
 from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
@@ -14,3 +15,4 @@ __all__ = [
     "MaskedLM", "MaskedLMPreprocessor", "Preprocessor", "Task", "TextClassifier",
     "TextClassifierPreprocessor", "TextEmbedder",
 ]
+__all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]
