@@ -167,6 +167,9 @@ class WindowedAttentionBlock(keras.layers.Layer):
         x = x + h
         return x + self.mlp_out(self.mlp_in(self.norm2(x)))
 
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
+
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "intermediate_dim": self.intermediate_dim,
                 "grid_size": self.grid_size, "window_size": self.window_size, "use_rel_pos": self.use_rel_pos,
@@ -279,6 +282,9 @@ class TinyViTBlock(keras.layers.Layer):
         x = x + window_unpartition(self.attention(h), self.window_size, height, width)
         x = self.local_bn(self.local_conv(self.local_pad(x)), training=training)
         return x + self.mlp_out(self.mlp_in(self.mlp_norm(x)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape)
 
     def get_config(self):
         return {**super().get_config(), "num_heads": self.num_heads, "window_size": self.window_size,
@@ -399,6 +405,12 @@ class SAMPromptEncoder(keras.layers.Layer):
             return sparse, no_mask
         has_mask = ops.reshape(ops.cast(has_mask, sparse.dtype), (-1, 1, 1, 1))
         return sparse, has_mask * self.embed_masks(ops.cast(masks, sparse.dtype)) + (1 - has_mask) * no_mask
+
+    def compute_output_spec(self, points, labels, boxes, masks=None, has_mask=None):
+        # Keras's torch backend would otherwise trace call with real tensors of made-up sizes.
+        e, dtype = self.embedding_size, self.compute_dtype
+        return (keras.KerasTensor((points.shape[0], None, self.embedding_dim), dtype=dtype),
+                keras.KerasTensor((points.shape[0], e, e, self.embedding_dim), dtype=dtype))
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
@@ -602,6 +614,11 @@ class SAMMaskDecoder(keras.layers.Layer):
         hyper = ops.stack([mlp(mask_tokens_out[:, i]) for i, mlp in enumerate(self.hypernetworks)], axis=1)
         masks = ops.einsum("bmc,bhwc->bmhw", hyper, x)
         return masks, self.iou_head(iou_token_out)
+
+    def compute_output_spec(self, image_embeddings, image_pe, sparse, dense):
+        batch, e, dtype = sparse.shape[0], image_embeddings.shape[1], self.compute_dtype
+        return (keras.KerasTensor((batch, self.num_mask_tokens, 4 * e, 4 * e), dtype=dtype),
+                keras.KerasTensor((batch, self.num_mask_tokens), dtype=dtype))
 
     def get_config(self):
         return {**super().get_config(), "num_layers": self.num_layers, "num_heads": self.num_heads,
