@@ -172,6 +172,13 @@ def test_config_round_trip(segmenter):
     assert clone.count_params() == backbone.count_params()
 
 
+def test_save_to_preset_round_trip(segmenter, photo, tmp_path):
+    segmenter.save_to_preset(str(tmp_path / "sam"))
+    again = ImageSegmenter.from_preset(str(tmp_path / "sam"))
+    x = {"images": photo, "points": [[[30.0, 40.0]]], "labels": [[1]]}
+    np.testing.assert_allclose(again.predict(x)["low_res_masks"], segmenter.predict(x)["low_res_masks"], atol=1e-6)
+
+
 @pytest.mark.parametrize("prompt, culprit", [
     ({"points": [[1.0, 2.0, 3.0]], "labels": [[1]]}, "points"),
     ({"points": [[[1.0, 2.0], [3.0, 4.0]]], "labels": [[1]]}, "labels"),

@@ -19,7 +19,7 @@
 
 ``SAMBackbone`` is a functional model of all three; ``embed_images(images)`` runs the image encoder
 alone and ``decode(image_embeddings, points, labels, boxes)`` the prompt encoder and mask decoder
-alone, so one image embedding serves many prompts (interactive use).
+alone (each a compiled graph), so one image embedding serves many prompts (interactive use).
 
 Hugging Face ``SamModel`` folders and segment_anything-style state dicts (LiteMedSAM) convert into it
 (``kcookbook/formats/converters/sam.py``).
@@ -397,20 +397,24 @@ class SAMPromptEncoder(keras.layers.Layer):
         return self.mask_conv3(x)
 
     def call(self, points, labels, boxes, masks=None, has_mask=None):
+        """→ sparse tokens, dense map, and the image grid's positional encoding (e · e, dim)."""
         sparse = ops.concatenate([self.embed_points(points, labels), self.embed_boxes(boxes)], axis=1)
         e = self.embedding_size
         no_mask = ops.broadcast_to(ops.cast(self.no_mask_embedding, sparse.dtype),
                                    (ops.shape(sparse)[0], e, e, self.embedding_dim))
+        image_pe = self.image_positional_encoding()
         if masks is None:
-            return sparse, no_mask
+            return sparse, no_mask, image_pe
         has_mask = ops.reshape(ops.cast(has_mask, sparse.dtype), (-1, 1, 1, 1))
-        return sparse, has_mask * self.embed_masks(ops.cast(masks, sparse.dtype)) + (1 - has_mask) * no_mask
+        dense = has_mask * self.embed_masks(ops.cast(masks, sparse.dtype)) + (1 - has_mask) * no_mask
+        return sparse, dense, image_pe
 
     def compute_output_spec(self, points, labels, boxes, masks=None, has_mask=None):
         # Keras's torch backend would otherwise trace call with real tensors of made-up sizes.
         e, dtype = self.embedding_size, self.compute_dtype
         return (keras.KerasTensor((points.shape[0], None, self.embedding_dim), dtype=dtype),
-                keras.KerasTensor((points.shape[0], e, e, self.embedding_dim), dtype=dtype))
+                keras.KerasTensor((points.shape[0], e, e, self.embedding_dim), dtype=dtype),
+                keras.KerasTensor((e * e, self.embedding_dim), dtype=dtype))
 
     def get_config(self):
         return {**super().get_config(), "embedding_dim": self.embedding_dim,
@@ -708,8 +712,8 @@ class SAMBackbone(Backbone):
         prompt_encoder.build()
         mask_decoder.build((None, e, e, embedding_dim))
         image_embeddings = image_model(images)
-        sparse, dense = prompt_encoder(points, labels, boxes, masks, has_mask)
-        low_res, iou_pred = mask_decoder(image_embeddings, prompt_encoder.image_positional_encoding(), sparse, dense)
+        sparse, dense, image_pe = prompt_encoder(points, labels, boxes, masks, has_mask)
+        low_res, iou_pred = mask_decoder(image_embeddings, image_pe, sparse, dense)
         super().__init__(
             inputs={"images": images, "points": points, "labels": labels, "boxes": boxes, "masks": masks,
                     "has_mask": has_mask},
@@ -732,28 +736,47 @@ class SAMBackbone(Backbone):
         self.mask_input_channels = mask_input_channels
         self.decoder_layer_norm_epsilon = decoder_layer_norm_epsilon
 
-    def embed_images(self, images, training=False):
-        """Normalised images (batch, image_size, image_size, 3) → embeddings (batch, e, e, dim)."""
-        return self.image_encoder_model(images, training=training)
+    def embed_images(self, images):
+        """Normalised images (batch, image_size, image_size, 3) → embeddings (batch, e, e, dim), a numpy
+        array (compiled on jax and tensorflow: ``predict_on_batch`` of the image encoder)."""
+        return self.image_encoder_model.predict_on_batch(images)
 
     def decode(self, image_embeddings, points=None, labels=None, boxes=None, masks=None, has_mask=None):
-        """Prompt encoder + mask decoder on precomputed embeddings → ``{"masks", "iou_pred"}``.
+        """Prompt encoder + mask decoder on precomputed embeddings → ``{"masks", "iou_pred"}`` (numpy).
 
         ``points`` (batch, P, 2) with ``labels`` (batch, P); ``boxes`` (batch, B, 4); omitted prompts
         are empty. ``masks`` (batch, 4e, 4e, 1) low-resolution logits with ``has_mask`` (batch,).
+        One compiled graph (``prompt_decoder``) serves every call of the same shapes.
         """
-        batch = ops.shape(image_embeddings)[0]
+        batch, e4 = np.shape(image_embeddings)[0], 4 * self.embedding_size
         if points is None:
-            points, labels = ops.zeros((batch, 0, 2)), ops.zeros((batch, 0))
+            points, labels = np.zeros((batch, 0, 2)), np.zeros((batch, 0))
         if boxes is None:
-            boxes = ops.zeros((batch, 0, 4))
-        if masks is not None and has_mask is None:
-            has_mask = ops.ones((batch,))
-        sparse, dense = self.prompt_encoder(ops.convert_to_tensor(points), ops.convert_to_tensor(labels),
-                                            ops.convert_to_tensor(boxes), masks, has_mask)
-        low_res, iou_pred = self.mask_decoder(image_embeddings, self.prompt_encoder.image_positional_encoding(),
-                                              sparse, dense)
-        return {"masks": low_res, "iou_pred": iou_pred}
+            boxes = np.zeros((batch, 0, 4))
+        if masks is None:
+            masks, has_mask = np.zeros((batch, e4, e4, 1)), np.zeros((batch,))
+        elif has_mask is None:
+            has_mask = np.ones((batch,))
+        inputs = {"image_embeddings": image_embeddings, "points": points, "labels": labels, "boxes": boxes,
+                  "masks": masks, "has_mask": has_mask}
+        return self.prompt_decoder.predict_on_batch({k: np.asarray(v, "float32") for k, v in inputs.items()})
+
+    @property
+    def prompt_decoder(self):
+        """A functional model of the prompt encoder and mask decoder alone (sharing their weights):
+        ``{"image_embeddings", "points", "labels", "boxes", "masks", "has_mask"}`` → ``{"masks", "iou_pred"}``."""
+        if self.__dict__.get("_prompt_decoder") is None:
+            e, dim = self.embedding_size, self.embedding_dim
+            inputs = {"image_embeddings": keras.Input((e, e, dim), name="image_embeddings"),
+                      "points": keras.Input((None, 2), name="points"), "labels": keras.Input((None,), name="labels"),
+                      "boxes": keras.Input((None, 4), name="boxes"), "masks": keras.Input((4 * e, 4 * e, 1), name="masks"),
+                      "has_mask": keras.Input((), name="has_mask")}
+            sparse, dense, image_pe = self.prompt_encoder(inputs["points"], inputs["labels"], inputs["boxes"],
+                                                          inputs["masks"], inputs["has_mask"])
+            low_res, iou_pred = self.mask_decoder(inputs["image_embeddings"], image_pe, sparse, dense)
+            model = keras.Model(inputs, {"masks": low_res, "iou_pred": iou_pred}, name="prompt_decoder")
+            object.__setattr__(self, "_prompt_decoder", model)
+        return self.__dict__["_prompt_decoder"]
 
     def get_config(self):
         config = super().get_config()

@@ -32,8 +32,8 @@ import numpy as np
 from keras import ops
 
 from kcookbook.backbones.sam import SAMBackbone
-from kcookbook.components.image_converter import ImageConverter
 from kcookbook.components.preset_entry import load_preset
+from kcookbook.tasks.image_classifier import ImageClassifierPreprocessor
 from kcookbook.tasks.task import Task
 
 LABELS = (-10, -1, 0, 1)  # ignored, "not a point" padding, background, foreground
@@ -76,19 +76,18 @@ def _as_images(images):
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
-class ImageSegmenterPreprocessor:
-    """Raw images and prompts → SAM's model inputs (``SamProcessor``'s steps).
+class ImageSegmenterPreprocessor(ImageClassifierPreprocessor):
+    """Raw images and prompts → SAM's model inputs (``SamProcessor``'s steps); its config and
+    ``from_preset`` are the image classifier preprocessor's (one ``ImageConverter``).
 
     ``image_converter`` gives the square input size (``image_size``) and ``scale``/``offset`` (the
     rescale and mean/std normalisation); its own resizing is not used (SAM keeps the aspect ratio).
     """
 
     def __init__(self, image_converter):
-        if not isinstance(image_converter, ImageConverter):
-            raise TypeError(f"image_converter must be an ImageConverter, got {type(image_converter).__name__}.")
+        super().__init__(image_converter)
         if image_converter.image_size[0] != image_converter.image_size[1]:
             raise ValueError(f"SAM's input is square; image_converter.image_size is {image_converter.image_size}.")
-        self.image_converter = image_converter
         self.size = image_converter.image_size[0]
 
     def images(self, images):
@@ -175,15 +174,9 @@ class ImageSegmenterPreprocessor:
             out[i, :new_h, :new_w] = small > 0.5
         return out
 
-    def get_config(self):
-        return {"image_converter": keras.saving.serialize_keras_object(self.image_converter)}
-
-    @classmethod
-    def from_config(cls, config):
-        config = dict(config)
-        if isinstance(config.get("image_converter"), dict):
-            config["image_converter"] = keras.saving.deserialize_keras_object(config["image_converter"])
-        return cls(**config)
+    def __call__(self, x, y=None, sample_weight=None):
+        raise TypeError("ImageSegmenterPreprocessor works through ImageSegmenter (images(), prompts(), "
+                        "targets()); it is not called on its own.")
 
 
 def upscale_masks(low_res, padded_size, resized_size, original_size):
