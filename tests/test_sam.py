@@ -146,6 +146,7 @@ def test_images_of_different_sizes_give_masks_at_each_size(segmenter, photo):
     assert out["iou_pred"].shape == (2, 4)
 
 
+@pytest.mark.slow  # compiling the training step takes minutes on tensorflow (XLA) under CI's load
 def test_fit_trains_the_mask_decoder(tiny_sam, photo):
     """Box prompts around the dark region of a real photo: the loss falls, the image encoder stays."""
     keras.utils.set_random_seed(0)
