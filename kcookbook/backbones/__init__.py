@@ -10,6 +10,7 @@ from kcookbook.backbones.llama import GemmaBackbone, LlamaBackbone, MistralBackb
 from kcookbook.backbones.llama import Gemma2Backbone, Gemma3Backbone
 from kcookbook.backbones.vit import ViTBackbone
 from kcookbook.backbones.yolov8 import YOLOv8Backbone
+from kcookbook.backbones.sam import SAMBackbone
 
 __all__ = ["Gemma2Backbone", "Gemma3Backbone", "Backbone", "BertBackbone", "DecoderBackbone", "EfficientNetBackbone", "EfficientNetLiteBackbone", "GemmaBackbone", "GPT2Backbone", "LlamaBackbone", "MistralBackbone",
            "MixtralBackbone", "ResNetBackbone", "ViTBackbone"]
@@ -21,3 +22,4 @@ from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEn
 
 __all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]
 __all__ += ["YOLOv8Backbone"]
+__all__ += ["SAMBackbone"]

@@ -119,15 +119,16 @@ class MultiHeadAttention(keras.layers.Layer):
                 key_value = key_value + bias[q_width:]
         return (self._heads(query, self.num_heads),) + self._split_key_value(key_value)
 
-    def attend(self, query, key, value, attention_mask=None, is_causal=False):
-        """Scaled dot-product attention, then merge heads and project."""
+    def attend(self, query, key, value, attention_mask=None, is_causal=False, bias=None):
+        """Scaled dot-product attention (plus ``bias``, broadcastable to (batch, heads, query_len,
+        key_len), added to the scores), then merge heads and project."""
         if self.num_key_value_heads != self.num_heads:
             repeats = self.num_heads // self.num_key_value_heads
             key = ops.repeat(key, repeats, axis=2)
             value = ops.repeat(value, repeats, axis=2)
         if attention_mask is not None:
             attention_mask = ops.cast(attention_mask, "bool")
-        out = ops.dot_product_attention(query, key, value, mask=attention_mask, is_causal=is_causal)
+        out = ops.dot_product_attention(query, key, value, bias=bias, mask=attention_mask, is_causal=is_causal)
         out = ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,))
         return self.output_dense(out)
 

@@ -29,6 +29,7 @@ FORMATS = {
     "efficientnet_lite_state_dict": "kcookbook.formats.converters.efficientnet_lite:StateDictLoader",
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
+    "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

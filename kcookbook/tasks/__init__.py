@@ -2,6 +2,7 @@
 
 from kcookbook.tasks.causal_lm import CausalLM, CausalLMPreprocessor
 from kcookbook.tasks.image_classifier import ImageClassifier, ImageClassifierPreprocessor
+from kcookbook.tasks.image_segmenter import ImageSegmenter, ImageSegmenterPreprocessor
 from kcookbook.tasks.masked_lm import MaskedLM, MaskedLMPreprocessor
 from kcookbook.tasks.object_detector import ObjectDetector
 from kcookbook.tasks.preprocessor import Preprocessor, TextClassifierPreprocessor
@@ -21,3 +22,4 @@ from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifie
 
 __all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
 __all__ += ["ObjectDetector"]
+__all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]

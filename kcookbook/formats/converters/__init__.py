@@ -25,6 +25,7 @@ CONVERTERS = {
     "yolov8": "kcookbook.formats.converters.yolov8:YOLOv8Converter",
     "gemma2": "kcookbook.formats.converters.gemma:Gemma2Converter",
     "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",
+    "sam": "kcookbook.formats.converters.sam:SAMConverter",
 }
 
 
