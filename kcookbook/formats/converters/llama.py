@@ -153,7 +153,7 @@ def block_norms(backbone):
 
 
 # Gemma 2/3 settings (exported by no converter yet): a backbone using any of them is refused by export.
-GEMMA2_FEATURES_OFF = {"layer_types": None, "query_pre_attn_scalar": None, "attention_logit_soft_cap": None,
+GEMMA2_FEATURES_OFF = {"query_pre_attn_scalar": None, "attention_logit_soft_cap": None,
                        "final_logit_soft_cap": None, "post_norms": False, "query_key_norm": False,
                        "local_rope_max_wavelength": None}
 
@@ -209,6 +209,10 @@ class LlamaConverter(Converter):
     # ---------------------------------------------------------------- export (the inverse)
     def hf_config_from_backbone(self, backbone):
         check_exportable(backbone, self.family, **self.export_requires)
+        if len(set(backbone.layer_types or ())) > 1:
+            raise PresetError(f"Export: this {type(backbone).__name__} mixes layer kinds "
+                              f"{sorted(set(backbone.layer_types))} (Gemma 2/3 style), which transformers' "
+                              f"{self.family} models do not have.")
         return {"model_type": self.hf_model_types[0], "architectures": [self.hf_architecture],
                 **hf_decoder_config(backbone)}
 
