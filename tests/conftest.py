@@ -17,14 +17,16 @@ from helpers import BERT_SPECIAL_TOKENS, LETTERS, TINY_WORDS, load_tweets, packa
 
 # Tests marked backend_independent (preset files, tokenizers, format readers: nothing goes through a
 # backend) run in the torch run of `make test` only, so CI does not repeat them three times.
-# KCOOKBOOK_ALL_BACKENDS=1 runs them on every backend.
+# Tests marked one_backend (minutes-long checks of real weights whose per-backend numerics the tiny
+# parity tests already cover) run there too. KCOOKBOOK_ALL_BACKENDS=1 runs both kinds on every backend.
 BACKEND_INDEPENDENT_RUNS_ON = "torch"
 
 
 def pytest_collection_modifyitems(config, items):
     if os.environ.get("KCOOKBOOK_ALL_BACKENDS") == "1" or keras.backend.backend() == BACKEND_INDEPENDENT_RUNS_ON:
         return
-    kept = [item for item in items if item.get_closest_marker("backend_independent") is None]
+    kept = [item for item in items if item.get_closest_marker("backend_independent") is None
+            and item.get_closest_marker("one_backend") is None]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept

@@ -235,6 +235,7 @@ def _fake_timm(monkeypatch):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # the real LiteMedSAM weights, checked once; tiny SamModel parity covers each backend
 def test_lite_medsam_matches_its_reference(monkeypatch):
     from skimage import data
 
