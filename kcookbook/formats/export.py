@@ -142,7 +142,7 @@ def _as_dtype(array, dtype):
 
 # ----------------------------------------------------------------------------- tokenizers
 
-def tokenizer_files(tokenizer, directory, start_token_in_template=None):
+def tokenizer_files(tokenizer, directory):
     """Write ``tokenizer`` as Hugging Face tokenizer files into ``directory``.
 
     Tokenizers that run on the ``tokenizers`` library (WordPiece, byte-level BPE, a ``tokenizer.json``)
@@ -239,8 +239,7 @@ def export_to_transformers(obj, directory, dtype="float32"):
             converter = _write_model(obj.backbone, staging, dtype, extra)
             if tokenizer is not None:
                 tokenizer_files(tokenizer, staging)
-                stop = [extra["eos_token_id"]] if "eos_token_id" in extra else []
-                stop += [tokenizer.token_to_id(t) for t in getattr(tokenizer, "stop_tokens", ())]
+                stop = list(tokenizer.stop_token_ids)  # the end token, then chat models' end of turn
                 generation = {k: v for k, v in {
                     "bos_token_id": extra.get("bos_token_id"),
                     "eos_token_id": stop[0] if len(stop) == 1 else (stop or None),
