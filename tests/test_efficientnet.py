@@ -80,6 +80,7 @@ def test_keras_hub_efficientnet_preset_loads_with_the_same_outputs(tmp_path, sty
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # B0 with a 1000-class head; the backbone parity above runs on every backend
 def test_keras_hub_efficientnet_classifier_preset_keeps_its_head(tmp_path):
     """An EfficientNetImageClassifier preset (as on Kaggle: backbone + head + image converter) gives
     keras_hub's logits on raw uint8 images; 1000 classes come with the ImageNet names."""

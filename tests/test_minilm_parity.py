@@ -13,7 +13,9 @@ from helpers import TRICKY_SENTENCES, real_tweets
 
 TOLERANCE = 1e-4
 
-pytestmark = pytest.mark.slow  # the real all-MiniLM-L6-v2 weights
+# The real all-MiniLM-L6-v2 weights, checked once (in the torch run of `make test`); the tiny BERT folders of
+# test_hf_conversion.py cover each backend's numerics against transformers.
+pytestmark = [pytest.mark.slow, pytest.mark.one_backend]
 
 
 @pytest.fixture(scope="module")

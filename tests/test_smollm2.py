@@ -25,7 +25,9 @@ QUESTIONS = [
 ]
 NEW_TOKENS = 32
 
-pytestmark = pytest.mark.slow  # the real SmolLM2-135M weights (minutes of generation on CPU)
+# The real SmolLM2-135M weights: minutes of generation on CPU, so checked once (in the torch run of `make test`);
+# the tiny Llama parity tests in test_decoder_hf_parity.py cover each backend's numerics.
+pytestmark = [pytest.mark.slow, pytest.mark.one_backend]
 
 
 def _messages(question):

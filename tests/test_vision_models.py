@@ -62,6 +62,7 @@ def torch_reference_logits(lite0_checkpoint):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # real weights, checked once; test_efficientnet.py's keras_hub parity covers each backend
 def test_efficientnet_lite0_logits_match_pytorch_reference(lite0_classifier, torch_reference_logits):
     pixels, expected = torch_reference_logits
     ours = keras.ops.convert_to_numpy(lite0_classifier(pixels, training=False))
@@ -74,6 +75,7 @@ def test_efficientnet_lite0_logits_match_pytorch_reference(lite0_classifier, tor
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # real weights, checked once; test_efficientnet.py's keras_hub parity covers each backend
 def test_efficientnet_lite0_classifies_raw_photos(lite0_classifier):
     images = [photo(n) for n in PHOTOS]  # uint8, three different sizes
     top = lite0_classifier.decode_predictions(lite0_classifier.predict(images, verbose=0), top=5)
@@ -84,6 +86,7 @@ def test_efficientnet_lite0_classifies_raw_photos(lite0_classifier):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # real weights, checked once; test_efficientnet.py's keras_hub parity covers each backend
 def test_efficientnet_lite0_parameter_count_and_head(lite0_classifier):
     import torch
 
