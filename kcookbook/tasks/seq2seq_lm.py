@@ -256,6 +256,11 @@ class Seq2SeqLM(GenerationLoop, Task):
                              f"({start}); the model was trained to read it first.")
         return rows
 
+    def next_token_logits(self, logits, index):
+        """The logits ``(batch, vocab)`` of the token after position ``index``, before the sampler
+        picks: a task that rules tokens out (``SpeechToText``'s suppressed tokens) masks them here."""
+        return logits
+
     def _search(self, encoder_inputs, token_ids, padding_mask, seed, sampler, stop):
         """Encode once, compute the cross-attention keys/values once, then let the sampler search
         with one cached decoder step (``next``)."""
@@ -275,7 +280,8 @@ class Seq2SeqLM(GenerationLoop, Task):
         def step(token_ids, cache, index):
             hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls)
             hidden = hidden[:, -1]
-            return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
+            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            return self.next_token_logits(logits, index), hidden, cache
 
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
         start = ops.ones((), "int32")
