@@ -115,11 +115,11 @@ class FileChunk:
         return path
 
 
-def join_chunks(chunks, output, locate=FileChunk.location):
+def join_chunks(chunks, output):
     """Write the ``chunks`` (``FileChunk``s) one after the other to ``output``, checking each part's
     size and sha256 first: a truncated, missing or wrong part raises (``ValueError``,
-    ``FileNotFoundError``) naming that part. ``locate(chunk)`` gives a chunk's path."""
-    paths = [locate(chunk) for chunk in chunks]
+    ``FileNotFoundError``) naming that part."""
+    paths = [chunk.location() for chunk in chunks]
     for number, (chunk, path) in enumerate(zip(chunks, paths), 1):
         size = os.path.getsize(path)
         if size != chunk.size:
