@@ -67,7 +67,8 @@ def _hf_greedy(model, torch, input_features, prompt, steps, suppress=(), begin_s
     return ids.numpy()
 
 
-def test_tiny_whisper_logits_and_greedy_ids_match_transformers(tiny_whisper):
+def test_tiny_whisper_logits_and_greedy_ids_match_transformers(tiny_whisper, tmp_path):
+    from kcookbook.backbones import WhisperBackbone
     from kcookbook.tasks import SpeechToText
 
     model, folder, features, torch = tiny_whisper
@@ -86,19 +87,11 @@ def test_tiny_whisper_logits_and_greedy_ids_match_transformers(tiny_whisper):
     expected_ids = _hf_greedy(model, torch, _hf_features(torch, features), ids[:, :2], steps=8)
     np.testing.assert_array_equal(out["decoder_token_ids"], expected_ids)
 
-
-def test_tiny_whisper_save_to_preset_round_trip(tiny_whisper, tmp_path):
-    from kcookbook.backbones import WhisperBackbone
-    from kcookbook.tasks import SpeechToText
-
-    _, folder, features, _ = tiny_whisper
-    task = SpeechToText.from_preset(folder)
-    inputs = {"encoder_features": features, "decoder_token_ids": np.array([[3, 4], [3, 5]], "int32"),
-              "decoder_padding_mask": np.ones((2, 2), "int32")}
-    task.save_to_preset(tmp_path / "saved")
+    task.save_to_preset(tmp_path / "saved")  # the save_to_preset round trip
     again = SpeechToText.from_preset(str(tmp_path / "saved"))
-    np.testing.assert_allclose(keras.ops.convert_to_numpy(again(inputs)),
-                               keras.ops.convert_to_numpy(task(inputs)), atol=1e-6)
+    inputs = {"encoder_features": features, "decoder_token_ids": ids, "decoder_padding_mask": np.ones_like(ids)}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again(inputs)), keras.ops.convert_to_numpy(logits),
+                               atol=1e-6)
     config = task.backbone.get_config()
     assert WhisperBackbone.from_config(config).get_config() == config
 
@@ -235,7 +228,7 @@ def test_speech_to_text_fits_audio_text_pairs():
     assert x["decoder_token_ids"][0, :len(prompt)].tolist() == prompt
     assert labels[0, len(prompt) - 1:len(prompt) + 2].tolist() == tokenizer("hello") + [tokenizer.end_token_id]
     assert weights[0].sum() == len(tokenizer("hello")) + 1  # the transcript and its end, not the prompt
-    history = task.fit(audio, ["hello", "good morning"], epochs=3, verbose=0)
+    history = task.fit(audio, ["hello", "good morning"], epochs=2, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
 
