@@ -22,12 +22,11 @@ Each backend runs in its own subprocess; ``--torch-threads`` sets ``torch.set_nu
 """
 
 import argparse
-import json
-import os
 import statistics
-import subprocess
 import sys
 import time
+
+from kcookbook.benchmarks.timing import BackendWorkerError, emit_result, run_backend_worker
 
 TINY = dict(vocab_size=51865, num_mel_bins=80, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, d_model=64,
@@ -102,7 +101,7 @@ def worker(args):
         ours.generate({"encoder_features": features, "decoder_token_ids": prompt},
                       max_length=len(PROMPT) + args.new_tokens, stop_token_ids=None)
     first, seconds = timed(run_ours, args.repeats)
-    results = [{"library": "kcookbook", "backend": backend, "first_s": first, "rtf": seconds / audio_seconds}]
+    emit_result({"library": "kcookbook", "backend": backend, "first_s": first, "rtf": seconds / audio_seconds})
     if reference is not None:
         import torch
         import transformers
@@ -116,9 +115,8 @@ def worker(args):
                     reference, input_features=features, decoder_input_ids=torch.tensor(prompt),
                     do_sample=False, min_new_tokens=args.new_tokens, max_new_tokens=args.new_tokens)
         first, seconds = timed(run_theirs, args.repeats)
-        results.append({"library": "transformers", "backend": "torch eager", "first_s": first,
-                        "rtf": seconds / audio_seconds})
-    print("RESULTS " + json.dumps(results))
+        emit_result({"library": "transformers", "backend": "torch eager", "first_s": first,
+                     "rtf": seconds / audio_seconds})
 
 
 def main():
@@ -136,14 +134,11 @@ def main():
         return worker(args)
     rows = []
     for backend in args.backends:
-        command = [sys.executable, __file__, "--worker"] + [a for a in sys.argv[1:] if a != "--worker"]
-        done = subprocess.run(command, env={**os.environ, "KERAS_BACKEND": backend}, capture_output=True,
-                              text=True)
-        lines = [line for line in done.stdout.splitlines() if line.startswith("RESULTS ")]
-        if done.returncode or not lines:
-            print(f"{backend} worker failed:\n{done.stderr[-2000:]}")
-            continue
-        rows += json.loads(lines[-1][len("RESULTS "):])
+        arguments = [__file__, "--worker"] + [a for a in sys.argv[1:] if a != "--worker"]
+        try:
+            rows += run_backend_worker(arguments, backend)
+        except BackendWorkerError as error:  # a backend that fails is reported, the others still run
+            print(error)
     reference = next((r["rtf"] for r in rows if r["library"] == "transformers"), None)
     print(f"Whisper {args.size}: {args.clips} clips of {args.clip_seconds:g} s, {args.new_tokens} new tokens, "
           "greedy, float32, CPU")

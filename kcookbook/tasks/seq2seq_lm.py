@@ -84,9 +84,7 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                                              end_value=tokenizer.end_token_id, pad_value=pad)
 
     def __call__(self, x, y=None, sample_weight=None):
-        if y is not None and not isinstance(x, tuple) and _are_texts(y):
-            x, y = (x, y), None  # fit(inputs, targets): the targets are the second segment
-        return super().__call__(x, y, sample_weight)
+        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
 
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
@@ -130,6 +128,14 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                        "decoder_sequence_length": self.decoder_sequence_length,
                        "decoder_start_token_id": self.decoder_start_token_id})
         return config
+
+
+def targets_as_second_segment(x, y):
+    """``fit(inputs, targets)`` with target strings: ``((x, y), None)``, the targets as the second
+    segment (``fit((inputs, targets))``'s form); otherwise ``(x, y)`` unchanged."""
+    if y is not None and not isinstance(x, tuple) and _are_texts(y):
+        return (x, y), None
+    return x, y
 
 
 def _are_texts(y):

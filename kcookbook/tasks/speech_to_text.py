@@ -25,7 +25,7 @@ from kcookbook.backbones.seq2seq import Seq2SeqBackbone
 from kcookbook.components.causal_attention import MASKED
 from kcookbook.components.log_mel import LogMelSpectrogram
 from kcookbook.tasks.preprocessor import Preprocessor
-from kcookbook.tasks.seq2seq_lm import Seq2SeqLM, _are_texts
+from kcookbook.tasks.seq2seq_lm import Seq2SeqLM, targets_as_second_segment
 
 FEATURES = "encoder_features"
 
@@ -62,10 +62,8 @@ class SpeechToTextPreprocessor(Preprocessor):
             return "float32", (self.audio_converter.num_frames, self.audio_converter.num_mels)
         return ("float32" if name == "label_weights" else "int32"), self.decoder_sequence_length
 
-    def __call__(self, x, y=None, sample_weight=None):
-        if y is not None and not isinstance(x, tuple) and _are_texts(y):
-            x, y = (x, y), None  # fit(audio, texts): the texts are the second segment
-        return super().__call__(x, y, sample_weight)
+    def __call__(self, x, y=None, sample_weight=None):  # fit(audio, texts) as fit((audio, texts))
+        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
 
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
