@@ -207,7 +207,7 @@ def test_whisper_base_names_a_truncated_or_wrong_part(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ fit on (audio, text) pairs
-def test_speech_to_text_fits_audio_text_pairs():
+def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
     from kcookbook.components import LogMelSpectrogram
     from kcookbook.tasks import SpeechToText, SpeechToTextPreprocessor
@@ -231,6 +231,12 @@ def test_speech_to_text_fits_audio_text_pairs():
     history = task.fit(audio, ["hello", "good morning"], epochs=2, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+    task.save_to_preset(tmp_path / "tuned")  # tokenizer, suppressed tokens, audio settings come back
+    again = SpeechToText.from_preset(str(tmp_path / "tuned"))
+    assert again.preprocessor.tokenizer.suppress_token_ids == tokenizer.suppress_token_ids
+    assert again.preprocessor.audio_converter.num_frames == 50
+    assert again.generate(audio, max_length=8) == task.generate(audio, max_length=8)
 
 
 # ------------------------------------------------------------------ real weights
