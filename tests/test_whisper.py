@@ -207,6 +207,7 @@ def test_whisper_base_names_a_truncated_or_wrong_part(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ fit on (audio, text) pairs
+@pytest.mark.slow  # a compiled train step and generate loop: 250-280 s on jax/tensorflow at a load average of ~19
 def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
     from kcookbook.components import LogMelSpectrogram
