@@ -22,11 +22,10 @@ Each backend runs in its own subprocess; ``--torch-threads`` sets ``torch.set_nu
 """
 
 import argparse
-import statistics
 import sys
 import time
 
-from kcookbook.benchmarks.timing import BackendWorkerError, emit_result, run_backend_worker
+from kcookbook.benchmarks.timing import BackendWorkerError, emit_result, run_backend_worker, time_calls
 
 TINY = dict(vocab_size=51865, num_mel_bins=80, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
             decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, d_model=64,
@@ -35,16 +34,12 @@ PROMPT = [50258, 50259, 50359, 50363]  # <|startoftranscript|><|en|><|transcribe
 
 
 def timed(function, repeats):
-    """(first call s, median of ``repeats`` later calls s)."""
+    """(first call s, s per later call: ``time_calls``' warm-up, then ``repeats`` timed calls)."""
     start = time.perf_counter()
     function()
     first = time.perf_counter() - start
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return first, statistics.median(times)
+    ms, _ = time_calls(function, num_calls=repeats)
+    return first, ms / 1000.0
 
 
 def models(size, with_reference):
