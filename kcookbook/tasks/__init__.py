@@ -23,3 +23,6 @@ from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifie
 __all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
 __all__ += ["ObjectDetector"]
 __all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]
+from kcookbook.tasks.speech_to_text import SpeechToText, SpeechToTextPreprocessor  # noqa: E402
+
+__all__ += ["SpeechToText", "SpeechToTextPreprocessor"]

@@ -62,7 +62,7 @@ class Preprocessor:
                                     stateful=False)
         result = {}
         for name, tensor, (_, length) in zip(self.output_names, outputs, specs):
-            tensor.set_shape([None, length])
+            tensor.set_shape([None] + list(length) if isinstance(length, tuple) else [None, length])
             result[name] = tensor[0] if rank == 0 else tensor
         return result
 

@@ -84,9 +84,7 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                                              end_value=tokenizer.end_token_id, pad_value=pad)
 
     def __call__(self, x, y=None, sample_weight=None):
-        if y is not None and not isinstance(x, tuple) and _are_texts(y):
-            x, y = (x, y), None  # fit(inputs, targets): the targets are the second segment
-        return super().__call__(x, y, sample_weight)
+        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
 
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
@@ -130,6 +128,14 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                        "decoder_sequence_length": self.decoder_sequence_length,
                        "decoder_start_token_id": self.decoder_start_token_id})
         return config
+
+
+def targets_as_second_segment(x, y):
+    """``fit(inputs, targets)`` with target strings: ``((x, y), None)``, the targets as the second
+    segment (``fit((inputs, targets))``'s form); otherwise ``(x, y)`` unchanged."""
+    if y is not None and not isinstance(x, tuple) and _are_texts(y):
+        return (x, y), None
+    return x, y
 
 
 def _are_texts(y):
@@ -256,6 +262,11 @@ class Seq2SeqLM(GenerationLoop, Task):
                              f"({start}); the model was trained to read it first.")
         return rows
 
+    def next_token_logits(self, logits, index):
+        """The logits ``(batch, vocab)`` of the token after position ``index``, before the sampler
+        picks: a task that rules tokens out (``SpeechToText``'s suppressed tokens) masks them here."""
+        return logits
+
     def _search(self, encoder_inputs, token_ids, padding_mask, seed, sampler, stop):
         """Encode once, compute the cross-attention keys/values once, then let the sampler search
         with one cached decoder step (``next``)."""
@@ -275,7 +286,8 @@ class Seq2SeqLM(GenerationLoop, Task):
         def step(token_ids, cache, index):
             hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls)
             hidden = hidden[:, -1]
-            return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
+            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            return self.next_token_logits(logits, index), hidden, cache
 
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
         start = ops.ones((), "int32")

@@ -102,6 +102,12 @@ class Converter:
         popping the entries it uses from ``state`` so that what is left over can be reported."""
         raise self.not_supported("torch state dicts")
 
+    # ----- CTranslate2 ``model.bin`` files (kcookbook.formats.ctranslate2) -----
+    def hf_from_ctranslate2(self, variables, ct2_config):
+        """``(hf_config, {hf tensor name: array})`` of a CTranslate2 model's ``{name: array}``
+        variables and its ``config.json`` (a dict): the Hugging Face checkpoint it is a copy of."""
+        raise self.not_supported("CTranslate2 models")
+
     # ----- export to Hugging Face transformers (kcookbook.formats.export) -----
     def hf_config_from_backbone(self, backbone):
         """The transformers ``config.json`` (a dict, with ``model_type`` and ``architectures``) of
