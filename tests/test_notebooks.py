@@ -37,7 +37,6 @@ NOT_YET_UPDATED = {
     "cv/04_custom_vit.ipynb",
     "nlp/01_zero_config_finetuning.ipynb",
     "nlp/02_custom_components.ipynb",
-    "nlp/04_text_generation.ipynb",
     "nlp/05_lora_instruction_tuning.ipynb",
 }
 
