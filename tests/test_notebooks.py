@@ -35,7 +35,6 @@ NOT_YET_UPDATED = {
     "cv/02_transfer_learning.ipynb",
     "nlp/01_zero_config_finetuning.ipynb",
     "nlp/02_custom_components.ipynb",
-    "nlp/05_lora_instruction_tuning.ipynb",
 }
 
 
