@@ -23,3 +23,11 @@ from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEn
 __all__ += ["CLIPBackbone", "CLIPTextEncoder", "CLIPVisionEncoder"]
 __all__ += ["YOLOv8Backbone"]
 __all__ += ["SAMBackbone"]
+from kcookbook.backbones.stable_diffusion import (  # noqa: E402
+    StableDiffusionBackbone,
+    StableDiffusionUNet,
+    VAEDecoder,
+    VAEEncoder,
+)
+
+__all__ += ["StableDiffusionBackbone", "StableDiffusionUNet", "VAEDecoder", "VAEEncoder"]

@@ -76,3 +76,11 @@ from kcookbook.components.task_aligned_assigner import TaskAlignedAssigner  # no
 
 __all__ += ["TaskAlignedAssigner", "anchor_points", "boxes_to_distances", "complete_iou", "distances_to_boxes",
             "distribution_focal_loss", "expected_distance"]
+from kcookbook.components.schedulers import (  # noqa: E402
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    classifier_free_guidance,
+)
+
+__all__ += ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "classifier_free_guidance"]

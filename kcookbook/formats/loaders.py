@@ -10,6 +10,7 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
 * ``efficientnet_lite_state_dict``: a lukemelas-style ``efficientnet-lite*.pth`` torch state dict.
 * ``gguf``: a llama.cpp ``.gguf`` file, read as a Hugging Face checkpoint of its model type.
 * ``yolov8_state_dict``: an Ultralytics YOLOv8 state dict next to a ``yolov8.json`` (scale, classes).
+* ``diffusers_pipeline``: a diffusers Stable Diffusion pipeline folder (``model_index.json``, ``unet/``…).
 """
 
 import importlib
@@ -30,6 +31,7 @@ FORMATS = {
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
     "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
+    "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

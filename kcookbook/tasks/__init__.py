@@ -23,3 +23,6 @@ from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifie
 __all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
 __all__ += ["ObjectDetector"]
 __all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]
+from kcookbook.tasks.text_to_image import TextToImage  # noqa: E402
+
+__all__ += ["TextToImage"]

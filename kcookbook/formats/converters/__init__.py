@@ -26,6 +26,7 @@ CONVERTERS = {
     "gemma2": "kcookbook.formats.converters.gemma:Gemma2Converter",
     "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",
     "sam": "kcookbook.formats.converters.sam:SAMConverter",
+    "stable_diffusion": "kcookbook.formats.converters.stable_diffusion:StableDiffusionConverter",
 }
 
 
