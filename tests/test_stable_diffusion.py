@@ -150,43 +150,46 @@ def test_ddpm_add_noise_matches_diffusers():
 @pytest.mark.parametrize("scheduler,guidance_scale", [("ddim", 1.0), ("ddim", 4.0), ("euler", 1.0), ("euler", 4.0)])
 def test_pipeline_matches_diffusers(reference, model, scheduler, guidance_scale):
     pipeline, _ = reference
-    if scheduler == "euler":
-        pipeline.scheduler = diffusers.EulerDiscreteScheduler.from_config(pipeline.scheduler.config)
-    else:
-        pipeline.scheduler = diffusers.DDIMScheduler.from_config(pipeline.scheduler.config)
+    kind = diffusers.EulerDiscreteScheduler if scheduler == "euler" else diffusers.DDIMScheduler
+    pipeline.scheduler = kind.from_config(pipeline.scheduler.config)
     latents = np.random.default_rng(3).standard_normal((2, 8, 8, 4)).astype("float32")
     negative = ["blurry", "ugly"] if guidance_scale > 1 else None
     with torch.no_grad():
-        expected = pipeline(PROMPTS, height=16, width=16, num_inference_steps=3, guidance_scale=guidance_scale,
+        expected = pipeline(PROMPTS, height=16, width=16, num_inference_steps=2, guidance_scale=guidance_scale,
                             negative_prompt=negative, latents=_first(latents), output_type="np").images
-    ours = model.generate(PROMPTS, num_steps=3, guidance_scale=guidance_scale, negative_prompts=negative,
-                          latents=latents, scheduler=scheduler, output="float")
-    _close(ours, expected, PIPELINE_TOLERANCE)
-    images = model.generate(PROMPTS, num_steps=3, guidance_scale=guidance_scale, negative_prompts=negative,
-                            latents=latents, scheduler=scheduler)
-    assert images.dtype == np.uint8 and images.shape == (2, 16, 16, 3)
-    assert np.abs(images.astype(int) - np.round(expected * 255)).max() <= 1
+    output = "uint8" if (scheduler, guidance_scale) == ("ddim", 4.0) else "float"
+    ours = model.generate(PROMPTS, num_steps=2, guidance_scale=guidance_scale, negative_prompts=negative,
+                          latents=latents, scheduler=scheduler, output=output)
+    if output == "uint8":  # diffusers' own rounding of the same floats, give or take one level
+        assert ours.dtype == np.uint8 and ours.shape == (2, 16, 16, 3)
+        assert np.abs(ours.astype(int) - np.round(expected * 255)).max() <= 1
+    else:
+        _close(ours, expected, PIPELINE_TOLERANCE)
 
 
 def test_fit_trains_the_unet_only_and_preset_round_trip(model, tmp_path):
     rng = np.random.default_rng(4)
     images = rng.integers(0, 256, (4, 16, 16, 3)).astype("uint8")
-    frozen = [v.numpy().copy() if hasattr(v, "numpy") else keras.ops.convert_to_numpy(v)
-              for v in model.backbone.text_encoder.weights[:2]]
+    text_before = keras.ops.convert_to_numpy(model.backbone.text_encoder.weights[0]).copy()
+    vae_before = keras.ops.convert_to_numpy(model.backbone.vae_decoder.weights[0]).copy()
     unet_before = keras.ops.convert_to_numpy(model.backbone.unet.weights[0]).copy()
     model.compile(learning_rate=1e-3)
-    history = model.fit(images, ["a cat", "a dog", "a cat", "a dog"], batch_size=2, epochs=2, seed=0, verbose=0)
-    assert len(history.history["loss"]) == 2 and np.isfinite(history.history["loss"]).all()
+    history = model.fit(images, ["a cat", "a dog", "a cat", "a dog"], batch_size=2, epochs=1, seed=0, verbose=0)
+    assert len(history.history["loss"]) == 1 and np.isfinite(history.history["loss"]).all()
     assert not np.allclose(keras.ops.convert_to_numpy(model.backbone.unet.weights[0]), unet_before)
-    for before, variable in zip(frozen, model.backbone.text_encoder.weights[:2]):
-        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.backbone.text_encoder.weights[0]), text_before)
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(model.backbone.vae_decoder.weights[0]), vae_before)
 
     model.save_to_preset(str(tmp_path / "preset"))
     again = TextToImage.from_preset(str(tmp_path / "preset"))
+    assert again.scheduler_config == model.scheduler_config and again.image_size == model.image_size
+    inputs = {"latents": rng.standard_normal((1, 8, 8, 4)).astype("float32"), "timesteps": np.array([500.0]),
+              "token_ids": model.preprocessor(["a cat"])["token_ids"]}
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again.backbone(inputs)["noise_prediction"]),
+                               keras.ops.convert_to_numpy(model.backbone(inputs)["noise_prediction"]), atol=1e-6)
     latents = rng.standard_normal((1, 8, 8, 4)).astype("float32")
-    kwargs = {"num_steps": 2, "guidance_scale": 3.0, "latents": latents, "output": "float"}
-    np.testing.assert_allclose(again.generate("a cat", **kwargs), model.generate("a cat", **kwargs), atol=1e-6)
-    assert again.scheduler_config == model.scheduler_config
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again.backbone.decode_latents(latents)),
+                               keras.ops.convert_to_numpy(model.backbone.decode_latents(latents)), atol=1e-6)
 
 
 # ----------------------------------------------------------------- bad input
