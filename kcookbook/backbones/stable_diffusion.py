@@ -40,7 +40,7 @@ import keras
 from keras import ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config
-from kcookbook.backbones.clip import CLIPTextEncoder
+from kcookbook.backbones.clip import CLIPTextEncoder, TextEncoderFields, backbone_part
 from kcookbook.components.diffusion_blocks import (
     Downsample,
     ResidualConvBlock,
@@ -252,17 +252,8 @@ class AutoencoderKL:
         self.scaling_factor = scaling_factor
 
 
-def _part(part, cls, argument):
-    if isinstance(part, dict):
-        part = keras.saving.deserialize_keras_object(part) if "class_name" in part else cls(**part)
-    if not isinstance(part, cls):
-        raise ValueError(f"StableDiffusionBackbone: {argument} must be a {cls.__name__} (or its config), got "
-                         f"{type(part).__name__}.")
-    return part
-
-
 @keras.saving.register_keras_serializable(package="kcookbook")
-class StableDiffusionBackbone(Backbone):
+class StableDiffusionBackbone(TextEncoderFields, Backbone):
     """Text encoder, UNet and autoencoder of a latent-diffusion text-to-image model.
 
     Inputs ``{"latents": (batch, h, w, c), "timesteps": (batch,), "token_ids": (batch, length)}``;
@@ -277,12 +268,13 @@ class StableDiffusionBackbone(Backbone):
 
     def __init__(self, text_encoder, unet, vae=None, vae_encoder=None, vae_decoder=None, scaling_factor=0.18215,
                  dtype=None, name="stable_diffusion_backbone", **kwargs):
+        owner = type(self).__name__
         if vae is not None:
             vae_encoder, vae_decoder, scaling_factor = vae.encoder, vae.decoder, vae.scaling_factor
-        text_encoder = _part(text_encoder, CLIPTextEncoder, "text_encoder")
-        unet = _part(unet, StableDiffusionUNet, "unet")
-        vae_encoder = _part(vae_encoder, VAEEncoder, "vae_encoder")
-        vae_decoder = _part(vae_decoder, VAEDecoder, "vae_decoder")
+        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, owner, "text_encoder")
+        unet = backbone_part(unet, StableDiffusionUNet, owner, "unet")
+        vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder")
+        vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder")
         if text_encoder.hidden_dim != unet.get_config()["context_dim"]:
             raise ValueError(f"StableDiffusionBackbone: the text encoder's hidden_dim={text_encoder.hidden_dim} "
                              f"must equal the UNet's context_dim={unet.get_config()['context_dim']}.")
@@ -296,18 +288,6 @@ class StableDiffusionBackbone(Backbone):
         self.text_encoder, self.unet = text_encoder, unet
         self.vae_encoder, self.vae_decoder = vae_encoder, vae_decoder
         self.scaling_factor = float(scaling_factor)
-
-    @property
-    def vocabulary_size(self):
-        return self.text_encoder.vocabulary_size
-
-    @property
-    def max_sequence_length(self):
-        return self.text_encoder.max_sequence_length
-
-    @property
-    def position_table_length(self):
-        return self.text_encoder.position_table_length
 
     @property
     def downsampling_factor(self):
