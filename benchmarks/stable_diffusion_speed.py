@@ -73,7 +73,8 @@ def save_pipeline(folder, tiny):
     s = sizes(tiny)
     torch.manual_seed(0)
     vocabulary_size = write_tokenizer(folder)
-    tokenizer = transformers.CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"))
+    tokenizer = transformers.CLIPTokenizer(os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt"),
+                                           model_max_length=77)
     text_encoder = transformers.CLIPTextModel(transformers.CLIPTextConfig(
         vocab_size=vocabulary_size, hidden_size=s["text"], intermediate_size=4 * s["text"],
         num_hidden_layers=s["text_layers"], num_attention_heads=4, max_position_embeddings=77,
