@@ -26,3 +26,11 @@ __all__ += ["SAMBackbone"]
 from kcookbook.backbones.whisper import WhisperBackbone, WhisperTokenizer  # noqa: E402
 
 __all__ += ["WhisperBackbone", "WhisperTokenizer"]
+from kcookbook.backbones.stable_diffusion import (  # noqa: E402
+    StableDiffusionBackbone,
+    StableDiffusionUNet,
+    VAEDecoder,
+    VAEEncoder,
+)
+
+__all__ += ["StableDiffusionBackbone", "StableDiffusionUNet", "VAEDecoder", "VAEEncoder"]

@@ -53,6 +53,7 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "projection_dim": (1, MAX_WIDTH, False),
     "end_token_id": (0, 2**20, True),
     "max_channels": (8, MAX_WIDTH, False),
+    "layers_per_block": (1, 64, False),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),

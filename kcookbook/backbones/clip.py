@@ -212,8 +212,24 @@ class CLIPLogits(keras.layers.Layer):
         return {**super().get_config(), "logit_scale_init": self.logit_scale_init}
 
 
+class TextEncoderFields:
+    """For a backbone holding a ``text_encoder``: its vocabulary and sequence limits are the model's."""
+
+    @property
+    def vocabulary_size(self):
+        return self.text_encoder.vocabulary_size
+
+    @property
+    def max_sequence_length(self):
+        return self.text_encoder.max_sequence_length
+
+    @property
+    def position_table_length(self):
+        return self.text_encoder.position_table_length
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
-class CLIPBackbone(Backbone):
+class CLIPBackbone(TextEncoderFields, Backbone):
     """Both CLIP towers, their projections into one space and the logit scale.
 
     Inputs ``{"images": (batch, height, width, 3), "token_ids": (batch, length)}``; outputs
@@ -232,8 +248,8 @@ class CLIPBackbone(Backbone):
     def __init__(self, vision_encoder, text_encoder, projection_dim, logit_scale_init=math.log(1 / 0.07),
                  dtype=None, name="clip_backbone", **kwargs):
         check_backbone_config(self, {"projection_dim": projection_dim})
-        vision_encoder = _tower(vision_encoder, CLIPVisionEncoder, "vision_encoder")
-        text_encoder = _tower(text_encoder, CLIPTextEncoder, "text_encoder")
+        vision_encoder = backbone_part(vision_encoder, CLIPVisionEncoder, "CLIPBackbone", "vision_encoder")
+        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, "CLIPBackbone", "text_encoder")
         vision_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype,
                                                name="vision_projection")
         text_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype, name="text_projection")
@@ -254,18 +270,6 @@ class CLIPBackbone(Backbone):
         self.logits = logits
         self.projection_dim = projection_dim
         self.logit_scale_init = logit_scale_init
-
-    @property
-    def vocabulary_size(self):
-        return self.text_encoder.vocabulary_size
-
-    @property
-    def max_sequence_length(self):
-        return self.text_encoder.max_sequence_length
-
-    @property
-    def position_table_length(self):
-        return self.text_encoder.position_table_length
 
     @property
     def image_shape(self):
@@ -291,10 +295,12 @@ class CLIPBackbone(Backbone):
         return config
 
 
-def _tower(tower, cls, argument):
-    if isinstance(tower, dict):
-        tower = keras.saving.deserialize_keras_object(tower) if "class_name" in tower else cls(**tower)
-    if not isinstance(tower, cls):
-        raise ValueError(f"CLIPBackbone: {argument} must be a {cls.__name__} (or its config), got "
-                         f"{type(tower).__name__}.")
-    return tower
+def backbone_part(part, cls, owner, argument):
+    """``part`` (a backbone, its serialized form or its constructor arguments) as a ``cls`` instance;
+    a ``ValueError`` naming ``owner`` and ``argument`` otherwise."""
+    if isinstance(part, dict):
+        part = keras.saving.deserialize_keras_object(part) if "class_name" in part else cls(**part)
+    if not isinstance(part, cls):
+        raise ValueError(f"{owner}: {argument} must be a {cls.__name__} (or its config), got "
+                         f"{type(part).__name__}.")
+    return part

@@ -79,3 +79,11 @@ __all__ += ["TaskAlignedAssigner", "anchor_points", "boxes_to_distances", "compl
 from kcookbook.components.log_mel import LogMelSpectrogram  # noqa: E402
 
 __all__ += ["LogMelSpectrogram"]
+from kcookbook.components.schedulers import (  # noqa: E402
+    DDIMScheduler,
+    DDPMScheduler,
+    EulerDiscreteScheduler,
+    classifier_free_guidance,
+)
+
+__all__ += ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "classifier_free_guidance"]

@@ -12,6 +12,7 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
 * ``yolov8_state_dict``: an Ultralytics YOLOv8 state dict next to a ``yolov8.json`` (scale, classes).
 * ``ctranslate2``: a CTranslate2 ``model.bin`` (faster-whisper), read as the Hugging Face checkpoint
   its converter makes of it.
+* ``diffusers_pipeline``: a diffusers Stable Diffusion pipeline folder (``model_index.json``, ``unet/``…).
 """
 
 import importlib
@@ -33,6 +34,7 @@ FORMATS = {
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
     "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
     "ctranslate2": "kcookbook.formats.ctranslate2:CTranslate2Loader",
+    "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

@@ -26,3 +26,6 @@ __all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]
 from kcookbook.tasks.speech_to_text import SpeechToText, SpeechToTextPreprocessor  # noqa: E402
 
 __all__ += ["SpeechToText", "SpeechToTextPreprocessor"]
+from kcookbook.tasks.text_to_image import TextToImage  # noqa: E402
+
+__all__ += ["TextToImage"]

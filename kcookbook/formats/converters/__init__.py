@@ -27,6 +27,7 @@ CONVERTERS = {
     "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",
     "sam": "kcookbook.formats.converters.sam:SAMConverter",
     "whisper": "kcookbook.formats.converters.whisper:WhisperConverter",
+    "stable_diffusion": "kcookbook.formats.converters.stable_diffusion:StableDiffusionConverter",
 }
 
 

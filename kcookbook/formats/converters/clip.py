@@ -99,6 +99,42 @@ def _norm(t, hf_name, our_name):
     return {our_name + "/gamma": take(t, hf_name + ".weight"), our_name + "/beta": take(t, hf_name + ".bias")}
 
 
+def text_encoder_from_hf(text_config, dtype=None):
+    """A :class:`CLIPTextEncoder` from a ``CLIPTextConfig`` dict (a ``CLIPModel``'s ``text_config``,
+    or a ``CLIPTextModel``'s own ``config.json``: Stable Diffusion's text encoder)."""
+    text = {**TEXT_DEFAULTS, **text_config}
+    eos = text.get("eos_token_id")
+    return CLIPTextEncoder(
+        vocabulary_size=text["vocab_size"], max_sequence_length=text["max_position_embeddings"],
+        num_layers=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
+        hidden_dim=text["hidden_size"], intermediate_dim=text["intermediate_size"],
+        activation=_activation(text, "text tower"), layer_norm_epsilon=text["layer_norm_eps"],
+        end_token_id=None if eos == 2 else eos, dtype=dtype)
+
+
+def text_encoder_weights(t, text_encoder):
+    """``{variable.path: array}`` of ``text_encoder`` from Hugging Face's ``text_model.*`` tensors,
+    popped from ``t``."""
+    tp = f"{text_encoder.name}/"
+    out = {
+        tp + "embeddings/token_embedding/embeddings": take(t, "text_model.embeddings.token_embedding.weight"),
+        tp + "embeddings/position_embedding/embeddings": take(t, "text_model.embeddings.position_embedding.weight"),
+    }
+    out.update(_norm(t, "text_model.final_layer_norm", tp + "final_layer_norm"))
+    for i in range(text_encoder.num_layers):
+        out.update(_attention_layer(t, f"text_model.encoder.layers.{i}.", f"{tp}transformer_layer_{i}/"))
+    return out
+
+
+def _bpe_from_tokenizer_json(folder):
+    """``(vocabulary, merges)`` of the BPE model in ``tokenizer.json``, or ``(None, None)``."""
+    path = os.path.join(folder, "tokenizer.json")
+    model = files.read_json(path, "tokenizer").get("model", {}) if os.path.exists(path) else {}
+    if model.get("type") != "BPE":
+        return None, None
+    return model["vocab"], [m if isinstance(m, str) else " ".join(m) for m in model["merges"]]
+
+
 class CLIPConverter(Converter):
     """CLIP: Hugging Face ``clip`` folders (both towers, projections, tokenizer, image processor)."""
 
@@ -106,17 +142,10 @@ class CLIPConverter(Converter):
     hf_model_types = ("clip",)
 
     def backbone_from_hf(self, hf_config, **overrides):
-        text = {**TEXT_DEFAULTS, **(hf_config.get("text_config") or {})}
         vision = {**VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
         size = vision["image_size"]
         height, width = (size, size) if isinstance(size, int) else size
-        eos = text.get("eos_token_id")
-        text_encoder = CLIPTextEncoder(
-            vocabulary_size=text["vocab_size"], max_sequence_length=text["max_position_embeddings"],
-            num_layers=text["num_hidden_layers"], num_heads=text["num_attention_heads"],
-            hidden_dim=text["hidden_size"], intermediate_dim=text["intermediate_size"],
-            activation=_activation(text, "text tower"), layer_norm_epsilon=text["layer_norm_eps"],
-            end_token_id=None if eos == 2 else eos, dtype=overrides.get("dtype"))
+        text_encoder = text_encoder_from_hf(hf_config.get("text_config") or {}, dtype=overrides.get("dtype"))
         vision_encoder = CLIPVisionEncoder(
             image_shape=(height, width, vision["num_channels"]), patch_size=vision["patch_size"],
             num_layers=vision["num_hidden_layers"], num_heads=vision["num_attention_heads"],
@@ -131,12 +160,10 @@ class CLIPConverter(Converter):
     def weights_from_hf(self, tensors, backbone):
         t = {k: v for k, v in tensors.items() if not k.endswith("position_ids")}
         text, vision = backbone.text_encoder, backbone.vision_encoder
-        tp, vp = f"{text.name}/", f"{vision.name}/"
+        vp = f"{vision.name}/"
         hidden = vision.hidden_dim
-        out = {
-            tp + "embeddings/token_embedding/embeddings": take(t, "text_model.embeddings.token_embedding.weight"),
-            tp + "embeddings/position_embedding/embeddings":
-                take(t, "text_model.embeddings.position_embedding.weight"),
+        out = text_encoder_weights(t, text)
+        out.update({
             vp + "patch_embedding/class_token":
                 take(t, "vision_model.embeddings.class_embedding").reshape(1, 1, hidden),
             vp + "patch_embedding/projection/kernel":
@@ -146,14 +173,11 @@ class CLIPConverter(Converter):
             "vision_projection/kernel": linear_kernel(take(t, "visual_projection.weight")),
             "text_projection/kernel": linear_kernel(take(t, "text_projection.weight")),
             "logits/logit_scale": np.asarray(take(t, "logit_scale")).reshape(()),
-        }
-        out.update(_norm(t, "text_model.final_layer_norm", tp + "final_layer_norm"))
+        })
         out.update(_norm(t, "vision_model.pre_layrnorm", vp + "pre_layer_norm"))
         out.update(_norm(t, "vision_model.post_layernorm", vp + "post_layer_norm"))
-        for tower, hf_tower, prefix in ((text, "text_model", tp), (vision, "vision_model", vp)):
-            for i in range(tower.num_layers):
-                out.update(_attention_layer(t, f"{hf_tower}.encoder.layers.{i}.",
-                                            f"{prefix}transformer_layer_{i}/"))
+        for i in range(vision.num_layers):
+            out.update(_attention_layer(t, f"vision_model.encoder.layers.{i}.", f"{vp}transformer_layer_{i}/"))
         if t:
             raise PresetError(f"The CLIP checkpoint has tensors kcookbook's CLIP does not use: {sorted(t)[:5]}. "
                               "It may be a CLIP variant with extra parts; it is not converted.")
@@ -162,7 +186,9 @@ class CLIPConverter(Converter):
     def tokenizer_from_hf(self, folder, **kwargs):
         vocab, merges = os.path.join(folder, "vocab.json"), os.path.join(folder, "merges.txt")
         if not (os.path.exists(vocab) and os.path.exists(merges)):
-            return None
+            vocab, merges = _bpe_from_tokenizer_json(folder)  # transformers 5 writes tokenizer.json only
+            if vocab is None:
+                return None
         pad = END_TOKEN
         config_path = os.path.join(folder, "tokenizer_config.json")
         if os.path.exists(config_path):

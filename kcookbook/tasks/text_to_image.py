@@ -1,0 +1,201 @@
+"""Text-to-image with latent diffusion (Stable Diffusion): sample with DDIM or Euler, train the UNet.
+
+``generate(prompts)`` encodes the prompts (and the negative prompts, for classifier-free guidance),
+starts from Gaussian latents (or the ``latents`` given, channels last), walks ``num_steps`` of the
+noise schedule down with the UNet's noise prediction and decodes the result with the autoencoder:
+
+    for each step:  prediction = UNet(scale(latents), t, [negative; prompt] states)
+                    prediction = negative + guidance_scale · (prompt - negative)
+                    latents = scheduler.step(prediction, latents)
+    image = (VAE decoder(latents / scaling_factor) + 1) / 2
+
+The loop and the decoder are compiled once per (scheduler, steps, guidance on/off, shapes): a jitted
+``ops.fori_loop`` on jax, XLA on TensorFlow, eager under ``no_grad`` on torch.
+
+``fit(images, captions)`` trains the UNet with DDPM's objective: each epoch draws a timestep and
+noise per image, noises the (frozen) autoencoder's latents with :class:`DDPMScheduler` and regresses
+the UNet's output on the noise (mean squared error). The text encoder and the autoencoder stay
+frozen; ``caption_dropout`` replaces that fraction of captions with the empty prompt so the model
+also learns the unconditional prediction guidance needs.
+"""
+
+import keras
+import numpy as np
+from keras import ops
+
+from kcookbook.backbones.stable_diffusion import StableDiffusionBackbone
+from kcookbook.components.schedulers import DDPMScheduler, classifier_free_guidance, get_scheduler
+from kcookbook.components.validation import check_finite
+from kcookbook.tasks.generation import GenerationLoop
+from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
+from kcookbook.tasks.task import Task
+
+
+def _texts(texts, name):
+    texts = [texts] if isinstance(texts, str) else list(texts)
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise ValueError(f"{name} must be a string or a non-empty list of strings, got {texts!r:.80}.")
+    return texts
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class TextToImage(GenerationLoop, Task):
+    """A latent-diffusion text-to-image model (Stable Diffusion 1.x/2.x).
+
+    Args:
+        backbone: a :class:`~kcookbook.backbones.StableDiffusionBackbone`.
+        preprocessor: a ``TextClassifierPreprocessor`` with CLIP's tokenizer (77 tokens in SD).
+        scheduler_config: the noise schedule (``DDPMScheduler``'s fields and the samplers' own:
+            ``clip_sample``, ``set_alpha_to_one``…), from the pipeline's ``scheduler_config.json``.
+        image_size: ``(height, width)`` generated when neither ``latents`` nor a size is given.
+    """
+
+    preprocessor_cls = TextClassifierPreprocessor
+
+    def __init__(self, backbone, preprocessor=None, scheduler_config=None, image_size=(512, 512),
+                 name="text_to_image", **kwargs):
+        if not isinstance(backbone, StableDiffusionBackbone):
+            raise ValueError(f"TextToImage needs a StableDiffusionBackbone, got {type(backbone).__name__}.")
+        inputs = dict(backbone.input)
+        super().__init__(inputs=inputs, outputs=backbone(inputs)["noise_prediction"], name=name, **kwargs)
+        self._init_task(backbone, preprocessor)
+        self.scheduler_config = dict(scheduler_config or {})
+        get_scheduler("ddim", self.scheduler_config)  # refuses a schedule it cannot run, now
+        self.image_size = tuple(image_size)
+        for frozen in (backbone.text_encoder, backbone.vae_encoder, backbone.vae_decoder):
+            frozen.trainable = False
+        self.generate_trace_count = 0
+
+    # ----- sampling -----
+    def _token_ids(self, texts):
+        if self.preprocessor is None:
+            raise ValueError("TextToImage has no preprocessor, so it cannot read prompts. Build it with "
+                             "preprocessor=TextClassifierPreprocessor(clip tokenizer) (from_preset does).")
+        return np.asarray(self.preprocessor(texts)["token_ids"], "int32")
+
+    def _initial_latents(self, batch, latents, seed, height, width):
+        channels = self.backbone.unet.get_config()["in_channels"]
+        factor = self.backbone.downsampling_factor
+        if latents is not None:
+            latents = np.asarray(ops.convert_to_numpy(latents), "float32")
+            if latents.ndim != 4 or latents.shape[0] != batch or latents.shape[-1] != channels:
+                raise ValueError(f"latents must be (batch={batch}, height/{factor}, width/{factor}, "
+                                 f"channels={channels}) (channels last), got {latents.shape}.")
+            check_finite("latents", latents)
+            return latents
+        height, width = (height or self.image_size[0]), (width or self.image_size[1])
+        if height % (8 * factor) or width % (8 * factor) or height < 1 or width < 1:
+            raise ValueError(f"height and width must be positive multiples of {8 * factor}, got {height}×{width}.")
+        generator = np.random.default_rng(seed)
+        return generator.standard_normal((batch, height // factor, width // factor, channels)).astype("float32")
+
+    def _sampling_loop(self, scheduler, num_steps, guided):
+        timesteps = scheduler.timesteps(num_steps).astype("float32")
+        unet, backbone = self.backbone.unet, self.backbone
+
+        def loop(latents, context, guidance_scale):
+            table = ops.convert_to_tensor(timesteps)
+
+            def body(index, latents):
+                model_input = ops.concatenate([latents, latents], axis=0) if guided else latents
+                model_input = scheduler.scale_model_input(model_input, index, num_steps)
+                t = ops.broadcast_to(ops.take(table, index), (ops.shape(model_input)[0],))
+                prediction = unet({"latents": model_input, "timesteps": t, "context": context})
+                if guided:
+                    unconditional, conditional = ops.split(prediction, 2, axis=0)
+                    prediction = classifier_free_guidance(unconditional, conditional, guidance_scale)
+                return scheduler.step(prediction, index, latents, num_steps)
+
+            latents = ops.fori_loop(0, num_steps, body, latents)
+            return ops.clip((backbone.decode_latents(latents) + 1.0) / 2.0, 0.0, 1.0)
+
+        return loop
+
+    def generate(self, prompts, num_steps=25, guidance_scale=7.5, seed=None, negative_prompts=None,
+                 latents=None, scheduler="ddim", height=None, width=None, output="uint8"):
+        """Images for ``prompts``: uint8 (batch, height, width, 3) (``output="float"``: floats in [0, 1]).
+
+        Args:
+            prompts: a string or a list of strings.
+            num_steps: denoising steps.
+            guidance_scale: classifier-free guidance weight; at most 1 runs the prompt alone.
+            seed: seed of the initial noise (numpy's generator) when ``latents`` is None.
+            negative_prompts: what guidance steers away from (default: the empty prompt), one per prompt.
+            latents: the initial noise, (batch, height/f, width/f, channels), channels last.
+            scheduler: ``"ddim"`` or ``"euler"``.
+            height, width: image size when ``latents`` is None (default ``image_size``).
+        """
+        prompts = _texts(prompts, "prompts")
+        if output not in ("uint8", "float"):
+            raise ValueError(f"output must be 'uint8' or 'float', got {output!r}.")
+        sampler = get_scheduler(scheduler, self.scheduler_config)
+        sampler.check_steps(num_steps)
+        guided = float(guidance_scale) > 1.0
+        token_ids = self._token_ids(prompts)
+        if guided:
+            negative = _texts(negative_prompts if negative_prompts is not None else [""] * len(prompts),
+                              "negative_prompts")
+            if len(negative) != len(prompts):
+                raise ValueError(f"negative_prompts has {len(negative)} entries for {len(prompts)} prompts; "
+                                 "give one per prompt.")
+            token_ids = np.concatenate([self._token_ids(negative), token_ids])
+        context = self.backbone.encode_text(token_ids)
+        start = self._initial_latents(len(prompts), latents, seed, height, width)
+        start = start * sampler.initial_noise_scale(num_steps)
+        key = ("sample", scheduler, num_steps, guided, start.shape, tuple(token_ids.shape))
+        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided))
+        images = ops.convert_to_numpy(run(start, context, np.float32(guidance_scale)))
+        return images if output == "float" else np.round(images * 255).astype("uint8")
+
+    # ----- training -----
+    def compile(self, optimizer="auto", loss="auto", learning_rate=1e-4, **kwargs):
+        """Adam(learning_rate) and mean squared error on the noise prediction by default."""
+        optimizer = keras.optimizers.Adam(learning_rate) if optimizer == "auto" else optimizer
+        super().compile(optimizer=optimizer, loss="mean_squared_error" if loss == "auto" else loss, **kwargs)
+
+    def image_latents(self, images, batch_size=16):
+        """uint8 (or 0-255 float) images (batch, H, W, 3) → scaled latents (the autoencoder's mean)."""
+        images = np.asarray(images)
+        if images.ndim != 4 or images.shape[-1] != 3:
+            raise ValueError(f"images must be (batch, height, width, 3), got shape {images.shape}.")
+        check_finite("images", images)
+        images = images.astype("float32") / 127.5 - 1.0
+        return np.concatenate([ops.convert_to_numpy(self.backbone.encode_images(images[i:i + batch_size]))
+                               for i in range(0, len(images), batch_size)])
+
+    def fit(self, x=None, y=None, batch_size=8, epochs=1, caption_dropout=0.1, seed=None, **kwargs):
+        """Train the UNet on ``x`` images (batch, H, W, 3) in 0-255 and ``y`` their captions (strings).
+
+        Each epoch draws fresh timesteps and noise; ``caption_dropout`` of the captions become "".
+        Returns a History whose ``history["loss"]`` has one value per epoch.
+        """
+        if y is None:
+            raise ValueError("TextToImage.fit needs images as x and their captions as y.")
+        captions = _texts(y, "y (the captions)")
+        if not 0.0 <= caption_dropout < 1.0:
+            raise ValueError(f"caption_dropout must be in [0, 1), got {caption_dropout!r}.")
+        latents = self.image_latents(x)
+        if len(latents) != len(captions):
+            raise ValueError(f"{len(latents)} images but {len(captions)} captions; give one caption per image.")
+        token_ids = self._token_ids(captions)
+        empty = self._token_ids([""])[0]
+        schedule = DDPMScheduler(**{k: v for k, v in self.scheduler_config.items()
+                                    if k in DDPMScheduler().get_config()})
+        rng = np.random.default_rng(seed)
+        losses, history = [], None
+        for _ in range(epochs):
+            timesteps = rng.integers(0, schedule.num_train_timesteps, len(latents))
+            noise = rng.standard_normal(latents.shape).astype("float32")
+            noisy = ops.convert_to_numpy(schedule.add_noise(latents, noise, timesteps))
+            target = ops.convert_to_numpy(schedule.training_target(latents, noise, timesteps))
+            dropped = rng.random(len(latents)) < caption_dropout
+            ids = np.where(dropped[:, None], empty[None, :], token_ids)
+            inputs = {"latents": noisy, "timesteps": timesteps.astype("float32"), "token_ids": ids}
+            history = super().fit(inputs, target, batch_size=batch_size, epochs=1, **kwargs)
+            losses += history.history["loss"]
+        history.history["loss"] = losses
+        return history
+
+    def get_config(self):
+        return {**super().get_config(), "scheduler_config": dict(self.scheduler_config),
+                "image_size": list(self.image_size)}
