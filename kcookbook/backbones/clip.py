@@ -232,8 +232,8 @@ class CLIPBackbone(Backbone):
     def __init__(self, vision_encoder, text_encoder, projection_dim, logit_scale_init=math.log(1 / 0.07),
                  dtype=None, name="clip_backbone", **kwargs):
         check_backbone_config(self, {"projection_dim": projection_dim})
-        vision_encoder = _tower(vision_encoder, CLIPVisionEncoder, "vision_encoder")
-        text_encoder = _tower(text_encoder, CLIPTextEncoder, "text_encoder")
+        vision_encoder = _tower(vision_encoder, CLIPVisionEncoder, "vision_encoder", dtype)
+        text_encoder = _tower(text_encoder, CLIPTextEncoder, "text_encoder", dtype)
         vision_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype,
                                                name="vision_projection")
         text_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype, name="text_projection")
@@ -291,9 +291,13 @@ class CLIPBackbone(Backbone):
         return config
 
 
-def _tower(tower, cls, argument):
+def _tower(tower, cls, argument, dtype):
+    """A tower, built from its config (serialized or constructor arguments) in the backbone's
+    ``dtype`` when one is given (``from_preset(..., dtype="bfloat16")`` reaches both towers)."""
     if isinstance(tower, dict):
-        tower = keras.saving.deserialize_keras_object(tower) if "class_name" in tower else cls(**tower)
+        in_dtype = {} if dtype is None else {"dtype": dtype}
+        tower = (keras.saving.deserialize_keras_object({**tower, "config": {**tower["config"], **in_dtype}})
+                 if "class_name" in tower else cls(**tower, **in_dtype))
     if not isinstance(tower, cls):
         raise ValueError(f"CLIPBackbone: {argument} must be a {cls.__name__} (or its config), got "
                          f"{type(tower).__name__}.")
