@@ -246,16 +246,23 @@ class Backbone(keras.Model):
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Keras's ``Model.quantize`` (``"int8"``: projections, and token embeddings with their tied or
-        untied output table), saying what stays in float: Keras warns for each layer type without a
-        quantised form, and mixture-of-experts routers stay float on purpose (see
-        ``components.mixture_of_experts.Router``) while their expert weights are not quantised yet."""
+        untied output table) plus the expert weights of mixture-of-experts layers (per expert and
+        output channel), which Keras skips because they hold a sublayer, the router. Routers stay
+        float on purpose (see ``components.mixture_of_experts.Router``); Keras warns for each layer
+        type without a quantised form in ``mode``."""
         super().quantize(mode, config=config, filters=filters, **kwargs)
-        experts = [layer.path for layer in self._flatten_layers(include_self=False)
-                   if isinstance(layer, MixtureOfExperts)]
-        if experts:
-            warnings.warn(f"{self.name}: the expert weights of {len(experts)} mixture-of-experts layers "
-                          f"({experts[0]}, …) stay {self.dtype_policy.variable_dtype}: kcookbook does not "
-                          "quantise them yet. Attention, embeddings and routers' inputs are int8.")
+        from keras.src.quantizers.utils import should_quantize_layer  # the rule Model.quantize applies
+
+        experts = [layer for layer in self._flatten_layers(include_self=False)
+                   if isinstance(layer, MixtureOfExperts) and should_quantize_layer(layer, filters)]
+        for layer in experts:
+            try:
+                layer.quantize(mode, config=config)
+            except NotImplementedError as error:
+                warnings.warn(str(error))
+        if experts:  # what Model.quantize does after changing variables (torch re-tracks them)
+            self.train_function = self.test_function = self.predict_function = None
+            self._post_quantize(mode)
 
     def _dtype_policy_with_quantized_layers(self):
         """The backbone's dtype policy, or after ``quantize`` a ``DTypePolicyMap`` naming each
