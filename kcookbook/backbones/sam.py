@@ -391,7 +391,8 @@ class SAMPromptEncoder(keras.layers.Layer):
     def embed_boxes(self, boxes):
         boxes = ops.cast(boxes, "float32")
         corners = ops.reshape(boxes + 0.5, (ops.shape(boxes)[0], -1, 2, 2)) / self.input_image_size
-        embedding = self.encode(corners) + ops.cast(self.point_embeddings[2:], corners.dtype)
+        embedding = self.encode(corners)  # in the compute dtype; corners stay float32
+        embedding = embedding + ops.cast(self.point_embeddings[2:], embedding.dtype)
         return ops.reshape(embedding, (ops.shape(boxes)[0], -1, self.embedding_dim))
 
     def embed_masks(self, masks):
