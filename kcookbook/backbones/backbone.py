@@ -4,6 +4,9 @@ A backbone is built from its config alone (``get_config``/``from_config`` round-
 about the task on top, and loads from any preset handle with ``from_preset``.
 """
 
+import contextlib
+import functools
+import inspect
 import warnings
 
 import keras
@@ -150,12 +153,48 @@ def _check_image_shape(owner, image_shape):
             check_int(f"image_shape[{i}]", size, 1, 16384 if i < 2 else 1024, owner)
 
 
+@contextlib.contextmanager
+def default_dtype_policy(dtype):
+    """Keras's default dtype policy is ``dtype`` inside (a ``DTypePolicyMap``'s default policy; None
+    changes nothing): layers created without a ``dtype`` of their own take it."""
+    if dtype is None:
+        yield
+        return
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(_model_policy(dtype))
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _model_policy(dtype):
+    """The policy of a whole model from a ``dtype`` argument: a ``DTypePolicyMap`` (the per-layer
+    policies of a quantised preset) gives its default policy."""
+    policy = keras.dtype_policies.get(dtype)
+    return policy.default_policy if isinstance(policy, keras.dtype_policies.DTypePolicyMap) else policy
+
+
+def layers_in_backbone_dtype(init):
+    """Decorates a backbone's ``__init__`` whose graph is made of plain Keras layers built by helper
+    functions (convolutions, batch norms, activations): every layer created without a ``dtype`` of its
+    own takes the constructor's ``dtype`` (``"bfloat16"``…) instead of Keras's global default."""
+    @functools.wraps(init)
+    def wrapper(self, *args, dtype=None, **kwargs):
+        with default_dtype_policy(dtype):
+            init(self, *args, dtype=dtype, **kwargs)
+    wrapper.__signature__ = inspect.signature(init)  # Keras reads it to record the arguments
+    return wrapper
+
+
 class Backbone(keras.Model):
     """Base class of every backbone.
 
     Subclasses build a functional graph in ``__init__`` and call
     ``super().__init__(inputs=..., outputs=..., name=..., dtype=...)``, then record the constructor
-    arguments that ``get_config`` returns.
+    arguments that ``get_config`` returns. ``dtype`` (``"bfloat16"``, ``"mixed_bfloat16"``…) is the
+    policy of every layer: a subclass passes it to the layers it creates (or builds them under
+    ``layers_in_backbone_dtype``); this class records it, so ``get_config`` and a saved preset carry it.
 
     Text backbones set ``vocabulary_size`` (the rows of their token embedding) and
     ``max_sequence_length``; both stay None on backbones without them (vision).
@@ -163,6 +202,11 @@ class Backbone(keras.Model):
 
     vocabulary_size = None
     max_sequence_length = None
+
+    def __init__(self, *args, dtype=None, **kwargs):
+        super().__init__(*args, **kwargs)  # a functional model ignores its own dtype: set it below
+        if dtype is not None:
+            self.dtype_policy = _model_policy(dtype)
 
     @property
     def position_table_length(self):
@@ -203,16 +247,23 @@ class Backbone(keras.Model):
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Keras's ``Model.quantize`` (``"int8"``: projections, and token embeddings with their tied or
-        untied output table), saying what stays in float: Keras warns for each layer type without a
-        quantised form, and mixture-of-experts routers stay float on purpose (see
-        ``components.mixture_of_experts.Router``) while their expert weights are not quantised yet."""
+        untied output table) plus the expert weights of mixture-of-experts layers (per expert and
+        output channel), which Keras skips because they hold a sublayer, the router. Routers stay
+        float on purpose (see ``components.mixture_of_experts.Router``); Keras warns for each layer
+        type without a quantised form in ``mode``."""
         super().quantize(mode, config=config, filters=filters, **kwargs)
-        experts = [layer.path for layer in self._flatten_layers(include_self=False)
-                   if isinstance(layer, MixtureOfExperts)]
-        if experts:
-            warnings.warn(f"{self.name}: the expert weights of {len(experts)} mixture-of-experts layers "
-                          f"({experts[0]}, …) stay {self.dtype_policy.variable_dtype}: kcookbook does not "
-                          "quantise them yet. Attention, embeddings and routers' inputs are int8.")
+        from keras.src.quantizers.utils import should_quantize_layer  # the rule Model.quantize applies
+
+        experts = [layer for layer in self._flatten_layers(include_self=False)
+                   if isinstance(layer, MixtureOfExperts) and should_quantize_layer(layer, filters)]
+        for layer in experts:
+            try:
+                layer.quantize(mode, config=config)
+            except NotImplementedError as error:
+                warnings.warn(str(error))
+        if experts:  # what Model.quantize does after changing variables (torch re-tracks them)
+            self.train_function = self.test_function = self.predict_function = None
+            self._post_quantize(mode)
 
     def _dtype_policy_with_quantized_layers(self):
         """The backbone's dtype policy, or after ``quantize`` a ``DTypePolicyMap`` naming each

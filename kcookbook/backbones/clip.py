@@ -248,8 +248,8 @@ class CLIPBackbone(TextEncoderFields, Backbone):
     def __init__(self, vision_encoder, text_encoder, projection_dim, logit_scale_init=math.log(1 / 0.07),
                  dtype=None, name="clip_backbone", **kwargs):
         check_backbone_config(self, {"projection_dim": projection_dim})
-        vision_encoder = backbone_part(vision_encoder, CLIPVisionEncoder, "CLIPBackbone", "vision_encoder")
-        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, "CLIPBackbone", "text_encoder")
+        vision_encoder = backbone_part(vision_encoder, CLIPVisionEncoder, "CLIPBackbone", "vision_encoder", dtype)
+        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, "CLIPBackbone", "text_encoder", dtype)
         vision_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype,
                                                name="vision_projection")
         text_projection = keras.layers.Dense(projection_dim, use_bias=False, dtype=dtype, name="text_projection")
@@ -295,11 +295,14 @@ class CLIPBackbone(TextEncoderFields, Backbone):
         return config
 
 
-def backbone_part(part, cls, owner, argument):
-    """``part`` (a backbone, its serialized form or its constructor arguments) as a ``cls`` instance;
-    a ``ValueError`` naming ``owner`` and ``argument`` otherwise."""
+def backbone_part(part, cls, owner, argument, dtype=None):
+    """``part`` (a backbone, its serialized form or its constructor arguments) as a ``cls`` instance,
+    built from a config in the owner's ``dtype`` when one is given (``from_preset(..., dtype="bfloat16")``
+    reaches every part); a ``ValueError`` naming ``owner`` and ``argument`` otherwise."""
     if isinstance(part, dict):
-        part = keras.saving.deserialize_keras_object(part) if "class_name" in part else cls(**part)
+        in_dtype = {} if dtype is None else {"dtype": dtype}
+        part = (keras.saving.deserialize_keras_object({**part, "config": {**part["config"], **in_dtype}})
+                if "class_name" in part else cls(**part, **in_dtype))
     if not isinstance(part, cls):
         raise ValueError(f"{owner}: {argument} must be a {cls.__name__} (or its config), got "
                          f"{type(part).__name__}.")

@@ -47,7 +47,7 @@ import math
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone, check_backbone_config
+from kcookbook.backbones.backbone import Backbone, check_backbone_config, layers_in_backbone_dtype
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 # One row per stage (efficientnet_builder.py, shared by B0 and Lite): repeats, kernel, stride,
@@ -183,6 +183,7 @@ class EfficientNetBackbone(Backbone):
         batch_norm_epsilon, batch_norm_momentum: TensorFlow's 1e-3 and 0.99 by default.
     """
 
+    @layers_in_backbone_dtype
     def __init__(self, stackwise_num_blocks, stackwise_kernel_sizes, stackwise_strides,
                  stackwise_expansion_ratios, stackwise_output_filters,
                  stackwise_squeeze_excite_ratios=None, stem_filters=STEM_FILTERS,

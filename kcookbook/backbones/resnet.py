@@ -31,7 +31,7 @@ Layer names follow KerasHub's (``conv1_conv``, ``stack0_block0_1_conv``…).
 
 import keras
 
-from kcookbook.backbones.backbone import Backbone, check_backbone_config
+from kcookbook.backbones.backbone import Backbone, check_backbone_config, layers_in_backbone_dtype
 
 # name: (block type, blocks per stack, pre-activation); widths 64, 128, 256, 512 (×4 at a
 # bottleneck's output)
@@ -120,6 +120,7 @@ class ResNetBackbone(Backbone):
         image_shape: ``(height, width, channels)``; ``None`` sizes accept any resolution.
     """
 
+    @layers_in_backbone_dtype
     def __init__(self, stackwise_num_filters=(64, 128, 256, 512), stackwise_num_blocks=(2, 2, 2, 2),
                  stackwise_num_strides=(1, 2, 2, 2), block_type="basic", stem_filters=64,
                  stem_kernel_sizes=(7,), preactivation=False, avg_pool_shortcut=False,

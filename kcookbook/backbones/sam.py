@@ -345,9 +345,9 @@ class SAMPromptEncoder(keras.layers.Layer):
 
     def build(self, input_shape=None):
         dim, common = self.embedding_dim, {"dtype": self.dtype_policy}
-        self.gaussian_matrix = self.add_weight(
+        self.gaussian_matrix = self.add_weight(  # float32 in every policy: see encode
             name="gaussian_matrix", shape=(2, dim // 2), initializer=keras.initializers.RandomNormal(stddev=1.0),
-            trainable=False)
+            trainable=False, dtype="float32")
         self.point_embeddings = self.add_weight(name="point_embeddings", shape=(4, dim), initializer="zeros")
         self.not_a_point_embedding = self.add_weight(name="not_a_point_embedding", shape=(dim,), initializer="zeros")
         self.no_mask_embedding = self.add_weight(name="no_mask_embedding", shape=(dim,), initializer="zeros")
@@ -364,9 +364,12 @@ class SAMPromptEncoder(keras.layers.Layer):
         self.mask_conv3.build((None, None, None, channels))
 
     def encode(self, coordinates):
-        """Coordinates in [0, 1] (..., 2) → (..., dim) random Fourier features."""
-        x = ops.matmul(2.0 * coordinates - 1.0, ops.cast(self.gaussian_matrix, coordinates.dtype)) * (2 * math.pi)
-        return ops.concatenate([ops.sin(x), ops.cos(x)], axis=-1)
+        """Coordinates in [0, 1] (..., 2) → (..., dim) random Fourier features, computed in float32
+        (angles reach tens of radians: bfloat16's 8 bits would move them by a tenth) and returned in
+        the compute dtype."""
+        coordinates = ops.cast(coordinates, "float32")
+        x = ops.matmul(2.0 * coordinates - 1.0, ops.cast(self.gaussian_matrix, "float32")) * (2 * math.pi)
+        return ops.cast(ops.concatenate([ops.sin(x), ops.cos(x)], axis=-1), self.compute_dtype)
 
     def image_positional_encoding(self):
         """The encoding of every cell centre of the e × e embedding grid: (e · e, dim)."""
@@ -376,7 +379,7 @@ class SAMPromptEncoder(keras.layers.Layer):
         return self.encode(ops.convert_to_tensor(np.stack([xs, ys], -1).reshape(e * e, 2)))
 
     def embed_points(self, points, labels):
-        points = ops.cast(points, self.compute_dtype)
+        points = ops.cast(points, "float32")  # pixel coordinates: bfloat16 rounds 1000 to a multiple of 4
         labels = ops.cast(labels, "int32")[..., None]
         embedding = self.encode((points + 0.5) / self.input_image_size)
         embedding = ops.where(labels == -1, ops.cast(self.not_a_point_embedding, embedding.dtype), embedding)
@@ -386,9 +389,10 @@ class SAMPromptEncoder(keras.layers.Layer):
                 + ops.cast(labels == 1, embedding.dtype) * table[1])
 
     def embed_boxes(self, boxes):
-        boxes = ops.cast(boxes, self.compute_dtype)
+        boxes = ops.cast(boxes, "float32")
         corners = ops.reshape(boxes + 0.5, (ops.shape(boxes)[0], -1, 2, 2)) / self.input_image_size
-        embedding = self.encode(corners) + ops.cast(self.point_embeddings[2:], corners.dtype)
+        embedding = self.encode(corners)  # in the compute dtype; corners stay float32
+        embedding = embedding + ops.cast(self.point_embeddings[2:], embedding.dtype)
         return ops.reshape(embedding, (ops.shape(boxes)[0], -1, self.embedding_dim))
 
     def embed_masks(self, masks):

@@ -271,10 +271,10 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
         owner = type(self).__name__
         if vae is not None:
             vae_encoder, vae_decoder, scaling_factor = vae.encoder, vae.decoder, vae.scaling_factor
-        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, owner, "text_encoder")
-        unet = backbone_part(unet, StableDiffusionUNet, owner, "unet")
-        vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder")
-        vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder")
+        text_encoder = backbone_part(text_encoder, CLIPTextEncoder, owner, "text_encoder", dtype)
+        unet = backbone_part(unet, StableDiffusionUNet, owner, "unet", dtype)
+        vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
+        vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
         if text_encoder.hidden_dim != unet.get_config()["context_dim"]:
             raise ValueError(f"StableDiffusionBackbone: the text encoder's hidden_dim={text_encoder.hidden_dim} "
                              f"must equal the UNet's context_dim={unet.get_config()['context_dim']}.")

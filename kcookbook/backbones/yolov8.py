@@ -27,7 +27,7 @@ import math
 import keras
 from keras import layers, ops
 
-from kcookbook.backbones.backbone import Backbone, check_backbone_config
+from kcookbook.backbones.backbone import Backbone, check_backbone_config, layers_in_backbone_dtype
 
 # scale: (depth_coefficient, width_coefficient, max_channels)
 SCALES = {
@@ -106,6 +106,7 @@ class YOLOv8Backbone(Backbone):
             [0, 1] (pixels / 255); height and width should be multiples of 32.
     """
 
+    @layers_in_backbone_dtype
     def __init__(self, depth_coefficient=0.33, width_coefficient=0.25, max_channels=1024,
                  image_shape=(None, None, 3), dtype=None, **kwargs):
         check_backbone_config(self, locals())

@@ -115,7 +115,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         if scale != 1.0:
             scores = scores * scale
         if attention_bias is not None:
-            scores = scores + attention_bias
+            scores = scores + cast_if_needed(attention_bias, "float32")  # bfloat16 models: float32 scores
         if causal:
             queries = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(cache_index, "int32")
             keys = ops.arange(ops.shape(key)[1], dtype="int32")

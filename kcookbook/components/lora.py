@@ -160,6 +160,22 @@ def load_lora_weights(model, path):
         variable.assign(value)
 
 
+def _merged_kernel(layer):
+    """``W + (alpha / rank)·A·B`` in float32, ``W`` dequantised (``int8 / kernel_scale``) when the
+    layer is int8 (Keras's ``kernel`` property would add the update to the int8 values)."""
+    if layer.quantization_mode is None:
+        return keras.ops.convert_to_numpy(keras.ops.cast(layer.kernel, "float32"))  # the update included
+    if layer.quantization_mode != "int8" or not isinstance(layer, keras.layers.Dense):
+        raise ValueError(f"merge_lora: {layer.path} is a {type(layer).__name__} quantised as "
+                         f"{layer.quantization_mode!r}; LoRA merges into float or int8 Dense kernels. Merge "
+                         "before quantising, or keep the adapter separate (save_lora_weights).")
+    kernel = keras.ops.convert_to_numpy(keras.ops.cast(layer._kernel, "float32"))
+    kernel = kernel / keras.ops.convert_to_numpy(keras.ops.cast(layer.kernel_scale, "float32"))
+    update = keras.ops.convert_to_numpy(keras.ops.matmul(keras.ops.cast(layer.lora_kernel_a, "float32"),
+                                                         keras.ops.cast(layer.lora_kernel_b, "float32")))
+    return kernel + (layer.lora_alpha / layer.lora_rank) * update
+
+
 def merge_lora(model):
     """Fold ``(alpha / rank)·A·B`` into each adapted kernel and remove the LoRA weights.
 
@@ -170,12 +186,17 @@ def merge_lora(model):
     if not layers:
         raise ValueError(f"{model.name} has no LoRA weights to merge.")
     for layer in layers:
-        merged = keras.ops.convert_to_numpy(layer.kernel)  # Keras's kernel property adds the update
+        merged = _merged_kernel(layer)
         for name in _LORA_VARIABLES:
             delattr(layer, name)  # untracks the variable
         layer.lora_enabled = False
         layer.lora_rank = None
-        layer._kernel.assign(merged.astype(np.dtype(layer._kernel.dtype)))
+        if layer.quantization_mode == "int8":  # QLoRA: requantise the merged kernel, per channel
+            values, scale = keras.quantizers.abs_max_quantize(merged, axis=0, to_numpy=True)
+            layer._kernel.assign(values)
+            layer.kernel_scale.assign(np.reshape(scale, layer.kernel_scale.shape))
+        else:
+            layer._kernel.assign(merged.astype(np.dtype(layer._kernel.dtype)))
     before = getattr(model, "_trainable_before_lora", {})
     for variable in model.variables:
         variable.trainable = before.get(variable.path, True)

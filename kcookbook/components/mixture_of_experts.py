@@ -16,6 +16,10 @@ num_experts`` of the expert weights (a quarter for Mixtral's top-2 of 8). Both g
 ``parameter_counts(model)`` gives a model's total parameters and those active per token (the router and
 ``top_k`` of the ``num_experts`` experts of each such layer).
 
+``quantize("int8")`` stores each expert's two matrices as int8 with one scale per expert and output
+channel (the router stays float: see ``Router``); the experts a call uses are dequantised on the fly
+(a decoding step reads only its ``top_k`` experts' int8 weights), and activations stay float.
+
 To see where tokens go, call a model eagerly inside ``record_routing()``: every
 ``MixtureOfExperts`` layer appends the experts it chose. ``expert_load`` does that for a whole
 model and returns, per layer, the share of token→expert assignments each expert received.
@@ -124,6 +128,16 @@ class Router(keras.layers.Dense):
         return None
 
 
+def float_policy(policy):
+    """``policy`` without its quantisation (``int8_from_bfloat16`` → ``bfloat16``)."""
+    if policy.quantization_mode is None:
+        return policy
+    return keras.dtype_policies.get(policy.name.split("_from_", 1)[1])
+
+
+EXPERT_WEIGHTS = ("expert_gate_up", "expert_output")
+
+
 class MixtureOfExperts(keras.layers.Layer):
     """Top-k routed gated feed-forward experts.
 
@@ -136,7 +150,8 @@ class MixtureOfExperts(keras.layers.Layer):
         kernel_initializer: initializer of the router and the experts.
 
     Weights: ``router/kernel (hidden, experts)``, ``expert_gate_up (experts, hidden, 2·intermediate)``
-    (gate columns first), ``expert_output (experts, intermediate, hidden)``.
+    (gate columns first), ``expert_output (experts, intermediate, hidden)``; once int8, each of the
+    two also has ``…_scale (experts, 1, columns)`` (``float = int8 / scale``, Keras's convention).
     """
 
     def __init__(self, num_experts, top_k, intermediate_dim, activation="silu",
@@ -155,15 +170,60 @@ class MixtureOfExperts(keras.layers.Layer):
         hidden = input_shape[-1]
         self.router = Router(
             self.num_experts, use_bias=False, kernel_initializer=self.kernel_initializer,
-            dtype=self.dtype_policy, name="router")
+            dtype=float_policy(self.dtype_policy), name="router")
         self.router.build(input_shape)
-        self.expert_gate_up = self.add_weight(
-            name="expert_gate_up", shape=(self.num_experts, hidden, 2 * self.intermediate_dim),
-            initializer=self.kernel_initializer)
-        self.expert_output = self.add_weight(
-            name="expert_output", shape=(self.num_experts, self.intermediate_dim, hidden),
-            initializer=self.kernel_initializer)
         self._activation_fn = get_activation(self.activation)
+        if self.quantization_mode is not None:  # a quantised preset loads into int8 variables
+            self.quantized_build(input_shape, self.quantization_mode)
+            return
+        for name, shape in self._expert_shapes(hidden).items():
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer=self.kernel_initializer))
+
+    def _expert_shapes(self, hidden):
+        return {"expert_gate_up": (self.num_experts, hidden, 2 * self.intermediate_dim),
+                "expert_output": (self.num_experts, self.intermediate_dim, hidden)}
+
+    def quantized_build(self, input_shape, mode, config=None):
+        if mode != "int8":
+            raise NotImplementedError(f"{type(self).__name__} {self.name!r} quantises to 'int8', not {mode!r}.")
+        for name, shape in self._expert_shapes(input_shape[-1]).items():
+            setattr(self, name, self.add_weight(name=name, shape=shape, initializer="zeros", dtype="int8",
+                                                trainable=False))
+            setattr(self, f"{name}_scale", self.add_weight(name=f"{name}_scale", shape=(shape[0], 1, shape[2]),
+                                                           initializer="ones", trainable=False))
+        self._is_quantized = True
+
+    def quantize(self, mode=None, type_check=True, config=None):
+        """int8 expert weights, one scale per expert and output column (absmax over the input
+        axis); other modes raise NotImplementedError naming the layer. ``Model.quantize`` skips
+        layers with sublayers (this one holds its router): ``Backbone.quantize`` calls it."""
+        if mode != "int8":
+            raise NotImplementedError(f"{type(self).__name__} {self.name!r} quantises to 'int8', not {mode!r}.")
+        self._check_quantize_args(mode, self.compute_dtype)
+        hidden = self.expert_gate_up.shape[1]
+        quantized = {name: keras.quantizers.abs_max_quantize(getattr(self, name), axis=1, to_numpy=True)
+                     for name in EXPERT_WEIGHTS}
+        for name in EXPERT_WEIGHTS:
+            delattr(self, name)  # untracks the float variable
+        self.quantized_build((None, hidden), mode)
+        for name, (values, scale) in quantized.items():
+            getattr(self, name).assign(values)
+            getattr(self, f"{name}_scale").assign(scale)
+        self.dtype_policy = keras.dtype_policies.get(f"{mode}_from_{self.dtype_policy.name}")
+
+    def expert_kernel(self, name, dtype="float32", selected=None):
+        """The experts' ``name`` matrices (``"expert_gate_up"``, ``"expert_output"``) in ``dtype``,
+        dequantised when int8; with ``selected`` (expert ids), only those experts', gathered."""
+        kernel = getattr(self, name)
+        if selected is not None:
+            kernel = ops.take(kernel, selected, axis=0)
+        kernel = ops.cast(kernel, dtype)
+        if self.quantization_mode is None:
+            return kernel
+        scale = getattr(self, f"{name}_scale")
+        if selected is not None:
+            scale = ops.take(scale, selected, axis=0)
+        return kernel / ops.cast(scale, dtype)
 
     def count_params(self, active=False):
         """Parameters of the layer; ``active=True``: those one token goes through (the router and
@@ -173,6 +233,10 @@ class MixtureOfExperts(keras.layers.Layer):
             return total
         experts = int(np.prod(self.expert_gate_up.shape)) + int(np.prod(self.expert_output.shape))
         return total - experts + experts * self.top_k // self.num_experts
+
+    def _int8_call(self, x, training=None, calls=KERAS_CALLS):
+        """What Keras calls instead of ``call`` once the layer is int8: ``call`` dequantises."""
+        return self.call(x, training=training, calls=calls)
 
     def call(self, x, training=None, calls=KERAS_CALLS):
         router_logits = calls(self.router, x)  # (batch, length, experts)
@@ -188,10 +252,10 @@ class MixtureOfExperts(keras.layers.Layer):
             # (batch, length, experts): the renormalised weight of each selected expert, 0 elsewhere.
             weights = ops.sum(ops.one_hot(selected, self.num_experts) * top_probabilities[..., None],
                               axis=-2)
-            gate_up = ops.einsum("blh,ehi->blei", x, ops.cast(self.expert_gate_up, x.dtype))
+            gate_up = ops.einsum("blh,ehi->blei", x, self.expert_kernel("expert_gate_up", x.dtype))
             gate, up = ops.split(gate_up, 2, axis=-1)
             expert_outputs = ops.einsum("blei,eih->bleh", self._activation_fn(gate) * up,
-                                        ops.cast(self.expert_output, x.dtype))
+                                        self.expert_kernel("expert_output", x.dtype))
             out = ops.einsum("bleh,ble->blh", expert_outputs, ops.cast(weights, x.dtype))
         if training and self.aux_loss_coefficient:
             flat_logits = ops.reshape(router_logits, (-1, self.num_experts))
@@ -207,9 +271,9 @@ class MixtureOfExperts(keras.layers.Layer):
 
     def _selected_experts(self, x, selected, top_probabilities):
         """Each token through its own ``top_k`` experts only (their weights gathered)."""
-        gate_up_kernels = ops.take(ops.cast(self.expert_gate_up, x.dtype), selected, axis=0)
+        gate_up_kernels = self.expert_kernel("expert_gate_up", x.dtype, selected)
         gate, up = ops.split(ops.einsum("blh,blkhi->blki", x, gate_up_kernels), 2, axis=-1)
-        output_kernels = ops.take(ops.cast(self.expert_output, x.dtype), selected, axis=0)
+        output_kernels = self.expert_kernel("expert_output", x.dtype, selected)
         expert_outputs = ops.einsum("blki,blkih->blkh", self._activation_fn(gate) * up,
                                     output_kernels)
         return ops.einsum("blkh,blk->blh", expert_outputs, ops.cast(top_probabilities, x.dtype))

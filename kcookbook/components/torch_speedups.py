@@ -43,8 +43,8 @@ class LayerCalls:
         self.direct = bool(direct)
 
     def __call__(self, layer, *args, **kwargs):
-        if self.direct and layer.built:
-            return layer.call(*args, **kwargs)
+        if self.direct and layer.built:  # a quantised layer computes in quantized_call, not call
+            return (layer.call if layer.quantization_mode is None else layer.quantized_call)(*args, **kwargs)
         return layer(*args, **kwargs)
 
     def nested(self, layer, *args, **kwargs):

@@ -29,6 +29,7 @@ from tokenizers import processors
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.components.embeddings import ReversibleEmbedding
 from kcookbook.components.hf_tokenizer import HuggingFaceTokenizer
+from kcookbook.components.mixture_of_experts import EXPERT_WEIGHTS, MixtureOfExperts
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.components.tokenizer import Tokenizer
 from kcookbook.components.wordpiece import WordPieceTokenizer
@@ -54,7 +55,7 @@ class WeightReader:
 
     def __init__(self, backbone):
         self.variables = {v.path: v for v in backbone.weights}
-        self.projections, self.tables = {}, {}
+        self.projections, self.tables, self.experts = {}, {}, {}
         for layer in backbone._flatten_layers(include_self=False):
             if isinstance(layer, (keras.layers.Dense, keras.layers.EinsumDense)) and layer.built:
                 self.projections[layer._kernel.path] = layer
@@ -62,6 +63,9 @@ class WeightReader:
                 prefix = layer._embeddings.path.rsplit("/", 1)[0]
                 for name in ("embeddings", "reverse_embeddings"):
                     self.tables[f"{prefix}/{name}"] = (layer, name)
+            elif isinstance(layer, MixtureOfExperts) and layer.built:
+                for name in EXPERT_WEIGHTS:
+                    self.experts[getattr(layer, name).path] = (layer, name)
         self.notes = set()
 
     def __call__(self, path):
@@ -73,6 +77,11 @@ class WeightReader:
             if layer.quantization_mode == "int8":
                 self.notes.add("int8 embeddings dequantised to float")
             return layer.float_tables()[name]
+        if path in self.experts:
+            layer, name = self.experts[path]
+            if layer.quantization_mode == "int8":
+                self.notes.add("int8 expert weights dequantised to float")
+            return np.asarray(keras.ops.convert_to_numpy(layer.expert_kernel(name)))
         if path not in self.variables:
             raise PresetError(f"Export: the model has no weight {path!r}.")
         variable = self.variables[path]
