@@ -292,3 +292,51 @@ def next_token_windows(tokenizer, texts, sequence_length):
     windows = stream[:num_windows * width].reshape(num_windows, width)
     x = {"token_ids": windows[:, :-1], "padding_mask": np.ones_like(windows[:, :-1])}
     return x, windows[:, 1:]
+
+
+def _rgb(image):
+    image = np.asarray(image)
+    return np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
+
+
+def pasted_shape_images(shape, backgrounds, textures, num_images, size=192, scale=(0.35, 0.7), seed=0):
+    """Real photos with exact object masks, for segmentation: a silhouette cut out of one photo and
+    pasted onto another.
+
+    Each image is a random ``size`` × ``size`` crop of one of ``backgrounds`` (taken in turn); the
+    boolean ``shape`` (e.g. scikit-image's ``data.horse()`` inverted) is resized so its longer side is
+    ``scale`` (a random fraction in that range) of ``size``, mirrored half of the time, placed at a
+    random position, and filled with the same pixels of a random crop of a random photo of
+    ``textures``. The mask is exact: it is the pasted pixels. Grayscale photos are repeated to RGB.
+
+    Returns ``(images (num_images, size, size, 3) uint8, masks (num_images, size, size) bool)``.
+    """
+    from PIL import Image
+
+    shape = np.asarray(shape, bool)
+    if shape.ndim != 2 or not shape.any():
+        raise ValueError(f"shape must be a (height, width) boolean silhouette with True pixels; got {shape.shape}.")
+    photos = {"backgrounds": [_rgb(p) for p in backgrounds], "textures": [_rgb(p) for p in textures]}
+    for name, group in photos.items():
+        small = [p.shape[:2] for p in group if p.ndim != 3 or min(p.shape[:2]) < size]
+        if not group or small:
+            raise ValueError(f"{name} must hold photos at least {size} pixels on each side; got sizes {small or []}.")
+    rng = np.random.default_rng(seed)
+
+    def crop(photo):
+        y, x = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+        return photo[y:y + size, x:x + size]
+
+    images, masks = np.zeros((num_images, size, size, 3), "uint8"), np.zeros((num_images, size, size), bool)
+    for i in range(num_images):
+        image, texture = crop(photos["backgrounds"][i % len(backgrounds)]).copy(), crop(
+            photos["textures"][rng.integers(len(textures))])
+        factor = rng.uniform(*scale) * size / max(shape.shape)
+        new_h, new_w = max(1, round(shape.shape[0] * factor)), max(1, round(shape.shape[1] * factor))
+        cut = np.asarray(Image.fromarray(shape.astype("uint8") * 255).resize((new_w, new_h), Image.BILINEAR)) > 127
+        cut = cut[:, ::-1] if rng.random() < 0.5 else cut
+        y, x = rng.integers(0, size - new_h + 1), rng.integers(0, size - new_w + 1)
+        masks[i, y:y + new_h, x:x + new_w] = cut
+        image[masks[i]] = texture[masks[i]]
+        images[i] = image
+    return images, masks

@@ -122,3 +122,25 @@ def test_shakespeare_bad_names_list_close_ones():
         data.load_shakespeare(["hamlett"])
     with pytest.raises(ValueError, match="edition must be one of"):
         data.load_shakespeare(edition="quarto")
+
+
+@pytest.mark.backend_independent
+def test_pasted_shape_images_have_exact_masks():
+    """A flat texture pasted onto a flat background: the image is the mask, pixel for pixel."""
+    from skimage import data
+
+    from kcookbook.data import pasted_shape_images
+
+    horse = ~data.horse()
+    background, texture = np.zeros((80, 90), "uint8"), np.full((70, 70, 3), 200, "uint8")
+    images, masks = pasted_shape_images(horse, [background], [texture], 5, size=64, scale=(0.4, 0.9), seed=1)
+    assert images.shape == (5, 64, 64, 3) and images.dtype == np.uint8 and masks.shape == (5, 64, 64)
+    np.testing.assert_array_equal(images, masks[..., None] * np.uint8(200) * np.ones(3, "uint8"))
+    fractions = masks.mean(axis=(1, 2))
+    assert (fractions > 0.4 ** 2 * horse.mean() * 0.5).all() and (fractions < 0.9 * horse.mean() * 1.2).all()
+    again, _ = pasted_shape_images(horse, [background], [texture], 5, size=64, scale=(0.4, 0.9), seed=1)
+    np.testing.assert_array_equal(again, images)
+    with pytest.raises(ValueError, match=r"textures must hold photos at least 64 pixels"):
+        pasted_shape_images(horse, [background], [texture[:30]], 1, size=64)
+    with pytest.raises(ValueError, match="shape must be"):
+        pasted_shape_images(np.zeros((5, 5)), [background], [texture], 1, size=64)

@@ -258,3 +258,37 @@ def test_lite_medsam_matches_its_reference(monkeypatch):
         expected = reference(torch.tensor(pixels.transpose(0, 3, 1, 2)), box).numpy()
     out = segmenter.backbone.decode(segmenter.backbone.embed_images(pixels), boxes=box)
     np.testing.assert_allclose(numpy(out["masks"])[:, :1], expected, atol=1e-4 * max(1.0, np.abs(expected).max()))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Recipe helpers: mask IoU and the box prompt around a mask
+# ---------------------------------------------------------------------------------------------------
+@pytest.mark.backend_independent
+def test_mask_iou_matches_sklearn_jaccard():
+    from sklearn.metrics import jaccard_score
+
+    from kcookbook.tasks import mask_iou
+
+    rng = np.random.default_rng(0)
+    predicted, target = rng.random((3, 2, 20, 30)) < 0.4, rng.random((20, 30)) < 0.3
+    expected = [[jaccard_score(target.ravel(), p.ravel()) for p in row] for row in predicted]
+    np.testing.assert_allclose(mask_iou(predicted, target), expected, rtol=1e-12)
+    assert mask_iou(np.zeros((4, 4)), np.zeros((4, 4))) == 1.0
+    assert mask_iou(np.ones((4, 4)), np.zeros((4, 4))) == 0.0
+    with pytest.raises(ValueError, match=r"predicted has shape \(4, 4\) and target \(4, 5\)"):
+        mask_iou(np.ones((4, 4)), np.ones((4, 5)))
+
+
+@pytest.mark.backend_independent
+def test_mask_box_is_regionprops_bbox():
+    from skimage import data, measure
+
+    from kcookbook.tasks import mask_box
+
+    horse = ~data.horse()
+    y0, x0, y1, x1 = measure.regionprops(horse.astype(int))[0].bbox  # half-open rows/columns
+    np.testing.assert_array_equal(mask_box(horse), [x0, y0, x1 - 1, y1 - 1])
+    np.testing.assert_array_equal(mask_box(horse, margin=5), [max(x0 - 5, 0), max(y0 - 5, 0),
+                                                              min(x1 + 4, horse.shape[1] - 1), min(y1 + 4, horse.shape[0] - 1)])
+    with pytest.raises(ValueError, match="at least one True pixel"):
+        mask_box(np.zeros((5, 5), bool))

@@ -29,3 +29,6 @@ __all__ += ["SpeechToText", "SpeechToTextPreprocessor"]
 from kcookbook.tasks.text_to_image import TextToImage  # noqa: E402
 
 __all__ += ["TextToImage"]
+from kcookbook.tasks.image_segmenter import mask_box, mask_iou  # noqa: E402
+
+__all__ += ["mask_box", "mask_iou"]

@@ -190,6 +190,34 @@ def upscale_masks(low_res, padded_size, resized_size, original_size):
     return ops.convert_to_numpy(ops.transpose(x[0], (2, 0, 1)))
 
 
+def mask_iou(predicted, target):
+    """Intersection over union of boolean masks over their last two axes: (..., h, w) → (...) floats.
+
+    Two empty masks agree perfectly (IoU 1.0). ``predicted`` may hold more leading axes than
+    ``target`` (e.g. every output of ``predict``'s ``masks`` against one ground truth): they broadcast.
+    """
+    predicted, target = np.asarray(predicted, bool), np.asarray(target, bool)
+    if predicted.ndim < 2 or target.ndim < 2 or predicted.shape[-2:] != target.shape[-2:]:
+        raise ValueError(f"mask_iou compares masks of the same (height, width); predicted has shape "
+                         f"{predicted.shape} and target {target.shape}.")
+    intersection = (predicted & target).sum(axis=(-2, -1))
+    union = (predicted | target).sum(axis=(-2, -1))
+    return np.where(union > 0, intersection / np.maximum(union, 1), 1.0)
+
+
+def mask_box(mask, margin=0):
+    """The box prompt (x0, y0, x1, y1) around a mask's True pixels, in the mask's pixels, widened by
+    ``margin`` pixels on each side and clipped to the image (the box a user would draw)."""
+    mask = np.asarray(mask, bool)
+    if mask.ndim != 2 or not mask.any():
+        raise ValueError(f"mask_box needs a (height, width) mask with at least one True pixel; got shape "
+                         f"{mask.shape} with {int(mask.sum())} True pixels.")
+    ys, xs = np.nonzero(mask)
+    height, width = mask.shape
+    return np.array([max(xs.min() - margin, 0), max(ys.min() - margin, 0),
+                     min(xs.max() + margin, width - 1), min(ys.max() + margin, height - 1)], "float32")
+
+
 def focal_loss(logits, targets, alpha=0.25, gamma=2.0):
     """Sigmoid focal loss (Lin et al.), mean over pixels: (batch, masks, h, w) → (batch, masks)."""
     p = ops.sigmoid(logits)
