@@ -122,8 +122,8 @@ def main(argv=None):
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
     print(f"YOLOv8n at {args.image_size} px, batch {args.batch}, 3 classes, float32; {args.steps} timed steps x "
-          f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch threads: "
-          f"{args.torch_threads or 'default'}")
+          f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch threads: {args.torch_threads or 'default'}")
     print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}")
     for backend in args.backends:
         for library in args.libraries:

@@ -14,7 +14,8 @@ from PIL import Image
 def object_box(patch, threshold):
     """The tight ``xyxy`` box (pixel edges) of a patch's pixels brighter than ``threshold × max``."""
     ink = patch.max(axis=-1) if patch.ndim == 3 else patch
-    rows, cols = np.flatnonzero(ink.max(axis=1) > threshold * ink.max()), np.flatnonzero(ink.max(axis=0) > threshold * ink.max())
+    inked = ink > threshold * ink.max()
+    rows, cols = np.flatnonzero(inked.any(axis=1)), np.flatnonzero(inked.any(axis=0))
     if not len(rows):
         return None
     return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], "float32")
@@ -75,7 +76,8 @@ def place_on_canvases(objects, classes, num_images, canvas_size=64, objects_per_
             if box is None:
                 continue
             for _ in range(max_tries):
-                top, left = rng.integers(0, canvas_size - patch.shape[0] + 1), rng.integers(0, canvas_size - patch.shape[1] + 1)
+                top = rng.integers(0, canvas_size - patch.shape[0] + 1)
+                left = rng.integers(0, canvas_size - patch.shape[1] + 1)
                 moved = box + np.array([left, top, left, top], "float32")
                 if all(moved[2] <= b[0] or b[2] <= moved[0] or moved[3] <= b[1] or b[3] <= moved[1] for b in placed):
                     break

@@ -9,9 +9,9 @@ on torch. IoU is Keras' own ``keras.utils.bounding_boxes.compute_iou``.
 
 Greedy NMS, as TensorFlow does it: visit boxes from the highest score down, keep a box unless its
 IoU with an already kept box is above ``iou_threshold``; boxes with a score not above
-``score_threshold`` are never kept; stop after ``max_output_size`` kept boxes. It is computed as the fixed point of that rule (a few
-rounds of one ``(boxes × boxes)`` product each) rather than box by box, so a compiled graph has a short
-loop and torch runs a few large ops instead of one small op per box.
+``score_threshold`` are never kept; stop after ``max_output_size`` kept boxes. It is computed as the
+fixed point of that rule (a few rounds of one ``(boxes × boxes)`` product each) rather than box by
+box, so a compiled graph has a short loop and torch runs a few large ops instead of one small op per box.
 
     >>> boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], "float32")
     >>> scores = np.array([0.9, 0.8, 0.7], "float32")
