@@ -8,7 +8,6 @@ detection set whose boxes and classes are known exactly) and boxes drawn over im
 """
 
 import numpy as np
-from PIL import Image
 
 
 def object_box(patch, threshold):
@@ -25,6 +24,8 @@ def resize_patch(patch, scale):
     """A patch (``(h, w)`` or ``(h, w, c)``, 0–255) resized by ``scale`` with bilinear filtering."""
     if scale == 1:
         return patch
+    from PIL import Image  # a recipes extra, not a core dependency of kcookbook
+
     height, width = max(round(patch.shape[0] * scale), 1), max(round(patch.shape[1] * scale), 1)
     channels = [patch] if patch.ndim == 2 else [patch[..., c] for c in range(patch.shape[-1])]
     resized = [np.asarray(Image.fromarray(np.asarray(c, "float32"), mode="F").resize((width, height), Image.BILINEAR))

@@ -146,7 +146,7 @@ def coco_box_map(y_true, y_pred, bounding_box_format="xyxy", max_detections=100,
 
     Returns:
         a dict of floats: ``map`` (AP@[.5:.95]), ``map50``, ``map75``, ``map_small``, ``map_medium``,
-        ``map_large``, ``mar_1``, ``mar_10``, ``mar_100`` (at ``max_detections``), ``mar_small``,
+        ``map_large``, ``mar_1``, ``mar_10``, ``mar_100`` (``mar_<max_detections>`` for another limit), ``mar_small``,
         ``mar_medium``, ``mar_large``; and ``per_class``, a ``(num_classes,)`` array of AP@[.5:.95]
         (NaN where a class has no ground truth), ``per_class50`` likewise at IoU 0.5. A value with
         nothing to average (no ground truth in that area range) is -1, as COCOeval prints it.
