@@ -3,6 +3,7 @@ YOLOV8Detector, on each Keras backend.
 
     .venv/bin/python benchmarks/yolov8_detector.py                           # 320 px, batch 8, 3 backends
     .venv/bin/python benchmarks/yolov8_detector.py --image-size 64 --steps 2 --repeats 1 --backends torch
+    .venv/bin/python benchmarks/yolov8_detector.py --torch-threads 1        # a shared, busy CPU machine
 
 Both models are YOLOv8n-sized (channels 16…256, C2f depths 1/2/2/1; KerasCV: stackwise_channels
 [32, 64, 128, 256], fpn_depth 1), randomly initialised (speed does not depend on the values), 3
@@ -12,6 +13,13 @@ over ``--steps`` batches after one warm-up batch, NMS included (kcookbook: class
 KerasCV: its default NonMaxSuppression decoder). Each backend runs in its own subprocess; reported:
 the median over repeats. keras-cv is a reference installed ``--no-deps``; its NMS on torch needs
 torchvision (a row says so where it is missing).
+
+``--torch-threads`` sets ``torch.set_num_threads`` in the torch workers. On a CPU machine whose cores
+other processes also use, torch's default (one thread per core) makes every small op wait for a
+descheduled thread: on the shared 2-core machine (load ~3 to 12) one training step of YOLOv8n at 64 px,
+batch 8, took ~18 s with 2 threads and ~1.4 s with 1 (cProfile: ``torch.conv2d`` 35 ms a call vs 2 ms,
+``Tensor.contiguous`` 5 ms vs 0.3 ms; the detector's loss and assigner ~0.06 s a step either way). That
+is where the 52 s/step of an earlier run came from.
 """
 
 import argparse
@@ -34,6 +42,7 @@ def parse_args(argv=None):
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--steps", type=int, default=10, help="timed batches per call")
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads in torch workers (0: torch's)")
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
 
@@ -70,7 +79,14 @@ def build(library, args):
 
 
 def worker(args):
+    import keras
+
     from kcookbook.benchmarks.timing import StepTimer
+
+    if args.torch_threads and keras.backend.backend() == "torch":
+        import torch
+
+        torch.set_num_threads(args.torch_threads)
 
     images, targets = make_data(args)
     y = targets if args.worker.startswith("kcookbook") else {"boxes": targets["boxes"],
@@ -90,7 +106,8 @@ def worker(args):
 def run_worker(name, backend, args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
     command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--image-size", str(args.image_size),
-               "--batch", str(args.batch), "--steps", str(args.steps), "--repeats", str(args.repeats)]
+               "--batch", str(args.batch), "--steps", str(args.steps), "--repeats", str(args.repeats),
+               "--torch-threads", str(args.torch_threads)]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
@@ -105,7 +122,8 @@ def main(argv=None):
         print("RESULT " + json.dumps(worker(args)), flush=True)
         return
     print(f"YOLOv8n at {args.image_size} px, batch {args.batch}, 3 classes, float32; {args.steps} timed steps x "
-          f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs")
+          f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"torch threads: {args.torch_threads or 'default'}")
     print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}")
     for backend in args.backends:
         for library in args.libraries:

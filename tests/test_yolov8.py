@@ -240,3 +240,19 @@ def test_bad_config_named(tmp_path):
     with pytest.raises(PresetError, match="Shape mismatch"):
         ObjectDetector.from_preset(folder)
 
+
+
+def test_box_map_callback_logs_coco_map(preset, reference):
+    from kcookbook.metrics import BoxMAPCallback, coco_box_map
+
+    model = ObjectDetector.from_preset(preset, image_size=64, confidence_threshold=0.01)
+    images = reference["images"] * 255
+    labels = reference["gt_labels"]
+    y = {"boxes": reference["gt_boxes"], "labels": labels}
+    truth = [{"boxes": b[l >= 0], "classes": l[l >= 0]} for b, l in zip(reference["gt_boxes"], labels)]
+    callback = BoxMAPCallback(images, truth, every=2)
+    history = model.fit(images, y, batch_size=2, epochs=2, verbose=0, callbacks=[callback])
+    assert [epoch for epoch, _ in callback.history] == [1]  # every=2: the second epoch only
+    expected = coco_box_map(truth, model.predict(images, verbose=0))
+    assert history.history["val_map50"] == [pytest.approx(expected["map50"])]
+    assert callback.history[0][1]["map"] == pytest.approx(expected["map"])

@@ -9,7 +9,9 @@ on torch. IoU is Keras' own ``keras.utils.bounding_boxes.compute_iou``.
 
 Greedy NMS, as TensorFlow does it: visit boxes from the highest score down, keep a box unless its
 IoU with an already kept box is above ``iou_threshold``; boxes with a score not above
-``score_threshold`` are never kept; stop after ``max_output_size`` kept boxes.
+``score_threshold`` are never kept; stop after ``max_output_size`` kept boxes. It is computed as the
+fixed point of that rule (a few rounds of one ``(boxes × boxes)`` product each) rather than box by
+box, so a compiled graph has a short loop and torch runs a few large ops instead of one small op per box.
 
     >>> boxes = np.array([[0, 0, 10, 10], [1, 1, 10, 10], [20, 20, 30, 30]], "float32")
     >>> scores = np.array([0.9, 0.8, 0.7], "float32")
@@ -93,18 +95,22 @@ def non_max_suppression(boxes, scores, max_output_size, iou_threshold=0.5,
     sorted_boxes = ops.take_along_axis(boxes, order[:, :, None], axis=1)
     sorted_scores = ops.take_along_axis(scores, order, axis=1)
     iou = keras_boxes.compute_iou(sorted_boxes, sorted_boxes, bounding_box_format)
-    overlaps = iou > iou_threshold  # (batch, n, n)
-    candidate = sorted_scores > score_threshold
     position = ops.arange(num_boxes, dtype="int32")
+    earlier = position[None, :] < position[:, None]  # [i, j]: box j scores higher than box i
+    # [b, i, j] = 1 where box j, scoring higher, overlaps box i too much: if j is kept, i is not.
+    suppressors = ops.cast(ops.logical_and(iou > iou_threshold, earlier[None]), "float32")
+    candidate = sorted_scores > score_threshold
 
-    def visit(i, keep):
-        overlaps_i = ops.take(overlaps, i, axis=1)  # (batch, n): box i against every box
-        earlier_kept = ops.logical_and(keep, position[None, :] < i)
-        suppressed = ops.any(ops.logical_and(overlaps_i, earlier_kept), axis=-1)
-        keep_i = ops.logical_and(ops.take(candidate, i, axis=1), ops.logical_not(suppressed))
-        return ops.where(position[None, :] == i, keep_i[:, None], keep)
+    def suppress(keep, changed):
+        suppressed = ops.matmul(suppressors, ops.cast(keep, "float32")[..., None])[..., 0] > 0
+        new_keep = ops.logical_and(candidate, ops.logical_not(suppressed))
+        return new_keep, ops.any(ops.not_equal(new_keep, keep))
 
-    keep = ops.fori_loop(0, num_boxes, visit, ops.zeros_like(candidate))
+    # Greedy NMS is the one fixed point of "keep a candidate unless a kept, higher-scoring box overlaps
+    # it": iterating from all candidates, box i is settled once every box above it is, so the loop ends
+    # after (the longest chain of boxes suppressing each other) + 1 rounds, at most num_boxes + 1.
+    keep, _ = ops.while_loop(lambda keep, changed: changed, suppress, (candidate, ops.convert_to_tensor(True)),
+                             maximum_iterations=num_boxes + 1)
 
     # Kept boxes first, in score order: sort positions with the dropped ones pushed past the end.
     rank = ops.where(keep, position[None, :], position[None, :] + num_boxes)

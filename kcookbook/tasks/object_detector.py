@@ -266,3 +266,12 @@ class _Detect(keras.layers.Layer):
     def call(self, outputs):
         size = self.detector.image_size
         return self.detector.detect(outputs, size, size)
+
+    def compute_output_spec(self, outputs):
+        # Said here rather than traced: on torch, Keras traces a layer whose batch size is unknown by
+        # running it on a batch of 83, which for NMS's (batch, boxes, boxes) overlaps at 320 px is ~10 GB.
+        batch, slots = outputs["boxes"].shape[0], self.detector.max_detections
+        return {"boxes": keras.KerasTensor((batch, slots, 4), "float32"),
+                "confidence": keras.KerasTensor((batch, slots), "float32"),
+                "classes": keras.KerasTensor((batch, slots), "int32"),
+                "num_detections": keras.KerasTensor((batch,), "int32")}
