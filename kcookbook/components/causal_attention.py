@@ -209,7 +209,7 @@ class CausalSelfAttention(MultiHeadAttention):
         if attention_mask is not None:
             scores = ops.where(attention_mask[:, :, None], scores, ops.full_like(scores, MASKED))
         if attention_bias is not None:
-            scores = scores + attention_bias[:, :, None]
+            scores = scores + cast_if_needed(attention_bias, "float32")[:, :, None]  # bfloat16 models build it in bfloat16
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         out = ops.einsum("bhgqk,bkhd->bqhgd", probabilities, value)
         return calls(self.output_dense, ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
