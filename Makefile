@@ -61,12 +61,15 @@ test: setup
 # spent optimising code that tiny test models run once. Recipes and benchmarks run with the defaults.
 UNIT_XLA_FLAGS ?= --xla_backend_optimization_level=0
 
+# Each backend's block ends with its slowest tests, so CI's log says where the time goes.
+UNIT_DURATIONS ?= --durations=25 --durations-min=5
+
 test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 # The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
 # on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).

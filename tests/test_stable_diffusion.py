@@ -147,7 +147,11 @@ def test_ddpm_add_noise_matches_diffusers():
 
 
 # ----------------------------------------------------------------- whole pipeline
-@pytest.mark.parametrize("scheduler,guidance_scale", [("ddim", 1.0), ("ddim", 4.0), ("euler", 1.0), ("euler", 4.0)])
+# Every backend runs DDIM with guidance and Euler without; the other two pairs run in the torch run only
+# (8-19 s each on jax and tensorflow).
+@pytest.mark.parametrize("scheduler,guidance_scale", [
+    pytest.param("ddim", 1.0, marks=pytest.mark.one_backend), ("ddim", 4.0), ("euler", 1.0),
+    pytest.param("euler", 4.0, marks=pytest.mark.one_backend)])
 def test_pipeline_matches_diffusers(reference, model, scheduler, guidance_scale):
     pipeline, _ = reference
     kind = diffusers.EulerDiscreteScheduler if scheduler == "euler" else diffusers.DDIMScheduler
