@@ -63,6 +63,7 @@ UNIT_XLA_FLAGS ?= --xla_backend_optimization_level=0
 
 # Each backend's block ends with its slowest tests, so CI's log says where the time goes.
 UNIT_DURATIONS ?= --durations=25 --durations-min=5
+RECIPE_DURATIONS ?= --durations=20 --durations-min=20
 
 test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
@@ -115,7 +116,7 @@ test-packaging:
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
 test-recipes:
 	@echo "== recipes under nbval"
-	$(PY) -m pytest -q -n 2 --dist loadfile --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
+	$(PY) -m pytest -q -n 2 --dist loadfile $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 
 benchmark: setup
 	$(PY) benchmarks/bert_fit_predict.py
