@@ -23,7 +23,7 @@ from kcookbook.backbones import (
     Backbone, BertBackbone, CLIPBackbone, EfficientNetBackbone, Gemma2Backbone, Gemma3Backbone,
     GemmaBackbone, GPT2Backbone, LlamaBackbone, MistralBackbone, MixtralBackbone, ResNetBackbone,
     SAMBackbone, T5Backbone, ViTBackbone, YOLOv8Backbone)
-from kcookbook.tasks import CausalLM
+from kcookbook.tasks import CausalLM, TextClassifier
 
 from test_decoder_hf_parity import VOCAB, save_tiny_hf_model
 
@@ -143,7 +143,7 @@ def test_family_runs_in_bfloat16_close_to_float32(family):
 def test_causal_lm_from_hugging_face_folder_in_bfloat16_generates_like_float32(tmp_path):
     save_tiny_hf_model("llama", str(tmp_path / "llama"))
     reference = CausalLM.from_preset(str(tmp_path / "llama"))
-    lm = CausalLM.from_preset(str(tmp_path / "llama"), backbone_kwargs={"dtype": "bfloat16"})
+    lm = CausalLM.from_preset(str(tmp_path / "llama"), dtype="bfloat16")
     assert lm.backbone.dtype_policy.name == "bfloat16"
     assert {v.dtype for v in lm.backbone.weights} == {"bfloat16"}
     prompts = np.random.default_rng(3).integers(3, VOCAB, (4, 6)).astype("int32")
@@ -168,3 +168,22 @@ def test_bfloat16_preset_saves_and_reloads_as_bfloat16(tmp_path):
               "segment_ids": np.zeros((1, 3), "int32")}
     for key, value in backbone(inputs).items():
         np.testing.assert_array_equal(_numpy(again(inputs)[key]), _numpy(value))
+
+
+def test_task_from_preset_dtype_builds_the_backbone_in_that_dtype_and_keeps_the_saved_head(tmp_path):
+    backbone = BertBackbone(vocabulary_size=V, max_sequence_length=16, **TRANSFORMER)
+    classifier = TextClassifier(backbone, num_classes=3)
+    head = {v.path: _numpy(v) for v in _head_weights(classifier)}
+    classifier.save_to_preset(str(tmp_path / "classifier"))
+    loaded = TextClassifier.from_preset(str(tmp_path / "classifier"), dtype="bfloat16")
+    assert {v.dtype for v in loaded.backbone.weights} == {"bfloat16"}
+    loaded_head = {v.path: _numpy(v) for v in _head_weights(loaded)}
+    assert {v.dtype for v in _head_weights(loaded)} == {"float32"}
+    assert head and loaded_head.keys() == head.keys()  # the saved head, not a fresh one
+    for path, value in head.items():
+        np.testing.assert_array_equal(loaded_head[path], value)
+
+
+def _head_weights(task):
+    backbone = {id(v) for v in task.backbone.weights}
+    return [v for v in task.weights if id(v) not in backbone]

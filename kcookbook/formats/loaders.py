@@ -119,9 +119,10 @@ class PresetLoader:
         """The ``task_defaults()`` that ``task_cls``'s constructor takes."""
         return accepted_kwargs(task_cls.__init__, self.task_defaults())
 
-    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, backbone_kwargs=None, **kwargs):
         """A saved task of class ``task_cls`` whose config agrees with ``kwargs``, else None
-        (without its preprocessor when ``with_preprocessor`` is False)."""
+        (without its preprocessor when ``with_preprocessor`` is False; its backbone built with
+        ``backbone_kwargs``)."""
         return None
 
     def load_preprocessor(self, preprocessor_cls, **kwargs):
@@ -268,19 +269,19 @@ class KerasPresetLoader(PresetLoader):
                     return preprocessor_cls.from_config(inner)
         return super().load_preprocessor(preprocessor_cls, **kwargs)
 
-    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, backbone_kwargs=None, **kwargs):
         path = self.file(files.TASK_FILE)
         if not os.path.exists(path):
             return None
         config = files.read_serialized(path, "task config")
         if str(_registered_name(config)).startswith("keras_hub>"):
-            return self._load_keras_hub_task(task_cls, config, load_weights, **kwargs)
+            return self._load_keras_hub_task(task_cls, config, load_weights, backbone_kwargs, **kwargs)
         if _registered_name(config) != keras.saving.get_registered_name(task_cls):
             return None
         inner = config["config"]
         if any(k in inner and inner[k] != v for k, v in kwargs.items()):
             return None  # e.g. a different num_classes: build a fresh head instead
-        backbone = self.load_backbone(load_weights=load_weights)
+        backbone = self.load_backbone(load_weights=load_weights, **(backbone_kwargs or {}))
         preprocessor = None
         if with_preprocessor and task_cls.preprocessor_cls is not None and self.load_tokenizer() is not None:
             preprocessor = self.load_preprocessor(task_cls.preprocessor_cls)
@@ -292,13 +293,13 @@ class KerasPresetLoader(PresetLoader):
         return task
 
 
-    def _load_keras_hub_task(self, task_cls, config, load_weights, **kwargs):
+    def _load_keras_hub_task(self, task_cls, config, load_weights, backbone_kwargs=None, **kwargs):
         """keras_hub's task (e.g. ``ResNetImageClassifier``) as ``task_cls`` with its head weights,
         when the family's converter knows it (``task_from_keras_hub``); None builds a fresh head."""
         converter = converters.for_keras_hub_class(config.get("class_name"))
         if converter is None:
             return None
-        backbone = self.load_backbone(load_weights=load_weights)
+        backbone = self.load_backbone(load_weights=load_weights, **(backbone_kwargs or {}))
         task = converter.task_from_keras_hub(task_cls, config["config"], backbone, **kwargs)
         if task is not None and load_weights:
             path = self.file(files.TASK_WEIGHTS_FILE)

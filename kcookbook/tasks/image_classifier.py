@@ -157,14 +157,15 @@ class ImageClassifier(Task):
         ``load_weights=False`` builds the same architecture with random weights (from scratch).
         """
         loader = load_preset(handle)
+        backbone_kwargs = cls.pop_backbone_kwargs(kwargs)
         head_kwargs = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
-        task = loader.load_task(cls, load_weights=load_weights, **head_kwargs)
+        task = loader.load_task(cls, load_weights=load_weights, backbone_kwargs=backbone_kwargs, **head_kwargs)
         if task is None:
             if num_classes is None:
                 raise PresetError(
                     f"Preset {handle!r} has no classification head to keep. Pass num_classes=... to "
                     "put a new head on its backbone.")
-            backbone = loader.load_backbone(load_weights=load_weights)
+            backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
             task = cls(backbone=backbone, num_classes=num_classes, **kwargs)
         if task.preprocessor is None:
             converter = loader.load_image_converter()

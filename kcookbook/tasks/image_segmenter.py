@@ -347,9 +347,10 @@ class ImageSegmenter(Task):
         """A segmenter on a SAM preset: a built-in name (``lite_medsam``), a Hugging Face ``SamModel``
         folder or ``hf://`` handle, or a kcookbook preset directory."""
         loader = load_preset(handle)
-        task = loader.load_task(cls, load_weights=load_weights, **kwargs)
+        backbone_kwargs = cls.pop_backbone_kwargs(kwargs)
+        task = loader.load_task(cls, load_weights=load_weights, backbone_kwargs=backbone_kwargs, **kwargs)
         if task is None:
-            task = cls(backbone=loader.load_backbone(load_weights=load_weights), **kwargs)
+            task = cls(backbone=loader.load_backbone(load_weights=load_weights, **backbone_kwargs), **kwargs)
         if task.preprocessor is None:
             converter = loader.load_image_converter()
             if converter is not None:

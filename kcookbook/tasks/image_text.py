@@ -89,9 +89,9 @@ class _ImageTextTask(Task):
             for i in range(0, len(token_ids), batch_size)]))
 
     @classmethod
-    def _from_preset_parts(cls, handle, load_weights):
+    def _from_preset_parts(cls, handle, load_weights, kwargs):
         loader = load_preset(handle)
-        backbone = loader.load_backbone(load_weights=load_weights)
+        backbone = loader.load_backbone(load_weights=load_weights, **cls.pop_backbone_kwargs(kwargs))
         _check_backbone(backbone, cls.__name__)
         preprocessor, text_preprocessor = _preprocessors(loader, backbone, handle)
         return backbone, preprocessor, text_preprocessor
@@ -182,7 +182,7 @@ class ZeroShotImageClassifier(_ImageTextTask):
     def from_preset(cls, handle, class_names, templates=DEFAULT_TEMPLATES, load_weights=True, **kwargs):
         """A zero-shot classifier on a CLIP preset (a Hugging Face ``CLIPModel`` folder, ``hf://…``)."""
         _check_prompts(class_names, templates)  # before the weights are read
-        backbone, preprocessor, text_preprocessor = cls._from_preset_parts(handle, load_weights)
+        backbone, preprocessor, text_preprocessor = cls._from_preset_parts(handle, load_weights, kwargs)
         return cls(backbone, class_names, templates, preprocessor=preprocessor,
                    text_preprocessor=text_preprocessor, **kwargs)
 
@@ -232,7 +232,7 @@ class ImageTextEmbedder(_ImageTextTask):
     @classmethod
     def from_preset(cls, handle, load_weights=True, **kwargs):
         """An embedder on a CLIP preset (a Hugging Face ``CLIPModel`` folder, ``hf://…``)."""
-        backbone, preprocessor, text_preprocessor = cls._from_preset_parts(handle, load_weights)
+        backbone, preprocessor, text_preprocessor = cls._from_preset_parts(handle, load_weights, kwargs)
         return cls(backbone, preprocessor=preprocessor, text_preprocessor=text_preprocessor, **kwargs)
 
 

@@ -236,14 +236,16 @@ class ObjectDetector(Task):
         """A detector on a preset: ``num_classes=None`` keeps the preset's head and class names; a
         number puts a new, randomly initialised head on the preset's backbone."""
         loader = load_preset(handle)
+        backbone_kwargs = cls.pop_backbone_kwargs(kwargs)
         head_kwargs = dict(kwargs) if num_classes is None else {**kwargs, "num_classes": num_classes}
-        task = loader.load_task(cls, load_weights=load_weights, **head_kwargs)
+        task = loader.load_task(cls, load_weights=load_weights, backbone_kwargs=backbone_kwargs, **head_kwargs)
         if task is not None:
             return task
         if num_classes is None:
             raise PresetError(f"Preset {handle!r} has no detection head to keep. Pass num_classes=... to put a "
                               "new head on its backbone.")
-        return cls(backbone=loader.load_backbone(load_weights=load_weights), num_classes=num_classes, **kwargs)
+        backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
+        return cls(backbone=backbone, num_classes=num_classes, **kwargs)
 
     def get_config(self):
         config = super().get_config()

@@ -383,17 +383,20 @@ class Task(keras.Model):
         A preset saved with this task's head (``task.json``) and the same arguments loads that head;
         otherwise a new head is built on the preset's backbone and preprocessor. ``preprocessor=...``
         replaces the preset's (``preprocessor=None``: the model alone, fed token ids; the preset's
-        tokenizer files are then not read at all).
+        tokenizer files are then not read at all). ``dtype="bfloat16"`` (or any dtype policy) builds the
+        backbone in that dtype, like ``backbone_kwargs={"dtype": ...}``; the head keeps float32 weights
+        and logits.
         """
         loader = load_preset(handle)
         given = "preprocessor" in kwargs
         preprocessor = kwargs.pop("preprocessor", None)
-        task = loader.load_task(cls, load_weights=load_weights, with_preprocessor=not given, **kwargs)
+        backbone_kwargs = cls.pop_backbone_kwargs(kwargs)
+        task = loader.load_task(cls, load_weights=load_weights, with_preprocessor=not given,
+                                backbone_kwargs=backbone_kwargs, **kwargs)
         if task is not None:
             if given:
                 task.preprocessor = preprocessor
             return task
-        backbone_kwargs = kwargs.pop("backbone_kwargs", {})
         backbone = loader.load_backbone(load_weights=load_weights, **backbone_kwargs)
         preprocessor_kwargs = kwargs.pop("preprocessor_kwargs", {})
         if not given and cls.preprocessor_cls is not None and loader.load_tokenizer() is not None:
@@ -402,6 +405,16 @@ class Task(keras.Model):
             preprocessor = loader.load_preprocessor(cls.preprocessor_cls, **preprocessor_kwargs)
         defaults = loader.task_kwargs(cls)
         return cls(backbone=backbone, preprocessor=preprocessor, **{**defaults, **kwargs})
+
+    @staticmethod
+    def pop_backbone_kwargs(kwargs):
+        """Take what builds the backbone out of a ``from_preset`` call's ``kwargs``: its
+        ``backbone_kwargs`` and ``dtype`` (the backbone's dtype policy; the head keeps float32)."""
+        backbone_kwargs = dict(kwargs.pop("backbone_kwargs", None) or {})
+        dtype = kwargs.pop("dtype", None)
+        if dtype is not None:
+            backbone_kwargs.setdefault("dtype", dtype)
+        return backbone_kwargs
 
     def save_to_preset(self, directory, metadata=None):
         """Write backbone, tokenizer, preprocessor and head as one preset directory, atomically."""

@@ -160,7 +160,7 @@ class StateDictLoader(PresetLoader):
         resolution = VARIANTS[self.variant][2]
         return ImageConverter.from_mean_std((resolution, resolution), MEAN, STD, **kwargs)
 
-    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, backbone_kwargs=None, **kwargs):
         """The checkpoint's own ImageNet head (``_fc``) when ``num_classes`` is absent or 1000."""
         from kcookbook.tasks.image_classifier import ImageClassifier
         from kcookbook.tasks.imagenet_classes import imagenet_class_names
@@ -169,7 +169,8 @@ class StateDictLoader(PresetLoader):
             return None
         kwargs = {"num_classes": IMAGENET_CLASSES, "dropout": VARIANTS[self.variant][3], **kwargs}
         kwargs.setdefault("class_names", imagenet_class_names())
-        task = task_cls(backbone=self.load_backbone(load_weights=load_weights), **kwargs)
+        task = task_cls(backbone=self.load_backbone(load_weights=load_weights, **(backbone_kwargs or {})),
+                        **kwargs)
         if load_weights:
             state = self.state_dict()
             dense = task.get_layer("predictions")

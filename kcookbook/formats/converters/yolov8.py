@@ -176,7 +176,7 @@ class StateDictLoader(PresetLoader):
                                  self.weights_file)
         return backbone
 
-    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, **kwargs):
+    def load_task(self, task_cls, load_weights=True, with_preprocessor=True, backbone_kwargs=None, **kwargs):
         """The checkpoint's own head when ``num_classes`` is absent or the checkpoint's."""
         from kcookbook.tasks.object_detector import ObjectDetector
 
@@ -184,7 +184,8 @@ class StateDictLoader(PresetLoader):
         if task_cls is not ObjectDetector or kwargs.get("num_classes", len(names)) != len(names):
             return None
         kwargs = {"num_classes": len(names), "class_names": names, **kwargs}
-        task = task_cls(backbone=self.load_backbone(load_weights=load_weights), **kwargs)
+        task = task_cls(backbone=self.load_backbone(load_weights=load_weights, **(backbone_kwargs or {})),
+                        **kwargs)
         if load_weights:
             state = self.state_dict()
             self.converter.weights_from_state_dict(state, task.backbone)  # consumed: what is left is the head
