@@ -380,6 +380,7 @@ def _modules():
 
 
 @pytest.mark.parametrize("module_name", _modules())
+@pytest.mark.one_backend  # the documentation runs; the components' numerics are tested on every backend above
 def test_docstring_examples_run(module_name):
     module = importlib.import_module(module_name)
     finder = doctest.DocTestFinder()

@@ -185,6 +185,7 @@ def test_chat_template_renders_like_transformers(tokenizer, hf_gguf_tokenizer):
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # stop tokens from a GGUF-made folder; generation numerics run on every backend
 def test_hf_folder_stops_where_transformers_generate_stops(hf_gguf_tokenizer, tmp_path):
     """A Hugging Face folder's ``generation_config.json`` may list several ``eos_token_id``s (chat
     models add their end-of-turn token); generate(stop_token_ids="auto") stops at each, as
@@ -250,6 +251,7 @@ def test_gguf_tokenizer_round_trips_through_a_preset(tokenizer, tmp_path, texts)
 
 
 @pytest.mark.slow
+@pytest.mark.one_backend  # file detection
 def test_loader_recognises_the_file_and_its_folder(smollm2_path):
     for handle in (smollm2_path, os.path.dirname(smollm2_path)):
         loader = presets.load(handle)

@@ -551,6 +551,7 @@ def _assert_ids(tokenizer, ids):
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "byte_pair", "sentencepiece", "tokenizer_json"])
+@pytest.mark.backend_independent  # tokenizers give Python ids on every backend
 def test_tokenizers_take_any_unicode(tokenizers, kind):
     tokenizer = tokenizers[kind]
 
@@ -568,6 +569,7 @@ def test_tokenizers_take_any_unicode(tokenizers, kind):
 
 
 @pytest.mark.parametrize("kind", ["wordpiece", "byte_pair", "sentencepiece", "tokenizer_json"])
+@pytest.mark.backend_independent  # tokenizers give Python ids on every backend
 def test_tokenizers_on_a_megabyte_of_text(tokenizers, kind):
     tokenizer = tokenizers[kind]
     rng = np.random.default_rng(0)

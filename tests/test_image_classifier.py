@@ -68,6 +68,7 @@ def test_training_learns_a_visible_difference(seeded):
     assert (classifier.predict(images, verbose=0).argmax(-1) == labels).mean() == 1.0
 
 
+@pytest.mark.one_backend  # preset plumbing; the classifier's numerics run on every backend
 def test_preset_keeps_the_head_or_builds_a_new_one(tmp_path, seeded):
     classifier = tiny_classifier(backbone=tiny_backbone(), class_names=["cat", "dog", "bird"])
     images = random_images(seeded, 2)
@@ -133,6 +134,7 @@ class NotATensor:
     """An arbitrary pickled object: ``torch.load(weights_only=True)`` refuses to build it."""
 
 
+@pytest.mark.backend_independent  # file errors before any model runs
 def test_corrupt_or_unsafe_checkpoints_are_clear_errors(tmp_path):
     import torch
 
