@@ -167,6 +167,7 @@ def test_transformers_resnet_checkpoints_convert(tmp_path, layer_type, hidden_si
 @pytest.mark.parametrize("block_type,pre_activation", [
     ("basic_block", False), ("bottleneck_block", False), ("basic_block", True), ("bottleneck_block", True),
     ("basic_block_vd", False), ("bottleneck_block_vd", False)])
+@pytest.mark.one_backend  # keras_hub's file layout; per-backend numerics: the transformers parity tests
 def test_keras_hub_resnet_preset_loads_with_the_same_outputs(tmp_path, block_type, pre_activation):
     """v1, v2 (pre-activation) and vd (three-convolution stem, average-pooled shortcuts)."""
     import keras_hub
@@ -227,6 +228,7 @@ def test_transformers_vit_classifier_runs_as_an_image_classifier(tmp_path):
     assert classifier.predict(np.zeros((1, 50, 40, 3), "uint8"), verbose=0).shape == (1, 4)
 
 
+@pytest.mark.one_backend  # keras_hub's file layout; per-backend numerics: the transformers parity tests
 def test_keras_hub_resnet_classifier_preset_keeps_its_head(tmp_path):
     """A keras_hub ResNetImageClassifier preset (as on Kaggle: backbone + head + image converter) gives
     keras_hub's logits on raw images; 1000 classes come with the ImageNet names."""

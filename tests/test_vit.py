@@ -197,6 +197,7 @@ def _randomize_layer_norms(model, rng):
 
 
 @pytest.mark.parametrize("pooling,use_mha_bias", [("token", True), ("gap", False)])
+@pytest.mark.one_backend  # keras_hub's file layout; per-backend numerics: the transformers parity tests
 def test_keras_hub_vit_classifier_preset_loads_with_keras_hubs_logits(tmp_path, pooling, use_mha_bias):
     """A keras_hub ViTImageClassifier preset (what Kaggle's vit_*_imagenet are): backbone, head and
     image converter, on raw images; keras_hub's logits."""
