@@ -24,6 +24,7 @@ from keras import ops
 
 from kcookbook.backbones import Backbone, T5Backbone
 from kcookbook.components.relative_position_bias import relative_position_bucket
+from kcookbook.components.samplers import BeamSampler
 from kcookbook.presets import PresetError
 from kcookbook.tasks import Seq2SeqLM
 
@@ -205,6 +206,23 @@ def test_beam_search_is_the_beam_search_of_transformers_scores(tmp_path_factory,
     out = lm.generate(encoder, max_length=6, sampler="beam", stop_token_ids=None)
     np.testing.assert_array_equal(out["decoder_token_ids"], reference_beam_search(reference, x, 5, 6))
     assert out["decoder_padding_mask"].all()
+
+
+def test_beam_search_gives_transformers_generate_ids(tmp_path_factory, spiece):
+    """T5 v1.1 (gated-GELU, untied): ``generate(num_beams=3)`` of transformers, no end token, padded
+    encoder rows, the same ids."""
+    lm, reference = converted("v1.1", tmp_path_factory, spiece)
+    x = batch(np.random.default_rng(5))
+    encoder = {k: x[k] for k in ("encoder_token_ids", "encoder_padding_mask")}
+    inputs = dict(input_ids=torch.tensor(x["encoder_token_ids"], dtype=torch.long),
+                  attention_mask=torch.tensor(x["encoder_padding_mask"]), do_sample=False, max_length=7,
+                  min_length=7, eos_token_id=None, early_stopping=False)
+    with torch.no_grad():
+        expected = reference.generate(num_beams=3, **inputs).numpy()
+        greedy = reference.generate(num_beams=1, **inputs).numpy()
+    assert expected.shape == (3, 7) and (expected != greedy).any()  # the beams change the result
+    out = lm.generate(encoder, max_length=7, sampler=BeamSampler(num_beams=3), stop_token_ids=None)
+    np.testing.assert_array_equal(out["decoder_token_ids"], expected)
 
 
 def test_samplers_run_in_the_compiled_loop(tmp_path_factory, spiece):
