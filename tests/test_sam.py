@@ -146,17 +146,21 @@ def test_images_of_different_sizes_give_masks_at_each_size(segmenter, photo):
     assert out["iou_pred"].shape == (2, 4)
 
 
-@pytest.mark.slow  # compiling the training step takes minutes on tensorflow (XLA) under CI's load
-def test_fit_trains_the_mask_decoder(tiny_sam, photo):
-    """Box prompts around the dark region of a real photo: the loss falls, the image encoder stays."""
-    keras.utils.set_random_seed(0)
-    segmenter = ImageSegmenter.from_preset(str(tiny_sam[0]))
+def _dark_region_task(photo, count=2):
+    """Box prompts around the darkest 40% of a real photo, and that region as the target mask."""
     gray = photo.mean(-1)
     target = gray < np.percentile(gray, 40)
     ys, xs = np.nonzero(target)
     box = [xs.min(), ys.min(), xs.max(), ys.max()]
-    x = {"images": np.stack([photo] * 2), "boxes": [box] * 2}
-    y = np.stack([target] * 2)
+    return {"images": np.stack([photo] * count), "boxes": [box] * count}, np.stack([target] * count)
+
+
+@pytest.mark.slow  # compiling the (prompt decoder's) training step takes ~10-60 s on jax and tensorflow
+def test_fit_trains_the_mask_decoder(tiny_sam, photo):
+    """Box prompts around the dark region of a real photo: the loss falls, the image encoder stays."""
+    keras.utils.set_random_seed(0)
+    segmenter = ImageSegmenter.from_preset(str(tiny_sam[0]))
+    x, y = _dark_region_task(photo)
     encoder_before = [numpy(w).copy() for w in segmenter.backbone.image_encoder_model.weights]
     segmenter.compile(optimizer=keras.optimizers.Adam(2e-2))
     history = segmenter.fit(x, y, epochs=4, batch_size=2, verbose=0)
@@ -164,6 +168,34 @@ def test_fit_trains_the_mask_decoder(tiny_sam, photo):
     assert np.isfinite(losses).all() and losses[-1] < 0.7 * losses[0], losses
     for before, after in zip(encoder_before, segmenter.backbone.image_encoder_model.weights):
         np.testing.assert_array_equal(before, numpy(after))
+
+
+def test_fit_on_cached_embeddings_is_the_full_models_step(tiny_sam, photo):
+    """With the image encoder frozen, fit embeds the images once and trains the prompt decoder: one
+    SGD step gives the weights one step of the whole model gives, and the encoder never changes.
+    (Uncompiled steps: compiling the whole model's training step takes minutes on jax and
+    tensorflow; test_fit_trains_the_mask_decoder runs the compiled cached path.)"""
+    x, y = _dark_region_task(photo)
+    cached, full = (ImageSegmenter.from_preset(str(tiny_sam[0])) for _ in range(2))
+    encoder_before = [numpy(w).copy() for w in cached.backbone.image_encoder_model.weights]
+    decoder_before = [numpy(w).copy() for w in cached.backbone.prompt_decoder.weights]
+    for segmenter in (cached, full):
+        segmenter.compile(optimizer=keras.optimizers.SGD(0.5), jit_compile=False)
+    calls = []
+    encoder = cached.backbone.embed_images
+    cached.backbone.embed_images = lambda pixels: calls.append(len(pixels)) or encoder(pixels)
+    cached.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0)
+    full.fit(x, y, epochs=1, batch_size=2, shuffle=False, verbose=0, cache_image_embeddings=False)
+    assert calls == [2]  # the encoder ran once, outside the training step
+    for ours, theirs in zip(cached.weights, full.weights):
+        np.testing.assert_allclose(numpy(ours), numpy(theirs), atol=2e-5, err_msg=ours.path)
+    for before, after in zip(encoder_before, cached.backbone.image_encoder_model.weights):
+        np.testing.assert_array_equal(before, numpy(after))
+    assert any(np.abs(b - numpy(a)).max() > 1e-4 for b, a in zip(decoder_before, cached.backbone.prompt_decoder.weights))
+    embedded = {**cached.embed_images(x["images"]), "boxes": x["boxes"]}
+    np.testing.assert_allclose(cached.evaluate(embedded, y, verbose=0), full.evaluate(x, y, verbose=0), rtol=1e-4)
+    with pytest.raises(ValueError, match="image_embeddings"):
+        cached.fit(embedded, y, cache_image_embeddings=False)
 
 
 def test_config_round_trip(segmenter):

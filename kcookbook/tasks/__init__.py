@@ -32,3 +32,6 @@ __all__ += ["TextToImage"]
 from kcookbook.tasks.image_segmenter import mask_box, mask_iou  # noqa: E402
 
 __all__ += ["mask_box", "mask_iou"]
+from kcookbook.tasks.image_segmenter import segmentation_loss  # noqa: E402
+
+__all__ += ["segmentation_loss"]

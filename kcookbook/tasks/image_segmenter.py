@@ -25,6 +25,13 @@ encoder and mask decoder.
 1 × dice on the mask logits (the best of the outputs for each example, as the paper back-propagates
 the lowest loss of the multimask outputs), plus the mean squared error between ``iou_pred`` and the
 IoU each predicted mask actually has. ``y`` holds the ground-truth masks at the input images' sizes.
+
+While the image encoder is frozen, ``fit`` runs it once per image (``embed_images``, a few images
+at a time) and trains the prompt decoder (``backbone.prompt_decoder``, the same weights) on those
+embeddings: every epoch after the first costs only the decoder, and no step holds the encoder's
+activations. ``x`` may also be ``embed_images``' output merged with the prompts.
+``fit(..., cache_image_embeddings=False)`` runs the whole model on every step instead (the same
+update; what a trainable encoder needs).
 """
 
 import keras
@@ -32,6 +39,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.backbones.sam import SAMBackbone
+from kcookbook.components.inputs import is_tf_dataset
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.tasks.image_classifier import ImageClassifierPreprocessor
 from kcookbook.tasks.task import Task
@@ -233,6 +241,44 @@ def dice_loss(logits, targets, eps=1.0):
     return 1 - (2 * intersection + eps) / (ops.sum(p, axis=(2, 3)) + ops.sum(targets, axis=(2, 3)) + eps)
 
 
+def segmentation_loss(y, y_pred, focal_weight=20.0, dice_weight=1.0, iou_weight=1.0, sample_weight=None):
+    """SAM's training loss, averaged over the batch: ``focal_weight`` × focal + ``dice_weight`` × dice
+    of the best mask output of each example, plus ``iou_weight`` × the squared error of ``iou_pred``
+    against each output's actual IoU. ``y`` (batch, h, w) target masks; ``y_pred`` the decoder's
+    ``{"masks": logits (batch, masks, h, w), "iou_pred": (batch, masks)}``."""
+    logits = y_pred["masks"]
+    targets = ops.cast(y, logits.dtype)[:, None]
+    mask_loss = focal_weight * focal_loss(logits, targets) + dice_weight * dice_loss(logits, targets)
+    predicted = ops.cast(logits > 0, logits.dtype)
+    intersection = ops.sum(predicted * targets, axis=(2, 3))
+    union = ops.sum(ops.maximum(predicted, targets), axis=(2, 3))
+    iou = ops.stop_gradient(intersection / ops.maximum(union, 1.0))
+    iou_loss = ops.mean((y_pred["iou_pred"] - iou) ** 2, axis=-1)
+    per_example = ops.min(mask_loss, axis=-1) + iou_weight * iou_loss
+    if sample_weight is not None:
+        per_example = per_example * ops.cast(sample_weight, per_example.dtype)
+    return ops.mean(per_example)
+
+
+class PromptDecoderTrainer(keras.Model):
+    """The prompt encoder and mask decoder of a segmenter (``backbone.prompt_decoder``, sharing its
+    weights) trained on image embeddings with the segmenter's loss and optimizer; what
+    ``ImageSegmenter.fit`` runs while the image encoder is frozen."""
+
+    def __init__(self, segmenter):
+        decoder = segmenter.backbone.prompt_decoder
+        super().__init__(name=f"{segmenter.name}_prompt_decoder_trainer")
+        self.decoder = decoder
+        self.built = True
+        self.loss_weights_of = lambda: (segmenter.focal_weight, segmenter.dice_weight, segmenter.iou_weight)
+
+    def call(self, inputs, training=False):
+        return self.decoder({k: inputs[k] for k in self.decoder.input}, training=training)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        return segmentation_loss(y, y_pred, *self.loss_weights_of(), sample_weight=sample_weight)
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
 class ImageSegmenter(Task):
     """Segment Anything as a task: prompts in, masks at the input size out (see the module).
@@ -273,12 +319,14 @@ class ImageSegmenter(Task):
                              "ImageSegmenterPreprocessor(ImageConverter(...)) or load it with from_preset.")
         return self.preprocessor
 
-    def embed_images(self, images):
+    def embed_images(self, images, batch_size=8):
         """Run the image encoder once: ``{"image_embeddings", "original_sizes", "resized_sizes"}``,
-        to merge into later ``predict`` inputs with the prompts."""
+        to merge into later ``predict`` (or ``fit``) inputs with the prompts. The encoder sees
+        ``batch_size`` images at a time, which bounds its memory."""
         pixels, original, resized = self._require_preprocessor().images(images)
-        embeddings = self.backbone.embed_images(pixels)
-        return {"image_embeddings": ops.convert_to_numpy(embeddings), "original_sizes": original,
+        embeddings = [ops.convert_to_numpy(self.backbone.embed_images(pixels[i:i + batch_size]))
+                      for i in range(0, len(pixels), batch_size)]
+        return {"image_embeddings": np.concatenate(embeddings), "original_sizes": original,
                 "resized_sizes": resized}
 
     def _model_inputs_from(self, x):
@@ -312,14 +360,16 @@ class ImageSegmenter(Task):
 
     # ----- training -----
     def preprocess(self, x, y=None, sample_weight=None):
+        """Images (or ``embed_images``' output) and prompts → model inputs: ``images`` or
+        ``image_embeddings``, the prompts in model pixels, an empty mask prompt; ``y`` → targets."""
         if isinstance(x, dict) and "has_mask" in x:  # already model inputs
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         pixels, embedded, prompts, original, resized = self._model_inputs_from(x)
-        if pixels is None:
-            raise ValueError("fit and evaluate take images, not image_embeddings.")
-        e4 = 4 * self.backbone.embedding_size
-        inputs = {"images": pixels, **prompts, "masks": np.zeros((len(pixels), e4, e4, 1), "float32"),
-                  "has_mask": np.zeros((len(pixels),), "float32")}
+        image_inputs = ({"images": pixels} if embedded is None
+                        else {"image_embeddings": np.asarray(embedded["image_embeddings"], "float32")})
+        batch, e4 = len(original), 4 * self.backbone.embedding_size
+        inputs = {**image_inputs, **prompts, "masks": np.zeros((batch, e4, e4, 1), "float32"),
+                  "has_mask": np.zeros((batch,), "float32")}
         if y is not None:
             y = self._require_preprocessor().targets(y, original, e4)
         return keras.utils.pack_x_y_sample_weight(inputs, y, sample_weight)
@@ -327,19 +377,67 @@ class ImageSegmenter(Task):
     def check_labels(self, y):
         return
 
+    def check_inputs(self, x):
+        """Model inputs with images go to the backbone's checks; image embeddings must have the
+        shape ``embed_images`` gives (the prompts were checked when they were preprocessed)."""
+        if not (isinstance(x, dict) and "image_embeddings" in x):
+            return super().check_inputs(x)
+        e, dim = self.backbone.embedding_size, self.backbone.embedding_dim
+        shape = tuple(np.shape(x["image_embeddings"]))
+        if shape[1:] != (e, e, dim) or shape[0] == 0:
+            raise ValueError(f"image_embeddings has shape {shape}; {self.name} takes (batch, {e}, {e}, {dim}): "
+                             "compute them with embed_images on this segmenter.")
+
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        logits = y_pred["masks"]
-        targets = ops.cast(y, logits.dtype)[:, None]
-        mask_loss = self.focal_weight * focal_loss(logits, targets) + self.dice_weight * dice_loss(logits, targets)
-        predicted = ops.cast(logits > 0, logits.dtype)
-        intersection = ops.sum(predicted * targets, axis=(2, 3))
-        union = ops.sum(ops.maximum(predicted, targets), axis=(2, 3))
-        iou = ops.stop_gradient(intersection / ops.maximum(union, 1.0))
-        iou_loss = ops.mean((y_pred["iou_pred"] - iou) ** 2, axis=-1)
-        per_example = ops.min(mask_loss, axis=-1) + self.iou_weight * iou_loss
-        if sample_weight is not None:
-            per_example = per_example * ops.cast(sample_weight, per_example.dtype)
-        return ops.mean(per_example)
+        return segmentation_loss(y, y_pred, self.focal_weight, self.dice_weight, self.iou_weight, sample_weight)
+
+    def _embedded(self, x):
+        """``x`` with its images replaced by their embeddings (``embed_images``)."""
+        if not isinstance(x, dict) or "images" not in x or "image_embeddings" in x:
+            return x
+        return {**{k: v for k, v in x.items() if k != "images"}, **self.embed_images(x["images"])}
+
+    def prompt_decoder_trainer(self):
+        """The ``PromptDecoderTrainer`` of this segmenter, compiled with its current optimizer."""
+        trainer = self.__dict__.get("_prompt_decoder_trainer")
+        if trainer is None:
+            trainer = PromptDecoderTrainer(self)
+            object.__setattr__(self, "_prompt_decoder_trainer", trainer)
+        if getattr(trainer, "optimizer", None) is not self.optimizer:
+            trainer.compile(optimizer=self.optimizer, jit_compile=self.jit_compile)
+        return trainer
+
+    def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None,
+            cache_image_embeddings=True, **kwargs):
+        """Train the prompt encoder and mask decoder (see the module). With the image encoder frozen
+        and ``cache_image_embeddings`` (the default), the images are embedded once and the decoder
+        trains on the embeddings; otherwise every step runs the whole model."""
+        frozen = not self.backbone.image_encoder_model.trainable
+        embeddings_given = isinstance(x, dict) and "image_embeddings" in x
+        if not (frozen and cache_image_embeddings) or is_tf_dataset(x) or is_tf_dataset(validation_data):
+            if embeddings_given:
+                raise ValueError("fit got image_embeddings, but they train only a frozen image encoder's "
+                                 "decoder with cache_image_embeddings=True: pass images instead (a trainable "
+                                 "image encoder, or cache_image_embeddings=False, needs them).")
+            return super().fit(x, y, batch_size=batch_size, validation_data=validation_data,
+                               sample_weight=sample_weight, **kwargs)
+        x, y, sample_weight = self._prepare(self._embedded(x), y, sample_weight, labelled=True)
+        if validation_data is not None:
+            val_x, val_y, *val_weight = validation_data
+            validation_data = keras.utils.pack_x_y_sample_weight(
+                *self._prepare(self._embedded(val_x), val_y, *val_weight, labelled=True))
+        with self._keeps_state_on_failure():
+            return self.prompt_decoder_trainer().fit(x, y, batch_size=batch_size, validation_data=validation_data,
+                                                     sample_weight=sample_weight, **kwargs)
+
+    def evaluate(self, x=None, y=None, batch_size=None, sample_weight=None, **kwargs):
+        """The loss on images, or on ``embed_images``' output merged with the prompts."""
+        if not (isinstance(x, dict) and "image_embeddings" in x):
+            return super().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight, **kwargs)
+        x, y, sample_weight = self._prepare(x, y, sample_weight, labelled=True)
+        with self._keeps_state_on_failure():
+            return self.prompt_decoder_trainer().evaluate(x, y, batch_size=batch_size, sample_weight=sample_weight,
+                                                          **kwargs)
 
     # ----- presets -----
     @classmethod
