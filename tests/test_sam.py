@@ -170,6 +170,8 @@ def test_fit_trains_the_mask_decoder(tiny_sam, photo):
         np.testing.assert_array_equal(before, numpy(after))
 
 
+@pytest.mark.one_backend  # two training paths compared step for step (~40-120 s of compiles on jax/tensorflow);
+# the compiled fit test above trains on every backend
 def test_fit_on_cached_embeddings_is_the_full_models_step(tiny_sam, photo):
     """With the image encoder frozen, fit embeds the images once and trains the prompt decoder: one
     SGD step gives the weights one step of the whole model gives, and the encoder never changes.

@@ -26,7 +26,7 @@ encoder and mask decoder.
 the lowest loss of the multimask outputs), plus the mean squared error between ``iou_pred`` and the
 IoU each predicted mask actually has. ``y`` holds the ground-truth masks at the input images' sizes.
 
-While the image encoder is frozen, ``fit`` runs it once per image (``embed_images``, a few images
+While the image encoder is frozen, ``fit`` runs it once per image (``embed_images``, two images
 at a time) and trains the prompt decoder (``backbone.prompt_decoder``, the same weights) on those
 embeddings: every epoch after the first costs only the decoder, and no step holds the encoder's
 activations. ``x`` may also be ``embed_images``' output merged with the prompts.
@@ -319,15 +319,18 @@ class ImageSegmenter(Task):
                              "ImageSegmenterPreprocessor(ImageConverter(...)) or load it with from_preset.")
         return self.preprocessor
 
-    def embed_images(self, images, batch_size=8):
+    def embed_images(self, images, batch_size=2):
         """Run the image encoder once: ``{"image_embeddings", "original_sizes", "resized_sizes"}``,
         to merge into later ``predict`` (or ``fit``) inputs with the prompts. The encoder sees
-        ``batch_size`` images at a time, which bounds its memory."""
+        ``batch_size`` images at a time, which bounds its memory (LiteMedSAM's TinyViT holds ~1.3 GB
+        of activations per 256-px image on a CPU: its first stage runs at full resolution)."""
         pixels, original, resized = self._require_preprocessor().images(images)
-        embeddings = [ops.convert_to_numpy(self.backbone.embed_images(pixels[i:i + batch_size]))
-                      for i in range(0, len(pixels), batch_size)]
-        return {"image_embeddings": np.concatenate(embeddings), "original_sizes": original,
+        return {"image_embeddings": self._encode(pixels, batch_size), "original_sizes": original,
                 "resized_sizes": resized}
+
+    def _encode(self, pixels, batch_size=2):
+        return np.concatenate([ops.convert_to_numpy(self.backbone.embed_images(pixels[i:i + batch_size]))
+                               for i in range(0, len(pixels), batch_size)])
 
     def _model_inputs_from(self, x):
         if not isinstance(x, dict):
@@ -348,8 +351,7 @@ class ImageSegmenter(Task):
 
     def predict(self, x, batch_size=None, **kwargs):
         pixels, embedded, prompts, original, resized = self._model_inputs_from(x)
-        embeddings = (self.backbone.embed_images(pixels) if embedded is None
-                      else ops.convert_to_tensor(embedded["image_embeddings"]))
+        embeddings = self._encode(pixels) if embedded is None else embedded["image_embeddings"]
         out = self.backbone.decode(embeddings, **prompts)
         low_res = ops.convert_to_numpy(out["masks"])
         masks = [upscale_masks(low_res[i], self.backbone.image_size, resized[i], original[i]) > 0
