@@ -140,3 +140,24 @@ def cached_reference(name, file, key, compute):
         json.dump(result, f)
     os.replace(cache + ".partial", cache)
     return result
+
+
+def assert_keras_hub_option_refused(preset, folder, keys, value):
+    """Copy the keras_hub preset folder ``preset`` to ``folder``, set ``config.json``'s
+    ``config[keys[0]][...]`` to ``value`` (a nested part's option: ``("image_encoder", "config",
+    "use_abs_pos")``) and assert that loading it raises a PresetError naming the option."""
+    import json
+    import shutil
+
+    from kcookbook.backbones import Backbone
+    from kcookbook.presets import PresetError
+
+    shutil.copytree(preset, folder)
+    config = json.loads((folder / "config.json").read_text())
+    inner = config["config"]
+    for key in keys[:-1]:
+        inner = inner[key]
+    inner[keys[-1]] = value
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(PresetError, match=keys[-1]):
+        Backbone.from_preset(str(folder))

@@ -94,14 +94,3 @@ def test_keras_hub_mistral_and_gemma_presets_load_with_identical_outputs(tmp_pat
     real = inputs["padding_mask"].astype(bool)
     np.testing.assert_allclose(ours[real], expected[real], atol=2e-5, rtol=0)
 
-
-def test_keras_hub_gemma2_preset_is_refused_by_name(tmp_path):
-    import keras_hub
-
-    reference = keras_hub.models.GemmaBackbone(
-        vocabulary_size=64, num_layers=1, num_query_heads=2, num_key_value_heads=1, hidden_dim=8,
-        intermediate_dim=16, head_dim=4, use_post_ffw_norm=True, use_post_attention_norm=True,
-        final_logit_soft_cap=30.0, attention_logit_soft_cap=50.0)
-    reference.save_to_preset(str(tmp_path))
-    with pytest.raises(PresetError, match="Gemma 2"):
-        CausalLM.from_preset(str(tmp_path))

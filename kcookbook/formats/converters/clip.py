@@ -140,6 +140,7 @@ class CLIPConverter(Converter):
 
     family = "clip"
     hf_model_types = ("clip",)
+    keras_hub_classes = ("CLIPBackbone", "CLIPTokenizer", "CLIPImageConverter")
 
     def backbone_from_hf(self, hf_config, **overrides):
         vision = {**VISION_DEFAULTS, **(hf_config.get("vision_config") or {})}
@@ -218,3 +219,108 @@ class CLIPConverter(Converter):
                 "scale": config.get("rescale_factor", 1 / 255) if config.get("do_rescale", True) else 1.0,
                 "mean": config.get("image_mean") if normalize else None,
                 "std": config.get("image_std") if normalize else None}
+
+    # ----- keras_hub presets: CLIPBackbone (CLIPVisionEncoder + CLIPTextEncoder) -----
+    def backbone_from_keras_hub(self, config, **overrides):
+        towers = {}
+        for name, class_name in (("vision_encoder", "CLIPVisionEncoder"), ("text_encoder", "CLIPTextEncoder")):
+            part = config.get(name) or {}
+            if part.get("class_name") != class_name:
+                raise PresetError(f"This keras_hub CLIPBackbone's {name} is {part.get('class_name')!r}; "
+                                  f"kcookbook reads CLIP presets whose {name} is keras_hub's {class_name}.")
+            tower = part["config"]
+            activation = tower.get("intermediate_activation", "quick_gelu")
+            if activation not in ("quick_gelu", "gelu"):
+                raise PresetError(f"This keras_hub CLIPBackbone's {name} sets intermediate_activation="
+                                  f"{activation!r}; kcookbook's CLIP reads 'quick_gelu' and 'gelu'.")
+            if tower.get("intermediate_output_index") is not None:
+                raise PresetError(f"This keras_hub CLIPBackbone's {name} sets intermediate_output_index="
+                                  f"{tower['intermediate_output_index']!r} (an extra output); kcookbook's CLIP "
+                                  "towers have none.")
+            towers[name] = {"num_layers": tower["num_layers"], "num_heads": tower["num_heads"],
+                            "hidden_dim": tower["hidden_dim"], "intermediate_dim": tower["intermediate_dim"],
+                            "activation": activation, "dtype": overrides.get("dtype")}
+        vision, text = config["vision_encoder"]["config"], config["text_encoder"]["config"]
+        if text["embedding_dim"] != text["hidden_dim"]:
+            raise PresetError(f"This keras_hub CLIPBackbone's text_encoder sets embedding_dim={text['embedding_dim']} "
+                              f"and hidden_dim={text['hidden_dim']}; kcookbook's CLIP needs them equal.")
+        vision_encoder = CLIPVisionEncoder(image_shape=tuple(vision.get("image_shape", (224, 224, 3))),
+                                           patch_size=vision["patch_size"], **towers["vision_encoder"])
+        # keras_hub pools the position of the largest id (end_token_id None), as OpenAI's CLIP does.
+        text_encoder = CLIPTextEncoder(vocabulary_size=text["vocabulary_size"],
+                                       max_sequence_length=text.get("max_sequence_length", 77),
+                                       **towers["text_encoder"])
+        options = {"projection_dim": config["projection_dim"], **overrides}
+        return CLIPBackbone(vision_encoder, text_encoder, **options)
+
+    def weights_from_keras_hub(self, arrays, backbone):
+        t = keras_hub_clip_tensors(arrays, backbone)
+        return self.weights_from_hf(t, backbone)
+
+    def tokenizer_from_keras_hub(self, config, assets_dir, **kwargs):
+        """keras_hub's ``CLIPTokenizer``: ``assets/tokenizer/vocabulary.json`` and ``merges.txt``;
+        it pads with id 0 unless ``pad_with_end_token``."""
+        vocab, merges = os.path.join(assets_dir, "vocabulary.json"), os.path.join(assets_dir, "merges.txt")
+        for path in (vocab, merges):
+            if not os.path.exists(path):
+                raise PresetError(f"keras_hub CLIP tokenizer without {path} (keras_hub writes it with "
+                                  "save_to_preset).")
+        pad = END_TOKEN
+        if not config.get("pad_with_end_token", False):
+            vocabulary = files.read_json(vocab, "CLIP vocabulary")
+            pad = next(token for token, i in vocabulary.items() if i == 0)
+        return clip_tokenizer(vocab, merges, pad_token=pad, **kwargs)
+
+    def image_converter_from_keras_hub(self, config, **kwargs):
+        from kcookbook.formats.converters.common import image_converter_from_keras_hub
+
+        return image_converter_from_keras_hub(config, **kwargs)
+
+
+def keras_hub_clip_tensors(arrays, backbone):
+    """keras_hub's CLIP ``model.weights.h5`` arrays as ``{Hugging Face CLIPModel name: array}`` (torch
+    layouts), so the Hugging Face mapping reads them."""
+    from kcookbook.formats.converters.common import keras_hub_layer_suffix, keras_hub_reader
+
+    var, t = keras_hub_reader(arrays), {}
+
+    def layer(theirs, hf):
+        for name, hf_name in (("query", "q"), ("key", "k"), ("value", "v")):
+            kernel = var(f"{theirs}attention/{name}_dense/vars/0")  # (hidden, heads, head_dim)
+            t[f"{hf}self_attn.{hf_name}_proj.weight"] = kernel.reshape(kernel.shape[0], -1).T
+            t[f"{hf}self_attn.{hf_name}_proj.bias"] = var(f"{theirs}attention/{name}_dense/vars/1").reshape(-1)
+        kernel = var(theirs + "attention/output_dense/vars/0")  # (heads, head_dim, hidden)
+        t[hf + "self_attn.out_proj.weight"] = kernel.reshape(-1, kernel.shape[-1]).T
+        t[hf + "self_attn.out_proj.bias"] = var(theirs + "attention/output_dense/vars/1")
+        for name, hf_name in (("dense_1", "mlp.fc1"), ("dense_2", "mlp.fc2")):
+            t[f"{hf}{hf_name}.weight"] = var(f"{theirs}{name}/vars/0").T
+            t[f"{hf}{hf_name}.bias"] = var(f"{theirs}{name}/vars/1")
+        for name, hf_name in (("layer_norm_1", "layer_norm1"), ("layer_norm_2", "layer_norm2")):
+            norm(theirs + name, hf + hf_name)
+
+    def norm(theirs, hf):
+        t[hf + ".weight"], t[hf + ".bias"] = var(theirs + "/vars/0"), var(theirs + "/vars/1")
+
+    text, vision = "layers/clip_text_encoder/layers/", "layers/clip_vision_encoder/layers/"
+    t["text_model.embeddings.token_embedding.weight"] = var(text + "token_and_position_embedding/token_embedding/vars/0")
+    t["text_model.embeddings.position_embedding.weight"] = var(
+        text + "token_and_position_embedding/position_embedding/vars/0")
+    norm(text + "layer_normalization", "text_model.final_layer_norm")
+    for i in range(backbone.text_encoder.num_layers):
+        layer(f"{text}clip_encoder_layer{keras_hub_layer_suffix(i)}/", f"text_model.encoder.layers.{i}.")
+    t["vision_model.embeddings.class_embedding"] = var(vision + "clip_vision_embedding/vars/0")
+    t["vision_model.embeddings.patch_embedding.weight"] = np.transpose(
+        var(vision + "clip_vision_embedding/patch_embedding/vars/0"), (3, 2, 0, 1))
+    # keras_hub looks its position table up at the stored position_ids (arange in its Kaggle presets,
+    # zeros in a freshly built model); ours at 0, 1, 2…: the rows it reads, in order, are the same.
+    table = var(vision + "clip_vision_embedding/position_embedding/vars/0")
+    position_ids = np.asarray(var(vision + "clip_vision_embedding/vars/1")).reshape(-1)
+    t["vision_model.embeddings.position_embedding.weight"] = table[position_ids]
+    norm(vision + "layer_normalization", "vision_model.pre_layrnorm")
+    norm(vision + "layer_normalization_1", "vision_model.post_layernorm")
+    for i in range(backbone.vision_encoder.num_layers):
+        layer(f"{vision}clip_encoder_layer{keras_hub_layer_suffix(i)}/", f"vision_model.encoder.layers.{i}.")
+    t["visual_projection.weight"] = var("layers/dense/vars/0").T
+    t["text_projection.weight"] = var("layers/dense_1/vars/0").T
+    t["logit_scale"] = var("layers/clip_head/vars/0")
+    return t

