@@ -63,6 +63,11 @@ UNIT_XLA_FLAGS ?= --xla_backend_optimization_level=0
 
 # Each backend's block ends with its slowest tests, so CI's log says where the time goes.
 UNIT_DURATIONS ?= --durations=25 --durations-min=5
+
+# Tests that give the same result on every backend (file readers, tokenizers) run once, in the jax run:
+# it runs beside tensorflow followed by torch (which also takes the one_backend tests), so the two
+# halves of `make test-unit` end closer together.
+INDEPENDENT_BACKEND ?= $(firstword $(filter jax,$(BACKENDS)) $(BACKENDS))
 RECIPE_DURATIONS ?= --durations=20 --durations-min=20
 
 test-unit: audio-deps
@@ -70,7 +75,7 @@ test-unit: audio-deps
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 # The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
 # on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).

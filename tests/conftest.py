@@ -16,17 +16,27 @@ from helpers import BERT_SPECIAL_TOKENS, LETTERS, TINY_WORDS, load_tweets, packa
 
 
 # Tests marked backend_independent (preset files, tokenizers, format readers: nothing goes through a
-# backend) run in the torch run of `make test` only, so CI does not repeat them three times.
-# Tests marked one_backend (minutes-long checks of real weights whose per-backend numerics the tiny
-# parity tests already cover) run there too. KCOOKBOOK_ALL_BACKENDS=1 runs both kinds on every backend.
-BACKEND_INDEPENDENT_RUNS_ON = "torch"
+# backend) run on one backend only, so CI does not repeat them three times: torch, or the backend
+# KCOOKBOOK_BACKEND_INDEPENDENT_ON names (`make test` puts them in the jax run, which runs beside
+# tensorflow + torch, to even out the two). Tests marked one_backend (minutes-long checks whose
+# per-backend numerics the tiny parity tests already cover) run in the torch run.
+# KCOOKBOOK_ALL_BACKENDS=1 runs both kinds on every backend.
+ONE_BACKEND_RUNS_ON = "torch"
+
+
+def _runs_here(item, backend):
+    if item.get_closest_marker("backend_independent") is not None:
+        return backend == os.environ.get("KCOOKBOOK_BACKEND_INDEPENDENT_ON", ONE_BACKEND_RUNS_ON)
+    if item.get_closest_marker("one_backend") is not None:
+        return backend == ONE_BACKEND_RUNS_ON
+    return True
 
 
 def pytest_collection_modifyitems(config, items):
-    if os.environ.get("KCOOKBOOK_ALL_BACKENDS") == "1" or keras.backend.backend() == BACKEND_INDEPENDENT_RUNS_ON:
+    if os.environ.get("KCOOKBOOK_ALL_BACKENDS") == "1":
         return
-    kept = [item for item in items if item.get_closest_marker("backend_independent") is None
-            and item.get_closest_marker("one_backend") is None]
+    backend = keras.backend.backend()
+    kept = [item for item in items if _runs_here(item, backend)]
     if len(kept) != len(items):
         config.hook.pytest_deselected(items=[item for item in items if item not in kept])
         items[:] = kept
