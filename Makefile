@@ -119,7 +119,7 @@ test-packaging:
 
 # Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
-test-recipes:
+test-recipes: audio-deps
 	@echo "== recipes under nbval"
 	$(PY) -m pytest -q -n 2 --dist loadfile $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 

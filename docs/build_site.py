@@ -59,9 +59,9 @@ SITE_MARKER = ".kcookbook-site"  # marks a folder this script wrote, so a rebuil
 
 # Index sections, in order: a recipe's folder names its section; a file about benchmarks goes to
 # "Benchmarks" whatever its folder.
-SECTIONS = {"nlp": "NLP", "cv": "CV"}
+SECTIONS = {"nlp": "NLP", "cv": "CV", "audio": "Audio"}
 BENCHMARKS = "Benchmarks"
-SECTION_ORDER = ("NLP", "CV", BENCHMARKS)
+SECTION_ORDER = ("NLP", "CV", "Audio", BENCHMARKS)
 # How the notebooks print the backend they ran on (first cell of each recipe).
 BACKEND_PATTERNS = (
     re.compile(r"KERAS_BACKEND\s*=\s*(jax|tensorflow|torch)\b"),

@@ -15,6 +15,7 @@ import csv
 import dataclasses
 import importlib.util
 import os
+import re
 
 import numpy as np
 
@@ -257,6 +258,29 @@ def load_shakespeare_splits(validation_works=("macbeth", "tempest"), include_poe
     train = [w for w in load_shakespeare(edition=edition)
              if w.name not in held_out and (include_poems or w.name not in SHAKESPEARE_POEMS)]
     return WorkSplits(train=train, validation=validation)
+
+
+def shakespeare_sentences(works, min_words=4, max_words=10):
+    """Whole sentences spoken in Shakespeare's ``works``, ``min_words`` to ``max_words`` words each.
+
+    Speakers' names (``Ham.``), stage directions (``[Exit Queen.]``) and dashes are dropped and verse
+    lines joined; a sentence ends at ``.``, ``!`` or ``?`` and is kept only if it is plain words and
+    punctuation (no digits, brackets, quotes or capitalised names of a cast list), once, in the order of the text.
+
+    >>> "When shall we three meet again?" in shakespeare_sentences("macbeth", 5, 8)
+    True
+    """
+    spoken = []
+    for work in load_shakespeare(works):
+        for line in work.text.split("\n"):
+            line = re.sub(r"\[.*?\]", " ", line).strip()  # a stage direction inside a line too
+            if line and not line.startswith("[") and not re.fullmatch(r"[A-Z][\w ]*\.", line):
+                spoken.append(line)
+    text = " ".join(spoken).replace("--", " ")
+    sentences = (" ".join(s.split()) for s in re.split(r"(?<=[.!?])\s+", text))
+    return list(dict.fromkeys(s for s in sentences if min_words <= len(s.split()) <= max_words
+                              and re.fullmatch(r"[A-Z][A-Za-z',;:!? -]*[.!?]", s)
+                              and not re.search(r"[A-Z]{2}", s)))  # not a cast list's NAMES
 
 
 def next_token_windows(tokenizer, texts, sequence_length):

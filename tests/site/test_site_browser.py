@@ -134,7 +134,7 @@ def test_the_index_shows_one_card_per_notebook(browser, built):
         assert title.strip() and width > 0 and height > 0, href
     sections = browser.execute_script(
         "return Array.from(document.querySelectorAll('section.section h2')).map(h => h.innerText)")
-    assert sections == ["NLP", "CV", "Benchmarks"]
+    assert sections == ["NLP", "CV", "Audio", "Benchmarks"]
 
 
 VISIBLE = """
