@@ -51,8 +51,17 @@ lab: setup
 run: setup
 	$(VENV)/bin/jupyter nbconvert --to notebook --execute --inplace --ExecutePreprocessor.timeout=1800 $(RECIPE)
 
+# After the unit tests, the cross-backend checks (CPU-bound) run beside the site and packaging checks
+# (mostly a browser, pip and a server waiting on each other), each printing its own block when it ends.
 test: setup
-	$(MAKE) --no-print-directory test-unit test-cross-backend test-site test-packaging test-recipes
+	$(MAKE) --no-print-directory test-unit
+	$(MAKE) --no-print-directory -j2 --output-sync=target test-cross-backend test-site-and-packaging
+	$(MAKE) --no-print-directory test-recipes
+
+.PHONY: test-site-and-packaging
+test-site-and-packaging:
+	@$(MAKE) --no-print-directory test-site
+	@$(MAKE) --no-print-directory test-packaging
 
 # Every unit test runs once per backend; tests/cross_backend starts one subprocess per backend itself.
 # The backends run two at a time (jax spends most of its run compiling on one core, so the other

@@ -77,7 +77,7 @@ def test_keras_hub_clip_preset_loads_with_its_image_and_text_features(written):
     ("text_encoder", "intermediate_output_index", 1),
     ("text_encoder", "embedding_dim", 8),
 ])
-@pytest.mark.backend_independent
+@pytest.mark.one_backend  # no backend numerics, but its fixture builds keras_hub's CLIP: with the parity tests
 def test_an_option_kcookbook_cannot_represent_is_refused_by_name(written, tmp_path, part, option, value):
     assert_keras_hub_option_refused(written[1], tmp_path / "edited", (part, "config", option), value)
 
@@ -93,7 +93,7 @@ def test_kaggle_names_are_listed_with_keras_hubs_handles():
 
 
 @pytest.mark.parametrize("pad_with_end_token", [False, True])
-@pytest.mark.backend_independent
+@pytest.mark.one_backend  # as above: the `written` fixture builds keras_hub's CLIP
 def test_keras_hub_tokenizer_in_the_preset_gives_clip_tokenizer_fasts_ids(written, tmp_path, pad_with_end_token):
     """keras_hub 0.32's CLIPTokenizer cannot be built from a vocabulary (its constructor reads
     ``self.vocabulary`` before setting it, on every backend), so its preset files are written here as
