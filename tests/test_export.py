@@ -21,14 +21,14 @@ import safetensors.numpy
 import torch
 import transformers
 
-from helpers import real_tweets
+from helpers import real_tweets, tiny_llama_config
 from kcookbook.backbones import Backbone
 from kcookbook.backbones.llama import LlamaBackbone
 from kcookbook.backbones.vit import ViTBackbone
 from kcookbook.components import BytePairTokenizer, WordPieceTokenizer
 from kcookbook.components.sentencepiece import SentencePieceTokenizer
 from kcookbook.presets import PresetError
-from kcookbook.tasks import CausalLM
+from kcookbook.tasks import CausalLM, CausalLMPreprocessor
 
 from test_decoder_hf_parity import VOCAB, save_tiny_hf_model
 from test_sentencepiece import llama_model, shakespeare_lines  # noqa: F401 (fixtures)
@@ -169,6 +169,41 @@ def test_sentencepiece_export_gives_our_ids_with_the_start_token(llama_model, tm
     held_out = real_tweets(200)
     ours = [[tokenizer.start_token_id] + list(map(int, ids)) for ids in tokenizer(held_out)]
     assert [exported(t)["input_ids"] for t in held_out] == ours
+
+
+@pytest.mark.one_backend  # generation's stop logic is the same on every backend (test_causal_lm.py)
+def test_generation_config_makes_transformers_stop_where_we_stop(llama_model, tmp_path):  # noqa: F811
+    """The exported ``generation_config.json`` carries the tokenizer's stop tokens (its end token and a
+    chat model's end of turn), so transformers' ``generate`` on the export, reading nothing of ours but
+    the files, stops on the same token as ``CausalLM.generate``. The random model's greedy reply is
+    made to end early by declaring the third token it generates an end of turn."""
+    tokenizer = SentencePieceTokenizer(llama_model, start_token="<s>", end_token="</s>", pad_token="<unk>")
+    backbone = LlamaBackbone(**tiny_llama_config(tokenizer.vocabulary_size))
+    rng = np.random.default_rng(0)
+    for variable in backbone.weights:  # larger random weights: confident, varied predictions
+        variable.assign(rng.normal(0, 0.5, variable.shape).astype("float32"))
+    prompt = np.array([[tokenizer.start_token_id] + list(map(int, tokenizer("To be, or not")))], "int32")
+    width = prompt.shape[1] + 12
+    free = CausalLM(backbone, None).generate({"token_ids": prompt}, max_length=width, stop_token_ids=None)
+    reply = free["token_ids"][0, prompt.shape[1]:]
+    end_of_turn = tokenizer.id_to_token(int(reply[2]))
+    assert int(tokenizer.end_token_id) not in reply[:3].tolist()
+
+    chat = SentencePieceTokenizer(llama_model, start_token="<s>", end_token="</s>", pad_token="<unk>",
+                                  stop_tokens=(end_of_turn,))
+    lm = CausalLM(backbone, CausalLMPreprocessor(chat, sequence_length=width))
+    ours = lm.generate({"token_ids": prompt}, max_length=width)
+    lm.export_to_transformers(str(tmp_path / "export"))
+
+    generation = json.loads((tmp_path / "export" / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == [chat.end_token_id, chat.token_to_id(end_of_turn)]
+    assert generation["bos_token_id"] == chat.start_token_id
+    model = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    with torch.no_grad():
+        theirs = model.generate(torch.tensor(prompt, dtype=torch.long), max_new_tokens=12, do_sample=False)
+    kept = ours["token_ids"][0][ours["padding_mask"][0].astype(bool)]
+    assert theirs[0].tolist() == kept.tolist()  # prompt, two tokens, the end of turn: then both stop
+    assert len(kept) == prompt.shape[1] + 3
 
 
 # ----------------------------------------------------------------------------- what export refuses
