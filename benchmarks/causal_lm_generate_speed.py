@@ -3,6 +3,8 @@
     .venv/bin/python benchmarks/causal_lm_generate_speed.py
     .venv/bin/python benchmarks/causal_lm_generate_speed.py --batches 1 --new-tokens 32
     .venv/bin/python benchmarks/causal_lm_generate_speed.py --torch-threads 1 --torch-compile
+    .venv/bin/python benchmarks/causal_lm_generate_speed.py --dtype bfloat16
+    .venv/bin/python benchmarks/causal_lm_generate_speed.py --quantize int8 --fit-steps 0
 
 A randomly initialised Llama-architecture model (speed does not depend on the values), the same
 configuration for every library: ``--size smollm2`` is SmolLM2-135M's shape (30 layers, hidden 576,
@@ -23,6 +25,14 @@ stop token, greedy.
   ``generate({"token_ids", "padding_mask"} padded to the final length, stop_token_ids=None)``.
 * transformers (torch worker only): ``LlamaForCausalLM(LlamaConfig(...))`` in eval mode,
   ``generate(do_sample=False, min_new_tokens=max_new_tokens=N)``, under ``torch.no_grad``.
+
+Fewer bytes per token: ``--dtype bfloat16`` builds every library's model in bfloat16 (Keras dtype
+policy; transformers ``.to(torch.bfloat16)``); ``--quantize int8`` quantises the float32 models with
+Keras's ``model.quantize("int8")`` (kcookbook and keras_hub) and transformers' with torch's dynamic
+int8 ``quantize_dynamic`` of its ``nn.Linear`` layers (the int8 path transformers runs on a CPU).
+Either way a ``kcookbook float32`` row is timed in the same worker, so the table's "vs fp32" column is
+kcookbook's own speed-up in one run (speed only: the weights are random, so nothing here measures
+accuracy). ``--quantize`` has no ``fit``: int8 kernels do not train (LoRA on top of them does).
 
 Then (``--fit-steps``, 0 to skip) CausalLM ``fit`` ms/step of the same two Keras models: full
 fine-tuning on token ids (``--fit-batch`` x ``--fit-length`` random tokens, next-token targets),
@@ -109,18 +119,27 @@ def generators(args, backend):
 
     import keras_hub
     from kcookbook.backbones import LlamaBackbone
+    from kcookbook.backbones.backbone import default_dtype_policy
     from kcookbook.benchmarks.paper import keras_hub_generate
     from kcookbook.tasks import CausalLM
 
     keras.utils.set_random_seed(0)
-    if SIZES[args.size].get("family") == "gemma3":
-        backbone, theirs, reference_model = gemma3_models(args.size)
-        ours = CausalLM(backbone)
-    else:
-        ours = CausalLM(LlamaBackbone(**SIZES[args.size]))
-        theirs = keras_hub.models.LlamaCausalLM(
-            keras_hub.models.LlamaBackbone(**keras_hub_config(args.size)), preprocessor=None)
-        reference_model = None
+    baseline = None
+    with default_dtype_policy(args.dtype):  # every library's layers take it
+        if SIZES[args.size].get("family") == "gemma3":
+            backbone, theirs, reference_model = gemma3_models(args.size)
+            ours = CausalLM(backbone)
+        else:
+            ours = CausalLM(LlamaBackbone(**SIZES[args.size]))
+            theirs = keras_hub.models.LlamaCausalLM(
+                keras_hub.models.LlamaBackbone(**keras_hub_config(args.size)), preprocessor=None)
+            reference_model = None
+    if args.dtype != "float32" or args.quantize:
+        baseline = CausalLM(ours.backbone.__class__.from_config(
+            {**ours.backbone.get_config(), "dtype": "float32"}))
+    if args.quantize:
+        ours.backbone.quantize(args.quantize)
+        theirs.quantize(args.quantize)
     theirs.compile(sampler="greedy")
 
     def run_ours(ids, max_length, lm=ours):
@@ -131,6 +150,8 @@ def generators(args, backend):
         keras_hub_generate(theirs, ids, max_length)
 
     runs = {"kcookbook": run_ours, "keras_hub": run_theirs}
+    if baseline is not None:
+        runs["kcookbook float32"] = lambda ids, max_length: run_ours(ids, max_length, baseline)
     if backend == "torch" and args.torch_compile:
         compiled = CausalLM(ours.backbone)
         compiled.jit_compile = True
@@ -148,6 +169,10 @@ def generators(args, backend):
             rope_theta=config.get("rope_max_wavelength", 10000),
             max_position_embeddings=config["max_sequence_length"],
             tie_word_embeddings=config.get("tie_word_embeddings", False))).eval()
+        if args.dtype == "bfloat16":
+            reference = reference.to(torch.bfloat16)
+        if args.quantize:
+            reference = torch.ao.quantization.quantize_dynamic(reference, {torch.nn.Linear}, dtype=torch.qint8)
 
         def run_transformers(ids, max_length):
             new = max_length - ids.shape[1]
@@ -251,12 +276,21 @@ def main():
     parser.add_argument("--torch-compile", action="store_true",
                         help="also time kcookbook on torch with jit_compile=True (one decoder block "
                              "torch.compiled and shared by every layer; ~10-30 s of compilation).")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                        help="every library's model in this dtype (a kcookbook float32 row is added)")
+    parser.add_argument("--quantize", choices=["int8"], default=None,
+                        help="quantise the float32 models (a kcookbook float32 row is added); "
+                             "needs --fit-steps 0")
     parser.add_argument("--fit-steps", type=int, default=3,
                         help="timed steps per fit call (0: no fit measurement)")
     parser.add_argument("--fit-batch", type=int, default=2)
     parser.add_argument("--fit-length", type=int, default=128)
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.quantize and args.fit_steps:
+        parser.error("--quantize times generation only: int8 kernels do not train. Add --fit-steps 0.")
+    if args.quantize and args.dtype != "float32":
+        parser.error("--quantize quantises the float32 models: leave --dtype at float32.")
     if args.worker:
         return worker(args)
     from kcookbook.benchmarks.timing import BackendWorkerError, run_backend_worker
@@ -266,7 +300,8 @@ def main():
         arguments = [__file__, "--worker", "--size", args.size, "--new-tokens",
                      str(args.new_tokens), "--repeats", str(args.repeats),
                      "--fit-steps", str(args.fit_steps), "--fit-batch", str(args.fit_batch),
-                     "--fit-length", str(args.fit_length),
+                     "--fit-length", str(args.fit_length), "--dtype", args.dtype,
+                     *(["--quantize", args.quantize] if args.quantize else []),
                      "--torch-threads", str(args.torch_threads), "--batches",
                      *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
         try:
@@ -274,9 +309,9 @@ def main():
         except BackendWorkerError as error:
             print(f"{backend} failed:\n{error}")
     print(f"\nGreedy generate, {args.size} shape (random weights), 8-token prompt + {args.new_tokens} "
-          f"new, float32, torch threads: {args.torch_threads or 'default'}")
+          f"new, {args.quantize or args.dtype}, torch threads: {args.torch_threads or 'default'}")
     print(f"{'backend':<12}{'library':<19}{'batch':>6}{'tok/s':>9}{'vs keras_hub':>14}"
-          f"{'vs jax':>8}{'first call s':>14}")
+          f"{'vs jax':>8}{'vs fp32':>9}{'first call s':>14}")
     for backend, result in rows.items():
         for b in args.batches:
             for name, cell in result[str(b)].items():
@@ -285,7 +320,9 @@ def main():
                 jax_speed = rows.get("jax", {}).get(str(b), {}).get("kcookbook", {}).get("tokens_per_s")
                 vs_hub = f"{speed / hub:.2f}" if hub and name != "keras_hub" else "-"
                 vs_jax = f"{speed / jax_speed:.2f}" if jax_speed and name.startswith("kcookbook") else "-"
-                print(f"{backend:<12}{name:<19}{b:>6}{speed:>9.1f}{vs_hub:>14}{vs_jax:>8}"
+                fp32 = result[str(b)].get("kcookbook float32", {}).get("tokens_per_s")
+                vs_fp32 = f"{speed / fp32:.2f}" if fp32 and name == "kcookbook" else "-"
+                print(f"{backend:<12}{name:<19}{b:>6}{speed:>9.1f}{vs_hub:>14}{vs_jax:>8}{vs_fp32:>9}"
                       f"{cell['first_call_s']:>14.1f}")
     if args.fit_steps:
         print(f"\nCausalLM fit, full fine-tuning, batch {args.fit_batch} x {args.fit_length} tokens, "
