@@ -119,7 +119,7 @@ class Seq2SeqBackbone(Backbone):
     def decode_step(self, token_ids, cache, index, calls=KERAS_CALLS):
         """Decoder tokens at positions ``index…`` → ``(hidden, cache)`` (hidden after the final norm)."""
         x = self.embed_decoder(token_ids, index, calls)
-        max_length = cache["self"][0].shape[2]
+        max_length = cache["self"][0].shape[3]  # (batch, heads, 2, max_length, head_dim)
         # The causal mask over the cache and the family's bias, once for every block.
         queries = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(index, "int32")
         allowed = causal_attention_mask(queries, ops.arange(max_length, dtype="int32"))

@@ -8,10 +8,13 @@ scores shifted by an additive float32 bias (padding, relative positions), and a 
                     x = x + cross_attention(norm(x), encoder output)   keys/values computed once
                     x = x + feed_forward(norm(x))
 
-Keys and values travel as one tensor ``(batch, 2, length, heads, head_dim)``: the self-attention
-cache (written at the decoding position, as ``CausalSelfAttention`` writes its cache) and the
-cross-attention keys/values of the encoder output (``EncoderDecoderAttention.key_value``: computed
-before the generation loop and never rewritten).
+Keys and values travel as one tensor ``(batch, heads, 2, length, head_dim)``: the self-attention
+cache (written at the decoding position) and the cross-attention keys/values of the encoder output
+(``EncoderDecoderAttention.key_value``: computed before the generation loop and never rewritten).
+Heads before positions is the layout the score and output products read: on torch, keys stored
+``(batch, length, heads, head_dim)`` were re-laid-out by ``einsum`` (a strided copy of every key)
+in every layer at every decoding step — for Whisper's 1,500 encoder positions that copy was most
+of a step.
 
     >>> block = EncoderDecoderBlock(num_heads=2, head_dim=4, intermediate_dim=16, cross_attention=True)
     >>> x, source = ops.ones((1, 3, 8)), ops.ones((1, 5, 8))
@@ -22,10 +25,10 @@ before the generation loop and never rewritten).
 import keras
 from keras import ops
 
-from kcookbook.components.causal_attention import MASKED, CausalSelfAttention, DecodingStep
+from kcookbook.components.causal_attention import MASKED
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
 from kcookbook.components.rms_normalization import RMSNormalization
-from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed
+from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, contiguous, write_in_place
 
 NORMALIZATIONS = ("rms", "layer")
 FEED_FORWARDS = ("dense", "gated")
@@ -51,7 +54,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
 
     ``call(x, attention_bias=, causal=, source=, key_value=, cache=, cache_index=)``:
 
-    * self-attention: keys and values from ``x``; with ``cache`` (``(batch, 2, max_length, heads,
+    * self-attention: keys and values from ``x``; with ``cache`` (``(batch, heads, 2, max_length,
       head_dim)``) they are written at ``cache_index…`` and the queries attend over the cache;
       returns ``(output, cache)``;
     * cross-attention: keys and values from ``source`` (projected here) or ``key_value`` (from
@@ -86,15 +89,27 @@ class EncoderDecoderAttention(keras.layers.Layer):
         self.output_dense.build(tuple(input_shape[:-1]) + (self.num_heads * self.head_dim,))
 
     def key_value(self, source, calls=KERAS_CALLS):
-        """Keys and values of ``source`` (batch, length, width) as ``(batch, 2, length, heads, head_dim)``."""
+        """Keys and values of ``source`` (batch, length, width) as ``(batch, heads, 2, length,
+        head_dim)``, laid out in that order (``contiguous``) on torch."""
         kv = calls(self.key_value_dense, source)
         kv = ops.reshape(kv, ops.shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
-        return ops.transpose(kv, (0, 2, 1, 3, 4))
+        return contiguous(ops.transpose(kv, (0, 3, 2, 1, 4)))
 
     def empty_cache(self, batch_size, max_length, dtype=None):
-        """A zero self-attention cache ``(batch, 2, max_length, heads, head_dim)``."""
-        return ops.zeros((batch_size, 2, max_length, self.num_heads, self.head_dim),
+        """A zero self-attention cache ``(batch, heads, 2, max_length, head_dim)``."""
+        return ops.zeros((batch_size, self.num_heads, 2, max_length, self.head_dim),
                          dtype or self.compute_dtype)
+
+    @staticmethod
+    def write_cache(cache, key_value, cache_index):
+        """``cache[:, :, :, i:i + n] = key_value`` (``n`` new positions from ``cache_index``): in
+        place on torch, a ``slice_update`` that compiles inside a ``while_loop`` elsewhere."""
+        index = ops.cast(cache_index, "int32")
+        if keras.config.backend() == "torch":
+            positions = ops.arange(ops.shape(key_value)[3], dtype="int64") + ops.cast(index, "int64")
+            return write_in_place(cache, key_value, positions, axis=3)
+        zero = ops.zeros((), "int32")
+        return ops.slice_update(cache, (zero, zero, zero, index, zero), ops.cast(key_value, cache.dtype))
 
     def call(self, x, attention_bias=None, causal=False, source=None, key_value=None, cache=None,
              cache_index=0, training=None, calls=KERAS_CALLS):
@@ -103,14 +118,9 @@ class EncoderDecoderAttention(keras.layers.Layer):
         if key_value is None:
             key_value = self.key_value(x if source is None else source, calls)
         if cache is not None:
-            index = ops.cast(cache_index, "int32")
-            positions = ops.arange(ops.shape(x)[1], dtype="int32") + index
-            step = DecodingStep(index, None, None, None,
-                                ops.cast(positions, "int64") if keras.config.backend() == "torch" else None)
-            cache = CausalSelfAttention.write_key_value(cache, key_value[:, 0], key_value[:, 1], step)
-            key_value = cache
-        key, value = key_value[:, 0], key_value[:, 1]
-        scores = cast_if_needed(ops.einsum("bqhd,bkhd->bhqk", query, key), "float32")
+            key_value = cache = self.write_cache(cache, key_value, cache_index)
+        key, value = key_value[:, :, 0], key_value[:, :, 1]
+        scores = cast_if_needed(ops.einsum("bqhd,bhkd->bhqk", query, key), "float32")
         scale = self.head_dim ** -0.5 if self.score_scale is None else self.score_scale
         if scale != 1.0:
             scores = scores * scale
@@ -118,11 +128,11 @@ class EncoderDecoderAttention(keras.layers.Layer):
             scores = scores + cast_if_needed(attention_bias, "float32")  # bfloat16 models: float32 scores
         if causal:
             queries = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(cache_index, "int32")
-            keys = ops.arange(ops.shape(key)[1], dtype="int32")
+            keys = ops.arange(ops.shape(key)[2], dtype="int32")
             scores = ops.where(keys[None, :] <= queries[:, None], scores, ops.full_like(scores, MASKED))
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         probabilities = calls(self.dropout_layer, probabilities, training=training)
-        out = ops.einsum("bhqk,bkhd->bqhd", probabilities, value)
+        out = ops.einsum("bhqk,bhkd->bqhd", probabilities, value)
         out = calls(self.output_dense, ops.reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
         return out if cache is None else (out, cache)
 

@@ -12,7 +12,10 @@ passes them down as arguments; nothing is switched by a global:
   ``layer_calls()`` gives ``DIRECT_CALLS`` on torch. Direct calls are for inference only.
 * ``write_key_value_in_place`` — new keys and values go into the cache with ``index_copy_``
   instead of a ``slice_update`` that copies the whole cache (``CausalSelfAttention.write_key_value``
-  picks it by the backend's name).
+  picks it by the backend's name); ``write_in_place`` is the same write along any axis
+  (``EncoderDecoderAttention``'s heads-first caches).
+* ``contiguous`` — a permuted view laid out in its axes' order once (cached cross-attention keys),
+  so that torch's products do not copy it again at every step.
 * ``compiled_block_step(run_block)`` — one ``torch.compile``d decoder block for every layer of a
   one-token step (``lm.jit_compile = True``).
 
@@ -74,12 +77,25 @@ def cast_if_needed(x, dtype):
     return ops.cast(x, dtype)
 
 
+def contiguous(x):
+    """torch: ``x`` laid out in memory in the order of its axes (``Tensor.contiguous``: a copy only
+    when it is a permuted view), so that products reading it later need no copy of their own; the
+    same tensor elsewhere (XLA picks its own layouts)."""
+    return x.contiguous() if keras.config.backend() == "torch" else x
+
+
+def write_in_place(cache, update, positions, axis):
+    """torch: ``cache``'s entries at int64 ``positions`` along ``axis`` replaced by ``update``'s, in
+    place (``index_copy_``: no copy of the whole cache)."""
+    return cache.index_copy_(axis, positions, cast_if_needed(update, cache.dtype))
+
+
 def write_key_value_in_place(cache, key, value, step):
     """torch: ``cache[:, 0/1, positions] = key/value`` in place (``index_copy_``: no copy of the
     whole cache; the positions ``step.cache_positions`` stay an int64 tensor, so ``torch.compile``
     traces it without a host sync or a recompile)."""
-    cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
-    cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
+    write_in_place(cache[:, 0], key, step.cache_positions, axis=1)
+    write_in_place(cache[:, 1], value, step.cache_positions, axis=1)
     return cache
 
 
