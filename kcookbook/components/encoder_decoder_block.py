@@ -106,7 +106,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
             index = ops.cast(cache_index, "int32")
             positions = ops.arange(ops.shape(x)[1], dtype="int32") + index
             step = DecodingStep(index, None, None, None,
-                                ops.cast(positions, "int64") if keras.config.backend() == "torch" else None)
+                                ops.cast(positions, "int64") if keras.config.backend() == "torch" else positions)
             cache = CausalSelfAttention.write_key_value(cache, key_value[:, 0], key_value[:, 1], step)
             key_value = cache
         key, value = key_value[:, 0], key_value[:, 1]

@@ -75,11 +75,11 @@ def cast_if_needed(x, dtype):
 
 
 def write_key_value_in_place(cache, key, value, step):
-    """torch: ``cache[:, 0/1, positions] = key/value`` in place (``index_copy_``: no copy of the
-    whole cache; the positions ``step.cache_positions`` stay an int64 tensor, so ``torch.compile``
+    """torch: ``cache[:, 0/1, slots] = key/value`` in place (``index_copy_``: no copy of the
+    whole cache; the slots ``step.cache_slots`` stay an int64 tensor, so ``torch.compile``
     traces it without a host sync or a recompile)."""
-    cache[:, 0].index_copy_(1, step.cache_positions, cast_if_needed(key, cache.dtype))
-    cache[:, 1].index_copy_(1, step.cache_positions, cast_if_needed(value, cache.dtype))
+    cache[:, 0].index_copy_(1, step.cache_slots, cast_if_needed(key, cache.dtype))
+    cache[:, 1].index_copy_(1, step.cache_slots, cast_if_needed(value, cache.dtype))
     return cache
 
 
