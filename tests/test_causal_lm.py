@@ -228,6 +228,18 @@ def test_one_beam_and_contrastive_without_penalty_equal_greedy(lm):
     assert beams["token_ids"].shape == (2, 9)
 
 
+def test_beam_and_contrastive_on_one_prompt_equal_the_prompt_in_a_batch(lm):
+    """One row's cache repeated for beams or candidates is written in place on torch: it must be
+    new memory, not a broadcast view of the row (which torch refuses to write)."""
+    prompts = {"token_ids": np.array([[2, 10, 11], [2, 30, 31]], "int32"),
+               "padding_mask": np.ones((2, 3), "int32")}
+    one = {name: value[:1] for name, value in prompts.items()}
+    for sampler in (BeamSampler(num_beams=3), ContrastiveSampler(k=3, alpha=0.6)):
+        batch = lm.generate(prompts, max_length=8, sampler=sampler, stop_token_ids=None)
+        alone = lm.generate(one, max_length=8, sampler=sampler, stop_token_ids=None)
+        np.testing.assert_array_equal(alone["token_ids"], batch["token_ids"][:1])
+
+
 def uncached_contrastive(lm, prompt, max_length, k, alpha):
     """Contrastive search from its definition (Su et al., 2022), recomputing everything: at each
     step the top ``k`` tokens by probability, each scored ``(1 - alpha) p - alpha max_j cos(h, h_j)``

@@ -113,6 +113,68 @@ def test_greedy_generation_matches_transformers_with_and_without_cache(converted
     np.testing.assert_array_equal(ids, expected)
 
 
+def transformers_greedy(reference, prompt, max_length):
+    with torch.no_grad():
+        new = max_length - len(prompt)
+        return reference.generate(torch.tensor([prompt], dtype=torch.long), do_sample=False,
+                                  max_new_tokens=new, min_new_tokens=new, pad_token_id=0,
+                                  eos_token_id=None).numpy()[0]
+
+
+def test_local_layers_cache_only_the_window(converted):
+    """Global layers cache every position; local layers a ring of the window plus a call's length
+    less one: exactly the window for one-token steps, window + chunk - 1 in CausalLM's prefill."""
+    _, _, lm, _ = converted
+    lengths = lambda caches: [tuple(c.shape)[2] for c in caches]  # noqa: E731
+    assert lengths(lm.backbone.empty_cache(2, 40, step_length=1)) == [WINDOW, 40, WINDOW]
+    assert lengths(lm.backbone.empty_cache(2, 40, step_length=16)) == [WINDOW + 15, 40, WINDOW + 15]
+    assert lengths(lm.backbone.empty_cache(2, 12, step_length=16)) == [12, 12, 12]
+    assert lengths(lm.backbone.empty_cache(2, 40)) == [40, 40, 40]  # no step_length: any call
+    seen = []
+    original = lm.backbone.empty_cache
+    lm.backbone.empty_cache = lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1]
+    try:
+        lm.generate({"token_ids": np.full((1, 6), 5, "int32"), "padding_mask": np.ones((1, 6), "int32")},
+                    max_length=40, stop_token_ids=None)
+    finally:
+        del lm.backbone.empty_cache
+    assert lengths(seen[0]) == [WINDOW + lm.prefill_chunk_length - 1, 40, WINDOW + lm.prefill_chunk_length - 1]
+
+
+@pytest.mark.parametrize("chunk, max_length", [(1, 40), (3, 40), (16, 40), (5, 27)])
+def test_ring_cache_generation_of_long_prompts_matches_transformers(converted, chunk, max_length):
+    """Prompts of 22 and 25 tokens (5-6 windows; right-padded in one batch) continue past the window
+    with ring caches of window + chunk - 1 slots: prefill chunks of 1 (the ring is the window), 3,
+    16 (a chunk runs past the shortest prompt) and 5 with max_length 27 (the last chunk is moved
+    back over positions already written). Each row equals transformers' greedy ids."""
+    family, reference, lm, _ = converted
+    rng = np.random.default_rng(1)
+    prompts = [rng.integers(3, VOCAB, 22).tolist(), rng.integers(3, VOCAB, 25).tolist()]
+    lm.prefill_chunk_length = chunk
+    try:
+        ours = lm.generate(prompts, max_length=max_length, stop_token_ids=None)["token_ids"]
+    finally:
+        del lm.prefill_chunk_length
+    for row, prompt in zip(ours, prompts):
+        np.testing.assert_array_equal(row, transformers_greedy(reference, prompt, max_length))
+
+
+def test_beam_search_across_the_window_matches_transformers(converted):
+    from kcookbook.components.samplers import BeamSampler
+
+    family, reference, lm, _ = converted
+    prompt = np.array([[5, 17, 33, 9, 41, 12, 7, 60, 23, 11]], "int32")
+    max_length = 30  # local rings of window + 15 = 19 slots < 30
+    with torch.no_grad():
+        expected = reference.generate(torch.tensor(prompt, dtype=torch.long), num_beams=3,
+                                      do_sample=False, max_new_tokens=max_length - 10,
+                                      min_new_tokens=max_length - 10, eos_token_id=None,
+                                      pad_token_id=0, early_stopping=False).numpy()
+    ours = lm.generate({"token_ids": prompt, "padding_mask": np.ones_like(prompt)},
+                       max_length=max_length, sampler=BeamSampler(num_beams=3), stop_token_ids=None)
+    np.testing.assert_array_equal(ours["token_ids"], expected)
+
+
 def test_backbone_config_round_trips(converted):
     _, _, lm, _ = converted
     backbone = lm.backbone

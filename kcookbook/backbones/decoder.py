@@ -11,7 +11,10 @@ output layer are written here once:
 
 * ``token_embedding(hidden, reverse=True)`` (or ``logits(hidden)``): logits over the vocabulary,
   through the input embedding transposed or a separate table;
-* ``empty_cache(batch_size, max_length)``: one zero key/value cache per block;
+* ``empty_cache(batch_size, max_length, step_length=None)``: one zero key/value cache per block,
+  sized per layer kind: a global layer keeps every position, a sliding-window (local) layer whose
+  calls write at most ``step_length`` tokens a ring of ``sliding_window + step_length - 1``
+  (``CausalSelfAttention.cache_length``; calls then come in order of position);
 * ``call_with_cache(token_ids, caches, cache_index)``: the tokens at positions ``cache_index…``
   through the model, reading and updating the caches; returns ``(hidden, caches)``;
 * ``hidden_states(token_ids, padding_mask)``: the whole-sequence pass without a cache (the
@@ -82,9 +85,13 @@ class DecoderBackbone(Backbone):
         return run_decoder(self.embed, self.blocks, self.final_norm, token_ids, padding_mask,
                            calls=calls)
 
-    def empty_cache(self, batch_size, max_length):
-        """One zero key/value cache per block, for ``max_length`` positions."""
-        return [block.attention.empty_cache(batch_size, max_length) for block in self.blocks]
+    def empty_cache(self, batch_size, max_length, step_length=None):
+        """One zero key/value cache per block for generation up to ``max_length`` positions: every
+        position for a global layer; for a sliding-window layer, when ``step_length`` (the most
+        tokens one ``call_with_cache`` writes) is given, only ``sliding_window + step_length - 1``
+        (a ring, ``CausalSelfAttention.cache_length``)."""
+        return [block.attention.empty_cache(batch_size, max_length, step_length=step_length)
+                for block in self.blocks]
 
     def call_with_cache(self, token_ids, caches, cache_index, run_block=None, calls=KERAS_CALLS):
         """Run ``token_ids`` (at positions ``cache_index…``) through the model, updating ``caches``.

@@ -28,7 +28,8 @@ Gemma 3    Gemma 2 without soft-capping, with QK-norm, five local layers to one 
 
 ``layer_types`` lists each layer's kind, ``"sliding_attention"`` (local: ``sliding_window``) or
 ``"full_attention"`` (global); without it every layer is local when ``sliding_window`` is set
-(Mistral). Local layers keep a full-length key/value cache: the window is applied by the mask.
+(Mistral). In generation a global layer's key/value cache keeps every position and a local
+layer's only its window (plus a prefill chunk less one): a ring, ``CausalSelfAttention.cache_length``.
 
     >>> backbone = LlamaBackbone(vocabulary_size=100, num_layers=2, num_heads=4, num_key_value_heads=2,
     ...                          hidden_dim=16, intermediate_dim=32)

@@ -6,15 +6,23 @@ what a decoder needs:
 
 * ``call(x, padding_mask=...)``: a whole sequence at once (training, scoring);
 * ``call(x, cache=cache, cache_index=i)``: ``x`` holds the tokens at positions ``i, i+1, …``; their
-  keys and values are written into ``cache`` at those positions and the queries attend to every
-  cached position up to their own. Returns ``(output, updated_cache)``. The cache is one tensor
-  ``(batch, 2, max_length, kv_heads, head_dim)`` of fixed shape, so the update is a
+  keys and values are written into ``cache`` and the queries attend to every cached position up
+  to their own. Returns ``(output, updated_cache)``. The cache is one tensor
+  ``(batch, 2, cache_length, kv_heads, head_dim)`` of fixed shape, so the update is a
   ``slice_update`` that compiles inside a ``while_loop`` (jax, TensorFlow/XLA) and an in-place copy on
   torch.
 
 A sliding window of ``w`` lets a query at position ``q`` see keys at ``q - w < k ≤ q`` (Mistral,
-the local layers of Gemma 2/3). The cache keeps every position and the window is applied by the
-mask. Gemma's options: queries scaled by ``query_scale`` instead of ``1/sqrt(head_dim)``
+the local layers of Gemma 2/3). Such a layer needs only the last ``w`` positions, so its cache can
+be a ring (``cache_length``): position ``p`` lives in slot ``p % cache_length``, and after a call
+whose last position is ``last`` slot ``s`` holds position ``last - (last - s) % cache_length``
+(negative: not written yet), which is what the mask compares. A call writes its ``n`` tokens
+before its queries read the cache, so the ring keeps ``w + n - 1`` positions: the oldest of the
+``n`` queries still sees its ``w - 1`` predecessors. Calls must come in order of position (a call
+may re-write positions already written, with the same tokens) and write at most ``step_length``
+tokens each; positions written ahead of the queries (a prefill chunk's padding) land in slots whose
+positions are out of every later query's window until decoding overwrites them. A layer without a
+window keeps every position (slot = position). Gemma's options: queries scaled by ``query_scale`` instead of ``1/sqrt(head_dim)``
 (``query_pre_attn_scalar ** -0.5``), scores soft-capped (``cap · tanh(score / cap)``, Gemma 2),
 and each query and key head RMS-normalised before the rotation (QK-norm, Gemma 3).
 
@@ -27,6 +35,9 @@ and each query and key head RMS-normalised before the rotation (QK-norm, Gemma 3
     >>> out, cache = attention(x, cache=cache, cache_index=0)
     >>> tuple(cache.shape)
     (1, 2, 16, 2, 2)
+    >>> local = CausalSelfAttention(num_heads=4, head_dim=2, num_key_value_heads=2, sliding_window=3)
+    >>> local.cache_length(max_length=16, step_length=1), local.cache_length(16, step_length=5)
+    (3, 7)
 """
 
 from typing import NamedTuple
@@ -70,15 +81,16 @@ class DecodingStep(NamedTuple):
 
     Fields: ``index`` (int32 scalar, the first new position), ``cos`` and ``sin`` ((1, length, 1,
     head_dim), None without rotary positions), ``attention_bias`` (float32 (1, 1, length,
-    cache_length): 0 where a query may attend, ``MASKED`` elsewhere) and ``cache_positions`` (the
-    int64 positions written in place on torch; None elsewhere).
+    cache_length): 0 where a query may attend, ``MASKED`` elsewhere) and ``cache_slots`` (the
+    slots the new tokens are written to, ``position % cache_length``: int64 on torch, where they
+    are written in place, int32 elsewhere).
     """
 
     index: object
     cos: object
     sin: object
     attention_bias: object
-    cache_positions: object
+    cache_slots: object
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -127,9 +139,20 @@ class CausalSelfAttention(MultiHeadAttention):
             for norm in (self.query_norm, self.key_norm):
                 norm.build((None, None, None, self.head_dim))
 
-    def empty_cache(self, batch_size, max_length, dtype=None):
-        """A zero cache ``(batch, 2, max_length, kv_heads, head_dim)`` for ``call(..., cache=)``."""
-        shape = (batch_size, 2, max_length, self.num_key_value_heads, self.head_dim)
+    def cache_length(self, max_length, step_length=None):
+        """Positions the cache keeps for generation up to ``max_length`` with calls of at most
+        ``step_length`` tokens: ``max_length``, or with a sliding window and a ``step_length`` a
+        ring of ``sliding_window + step_length - 1`` when that is shorter (see the module's
+        docstring)."""
+        if self.sliding_window is None or step_length is None:
+            return max_length
+        return min(max_length, self.sliding_window + step_length - 1)
+
+    def empty_cache(self, batch_size, max_length, dtype=None, step_length=None):
+        """A zero cache ``(batch, 2, cache_length(max_length, step_length), kv_heads, head_dim)``
+        for ``call(..., cache=)``; ``step_length`` None: every position (any call length)."""
+        shape = (batch_size, 2, self.cache_length(max_length, step_length),
+                 self.num_key_value_heads, self.head_dim)
         return ops.zeros(shape, dtype or self.compute_dtype)
 
     @property
@@ -149,15 +172,20 @@ class CausalSelfAttention(MultiHeadAttention):
         """The ``DecodingStep`` of ``length`` new tokens at ``cache_index…`` in a cache of
         ``cache_length`` positions, for this layer and every layer with the same
         ``decoding_step_key``."""
+        if isinstance(length, int) and isinstance(cache_length, int) and length > cache_length:
+            raise ValueError(f"{length} tokens in one cached call, but the cache keeps "
+                             f"{cache_length} positions: make it with step_length={length} or more "
+                             "(empty_cache), or call with fewer tokens at a time.")
         index = ops.cast(cache_index, "int32")
         positions, cos, sin = self._positions(length, index)
-        mask = causal_attention_mask(positions, ops.arange(cache_length, dtype="int32"), None,
-                                     self.sliding_window)
+        last = index + length - 1  # each slot's position once this call has written its tokens
+        held = last - ops.mod(last - ops.arange(cache_length, dtype="int32"), cache_length)
+        mask = causal_attention_mask(positions, held, (held >= 0)[None], self.sliding_window)
         bias = ops.where(mask, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
-        cache_positions = None
+        slots = ops.mod(positions, cache_length)
         if keras.config.backend() == "torch":  # written in place (write_key_value)
-            cache_positions = ops.cast(positions, "int64")
-        return DecodingStep(index, cos, sin, bias, cache_positions)
+            slots = ops.cast(slots, "int64")
+        return DecodingStep(index, cos, sin, bias, slots)
 
     def _heads_of(self, qkv):
         """(batch, length, fused) → (batch, length, heads, head_dim) with the query heads first,
@@ -228,21 +256,31 @@ class CausalSelfAttention(MultiHeadAttention):
         if step is None:
             step = self.decoding_step(ops.shape(x)[1], ops.shape(cache)[2], cache_index)
         query, key, value = self.rotated_heads(qkv, step.cos, step.sin, calls)
-        cache = self.write_key_value(cache, key, value, step)
+        cache = self.write_key_value(cache, key, value, step,
+                                     wraps=self.sliding_window is not None)
         out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias,
                           calls=calls)
         return out, cache
 
     @staticmethod
-    def write_key_value(cache, key, value, step):
-        """``cache[:, 0/1, i:i + n] = key/value`` at ``step``'s positions: on torch in place
+    def write_key_value(cache, key, value, step, wraps=False):
+        """``cache[:, 0/1, slots] = key/value`` at ``step.cache_slots``: on torch in place
         (``torch_speedups.write_key_value_in_place``: no copy of the whole cache), elsewhere a
-        ``slice_update`` that compiles inside a ``while_loop`` (jax, TensorFlow)."""
+        ``slice_update`` that compiles inside a ``while_loop`` (jax, TensorFlow). ``wraps``: the
+        cache is a ring (a sliding window's), where a chunk of several tokens may run past its
+        end; there each slot takes the chunk's token that lands on it, if any (a gather and a
+        ``where``)."""
         if keras.config.backend() == "torch":
             return write_key_value_in_place(cache, key, value, step)
         zero = ops.zeros((), "int32")
         update = ops.cast(ops.stack([key, value], axis=1), cache.dtype)
-        return ops.slice_update(cache, (zero, zero, step.index, zero, zero), update)
+        length = update.shape[2]
+        if length == 1 or not wraps:  # contiguous slots
+            return ops.slice_update(cache, (zero, zero, step.cache_slots[0], zero, zero), update)
+        cache_length = cache.shape[2]
+        offsets = ops.mod(ops.arange(cache_length, dtype="int32") - step.index, cache_length)
+        gathered = ops.take(update, ops.minimum(offsets, length - 1), axis=2)
+        return ops.where((offsets < length)[None, None, :, None, None], gathered, cache)
 
     def get_config(self):
         config = super().get_config()

@@ -95,6 +95,16 @@ def map_cache(function, cache):
     return keras.tree.map_structure(function, cache)
 
 
+def repeat_cache(cache, times):
+    """Each row of every cache tensor ``times`` times in a row (beams, candidates), as new tensors:
+    a gather, not ``ops.repeat``, whose torch result for one row is a broadcast view that a
+    model writing its cache in place cannot write to."""
+    def repeat(c):
+        rows = ops.repeat(ops.arange(ops.shape(c)[0], dtype="int32"), times, axis=0)
+        return ops.take(c, rows, axis=0)
+    return map_cache(repeat, cache)
+
+
 def _check_number(owner, name, value, low, high, low_open=False, fix=""):
     """A finite real number in ``[low, high]`` (``(low, high]`` with ``low_open``), else ValueError."""
     bounds = f"{'(' if low_open else '['}{low}, {high}]"
@@ -303,7 +313,7 @@ class BeamSampler(Sampler):
         batch_size, max_length = padding_mask.shape
         token_ids = ops.repeat(ops.convert_to_tensor(token_ids, "int32"), beams, axis=0)
         is_prompt = ops.repeat(ops.cast(padding_mask, "bool"), beams, axis=0)
-        cache = map_cache(lambda c: ops.repeat(c, beams, axis=0), cache)
+        cache = repeat_cache(cache, beams)
         first_beam_only = ops.convert_to_tensor([0.0] + [-float("inf")] * (beams - 1), "float32")
         scores = ops.tile(first_beam_only[None, :], (batch_size, 1))
         rows = ops.arange(batch_size, dtype="int32")[:, None] * beams
@@ -399,7 +409,7 @@ class ContrastiveSampler(Sampler):
             # A row still inside its prompt continues with its prompt token, whichever is chosen.
             candidates = ops.where(column(is_prompt, index)[:, None],
                                    column(token_ids, index)[:, None], ops.cast(candidates, "int32"))
-            candidate_cache = map_cache(lambda c: ops.repeat(c, k, axis=0), cache)
+            candidate_cache = repeat_cache(cache, k)
             candidate_logits, candidate_hidden, candidate_cache = next(
                 ops.reshape(candidates, (batch_size * k, 1)), candidate_cache, index)
             similarity = ops.einsum(

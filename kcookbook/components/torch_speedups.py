@@ -91,11 +91,11 @@ def write_in_place(cache, update, positions, axis):
 
 
 def write_key_value_in_place(cache, key, value, step):
-    """torch: ``cache[:, 0/1, positions] = key/value`` in place (``index_copy_``: no copy of the
-    whole cache; the positions ``step.cache_positions`` stay an int64 tensor, so ``torch.compile``
+    """torch: ``cache[:, 0/1, slots] = key/value`` in place (``index_copy_``: no copy of the
+    whole cache; the slots ``step.cache_slots`` stay an int64 tensor, so ``torch.compile``
     traces it without a host sync or a recompile)."""
-    write_in_place(cache[:, 0], key, step.cache_positions, axis=1)
-    write_in_place(cache[:, 1], value, step.cache_positions, axis=1)
+    write_in_place(cache[:, 0], key, step.cache_slots, axis=1)
+    write_in_place(cache[:, 1], value, step.cache_slots, axis=1)
     return cache
 
 

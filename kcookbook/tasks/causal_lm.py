@@ -296,16 +296,20 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         padded width (``max_length``). Each chunk has a static width, so compiled loops need no new
         shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
         positions it repeats get the same keys and values again. Cache entries past ``start - 1``
-        hold whatever the chunk saw there; decoding overwrites each before any query reads it.
+        hold whatever the chunk saw there; decoding overwrites each before any query reads it. A
+        sliding-window layer's cache is a ring of ``window + width - 1`` slots, so a prompt longer
+        than the window keeps only its last positions there, and the entries past ``start - 1``
+        sit in slots whose positions are out of every later query's window.
 
         ``hiddens`` (``(batch, max_length, hidden)``, for samplers that use hidden states) is filled
         with the final hidden states of the same positions; then ``(caches, start, hiddens)`` is
         returned. ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
         """
         batch_size, max_length = token_ids.shape
-        caches = self.backbone.empty_cache(batch_size, max_length)
-        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
         width = min(self.prefill_chunk_length, max_length)
+        # no call writes more than a chunk: sliding-window layers keep window + width - 1 positions
+        caches = self.backbone.empty_cache(batch_size, max_length, step_length=width)
+        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
 
         def cond(offset, caches, *hiddens):
             return offset < start - 1
