@@ -424,13 +424,13 @@ class GGUFCheckpoint:
             raise PresetError(f"GGUF file {self.path}: its SentencePiece tokenizer does not load ({e}).") from e
 
 
-@functools.lru_cache(maxsize=4)
 def _end_of_turn(end_of_turn, end):
     """``stop_tokens`` from a GGUF file: llama.cpp's end-of-turn token (``tokenizer.ggml.eot_token_id``,
     Llama 3's ``<|eot_id|>``) when the file names one other than its end token."""
     return (end_of_turn,) if end_of_turn is not None and end_of_turn != end else ()
 
 
+@functools.lru_cache(maxsize=4)
 def _open_cached(path, mtime_ns, size):
     return GGUFCheckpoint(path)
 
