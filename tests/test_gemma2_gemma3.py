@@ -121,7 +121,7 @@ def transformers_greedy(reference, prompt, max_length):
                                   eos_token_id=None).numpy()[0]
 
 
-def test_local_layers_cache_only_the_window(converted):
+def test_local_layers_cache_only_the_window(converted, monkeypatch):
     """Global layers cache every position; local layers a ring of the window plus a call's length
     less one: exactly the window for one-token steps, window + chunk - 1 in CausalLM's prefill."""
     _, _, lm, _ = converted
@@ -132,12 +132,11 @@ def test_local_layers_cache_only_the_window(converted):
     assert lengths(lm.backbone.empty_cache(2, 40)) == [40, 40, 40]  # no step_length: any call
     seen = []
     original = lm.backbone.empty_cache
-    lm.backbone.empty_cache = lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1]
-    try:
-        lm.generate({"token_ids": np.full((1, 6), 5, "int32"), "padding_mask": np.ones((1, 6), "int32")},
-                    max_length=40, stop_token_ids=None)
-    finally:
-        del lm.backbone.empty_cache
+    monkeypatch.setattr(lm.backbone, "empty_cache",
+                        lambda *args, **kwargs: seen.append(original(*args, **kwargs)) or seen[-1])
+    lm.generate({"token_ids": np.full((1, 6), 5, "int32"), "padding_mask": np.ones((1, 6), "int32")},
+                max_length=40, stop_token_ids=None)
+    monkeypatch.undo()
     assert lengths(seen[0]) == [WINDOW + lm.prefill_chunk_length - 1, 40, WINDOW + lm.prefill_chunk_length - 1]
 
 
@@ -150,11 +149,11 @@ def test_ring_cache_generation_of_long_prompts_matches_transformers(converted, c
     family, reference, lm, _ = converted
     rng = np.random.default_rng(1)
     prompts = [rng.integers(3, VOCAB, 22).tolist(), rng.integers(3, VOCAB, 25).tolist()]
-    lm.prefill_chunk_length = chunk
+    default, lm.prefill_chunk_length = lm.prefill_chunk_length, chunk
     try:
         ours = lm.generate(prompts, max_length=max_length, stop_token_ids=None)["token_ids"]
-    finally:
-        del lm.prefill_chunk_length
+    finally:  # set back, not deleted: TensorFlow's attribute tracking keeps no instance value equal to the default
+        lm.prefill_chunk_length = default
     for row, prompt in zip(ours, prompts):
         np.testing.assert_array_equal(row, transformers_greedy(reference, prompt, max_length))
 
