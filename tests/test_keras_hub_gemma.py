@@ -89,6 +89,26 @@ def test_backbone_preset_loads_with_keras_hubs_hidden_states(written):
 
 
 @pytest.mark.one_backend
+def test_kaggle_names_load_keras_hub_presets_from_the_kagglehub_cache(written, tmp_path, monkeypatch):
+    """`gemma2_2b_en` and `gemma3_1b` resolve to keras_hub's own Kaggle handles; the tiny preset stands
+    in for the download at that handle's kagglehub cache path (no network: the API points at a closed
+    local port)."""
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+    ours, _, folder, inputs, hidden, _ = written
+    name = {Gemma2Backbone: "gemma2_2b_en", Gemma3Backbone: "gemma3_1b"}[ours]
+    model, version = BUILTIN_PRESETS[name]["kaggle_handle"].removeprefix("kaggle://keras/").rsplit("/", 1)
+    monkeypatch.setenv("KAGGLEHUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("KAGGLE_API_ENVIRONMENT", "TEST")
+    shutil.copytree(folder, tmp_path / "models" / "keras" / model / version)
+    (tmp_path / "models" / "keras" / model / f"{version}.complete").write_text("")
+    backbone = Backbone.from_preset(name)
+    assert type(backbone) is ours
+    real = inputs["padding_mask"].astype(bool)
+    np.testing.assert_allclose(numpy(backbone(inputs))[real], hidden[real], atol=1e-5, rtol=0)
+
+
+@pytest.mark.one_backend
 def test_causal_lm_preset_loads_with_keras_hubs_soft_capped_logits(written):
     _, _, folder, inputs, _, logits = written
     lm = CausalLM.from_preset(folder)

@@ -346,7 +346,7 @@ _GEMMA_SOURCE = ("Google's Gemma checkpoints as KerasHub presets on Kaggle (Gemm
 
 # KerasHub's Gemma 1 and CodeGemma presets on Kaggle (keras_hub GemmaBackbone + GemmaTokenizer,
 # converted on load; needs network or a copy in the kagglehub cache). Handles as in keras_hub 0.32's
-# gemma_presets.py; Gemma 2 (gemma2_*, shieldgemma_*) is a different architecture and not listed.
+# gemma_presets.py. Gemma 2 and 3 follow below.
 register_kaggle_presets(
     "gemma", "gemma/keras/{name}/{version}",
     "{what}; SentencePiece vocabulary of 256,000.",
@@ -374,6 +374,56 @@ register_kaggle_presets(
          "CodeGemma 7B instruction-tuned for code chat: 28 layers, 8.5B parameters", 3),
         ("code_gemma_1.1_instruct_7b_en",
          "CodeGemma 1.1 7B instruction-tuned for code chat: 28 layers, 8.5B parameters", 3),
+    ])
+
+# KerasHub's Gemma 2 presets on Kaggle: keras_hub GemmaBackbone with Gemma 2's options (sliding window,
+# soft-capping, post-norms), converted on load to kcookbook's Gemma 2. Handles as in keras_hub 0.32's
+# gemma_presets.py.
+register_kaggle_presets(
+    "gemma2", "gemma2/keras/{name}/{version}",
+    "{what}; SentencePiece vocabulary of 256,000.",
+    _GEMMA_SOURCE,
+    [
+        ("gemma2_2b_en", "Gemma 2 2B base: 26 layers, 2.6B parameters", 2),
+        ("gemma2_instruct_2b_en", "Gemma 2 2B instruction-tuned: 26 layers, 2.6B parameters", 2),
+        ("gemma2_9b_en", "Gemma 2 9B base: 42 layers, 9.2B parameters", 4),
+        ("gemma2_instruct_9b_en", "Gemma 2 9B instruction-tuned: 42 layers, 9.2B parameters", 4),
+        ("gemma2_27b_en", "Gemma 2 27B base: 46 layers, 27.2B parameters", 3),  # keras_hub says 42
+        ("gemma2_instruct_27b_en", "Gemma 2 27B instruction-tuned: 46 layers, 27.2B parameters", 3),
+    ])
+# ShieldGemma: Gemma 2 checkpoints tuned to classify text against safety policies (Google's Kaggle org,
+# not keras's).
+for _name, _what, _version in [
+        ("shieldgemma_2b_en", "ShieldGemma 2B safety classifier (Gemma 2): 26 layers, 2.6B parameters", 2),
+        ("shieldgemma_9b_en", "ShieldGemma 9B safety classifier (Gemma 2): 42 layers, 9.2B parameters", 2),
+        ("shieldgemma_27b_en", "ShieldGemma 27B safety classifier (Gemma 2): 46 layers, 27.2B parameters",
+         2)]:
+    register_preset(PresetInfo(
+        name=_name, family="gemma2", description=_what + "; SentencePiece vocabulary of 256,000.",
+        source=_GEMMA_SOURCE,
+        handle=f"kaggle://google/shieldgemma/keras/{_name}/{_version}"))
+
+# KerasHub's text-only Gemma 3 presets on Kaggle (keras_hub Gemma3Backbone without a vision encoder +
+# Gemma3Tokenizer, converted on load). Handles as in keras_hub 0.32's gemma3_presets.py. Not listed: the
+# vision+text checkpoints (kcookbook's Gemma 3 is text-only), and keras_hub's own `gemma3_270m`, whose
+# name kcookbook's offline GGUF preset of the same base model already has (below).
+register_kaggle_presets(
+    "gemma3", "gemma3/keras/{name}/{version}",
+    "{what}; SentencePiece vocabulary of 262,144.",
+    _GEMMA_SOURCE,
+    [
+        ("gemma3_instruct_270m", "Gemma 3 270M instruction-tuned, text-only: 18 layers, 268M parameters", 4),
+        ("gemma3_1b", "Gemma 3 1B base, text-only: 26 layers, 1.0B parameters", 3),
+        ("gemma3_instruct_1b", "Gemma 3 1B instruction-tuned, text-only: 26 layers, 1.0B parameters", 3),
+        ("gemma3_4b_text", "Gemma 3 4B base, text-only: 34 layers, 3.9B parameters", 2),
+        ("gemma3_instruct_4b_text",
+         "Gemma 3 4B instruction-tuned, text-only: 34 layers, 3.9B parameters", 3),
+        ("gemma3_12b_text", "Gemma 3 12B base, text-only: 48 layers, 11.8B parameters", 3),
+        ("gemma3_instruct_12b_text",
+         "Gemma 3 12B instruction-tuned, text-only: 48 layers, 11.8B parameters", 3),
+        ("gemma3_27b_text", "Gemma 3 27B base, text-only: 62 layers, 27.0B parameters", 4),
+        ("gemma3_instruct_27b_text",
+         "Gemma 3 27B instruction-tuned, text-only: 62 layers, 27.0B parameters", 3),
     ])
 
 # KerasHub's Mistral presets on Kaggle (keras_hub MistralBackbone + MistralTokenizer, converted on
