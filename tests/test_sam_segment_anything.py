@@ -157,3 +157,21 @@ def test_official_file_names_give_segment_anythings_models(tmp_path, model_type,
     assert {n for n in rel_lengths if n != 2 * grid - 1} == {2 * encoder["window_size"] - 1}
     assert encoder["intermediate_dim"] == shapes[f"{prefix}0.mlp.lin1.weight"][0]
     assert config["decoder_intermediate_dim"] == shapes["mask_decoder.transformer.layers.0.mlp.lin1.weight"][0]
+
+
+@pytest.mark.slow  # builds the 94M-parameter ViT-B SAM
+@pytest.mark.one_backend
+def test_official_vit_b_state_dict_names_and_shapes_load_whole(tmp_path):
+    """Every tensor of segment_anything's ViT-B state dict (its names and shapes, zeros standing in for
+    sam_vit_b_01ec64.pth's values) lands in a variable of the right shape; none is left over."""
+    from kcookbook.backbones.sam import SAMBackbone
+    from kcookbook.formats.converters.sam import SAMConverter
+    from kcookbook.presets import files
+
+    shapes = json.load(open(os.path.join(FIXTURES, "segment_anything_official_shapes.json")))["vit_b"]
+    state = {name: np.zeros(shape, "float32") for name, shape in shapes.items()}
+    backbone = SAMBackbone(**segment_anything_config({"model_type": "vit_b"}, "sam_vit_b_01ec64.pth"))
+    arrays = SAMConverter().weights_from_state_dict(state, backbone)
+    assert state == {}
+    files.assign_weights(backbone, arrays, "sam_vit_b_01ec64.pth")  # names and shapes checked
+    assert backbone.count_params() == sum(int(np.prod(s)) for s in shapes.values())
