@@ -70,8 +70,9 @@ def test_state_dict_matches_segment_anything(segmenter, reference):
     """Preprocessed pixels, image embeddings, and low-res mask logits and IoU predictions for point, box,
     point + box and point + mask prompts, single and multimask, within 1e-4 of segment_anything's Sam."""
     backbone = segmenter.backbone
-    for i in range(2):
-        pixels, original, resized = segmenter.preprocessor.images(reference[f"image_{i}"])
+    for i in range(2):  # raw image → SamPredictor's resize (ResizeLongestSide) and Sam.preprocess
+        pixels, original, resized = segmenter.preprocessor.images(reference[f"original_{i}"])
+        np.testing.assert_array_equal(resized[0], reference[f"image_{i}"].shape[:2])
         np.testing.assert_allclose(pixels[0], reference["pixels"][i].transpose(1, 2, 0), atol=1e-4)
     embeddings = numpy(backbone.embed_images(reference["pixels"].transpose(0, 2, 3, 1)))
     np.testing.assert_allclose(embeddings, reference["image_embeddings"].transpose(0, 2, 3, 1), atol=1e-4)
@@ -86,15 +87,15 @@ def test_state_dict_matches_segment_anything(segmenter, reference):
                                        reference[f"{name}_{multimask}_iou_predictions"], atol=1e-4, err_msg=name)
 
 
-def test_predict_upscales_like_sam_postprocess_masks(segmenter, reference):
-    """A prompt-only predict (box in the original image's pixels): Sam.postprocess_masks' logits at the
-    original size, and Sam.forward's boolean masks (those logits > 0)."""
-    pixels = reference["pixels"].transpose(0, 2, 3, 1)
+def test_predict_matches_sam_forward(segmenter, reference):
+    """predict on the raw images of two sizes with a box in their pixels: IoU predictions, low-res
+    logits, Sam.postprocess_masks' logits at the original size and Sam.forward's boolean masks (those
+    logits > 0)."""
     resized = np.asarray([reference[f"image_{i}"].shape[:2] for i in range(2)])
-    out = segmenter.predict({"image_embeddings": numpy(segmenter.backbone.embed_images(pixels)),
-                             "original_sizes": reference["original_sizes"], "resized_sizes": resized,
+    out = segmenter.predict({"images": [reference["original_0"], reference["original_1"]],
                              "boxes": reference["box_boxes"]})
     np.testing.assert_allclose(out["iou_pred"][:, 1:], reference["box_multi_iou_predictions"], atol=1e-4)
+    np.testing.assert_allclose(out["low_res_masks"][:, :1], reference["box_single_low_res_logits"], atol=1e-4)
     for i in range(2):
         logits = numpy(upscale_masks(out["low_res_masks"][i], 64, resized[i], reference["original_sizes"][i]))
         for multimask, chosen in (("single", slice(0, 1)), ("multi", slice(1, None))):
