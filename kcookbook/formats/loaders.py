@@ -10,6 +10,8 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
 * ``efficientnet_lite_state_dict``: a lukemelas-style ``efficientnet-lite*.pth`` torch state dict.
 * ``gguf``: a llama.cpp ``.gguf`` file, read as a Hugging Face checkpoint of its model type.
 * ``yolov8_state_dict``: an Ultralytics YOLOv8 state dict next to a ``yolov8.json`` (scale, classes).
+* ``open_clip_state_dict``: an OpenCLIP state dict next to its ``open_clip_config.json`` (OpenCLIP's
+  hf-hub layout).
 * ``ctranslate2``: a CTranslate2 ``model.bin`` (faster-whisper), read as the Hugging Face checkpoint
   its converter makes of it.
 * ``diffusers_pipeline``: a diffusers Stable Diffusion pipeline folder (``model_index.json``, ``unet/``…).
@@ -33,6 +35,7 @@ FORMATS = {
     "gguf": "kcookbook.formats.gguf:GGUFLoader",
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
     "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
+    "open_clip_state_dict": "kcookbook.formats.converters.open_clip:OpenCLIPLoader",
     "ctranslate2": "kcookbook.formats.ctranslate2:CTranslate2Loader",
     "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
 }
