@@ -97,6 +97,26 @@ def test_image_text_embedder_with_tokenizer_files_matches_open_clip(tmp_path):
                                                                                        keepdims=True), atol=1e-5)
 
 
+@pytest.mark.backend_independent
+def test_openai_vocabulary_without_tokenizer_files_uses_open_clip_bpe(tmp_path):
+    """An OpenCLIP folder with OpenAI's vocabulary and no tokenizer files (OpenCLIP's timm/ repositories)
+    gets the tokenizer of the BPE file open-clip-torch ships; another vocabulary gets none."""
+    from test_clip import _bpe_file
+
+    from kcookbook.formats.converters.clip import tokenizer_from_bpe_file
+
+    folder = _copy("quickgelu", tmp_path / "openai_vocabulary")
+    assert load_preset(folder).load_tokenizer() is None  # 814 tokens: not OpenAI's vocabulary
+    config = _config(folder)
+    config["model_cfg"]["text_cfg"]["vocab_size"] = 49408
+    _write_config(folder, config)
+    tokenizer = load_preset(folder).load_tokenizer()
+    texts = ["A photo of a café 🐈", "two dogs, running!"]
+    expected = tokenizer_from_bpe_file(_bpe_file())(texts)
+    assert [list(ids) for ids in tokenizer(texts)] == [list(ids) for ids in expected]
+    assert tokenizer.vocabulary_size == 49408
+
+
 @pytest.mark.one_backend
 def test_torch_state_dicts_load(tmp_path):
     """``open_clip_pytorch_model.bin`` as a bare state dict and as a training checkpoint

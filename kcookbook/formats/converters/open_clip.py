@@ -32,13 +32,14 @@ Full training checkpoints (``epoch_N.pt``: ``{"state_dict": ..., "optimizer": ..
 refused (:data:`EXPORT_HINT`).
 """
 
+import importlib.util
 import os
 
 import numpy as np
 
 from kcookbook.backbones.clip import CLIPBackbone, CLIPTextEncoder, CLIPVisionEncoder
 from kcookbook.formats.converters.base import Converter
-from kcookbook.formats.converters.clip import PIL_RESAMPLE, CLIPConverter
+from kcookbook.formats.converters.clip import PIL_RESAMPLE, CLIPConverter, tokenizer_from_bpe_file
 from kcookbook.formats.converters.efficientnet_lite import load_torch_file, state_dict_arrays
 from kcookbook.formats.loaders import PresetLoader
 from kcookbook.presets import files
@@ -46,6 +47,8 @@ from kcookbook.presets.errors import PresetError
 
 CONFIG_FILE = "open_clip_config.json"
 WEIGHTS_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")
+OPENAI_BPE_FILE = "bpe_simple_vocab_16e6.txt.gz"
+OPENAI_VOCABULARY = 49408
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 EXPORT_HINT = ("Save a tensor-only state dict where open_clip is installed: model, _, _ = "
@@ -248,12 +251,21 @@ class OpenCLIPLoader(PresetLoader):
 
     def load_tokenizer(self, **kwargs):
         """CLIP's BPE tokenizer from ``vocab.json`` + ``merges.txt`` (or ``tokenizer.json``) when the
-        folder has them (LAION's repositories do); None otherwise."""
-        if self.model_config["text_cfg"].get("hf_tokenizer_name"):
-            raise PresetError(f"{self.config_file} names the Hugging Face tokenizer "
-                              f"{self.model_config['text_cfg']['hf_tokenizer_name']!r}, which kcookbook does not "
-                              "load from an OpenCLIP folder.")
-        return CLIPConverter().tokenizer_from_hf(self.path, **kwargs)
+        folder has them (LAION's repositories do); else, for OpenAI's 49,408-token vocabulary, from
+        the ``bpe_simple_vocab_16e6.txt.gz`` that open-clip-torch ships, when it is installed (OpenCLIP's
+        own tokenizer reads that file); None otherwise."""
+        text = self.model_config["text_cfg"]
+        if text.get("hf_tokenizer_name"):
+            raise PresetError(f"{self.config_file} names the Hugging Face tokenizer {text['hf_tokenizer_name']!r}, "
+                              "which kcookbook does not load from an OpenCLIP folder.")
+        tokenizer = CLIPConverter().tokenizer_from_hf(self.path, **kwargs)
+        if tokenizer is not None or text.get("vocab_size", OPENAI_VOCABULARY) != OPENAI_VOCABULARY:
+            return tokenizer
+        spec = importlib.util.find_spec("open_clip")  # found, not imported (it imports torchvision)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], OPENAI_BPE_FILE)
+        return tokenizer_from_bpe_file(path, **kwargs) if os.path.exists(path) else None
 
     def preprocessor_defaults(self):
         return {"sequence_length": self.model_config["text_cfg"].get("context_length", 77)}
