@@ -125,12 +125,18 @@ def test_torch_state_dicts_load(tmp_path):
     from safetensors.torch import load_file
 
     state = load_file(os.path.join(FIXTURES, "open_clip_gelu", "open_clip_model.safetensors"))
-    for kind, content in (("bare", state),
+    half = {k: v.to(torch.bfloat16) for k, v in state.items()}
+    for kind, content in (("bare", state), ("bfloat16", half),
                           ("training", {"epoch": 3, "name": "tiny",
                                         "state_dict": {"module." + k: v for k, v in state.items()}})):
         folder = _copy("gelu", tmp_path / kind)
         os.remove(os.path.join(folder, "open_clip_model.safetensors"))
         torch.save(content, os.path.join(folder, "open_clip_pytorch_model.bin"))
+        if kind == "bfloat16":  # weights rounded to 8 bits of mantissa: features within 0.02 of ~2.8 (measured)
+            backbone = Backbone.from_preset(folder)
+            np.testing.assert_allclose(_numpy(backbone.get_text_embeddings(_reference("gelu")["token_ids"])),
+                                       _reference("gelu")["text_features"], atol=0.05)
+            continue
         _check_outputs(Backbone.from_preset(folder), _reference("gelu"))
 
 
@@ -150,6 +156,7 @@ def test_pickled_model_refused(tmp_path):
 @pytest.mark.backend_independent
 @pytest.mark.parametrize("edit, message", [
     (lambda c: c["model_cfg"].pop("embed_dim"), "not an OpenCLIP model config: it lacks \\['embed_dim'\\]"),
+    (lambda c: c["model_cfg"].update(text_cfg=12), "not an OpenCLIP model config: it lacks \\['text_cfg'\\]"),
     (lambda c: c["model_cfg"]["vision_cfg"].update(layers=[3, 4, 6, 3]), "ModifiedResNet"),
     (lambda c: c["model_cfg"]["vision_cfg"].update(timm_model_name="convnext_base"),
      "vision_cfg.timm_model_name='convnext_base'"),

@@ -81,7 +81,9 @@ def state_dict_arrays(state, path):
     """A loaded ``{name: tensor}`` as ``{name: numpy array}``; anything else is a PresetError."""
     if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
         raise PresetError(f"{path} does not hold a state_dict (a dict of tensors); got {type(state).__name__}.")
-    return {name: tensor.numpy() for name, tensor in state.items()}
+    # numpy has no bfloat16: such tensors (some half-precision checkpoints) come back as float32
+    return {name: (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
+            for name, tensor in state.items()}
 
 
 def conv_kernel(weight):

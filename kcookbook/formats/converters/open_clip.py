@@ -72,10 +72,12 @@ UNSUPPORTED = {
 def model_config(config, source):
     """The model config of ``open_clip_config.json`` (its ``model_cfg``, or the file itself)."""
     model = config.get("model_cfg", config)
-    missing = [k for k in ("embed_dim", "vision_cfg", "text_cfg") if not isinstance(model.get(k), (int, dict))]
+    kinds = {"embed_dim": int, "vision_cfg": dict, "text_cfg": dict}
+    missing = [k for k, kind in kinds.items() if not isinstance(model, dict) or not isinstance(model.get(k), kind)]
     if missing:
         raise PresetError(f"{source} is not an OpenCLIP model config: it lacks {missing} (expected "
-                          "embed_dim, vision_cfg and text_cfg, as in open_clip/model_configs/*.json).")
+                          "an integer embed_dim and vision_cfg and text_cfg objects, as in "
+                          "open_clip/model_configs/*.json).")
     return model
 
 
