@@ -23,7 +23,7 @@ from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
 FIXTURES = os.path.join(os.path.dirname(__file__), "fixtures")
 MODELS = ("quickgelu", "gelu")
 TOLERANCE = 1e-4
-MERGES = 300  # the fixtures' vocabulary: the first 300 merges of OpenAI's BPE file
+MERGES = 40  # the fixtures' vocabulary: the first 40 merges of OpenAI's BPE file
 
 
 def _numpy(x):
@@ -50,13 +50,12 @@ def _write_config(folder, config):
 
 
 def _check_outputs(backbone, reference):
-    images, ids = reference["images"], reference["token_ids"]
-    np.testing.assert_allclose(_numpy(backbone.get_vision_embeddings(images)), reference["image_features"],
-                               atol=TOLERANCE)
-    np.testing.assert_allclose(_numpy(backbone.get_text_embeddings(ids)), reference["text_features"],
-                               atol=TOLERANCE)
-    logits = backbone({"images": images, "token_ids": ids})["logits_per_image"]
-    np.testing.assert_allclose(_numpy(logits), reference["logits_per_image"], atol=TOLERANCE)
+    """One call (eager jax compiles every op per shape): the backbone's outputs are the projected
+    features ``get_vision_embeddings`` / ``get_text_embeddings`` return, and the logits."""
+    outputs = backbone({"images": reference["images"], "token_ids": reference["token_ids"]})
+    for ours, theirs in (("vision_embeddings", "image_features"), ("text_embeddings", "text_features"),
+                         ("logits_per_image", "logits_per_image")):
+        np.testing.assert_allclose(_numpy(outputs[ours]), reference[theirs], atol=TOLERANCE, err_msg=ours)
 
 
 @pytest.mark.parametrize("name", MODELS)
@@ -106,7 +105,7 @@ def test_openai_vocabulary_without_tokenizer_files_uses_open_clip_bpe(tmp_path):
     from kcookbook.formats.converters.clip import tokenizer_from_bpe_file
 
     folder = _copy("quickgelu", tmp_path / "openai_vocabulary")
-    assert load_preset(folder).load_tokenizer() is None  # 814 tokens: not OpenAI's vocabulary
+    assert load_preset(folder).load_tokenizer() is None  # 554 tokens: not OpenAI's vocabulary
     config = _config(folder)
     config["model_cfg"]["text_cfg"]["vocab_size"] = 49408
     _write_config(folder, config)
@@ -132,7 +131,7 @@ def test_torch_state_dicts_load(tmp_path):
         folder = _copy("gelu", tmp_path / kind)
         os.remove(os.path.join(folder, "open_clip_model.safetensors"))
         torch.save(content, os.path.join(folder, "open_clip_pytorch_model.bin"))
-        if kind == "bfloat16":  # weights rounded to 8 bits of mantissa: features within 0.02 of ~2.8 (measured)
+        if kind == "bfloat16":  # weights rounded to 8 bits of mantissa: 0.011 off on features up to 1.75 (measured)
             backbone = Backbone.from_preset(folder)
             np.testing.assert_allclose(_numpy(backbone.get_text_embeddings(_reference("gelu")["token_ids"])),
                                        _reference("gelu")["text_features"], atol=0.05)
@@ -163,7 +162,7 @@ def test_pickled_model_refused(tmp_path):
     (lambda c: c["model_cfg"]["text_cfg"].update(hf_model_name="xlm-roberta-base"), "text_cfg.hf_model_name"),
     (lambda c: c["model_cfg"].update(init_logit_bias=-10), "sets init_logit_bias=-10"),
     (lambda c: c["model_cfg"]["text_cfg"].update(pool_type="last"), "text_cfg.pool_type='last'"),
-    (lambda c: c["model_cfg"]["vision_cfg"].update(head_width=20), "width=32 is not a multiple of head_width=20"),
+    (lambda c: c["model_cfg"]["vision_cfg"].update(head_width=6), "width=16 is not a multiple of head_width=6"),
     (lambda c: c["model_cfg"]["text_cfg"].update(layers=0), "text_cfg.layers must be a positive integer"),
 ])
 def test_bad_config_named(tmp_path, edit, message):
