@@ -162,6 +162,7 @@ def test_pickled_model_refused(tmp_path):
     (lambda c: c["model_cfg"]["text_cfg"].update(hf_model_name="xlm-roberta-base"), "text_cfg.hf_model_name"),
     (lambda c: c["model_cfg"].update(init_logit_bias=-10), "sets init_logit_bias=-10"),
     (lambda c: c["model_cfg"]["text_cfg"].update(pool_type="last"), "text_cfg.pool_type='last'"),
+    (lambda c: c["model_cfg"]["text_cfg"].update(qk_norm=True), "text_cfg.qk_norm=True"),
     (lambda c: c["model_cfg"]["vision_cfg"].update(head_width=6), "width=16 is not a multiple of head_width=6"),
     (lambda c: c["model_cfg"]["text_cfg"].update(layers=0), "text_cfg.layers must be a positive integer"),
 ])
@@ -172,6 +173,18 @@ def test_bad_config_named(tmp_path, edit, message):
     _write_config(folder, config)
     with pytest.raises(PresetError, match=message):
         Backbone.from_preset(folder)
+
+
+@pytest.mark.backend_independent
+def test_default_values_written_out_are_accepted(tmp_path):
+    folder = _copy("quickgelu", tmp_path / "explicit")
+    config = _config(folder)
+    config["model_cfg"]["vision_cfg"].update(block_type="default", pool_type="tok", attentional_pool=False,
+                                             ls_init_value=None, act_kwargs={}, patch_dropout=0.5,
+                                             output_tokens=True)
+    config["model_cfg"]["text_cfg"].update(proj_type="linear", proj_bias=False, pool_type="argmax", qk_norm=False)
+    _write_config(folder, config)
+    assert isinstance(Backbone.from_preset(folder, load_weights=False), CLIPBackbone)
 
 
 def test_config_and_weights_that_disagree_are_named(tmp_path):

@@ -55,17 +55,18 @@ EXPORT_HINT = ("Save a tensor-only state dict where open_clip is installed: mode
                "open_clip.create_model_and_transforms(name, pretrained=...); "
                "safetensors.torch.save_file(model.state_dict(), 'open_clip_model.safetensors'), next to the "
                f"model's config as {CONFIG_FILE}.")
-# Config fields whose non-default values make a model kcookbook's CLIP is not: field → its default.
-UNSUPPORTED = {
-    "model": {"multimodal_cfg": None, "init_logit_bias": None},
-    "vision": {"timm_model_name": None, "attentional_pool": False, "no_ln_pre": False, "pool_type": "tok",
-               "ls_init_value": None, "act_kwargs": None, "block_type": None, "qk_norm": False,
-               "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-               "scale_attn": False, "scale_fc": False},
-    "text": {"hf_model_name": None, "embed_cls": False, "no_causal_mask": False, "proj_bias": False,
-             "proj_type": "linear", "ls_init_value": None, "act_kwargs": None, "block_type": None,
-             "qk_norm": False, "scaled_cosine_attn": False, "scale_heads": False, "scale_attn_inner": False,
-             "scale_attn": False, "scale_fc": False},
+# Config fields that make a model kcookbook's CLIP is not, unless they hold one of these values (absent
+# is the first); OFF: absent, None, False, 0 or {}.
+OFF = (None, False, 0, {})
+_CUSTOM_BLOCKS = {"block_type": (None, "default"), "qk_norm": OFF, "scaled_cosine_attn": OFF, "scale_heads": OFF,
+                  "scale_attn_inner": OFF, "scale_attn": OFF, "scale_fc": OFF, "ls_init_value": OFF,
+                  "act_kwargs": OFF}
+ACCEPTED = {
+    "model": {"multimodal_cfg": OFF, "init_logit_bias": OFF},
+    "vision": {"timm_model_name": OFF, "attentional_pool": OFF, "no_ln_pre": OFF, "pool_type": ("tok",),
+               **_CUSTOM_BLOCKS},
+    "text": {"hf_model_name": OFF, "embed_cls": OFF, "no_causal_mask": OFF, "proj_bias": OFF,
+             "proj_type": ("linear",), **_CUSTOM_BLOCKS},
 }
 
 
@@ -82,9 +83,8 @@ def model_config(config, source):
 
 
 def _check_supported(fields, part, source):
-    for name, default in UNSUPPORTED[part].items():
-        value = fields.get(name, default)
-        if value != default and (value or default):  # None, False and 0 all mean "off"
+    for name, accepted in ACCEPTED[part].items():
+        if fields.get(name, accepted[0]) not in accepted:
             raise PresetError(
                 f"{source} sets {part + '_cfg.' if part != 'model' else ''}{name}={fields[name]!r}: an OpenCLIP "
                 "model that kcookbook's CLIP (ViT image tower, causal text transformer, CLS and end-of-text "
