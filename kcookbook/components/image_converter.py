@@ -41,7 +41,7 @@ import keras
 import numpy as np
 
 from kcookbook.components.inputs import is_tf_tensor
-from kcookbook.components.pillow_resize import FILTERS, center_crop, pillow_resize, shortest_edge_size
+from kcookbook.components.pillow_resize import CROP_ROUNDINGS, FILTERS, center_crop, pillow_resize, shortest_edge_size
 from kcookbook.components.validation import check_finite
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.presets.errors import PresetError
@@ -67,11 +67,13 @@ class ImageConverter:
             what Hugging Face's image processors use; ``"bicubic"`` or ``"bilinear"``, no boxes).
         shortest_edge: with ``resampling="pillow"``, scale the short side to this many pixels, then
             centre-crop ``image_size`` (None: resize straight to ``image_size``).
+        crop_rounding: where that centre crop puts the extra pixel of an odd margin: ``"floor"``
+            (Hugging Face's image processors) or ``"round"`` (torchvision's ``CenterCrop``: OpenCLIP).
     """
 
     def __init__(self, image_size=(224, 224), scale=1.0 / 255.0, offset=0.0, interpolation="bilinear",
                  crop_to_aspect_ratio=True, antialias=False, num_channels=3, bounding_box_format="xyxy",
-                 resampling="keras", shortest_edge=None):
+                 resampling="keras", shortest_edge=None, crop_rounding="floor"):
         if isinstance(image_size, int):
             image_size = (image_size, image_size)
         if len(image_size) != 2 or not all(isinstance(s, int) and s > 0 for s in image_size):
@@ -87,6 +89,9 @@ class ImageConverter:
         _check_resampling(resampling, interpolation, shortest_edge, self.image_size)
         self.resampling = resampling
         self.shortest_edge = shortest_edge
+        if crop_rounding not in CROP_ROUNDINGS:
+            raise ValueError(f"crop_rounding must be one of {CROP_ROUNDINGS}, got {crop_rounding!r}.")
+        self.crop_rounding = crop_rounding
         self._resizing = keras.layers.Resizing(
             *self.image_size, interpolation=interpolation, crop_to_aspect_ratio=crop_to_aspect_ratio,
             antialias=antialias, bounding_box_format=bounding_box_format, dtype="float32")
@@ -179,7 +184,7 @@ class ImageConverter:
         if self.shortest_edge is None:
             return pillow_resize(image, self.image_size, self.interpolation)
         size = shortest_edge_size(image.shape[0], image.shape[1], self.shortest_edge)
-        return center_crop(pillow_resize(image, size, self.interpolation), self.image_size)
+        return center_crop(pillow_resize(image, size, self.interpolation), self.image_size, self.crop_rounding)
 
     def _check(self, images):
         images = images.numpy() if is_tf_tensor(images) else np.asarray(images)
@@ -236,7 +241,7 @@ class ImageConverter:
                 "interpolation": self.interpolation, "crop_to_aspect_ratio": self.crop_to_aspect_ratio,
                 "antialias": self.antialias, "num_channels": self.num_channels,
                 "bounding_box_format": self.bounding_box_format, "resampling": self.resampling,
-                "shortest_edge": self.shortest_edge}
+                "shortest_edge": self.shortest_edge, "crop_rounding": self.crop_rounding}
 
     @classmethod
     def from_config(cls, config):

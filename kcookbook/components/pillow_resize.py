@@ -92,11 +92,20 @@ def shortest_edge_size(height, width, shortest_edge):
     return shortest_edge, int(shortest_edge * width / height)
 
 
-def center_crop(image, size):
-    """The centre ``(height, width)`` window, offsets rounded down (as Hugging Face's ``center_crop``)."""
+CROP_ROUNDINGS = ("floor", "round")
+
+
+def center_crop(image, size, rounding="floor"):
+    """The centre ``(height, width)`` window. An odd margin puts the extra pixel after the window with
+    ``rounding="floor"`` (Hugging Face's ``center_crop``: offsets rounded down) and, with ``"round"``,
+    where Python's ``round`` of half the margin (ties to even) puts it (torchvision's ``CenterCrop``,
+    which OpenCLIP's transform uses)."""
     height, width = size
     if image.shape[0] < height or image.shape[1] < width:
         raise ValueError(f"Cannot centre-crop {height}×{width} from a {image.shape[0]}×{image.shape[1]} "
                          "image: resize it to at least the crop first.")
-    top, left = (image.shape[0] - height) // 2, (image.shape[1] - width) // 2
+    if rounding not in CROP_ROUNDINGS:
+        raise ValueError(f"center_crop rounding must be one of {CROP_ROUNDINGS}, got {rounding!r}.")
+    offset = (lambda margin: margin // 2) if rounding == "floor" else (lambda margin: int(round(margin / 2)))
+    top, left = offset(image.shape[0] - height), offset(image.shape[1] - width)
     return image[top:top + height, left:left + width]

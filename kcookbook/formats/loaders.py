@@ -10,6 +10,10 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
 * ``efficientnet_lite_state_dict``: a lukemelas-style ``efficientnet-lite*.pth`` torch state dict.
 * ``gguf``: a llama.cpp ``.gguf`` file, read as a Hugging Face checkpoint of its model type.
 * ``yolov8_state_dict``: an Ultralytics YOLOv8 state dict next to a ``yolov8.json`` (scale, classes).
+* ``segment_anything_state_dict``: Meta's ``sam_vit_{b,l,h}_*.pth``, or a state dict next to a
+  ``segment_anything.json`` (``_build_sam``'s settings).
+* ``open_clip_state_dict``: an OpenCLIP state dict next to its ``open_clip_config.json`` (OpenCLIP's
+  hf-hub layout).
 * ``ctranslate2``: a CTranslate2 ``model.bin`` (faster-whisper), read as the Hugging Face checkpoint
   its converter makes of it.
 * ``diffusers_pipeline``: a diffusers Stable Diffusion pipeline folder (``model_index.json``, ``unet/``…).
@@ -34,6 +38,7 @@ FORMATS = {
     "yolov8_state_dict": "kcookbook.formats.converters.yolov8:StateDictLoader",
     "lite_medsam_state_dict": "kcookbook.formats.converters.sam:LiteMedSAMLoader",
     "segment_anything_state_dict": "kcookbook.formats.converters.sam:SegmentAnythingLoader",
+    "open_clip_state_dict": "kcookbook.formats.converters.open_clip:OpenCLIPLoader",
     "ctranslate2": "kcookbook.formats.ctranslate2:CTranslate2Loader",
     "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
 }

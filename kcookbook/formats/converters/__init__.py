@@ -22,6 +22,7 @@ CONVERTERS = {
     "vit": "kcookbook.formats.converters.vit:ViTConverter",
     "t5": "kcookbook.formats.converters.t5:T5Converter",
     "clip": "kcookbook.formats.converters.clip:CLIPConverter",
+    "open_clip": "kcookbook.formats.converters.open_clip:OpenCLIPConverter",
     "yolov8": "kcookbook.formats.converters.yolov8:YOLOv8Converter",
     "gemma2": "kcookbook.formats.converters.gemma:Gemma2Converter",
     "gemma3": "kcookbook.formats.converters.gemma:Gemma3Converter",

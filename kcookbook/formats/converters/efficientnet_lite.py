@@ -50,6 +50,12 @@ def detect(path):
 
 def read_state_dict(path):
     """Tensors of a .pth file as numpy arrays; a corrupt or non-tensor file is a PresetError naming it."""
+    return state_dict_arrays(load_torch_file(path), path)
+
+
+def load_torch_file(path):
+    """What ``torch.load(path, weights_only=True)`` reads (tensors, dicts, numbers, strings: nothing is
+    unpickled); a missing torch, an empty, corrupt or pickled-object file is a PresetError naming it."""
     try:
         import torch
     except ImportError as e:  # kcookbook[jax] or [tensorflow] alone: torch reads the .pth, on any backend
@@ -68,9 +74,16 @@ def read_state_dict(path):
             "corrupt, truncated or not a plain state_dict of tensors (kcookbook loads with "
             "weights_only=True and never unpickles arbitrary objects): reinstall or re-download it."
         ) from e
+    return state
+
+
+def state_dict_arrays(state, path):
+    """A loaded ``{name: tensor}`` as ``{name: numpy array}``; anything else is a PresetError."""
     if not isinstance(state, dict) or not all(hasattr(v, "numpy") for v in state.values()):
         raise PresetError(f"{path} does not hold a state_dict (a dict of tensors); got {type(state).__name__}.")
-    return {name: tensor.numpy() for name, tensor in state.items()}
+    # numpy has no bfloat16: such tensors (some half-precision checkpoints) come back as float32
+    return {name: (tensor.float() if str(tensor.dtype) == "torch.bfloat16" else tensor).numpy()
+            for name, tensor in state.items()}
 
 
 def conv_kernel(weight):
