@@ -10,6 +10,19 @@ detection set whose boxes and classes are known exactly) and boxes drawn over im
 import numpy as np
 
 
+def shape_objects(size=16):
+    """Three filled shapes, one per class, as ``(3, size, size, 3)`` colour patches (0–255 on black) for
+    ``place_on_canvases``: a red square (class 0), a green disc (1) and a blue triangle (2)."""
+    rows, cols = np.mgrid[:size, :size] + 0.5
+    centre, margin = size / 2, max(size // 8, 1)
+    objects = np.zeros((3, size, size, 3), "float32")
+    objects[0, margin:-margin, margin:-margin, 0] = 255
+    objects[1, ..., 1] = 255 * ((rows - centre) ** 2 + (cols - centre) ** 2 < (centre - margin / 2) ** 2)
+    objects[2, ..., 2] = 255 * ((rows > margin) & (rows < size - margin / 2) &
+                                (np.abs(cols - centre) < (rows - margin) / 2))
+    return objects
+
+
 def object_box(patch, threshold):
     """The tight ``xyxy`` box (pixel edges) of a patch's pixels brighter than ``threshold × max``."""
     ink = patch.max(axis=-1) if patch.ndim == 3 else patch

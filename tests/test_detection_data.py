@@ -7,7 +7,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from kcookbook.detection import draw_boxes, place_on_canvases  # noqa: E402
+from kcookbook.detection import draw_boxes, place_on_canvases, shape_objects  # noqa: E402
 
 pytestmark = pytest.mark.backend_independent  # numpy and matplotlib only
 
@@ -76,3 +76,13 @@ def test_draw_boxes_skips_padding_and_names_classes():
     assert (drawn[0].get_x(), drawn[0].get_y(), drawn[0].get_width(), drawn[0].get_height()) == (1, 2, 10, 10)
     assert [t.get_text() for t in ax.texts] == ["one 0.90", "zero 0.50"]
     plt.close(fig)
+
+
+def test_shape_objects_one_colour_and_shape_per_class():
+    objects = shape_objects(16)
+    assert objects.shape == (3, 16, 16, 3)
+    ink = objects.max(-1) > 0
+    assert [int(objects[k].reshape(-1, 3).max(0).argmax()) for k in range(3)] == [0, 1, 2]  # red, green, blue
+    assert ink[0].sum() == 12 * 12 and ink[0, 2, 2]  # a filled square with a 2-px margin
+    assert ink[1, 8, 1:15].all() and not ink[1, 2, 2]  # a disc: full across the middle, no corners
+    assert ink[2, 3].sum() < ink[2, 13].sum()  # the triangle widens downwards
