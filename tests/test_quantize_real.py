@@ -1,0 +1,87 @@
+"""Real weights: int8 (``backbone.quantize("int8")``) and bfloat16 stay close to float32.
+
+SmolLM2-135M-Instruct on held-out Macbeth (the windows ``benchmarks/quantization_accuracy.py``
+starts with) and all-MiniLM-L6-v2 on real tweets. The bounds leave a margin over what this test
+measured on torch (numbers beside each bound) and tight enough that a mis-scaled model (a wrong axis
+or a dropped scale) would fail them. Keras's int8 scheme also quantises each token's activations
+(int8 x int8 matmuls), which costs SmolLM2 ~5% of perplexity on 8 windows: above issue #22's 2%
+target; weight-only int8 stays within 1% (benchmarks/README.md). Torch runs int8 x int8 matmuls on a
+CPU without BLAS: the MiniLM tweets are cut to 64 tokens to keep this test short.
+"""
+
+import keras
+import numpy as np
+import pytest
+
+from kcookbook.data import load_shakespeare_splits, load_sentiment_tweets
+from kcookbook.tasks import CausalLM, TextClassifierPreprocessor, TextEmbedder
+
+pytestmark = [pytest.mark.slow, pytest.mark.one_backend]  # the numerics of each backend: test_quantize.py
+
+
+def _logits_and_nll(model, ids):
+    logits = model({"token_ids": ids, "padding_mask": np.ones_like(ids)})
+    logits = keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32")).astype("float64")
+    shifted = logits - logits.max(-1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return logits, -np.take_along_axis(log_probs[:, :-1], ids[:, 1:, None], -1).mean()
+
+
+def test_smollm2_int8_and_bfloat16_perplexity_and_greedy_tokens_stay_close_to_float32():
+    text = load_shakespeare_splits(["macbeth"]).validation[0].text[20000:40000]
+    lm = CausalLM.from_preset("smollm2_135m_instruct")
+    ids = np.asarray(lm.preprocessor.tokenizer(text))[:2 * 128].reshape(2, 128).astype("int32")
+    reference, reference_nll = _logits_and_nll(lm, ids)
+    assert np.exp(reference_nll) < 100  # the real model: a random one is ~49,000
+
+    backbone = type(lm.backbone).from_config({**lm.backbone.get_config(), "dtype": "bfloat16"})
+    backbone.set_weights(lm.backbone.get_weights())
+    results = {"bfloat16": _logits_and_nll(CausalLM(backbone), ids)}
+    del backbone
+    lm.backbone.quantize("int8")
+    assert lm.backbone.token_embedding.quantization_mode == "int8"
+    results["int8"] = _logits_and_nll(lm, ids)
+
+    measured = {}
+    for name, (logits, nll) in results.items():
+        measured[name] = (np.exp(nll - reference_nll), np.abs(logits - reference).max(),
+                          (logits.argmax(-1) == reference.argmax(-1)).mean())
+    # measured on torch: bfloat16 1.003, 1.28, 0.969; int8 1.018, 6.62, 0.824 (8 windows: 1.051, 19.5, 0.829)
+    bounds = {"bfloat16": (1.02, 4.0, 0.92), "int8": (1.06, 15.0, 0.75)}
+    for name, (ratio, difference, agreement) in measured.items():
+        most_ratio, most_difference, least_agreement = bounds[name]
+        assert ratio < most_ratio and difference < most_difference and agreement > least_agreement, (
+            name, measured[name])
+
+
+def test_minilm_int8_and_bfloat16_embeddings_keep_cosine_and_nearest_neighbours():
+    texts = load_sentiment_tweets().test.texts[:100]
+
+    def embed(model):
+        vectors = np.asarray(model.predict(texts, batch_size=64, verbose=0), "float64")
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def nearest(vectors):
+        similarity = vectors @ vectors.T
+        np.fill_diagonal(similarity, -np.inf)
+        return similarity.argmax(1)
+
+    model = TextEmbedder.from_preset("all_minilm_l6_v2")
+    # 64 tokens, not the checkpoint's 256 (~1% of these tweets are cut): torch's int8 matmuls on a CPU
+    # run without BLAS, and padding to 256 made this test take minutes.
+    model.preprocessor = TextClassifierPreprocessor(model.preprocessor.tokenizer, sequence_length=64)
+    reference = embed(model)
+    backbone = type(model.backbone).from_config({**model.backbone.get_config(), "dtype": "bfloat16"})
+    backbone.set_weights(model.backbone.get_weights())
+    bfloat16 = TextEmbedder(backbone, model.preprocessor, pooling=model.pooling, normalize=model.normalize)
+    measured = {"bfloat16": embed(bfloat16)}
+    model.backbone.quantize("int8")
+    measured["int8"] = embed(model)
+
+    # measured on torch: bfloat16 0.99990, 0.99; int8 0.9949, 0.92 (smallest cosine, nearest-tweet agreement)
+    bounds = {"bfloat16": (0.999, 0.95), "int8": (0.98, 0.85)}
+    for name, vectors in measured.items():
+        cosine = (vectors * reference).sum(1)
+        agreement = (nearest(vectors) == nearest(reference)).mean()
+        least_cosine, least_agreement = bounds[name]
+        assert cosine.min() > least_cosine and agreement > least_agreement, (name, cosine.min(), agreement)
