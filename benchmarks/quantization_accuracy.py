@@ -39,6 +39,7 @@ def smollm2_rows(windows):
     import numpy as np
 
     from kcookbook.data import load_shakespeare_splits
+    from kcookbook.metrics import logits_closeness, next_token_nll
     from kcookbook.tasks import CausalLM
 
     text = load_shakespeare_splits(["macbeth"]).validation[0].text[20000:40000]
@@ -46,20 +47,14 @@ def smollm2_rows(windows):
     ids = np.asarray(lm.preprocessor.tokenizer(text))[:windows * WINDOW].reshape(windows, WINDOW)
     inputs = {"token_ids": ids.astype("int32"), "padding_mask": np.ones_like(ids, "int32")}
 
-    def logits_and_nll(model):
-        logits = keras.ops.convert_to_numpy(keras.ops.cast(model(inputs), "float32")).astype("float64")
-        shifted = logits - logits.max(-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-        return logits, -np.take_along_axis(log_probs[:, :-1], ids[:, 1:, None], -1).mean()
+    def logits(model):
+        return keras.ops.convert_to_numpy(keras.ops.cast(model(inputs), "float32"))
 
-    reference, reference_nll = logits_and_nll(lm)
-    rows = {"float32": {"perplexity": float(np.exp(reference_nll))}}
+    reference = logits(lm)
+    rows = {"float32": {"perplexity": float(np.exp(next_token_nll(reference, ids)))}}
 
     def add(name, model):
-        logits, nll = logits_and_nll(model)
-        rows[name] = {"perplexity": float(np.exp(nll)), "perplexity_ratio": float(np.exp(nll - reference_nll)),
-                      "max_logit_diff": float(np.abs(logits - reference).max()),
-                      "argmax_agreement": float((logits.argmax(-1) == reference.argmax(-1)).mean())}
+        rows[name] = logits_closeness(logits(model), reference, ids)
         print(name, rows[name], file=sys.stderr, flush=True)
 
     weights, config = lm.backbone.get_weights(), lm.backbone.get_config()
@@ -77,6 +72,7 @@ def minilm_rows(num_tweets, sequence_length):
     import numpy as np
 
     from kcookbook.data import load_sentiment_tweets
+    from kcookbook.metrics import embedding_closeness
     from kcookbook.tasks import TextClassifierPreprocessor, TextEmbedder
 
     def load(**kwargs):
@@ -87,22 +83,13 @@ def minilm_rows(num_tweets, sequence_length):
     texts = load_sentiment_tweets().test.texts[:num_tweets]
 
     def embed(model):
-        vectors = np.asarray(model.predict(texts, batch_size=64, verbose=0), "float64")
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    def nearest(vectors):
-        similarity = vectors @ vectors.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(1)
+        return model.predict(texts, batch_size=64, verbose=0)
 
     reference = embed(load())
-    reference_nearest = nearest(reference)
     rows = {"float32": {}}
 
     def add(name, model):
-        vectors = embed(model)
-        rows[name] = {"min_cosine": float((vectors * reference).sum(1).min()),
-                      "nearest_agreement": float((nearest(vectors) == reference_nearest).mean())}
+        rows[name] = embedding_closeness(embed(model), reference)
         print(name, rows[name], file=sys.stderr, flush=True)
 
     for name, arguments in quantizers().items():

@@ -140,3 +140,31 @@ def test_int8_mixtral_round_trips_and_exports_dequantised(tmp_path):
     with torch.no_grad():
         exported = model(input_ids=torch.tensor(token_ids, dtype=torch.long)).logits.numpy()
     assert np.abs(exported - ours).max() < 0.1 * np.abs(ours).max()
+
+
+@pytest.mark.backend_independent
+def test_closeness_measures_against_their_definitions():
+    """kcookbook.metrics' closeness numbers against torch's cross-entropy and a direct cosine loop."""
+    from kcookbook.metrics import embedding_closeness, logits_closeness, next_token_nll
+
+    rng = np.random.default_rng(5)
+    ids = rng.integers(0, 11, (3, 9))
+    reference = rng.normal(0, 3, (3, 9, 11))
+    changed = reference + rng.normal(0, 0.5, reference.shape)
+    expected = torch.nn.functional.cross_entropy(torch.tensor(reference[:, :-1]).reshape(-1, 11),
+                                                 torch.tensor(ids[:, 1:]).reshape(-1)).item()
+    assert next_token_nll(reference, ids) == pytest.approx(expected, rel=1e-12)
+    closeness = logits_closeness(changed, reference, ids)
+    changed_nll = torch.nn.functional.cross_entropy(torch.tensor(changed[:, :-1]).reshape(-1, 11),
+                                                    torch.tensor(ids[:, 1:]).reshape(-1)).item()
+    assert closeness["perplexity_ratio"] == pytest.approx(np.exp(changed_nll - expected), rel=1e-12)
+    assert closeness["max_logit_diff"] == np.abs(changed - reference).max()
+    assert 0 < closeness["argmax_agreement"] < 1
+
+    vectors = rng.normal(size=(6, 4))
+    moved = vectors * 2.0  # same directions: cosine 1, same neighbours
+    moved[0] = -moved[0]  # one text turned around
+    cosines = [v @ m / np.linalg.norm(v) / np.linalg.norm(m) for v, m in zip(vectors, moved)]
+    result = embedding_closeness(moved, vectors)
+    assert result["min_cosine"] == pytest.approx(min(cosines)) == pytest.approx(-1.0)
+    assert 0 < result["nearest_agreement"] <= 1

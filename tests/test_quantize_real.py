@@ -14,38 +14,37 @@ import numpy as np
 import pytest
 
 from kcookbook.data import load_shakespeare_splits, load_sentiment_tweets
+from kcookbook.metrics import embedding_closeness, logits_closeness, next_token_nll
 from kcookbook.tasks import CausalLM, TextClassifierPreprocessor, TextEmbedder
 
 pytestmark = [pytest.mark.slow, pytest.mark.one_backend]  # the numerics of each backend: test_quantize.py
 
 
-def _logits_and_nll(model, ids):
+def _logits(model, ids):
     logits = model({"token_ids": ids, "padding_mask": np.ones_like(ids)})
-    logits = keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32")).astype("float64")
-    shifted = logits - logits.max(-1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return logits, -np.take_along_axis(log_probs[:, :-1], ids[:, 1:, None], -1).mean()
+    return keras.ops.convert_to_numpy(keras.ops.cast(logits, "float32"))
 
 
 def test_smollm2_int8_and_bfloat16_perplexity_and_greedy_tokens_stay_close_to_float32():
     text = load_shakespeare_splits(["macbeth"]).validation[0].text[20000:40000]
     lm = CausalLM.from_preset("smollm2_135m_instruct")
     ids = np.asarray(lm.preprocessor.tokenizer(text))[:2 * 128].reshape(2, 128).astype("int32")
-    reference, reference_nll = _logits_and_nll(lm, ids)
-    assert np.exp(reference_nll) < 100  # the real model: a random one is ~49,000
+    reference = _logits(lm, ids)
+    assert np.exp(next_token_nll(reference, ids)) < 100  # the real model: a random one is ~49,000
 
     backbone = type(lm.backbone).from_config({**lm.backbone.get_config(), "dtype": "bfloat16"})
     backbone.set_weights(lm.backbone.get_weights())
-    results = {"bfloat16": _logits_and_nll(CausalLM(backbone), ids)}
+    results = {"bfloat16": _logits(CausalLM(backbone), ids)}
     del backbone
     lm.backbone.quantize("int8")
     assert lm.backbone.token_embedding.quantization_mode == "int8"
-    results["int8"] = _logits_and_nll(lm, ids)
+    results["int8"] = _logits(lm, ids)
 
     measured = {}
-    for name, (logits, nll) in results.items():
-        measured[name] = (np.exp(nll - reference_nll), np.abs(logits - reference).max(),
-                          (logits.argmax(-1) == reference.argmax(-1)).mean())
+    for name, logits in results.items():
+        closeness = logits_closeness(logits, reference, ids)
+        measured[name] = (closeness["perplexity_ratio"], closeness["max_logit_diff"],
+                          closeness["argmax_agreement"])
     # measured on torch: bfloat16 1.003, 1.28, 0.969; int8 1.018, 6.62, 0.824 (8 windows: 1.051, 19.5, 0.829)
     bounds = {"bfloat16": (1.02, 4.0, 0.92), "int8": (1.06, 15.0, 0.75)}
     for name, (ratio, difference, agreement) in measured.items():
@@ -58,13 +57,7 @@ def test_minilm_int8_and_bfloat16_embeddings_keep_cosine_and_nearest_neighbours(
     texts = load_sentiment_tweets().test.texts[:40]
 
     def embed(model):
-        vectors = np.asarray(model.predict(texts, batch_size=64, verbose=0), "float64")
-        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
-
-    def nearest(vectors):
-        similarity = vectors @ vectors.T
-        np.fill_diagonal(similarity, -np.inf)
-        return similarity.argmax(1)
+        return model.predict(texts, batch_size=64, verbose=0)
 
     model = TextEmbedder.from_preset("all_minilm_l6_v2")
     # 40 tweets of 48 tokens, not 100 of the checkpoint's 256: torch's int8 matmuls on a CPU run without
@@ -82,8 +75,8 @@ def test_minilm_int8_and_bfloat16_embeddings_keep_cosine_and_nearest_neighbours(
     # 0.99988, 1.0; int8 0.9949, 1.0 (100 of 64: bfloat16 0.99990, 0.99; int8 0.9949, 0.92)
     bounds = {"bfloat16": (0.999, 0.95), "int8": (0.98, 0.85)}
     for name, vectors in measured.items():
-        cosine = (vectors * reference).sum(1)
-        agreement = (nearest(vectors) == nearest(reference)).mean()
+        closeness = embedding_closeness(vectors, reference)
         least_cosine, least_agreement = bounds[name]
-        print(name, cosine.min(), agreement)  # shown by pytest -rP
-        assert cosine.min() > least_cosine and agreement > least_agreement, (name, cosine.min(), agreement)
+        print(name, closeness)  # shown by pytest -rP
+        assert closeness["min_cosine"] > least_cosine and closeness["nearest_agreement"] > least_agreement, (
+            name, closeness)
