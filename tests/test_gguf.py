@@ -345,6 +345,24 @@ def test_tiny_files_read_like_transformers(tmp_path, qtype):
 
 
 @pytest.mark.backend_independent
+def test_checkpoint_parses_every_field_and_tensor_as_the_gguf_packages_reader(tmp_path):
+    path = tmp_path / "tiny.gguf"
+    tokens = [f"tok{i}" for i in range(96)]
+    write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.Q4_1, add_metadata=lambda w: (
+        w.add_tokenizer_model("gpt2"), w.add_token_list(tokens), w.add_token_scores([0.5] * 96)))
+    ours, stock = GGUFCheckpoint(path).reader, gguf.GGUFReader(path)
+    assert not isinstance(ours.data, np.memmap)  # the faster parse: no memmap slices
+    assert list(ours.fields) == list(stock.fields)
+    for key, field in stock.fields.items():
+        assert ours.fields[key].types == field.types, key
+        assert ours.fields[key].contents() == field.contents(), key
+    assert [t.name for t in ours.tensors] == [t.name for t in stock.tensors]
+    for mine, theirs in zip(ours.tensors, stock.tensors):
+        assert mine.tensor_type == theirs.tensor_type and list(mine.shape) == list(theirs.shape)
+        np.testing.assert_array_equal(np.asarray(mine.data), np.asarray(theirs.data), err_msg=mine.name)
+
+
+@pytest.mark.backend_independent
 def test_unsupported_architecture_is_named(tmp_path):
     path = tmp_path / "qwen.gguf"
     write_tiny_llama_gguf(path, gguf.GGMLQuantizationType.F32, architecture="qwen2")

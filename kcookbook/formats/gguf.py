@@ -89,6 +89,29 @@ def _import_gguf():
     return gguf
 
 
+@functools.cache
+def _plain_array_reader_class():
+    """``gguf.GGUFReader`` over a plain ``ndarray`` view of its memory map.
+
+    The reader slices its ``np.memmap`` once per metadata value, and every ``memmap`` slice pays for
+    bookkeeping in ``__array_finalize__`` / ``__getitem__``: with Gemma 3's 262k-token vocabulary
+    that is most of a 40-second parse. A plain view of the same mapping reads the same bytes (still
+    lazily, from the file) in about a third of the time.
+    """
+    gguf = _import_gguf()
+
+    class PlainArrayGGUFReader(gguf.GGUFReader):
+        @property
+        def data(self):
+            return self._plain_data
+
+        @data.setter
+        def data(self, mapping):
+            self._plain_data = mapping.view(np.ndarray)  # the view keeps the mapping alive
+
+    return PlainArrayGGUFReader
+
+
 def find_gguf_file(path):
     """The ``.gguf`` file at ``path``: the path itself, or the single one inside a folder; else None."""
     path = os.fspath(path)
@@ -133,13 +156,13 @@ class GGUFCheckpoint:
         return _open_cached(path, stat.st_mtime_ns, stat.st_size)
 
     def __init__(self, path):
-        gguf = _import_gguf()
+        reader_class = _plain_array_reader_class()
         self.path = os.fspath(path)
         if not os.path.exists(self.path):
             raise PresetError(f"No GGUF file at {self.path}.")
         headers.check_gguf_header(self.path)
         try:
-            self._reader = gguf.GGUFReader(self.path)
+            self._reader = reader_class(self.path)
         except Exception as e:
             raise PresetError(
                 f"GGUF file {self.path} is corrupt or truncated, or not a GGUF file "
