@@ -33,6 +33,8 @@ from kcookbook.presets import save_preset
 # 262,144-token vocabulary, Llama 3.1 405B's 126 layers × 16,384 wide × 128 heads, Llama 4's 10M-token
 # context, ResNet-152's 36-block stack) and tight enough that a typo cannot allocate the machine away
 # (``vocabulary_size=10**12`` aborts a jax process; ``num_layers=10**6`` builds for minutes).
+# Keras's int8 layers that quantise their inputs at each call (``inputs_quantizer``).
+_INT8_ACTIVATION_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
 MAX_WIDTH = 65_536
 _INT_FIELDS = {  # name: (low, high, None allowed)
     "vocabulary_size": (1, 2**20, False),
@@ -204,10 +206,12 @@ class Backbone(keras.Model):
     vocabulary_size = None
     max_sequence_length = None
 
-    def __init__(self, *args, dtype=None, **kwargs):
+    def __init__(self, *args, dtype=None, int8_activation_quantizers=None, **kwargs):
         super().__init__(*args, **kwargs)  # a functional model ignores its own dtype: set it below
         if dtype is not None:
             self.dtype_policy = _model_policy(dtype)
+        if int8_activation_quantizers:
+            self._restore_int8_activation_quantizers(int8_activation_quantizers)
 
     @property
     def position_table_length(self):
@@ -240,11 +244,15 @@ class Backbone(keras.Model):
             _check_input(self, name, inputs[name], spec)
 
     def get_config(self):
-        return {
+        config = {
             "name": self.name,
             "trainable": self.trainable,
             "dtype": keras.dtype_policies.serialize(self._dtype_policy_with_quantized_layers()),
         }
+        quantizers = self._int8_activation_quantizers()
+        if quantizers:
+            config["int8_activation_quantizers"] = quantizers
+        return config
 
     def quantize(self, mode=None, config=None, filters=None, **kwargs):
         """Keras's ``Model.quantize`` (``"int8"``: projections, and token embeddings with their tied or
@@ -252,6 +260,13 @@ class Backbone(keras.Model):
         output channel), which Keras skips because they hold a sublayer, the router. Routers stay
         float on purpose (see ``components.mixture_of_experts.Router``); Keras warns for each layer
         type without a quantised form in ``mode``.
+
+        Keras's default int8 also quantises each token's activations (W8A8). Weight-only int8 keeps
+        activations float and loses less (SmolLM2-135M perplexity +1% against +5%,
+        ``benchmarks/README.md``); it saves and reloads as weight-only:
+
+        >>> backbone.quantize("int8", config=keras.quantizers.Int8QuantizationConfig(
+        ...     activation_quantizer=None))  # doctest: +SKIP
 
         Keras runs a full ``gc.collect()`` after deleting each float kernel; with the heap frozen
         (``gc.freeze``) each of those scans only new objects (SmolLM2-135M's 121 layers on torch:
@@ -289,6 +304,37 @@ class Backbone(keras.Model):
         for path, policy in quantized.items():
             policy_map[path] = policy
         return policy_map
+
+    def _int8_activation_quantizers(self):
+        """``{layer path: serialised quantizer or None}`` for the int8 ``Dense``/``EinsumDense`` layers
+        whose activation quantizer is not Keras's default one (per-token absmax). A layer rebuilt
+        from the config alone gets the default (``Dense._int8_build``): this is what it needs to
+        compute as it was quantised, e.g. ``None`` for weight-only int8."""
+        default = keras.saving.serialize_keras_object(keras.quantizers.AbsMaxQuantizer())
+        quantizers = {}
+        for layer in self._flatten_layers(include_self=False):
+            if isinstance(layer, _INT8_ACTIVATION_LAYERS) and layer.quantization_mode == "int8":
+                quantizer = keras.saving.serialize_keras_object(layer.inputs_quantizer)
+                if quantizer != default:
+                    quantizers[layer.path] = quantizer
+        return quantizers
+
+    def _restore_int8_activation_quantizers(self, quantizers):
+        if not isinstance(quantizers, dict):
+            raise ValueError(f"{self.name}: int8_activation_quantizers must map layer paths to "
+                             f"quantizers, got {type(quantizers).__name__}.")
+        layers = {layer.path: layer for layer in self._flatten_layers(include_self=False)
+                  if isinstance(layer, _INT8_ACTIVATION_LAYERS) and layer.quantization_mode == "int8"}
+        unknown = sorted(set(quantizers) - set(layers))
+        if unknown:
+            raise ValueError(f"{self.name}: int8_activation_quantizers names {unknown[:3]}, which are not "
+                             "int8 Dense/EinsumDense layers of this backbone (known e.g. "
+                             f"{sorted(layers)[:3]}). The config was edited or written for another model.")
+        for path, quantizer in quantizers.items():
+            quantizer = keras.saving.deserialize_keras_object(quantizer)
+            layers[path].inputs_quantizer = quantizer  # what Dense._int8_build sets from a config
+            layers[path].quantization_config = keras.quantizers.Int8QuantizationConfig(
+                activation_quantizer=quantizer)
 
     @classmethod
     def from_config(cls, config):
