@@ -28,7 +28,13 @@ from keras import ops
 from kcookbook.components.causal_attention import MASKED
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
 from kcookbook.components.rms_normalization import RMSNormalization
-from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, contiguous, write_in_place
+from kcookbook.components.torch_speedups import (
+    KERAS_CALLS,
+    cast_if_needed,
+    contiguous,
+    fused_attention_heads_first,
+    write_in_place,
+)
 
 NORMALIZATIONS = ("rms", "layer")
 FEED_FORWARDS = ("dense", "gated")
@@ -120,8 +126,15 @@ class EncoderDecoderAttention(keras.layers.Layer):
         if cache is not None:
             key_value = cache = self.write_cache(cache, key_value, cache_index)
         key, value = key_value[:, :, 0], key_value[:, :, 1]
-        scores = cast_if_needed(ops.einsum("bqhd,bhkd->bhqk", query, key), "float32")
         scale = self.head_dim ** -0.5 if self.score_scale is None else self.score_scale
+        if (keras.config.backend() == "torch" and not (training and self.dropout)
+                and keras.backend.standardize_dtype(query.dtype) == "float32"):
+            bias = None if attention_bias is None else cast_if_needed(attention_bias, "float32")
+            out = fused_attention_heads_first(query, key, value, scale, bias=bias, masked=MASKED,
+                                              first_query_position=cache_index if causal else None)
+            out = calls(self.output_dense, ops.reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
+            return out if cache is None else (out, cache)
+        scores = cast_if_needed(ops.einsum("bqhd,bhkd->bhqk", query, key), "float32")
         if scale != 1.0:
             scores = scores * scale
         if attention_bias is not None:

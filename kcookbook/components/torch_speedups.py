@@ -19,6 +19,9 @@ passes them down as arguments; nothing is switched by a global:
 * ``compiled_block_step(run_block)`` — one ``torch.compile``d decoder block for every layer of a
   one-token step (``lm.jit_compile = True``).
 
+* ``fused_attention_heads_first`` — torch's fused scaled-dot-product attention for the
+  encoder–decoder attention (its caches are heads-first) instead of six full-size score tensors.
+
 ``cast_if_needed`` skips a no-op cast (a Keras op's dispatch, ~20 µs on torch) on every backend.
 
     >>> dense = keras.layers.Dense(2)
@@ -97,6 +100,30 @@ def write_key_value_in_place(cache, key, value, step):
     write_in_place(cache[:, 0], key, step.cache_slots, axis=1)
     write_in_place(cache[:, 1], value, step.cache_slots, axis=1)
     return cache
+
+
+def fused_attention_heads_first(query, key, value, scale, bias=None, first_query_position=None,
+                                masked=-1e30):
+    """torch: ``softmax(query·keyᵀ·scale + bias) · value`` in one fused kernel
+    (``scaled_dot_product_attention``) instead of scores, scaling, bias, mask and softmax as
+    separate full-size tensors (Whisper's encoder: (batch, heads, 1500, 1500) each).
+
+    ``query`` (batch, queries, heads, head_dim); ``key``/``value`` heads first (batch, heads, keys,
+    head_dim); ``bias`` float32, broadcastable to (batch, heads, queries, keys); with
+    ``first_query_position`` (the position of the first query), query ``i`` sees only keys at or
+    before ``first_query_position + i`` (the others get ``masked`` added, like ``bias``'s padding).
+    Returns (batch, queries, heads, head_dim)."""
+    import torch
+
+    mask = bias
+    if first_query_position is not None:
+        queries = torch.arange(query.shape[1], device=query.device) + first_query_position
+        future = torch.arange(key.shape[2], device=query.device)[None, :] > queries[:, None]
+        causal = torch.zeros(future.shape, dtype=query.dtype, device=query.device).masked_fill(future, masked)
+        mask = causal if mask is None else mask + causal
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query.transpose(1, 2), key, value, attn_mask=mask, scale=scale)
+    return out.transpose(1, 2)
 
 
 # ----- torch: one compiled block for every layer of a one-token decoding step -----
