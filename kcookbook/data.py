@@ -323,6 +323,32 @@ def _rgb(image):
     return np.repeat(image[..., None], 3, -1) if image.ndim == 2 else image
 
 
+def _checked_shape(shape, name):
+    shape = np.asarray(shape, bool)
+    if shape.ndim != 2 or not shape.any():
+        raise ValueError(f"{name} must be a (height, width) boolean silhouette with True pixels; got {shape.shape}.")
+    return shape
+
+
+def _checked_photos(size, **groups):
+    photos = {name: [_rgb(p) for p in group] for name, group in groups.items()}
+    for name, group in photos.items():
+        small = [p.shape[:2] for p in group if p.ndim != 3 or min(p.shape[:2]) < size]
+        if not group or small:
+            raise ValueError(f"{name} must hold photos at least {size} pixels on each side; got sizes {small or []}.")
+    return photos
+
+
+def _silhouette(shape, longest, mirror):
+    """``shape`` resized (bilinear, then thresholded) so its longer side is ``longest`` pixels."""
+    from PIL import Image
+
+    factor = longest / max(shape.shape)
+    new_h, new_w = max(1, round(shape.shape[0] * factor)), max(1, round(shape.shape[1] * factor))
+    cut = np.asarray(Image.fromarray(shape.astype("uint8") * 255).resize((new_w, new_h), Image.BILINEAR)) > 127
+    return cut[:, ::-1] if mirror else cut
+
+
 def pasted_shape_images(shape, backgrounds, textures, num_images, size=192, scale=(0.35, 0.7), seed=0):
     """Real photos with exact object masks, for segmentation: a silhouette cut out of one photo and
     pasted onto another.
@@ -335,16 +361,8 @@ def pasted_shape_images(shape, backgrounds, textures, num_images, size=192, scal
 
     Returns ``(images (num_images, size, size, 3) uint8, masks (num_images, size, size) bool)``.
     """
-    from PIL import Image
-
-    shape = np.asarray(shape, bool)
-    if shape.ndim != 2 or not shape.any():
-        raise ValueError(f"shape must be a (height, width) boolean silhouette with True pixels; got {shape.shape}.")
-    photos = {"backgrounds": [_rgb(p) for p in backgrounds], "textures": [_rgb(p) for p in textures]}
-    for name, group in photos.items():
-        small = [p.shape[:2] for p in group if p.ndim != 3 or min(p.shape[:2]) < size]
-        if not group or small:
-            raise ValueError(f"{name} must hold photos at least {size} pixels on each side; got sizes {small or []}.")
+    shape = _checked_shape(shape, "shape")
+    photos = _checked_photos(size, backgrounds=backgrounds, textures=textures)
     rng = np.random.default_rng(seed)
 
     def crop(photo):
@@ -355,12 +373,47 @@ def pasted_shape_images(shape, backgrounds, textures, num_images, size=192, scal
     for i in range(num_images):
         image, texture = crop(photos["backgrounds"][i % len(backgrounds)]).copy(), crop(
             photos["textures"][rng.integers(len(textures))])
-        factor = rng.uniform(*scale) * size / max(shape.shape)
-        new_h, new_w = max(1, round(shape.shape[0] * factor)), max(1, round(shape.shape[1] * factor))
-        cut = np.asarray(Image.fromarray(shape.astype("uint8") * 255).resize((new_w, new_h), Image.BILINEAR)) > 127
-        cut = cut[:, ::-1] if rng.random() < 0.5 else cut
+        cut = _silhouette(shape, rng.uniform(*scale) * size, mirror=rng.random() < 0.5)
+        new_h, new_w = cut.shape
         y, x = rng.integers(0, size - new_h + 1), rng.integers(0, size - new_w + 1)
         masks[i, y:y + new_h, x:x + new_w] = cut
         image[masks[i]] = texture[masks[i]]
         images[i] = image
     return images, masks
+
+
+def pasted_shapes_image(shapes, background, textures, size=256, scale=(0.6, 0.9), seed=0):
+    """One real photo with several silhouettes pasted on it, each with its exact mask: many objects
+    (many prompts) per image, for segmentation.
+
+    The image is a random ``size`` × ``size`` crop of ``background``; it is cut into a grid of
+    ``ceil(sqrt(len(shapes)))`` cells per side, and shape ``i`` (boolean, e.g. an MNIST digit's
+    strokes ``digit > 127``) goes into cell ``i``, resized so its longer side is ``scale`` (a random
+    fraction in that range) of the cell, at a random place inside it, filled with the same pixels of a
+    random crop of a random photo of ``textures``. Cells do not overlap, so neither do the shapes.
+
+    Returns ``(image (size, size, 3) uint8, masks (len(shapes), size, size) bool)``.
+    """
+    shapes = [_checked_shape(shape, f"shapes[{i}]") for i, shape in enumerate(shapes)]
+    if not shapes:
+        raise ValueError("shapes is empty: pass at least one (height, width) boolean silhouette.")
+    photos = _checked_photos(size, backgrounds=[background], textures=textures)
+    rng = np.random.default_rng(seed)
+
+    def crop(photo):
+        y, x = rng.integers(0, photo.shape[0] - size + 1), rng.integers(0, photo.shape[1] - size + 1)
+        return photo[y:y + size, x:x + size]
+
+    image = crop(photos["backgrounds"][0]).copy()
+    grid = int(np.ceil(np.sqrt(len(shapes))))
+    cell = size // grid
+    masks = np.zeros((len(shapes), size, size), bool)
+    for i, shape in enumerate(shapes):
+        cut = _silhouette(shape, rng.uniform(*scale) * cell, mirror=False)
+        new_h, new_w = cut.shape
+        top, left = (i // grid) * cell, (i % grid) * cell
+        y, x = top + rng.integers(0, cell - new_h + 1), left + rng.integers(0, cell - new_w + 1)
+        masks[i, y:y + new_h, x:x + new_w] = cut
+        texture = crop(photos["textures"][rng.integers(len(photos["textures"]))])
+        image[masks[i]] = texture[masks[i]]
+    return image, masks

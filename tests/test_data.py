@@ -144,3 +144,28 @@ def test_pasted_shape_images_have_exact_masks():
         pasted_shape_images(horse, [background], [texture[:30]], 1, size=64)
     with pytest.raises(ValueError, match="shape must be"):
         pasted_shape_images(np.zeros((5, 5)), [background], [texture], 1, size=64)
+
+
+@pytest.mark.backend_independent
+def test_pasted_shapes_image_has_one_exact_mask_per_shape():
+    """Flat texture on a flat background: the image is the union of the masks; each mask lies in its own
+    grid cell and keeps its silhouette's proportions (a bar stays a bar, a square a square)."""
+    from kcookbook.data import pasted_shapes_image
+
+    bar, square = np.ones((10, 40), bool), np.ones((20, 20), bool)
+    background, texture = np.zeros((100, 100), "uint8"), np.full((80, 80, 3), 200, "uint8")
+    image, masks = pasted_shapes_image([bar, square, bar], background, [texture], size=64, scale=(0.5, 1.0), seed=3)
+    assert image.shape == (64, 64, 3) and image.dtype == np.uint8 and masks.shape == (3, 64, 64)
+    np.testing.assert_array_equal(image, masks.any(0)[..., None] * np.full(3, 200, "uint8"))
+    assert masks.sum(0).max() == 1  # no overlap
+    for mask, (top, left), ratio in zip(masks, [(0, 0), (0, 32), (32, 0)], [4, 1, 4]):
+        ys, xs = np.nonzero(mask)
+        assert ys.min() >= top and ys.max() < top + 32 and xs.min() >= left and xs.max() < left + 32
+        height, width = np.ptp(ys) + 1, np.ptp(xs) + 1
+        assert abs(width / height - ratio) < 0.5 and mask.sum() == height * width  # a filled rectangle
+    again, _ = pasted_shapes_image([bar, square, bar], background, [texture], size=64, scale=(0.5, 1.0), seed=3)
+    np.testing.assert_array_equal(again, image)
+    with pytest.raises(ValueError, match=r"shapes\[1\] must be"):
+        pasted_shapes_image([bar, np.zeros((4, 4))], background, [texture], size=64)
+    with pytest.raises(ValueError, match="backgrounds must hold photos at least 64"):
+        pasted_shapes_image([bar], background[:50], [texture], size=64)
