@@ -417,3 +417,51 @@ def pasted_shapes_image(shapes, background, textures, size=256, scale=(0.6, 0.9)
         texture = crop(photos["textures"][rng.integers(len(photos["textures"]))])
         image[masks[i]] = texture[masks[i]]
     return image, masks
+
+
+NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+STROKE_WORDS = ("thin", "medium", "bold")
+
+
+def stroke_words(images, labels, words=STROKE_WORDS):
+    """How heavily each digit is written, as a word: the ink (sum of pixel values) of each image
+    ranked among the images of the same digit and cut into ``len(words)`` equal-sized groups,
+    lightest first (with the defaults: the lightest third "thin", the heaviest third "bold").
+
+    >>> images = np.array([[1.0], [3.0], [2.0], [5.0]]); labels = np.array([0, 0, 1, 1])
+    >>> stroke_words(images, labels, words=("thin", "bold"))
+    ['thin', 'bold', 'thin', 'bold']
+    """
+    images, labels = np.asarray(images), np.asarray(labels)
+    if len(images) != len(labels) or len(images) == 0:
+        raise ValueError(f"stroke_words needs as many labels as images (at least one); got {len(images)} images "
+                         f"and {len(labels)} labels.")
+    ink = images.reshape(len(images), -1).astype("float64").sum(axis=1)
+    groups = np.zeros(len(images), int)
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rank = np.argsort(np.argsort(ink[members], kind="stable"), kind="stable")
+        groups[members] = rank * len(words) // len(members)
+    return [words[g] for g in groups]
+
+
+def digit_captions(images, labels, templates, seed=0):
+    """A caption for each handwritten digit: a template chosen at random (seeded) and filled with the
+    digit's number word (``{digit}``, from :data:`NUMBER_WORDS`) and its :func:`stroke_words` word
+    (``{stroke}``).
+
+    >>> images = np.array([[1.0], [3.0], [2.0]]); labels = np.array([7, 7, 7])
+    >>> digit_captions(images, labels, ["a {stroke} handwritten {digit}"])
+    ['a thin handwritten seven', 'a bold handwritten seven', 'a medium handwritten seven']
+    """
+    templates = [templates] if isinstance(templates, str) else list(templates)
+    for template in templates:
+        if "{digit}" not in template:
+            raise ValueError(f"Each caption template needs a '{{digit}}' (and may have a '{{stroke}}'); got {template!r}.")
+    labels = np.asarray(labels)
+    if labels.size and (labels.min() < 0 or labels.max() > 9):
+        raise ValueError(f"labels must be digits 0-9, got values from {labels.min()} to {labels.max()}.")
+    strokes = stroke_words(images, labels)
+    choice = np.random.default_rng(seed).integers(len(templates), size=len(labels))
+    return [templates[c].format(digit=NUMBER_WORDS[label], stroke=stroke)
+            for c, label, stroke in zip(choice, labels, strokes)]

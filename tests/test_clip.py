@@ -21,11 +21,12 @@ from skimage import data as skimage_data
 
 from helpers import package_path, real_tweets
 from kcookbook.backbones import Backbone, CLIPBackbone, ViTBackbone
+from kcookbook.backbones.clip import CLIPTextEncoder, CLIPVisionEncoder
 from kcookbook.components import ImageConverter
 from kcookbook.components.pillow_resize import pillow_resize
 from kcookbook.formats.converters.clip import tokenizer_from_bpe_file
 from kcookbook.presets.errors import PresetError
-from kcookbook.tasks import ImageTextEmbedder, ZeroShotImageClassifier
+from kcookbook.tasks import ImageTextEmbedder, ZeroShotImageClassifier, contrastive_loss
 from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
 
 TOLERANCE = 1e-4
@@ -346,3 +347,41 @@ def test_bad_clip_checkpoints_are_named(tiny_clip, tmp_path):
     save_file(tensors, str(extra / "model.safetensors"), metadata={"format": "pt"})
     with pytest.raises(PresetError, match="vision_model.extra_head.weight"):
         Backbone.from_preset(str(extra))
+
+
+# ----------------------------------------------------------------- contrastive training
+def test_contrastive_loss_matches_torch_cross_entropy():
+    """CLIP's symmetric loss, computed with torch's cross_entropy as in OpenCLIP's ClipLoss."""
+    rng = np.random.default_rng(0)
+    images, texts = (rng.normal(size=(6, 5)).astype("float32") for _ in range(2))
+    images /= np.linalg.norm(images, axis=1, keepdims=True)
+    texts /= np.linalg.norm(texts, axis=1, keepdims=True)
+    for log_scale in (1.3, 6.0):  # 6.0 > log(100): the scale is clipped at 100
+        logits = torch.tensor(min(np.exp(log_scale), 100.0) * images @ texts.T)
+        labels = torch.arange(6)
+        expected = (torch.nn.functional.cross_entropy(logits, labels)
+                    + torch.nn.functional.cross_entropy(logits.T, labels)).item() / 2
+        got = contrastive_loss(keras.ops.convert_to_tensor(images), keras.ops.convert_to_tensor(texts), log_scale)
+        assert float(keras.ops.convert_to_numpy(got)) == pytest.approx(expected, rel=1e-5)
+
+
+def test_image_text_embedder_fit_learns_pairs_and_the_temperature():
+    """fit on pairs (no labels) lowers the contrastive loss and moves logit_scale; a loss or labels are refused."""
+    keras.utils.set_random_seed(0)
+    vision = CLIPVisionEncoder(image_shape=(8, 8, 1), patch_size=4, num_layers=1, num_heads=2, hidden_dim=8,
+                               intermediate_dim=16)
+    text = CLIPTextEncoder(vocabulary_size=12, max_sequence_length=3, num_layers=1, num_heads=2, hidden_dim=8,
+                           intermediate_dim=16, end_token_id=11)
+    embedder = ImageTextEmbedder(CLIPBackbone(vision, text, projection_dim=4))
+    classes = np.arange(8)  # eight different captions, eight images of different brightness
+    images = np.random.default_rng(0).normal(size=(8, 8, 8, 1)).astype("float32") + classes[:, None, None, None] / 2
+    pairs = {"images": images, "token_ids": np.stack([np.full(8, 10), classes + 1, np.full(8, 11)], 1).astype("int32")}
+    with pytest.raises(ValueError, match="without loss"):
+        embedder.compile(optimizer="adam", loss="mse")
+    embedder.compile(keras.optimizers.Adam(3e-3))
+    start = float(keras.ops.convert_to_numpy(embedder.backbone.logits.logit_scale))
+    history = embedder.fit(pairs, batch_size=8, epochs=40, verbose=0).history["loss"]
+    assert history[-1] < history[0] - 0.3, history
+    assert float(keras.ops.convert_to_numpy(embedder.backbone.logits.logit_scale)) != pytest.approx(start)
+    with pytest.raises(ValueError, match="no labels"):
+        embedder.fit(pairs, np.zeros(8), batch_size=8, verbose=0)

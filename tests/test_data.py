@@ -169,3 +169,30 @@ def test_pasted_shapes_image_has_one_exact_mask_per_shape():
         pasted_shapes_image([bar, np.zeros((4, 4))], background, [texture], size=64)
     with pytest.raises(ValueError, match="backgrounds must hold photos at least 64"):
         pasted_shapes_image([bar], background[:50], [texture], size=64)
+
+
+def test_stroke_words_are_per_digit_ink_tertiles():
+    """Against numpy's array_split of each digit's images sorted by ink (sum of pixels)."""
+    rng = np.random.default_rng(0)
+    images, labels = rng.random((60, 4, 4)), rng.permutation(np.repeat(np.arange(3), 20))
+    expected = [None] * 60
+    for digit in range(3):
+        members = np.flatnonzero(labels == digit)
+        by_ink = members[np.argsort(images[members].sum(axis=(1, 2)))]
+        for word, group in zip(data.STROKE_WORDS, np.array_split(by_ink, 3)):
+            for i in group:
+                expected[i] = word
+    assert data.stroke_words(images, labels) == expected
+
+
+def test_digit_captions_fill_the_number_word_and_stroke():
+    images, labels = np.arange(6, dtype=float)[:, None], np.array([3, 3, 3, 8, 8, 8])
+    captions = data.digit_captions(images, labels, ["a {stroke} {digit}", "the digit {digit}"], seed=1)
+    assert all(c in ("a thin three", "a medium three", "a bold three", "the digit three") for c in captions[:3])
+    assert all(c.endswith("eight") for c in captions[3:])
+    assert len(set(captions)) > 1 and captions == data.digit_captions(images, labels, ["a {stroke} {digit}",
+                                                                                      "the digit {digit}"], seed=1)
+    with pytest.raises(ValueError, match="digit"):
+        data.digit_captions(images, labels, ["a {stroke} number"])
+    with pytest.raises(ValueError, match="0-9"):
+        data.digit_captions(images, labels + 5, ["{digit}"])

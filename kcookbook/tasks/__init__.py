@@ -18,9 +18,9 @@ __all__ = [
     "TextClassifierPreprocessor", "TextEmbedder",
     "Seq2SeqLM", "Seq2SeqLMPreprocessor",
 ]
-from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifier  # noqa: E402
+from kcookbook.tasks.image_text import ImageTextEmbedder, ZeroShotImageClassifier, contrastive_loss  # noqa: E402
 
-__all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier"]
+__all__ += ["ImageTextEmbedder", "ZeroShotImageClassifier", "contrastive_loss"]
 __all__ += ["ObjectDetector"]
 __all__ += ["ImageSegmenter", "ImageSegmenterPreprocessor"]
 from kcookbook.tasks.speech_to_text import SpeechToText, SpeechToTextPreprocessor  # noqa: E402

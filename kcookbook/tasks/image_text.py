@@ -8,6 +8,9 @@ are normalised, averaged and normalised again ("prompt ensembling", as in the CL
 
 ``ImageTextEmbedder`` embeds images and texts as unit vectors in the shared space; a dot product is
 then a cosine similarity, and ``kcookbook.retrieval.nearest`` ranks either side against the other.
+It also trains the backbone as CLIP was trained: ``compile(optimizer)`` then ``fit`` on matching
+``{"images", "token_ids"}`` pairs minimises :func:`contrastive_loss` (no labels: within a batch, row
+``i``'s image and text are the pair, every other row a negative).
 
     >>> classifier = ZeroShotImageClassifier.from_preset(  # doctest: +SKIP
     ...     "hf://openai/clip-vit-base-patch32", class_names=["cat", "dog"],
@@ -17,6 +20,8 @@ then a cosine similarity, and ``kcookbook.retrieval.nearest`` ranks either side 
 Both tasks take raw images (any size: the preset's image converter resizes and crops them) and raw
 strings (CLIP's tokenizer, padded to the text tower's positions).
 """
+
+import math
 
 import keras
 import numpy as np
@@ -30,6 +35,27 @@ from kcookbook.tasks.preprocessor import TextClassifierPreprocessor
 from kcookbook.tasks.task import Task
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
+MAX_LOGIT_SCALE = math.log(100.0)  # CLIP clips its learned temperature at 100 during training
+
+
+def contrastive_loss(image_embeddings, text_embeddings, logit_scale):
+    """CLIP's symmetric InfoNCE loss over a batch of matching image-text pairs.
+
+    ``logits = exp(min(logit_scale, log 100)) · image_embeddings @ text_embeddingsᵀ``; row ``i`` of
+    each side is the pair of row ``i`` of the other. The loss is the mean of the cross-entropy of
+    each image over the batch's texts and of each text over the batch's images, with the pair as
+    the target (the CLIP paper's Figure 3).
+
+    Args:
+        image_embeddings, text_embeddings: (batch, dim) unit vectors.
+        logit_scale: the learned log temperature (a scalar tensor or variable).
+    """
+    scale = keras.ops.exp(keras.ops.minimum(keras.ops.cast(logit_scale, image_embeddings.dtype), MAX_LOGIT_SCALE))
+    logits = scale * keras.ops.matmul(image_embeddings, keras.ops.transpose(text_embeddings))
+    diagonal = keras.ops.diagonal(logits)
+    per_image = keras.ops.logsumexp(logits, axis=1) - diagonal
+    per_text = keras.ops.logsumexp(logits, axis=0) - diagonal
+    return (keras.ops.mean(per_image) + keras.ops.mean(per_text)) / 2
 
 
 def _check_backbone(backbone, task):
@@ -213,6 +239,10 @@ class ImageTextEmbedder(_ImageTextTask):
     ``embed_images(images)`` and ``embed_texts(texts)`` return unit vectors; ``similarity(images,
     texts)`` their cosine similarities (images, texts). The model's graph takes
     ``{"images", "token_ids"}`` and outputs both sets of unit vectors.
+
+    Training: ``compile(optimizer=...)`` (no ``loss``) and ``fit({"images": ..., "token_ids": ...})``
+    with matching rows and no ``y`` minimise :func:`contrastive_loss` with the backbone's learned
+    ``logit_scale``; shuffle the pairs (``fit`` does) so each batch holds different negatives.
     """
 
     def __init__(self, backbone, preprocessor=None, text_preprocessor=None, name="image_text_embedder",
@@ -225,6 +255,23 @@ class ImageTextEmbedder(_ImageTextTask):
         super().__init__(inputs=inputs, outputs=outputs, name=name, **kwargs)
         self._init_image_text(backbone, preprocessor, text_preprocessor)
 
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        if loss is not None:
+            raise ValueError(f"{type(self).__name__} trains with CLIP's contrastive loss (contrastive_loss); "
+                             f"compile it without loss=..., got loss={loss!r}.")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
+        """:func:`contrastive_loss` of the batch's pairs (plus any regularisation losses)."""
+        if y is not None:
+            raise ValueError(f"{type(self).__name__} learns from matching image-text pairs and takes no labels: "
+                             "call fit({'images': ..., 'token_ids': ...}) without y.")
+        loss = contrastive_loss(y_pred["image_embeddings"], y_pred["text_embeddings"],
+                                self.backbone.logits.logit_scale)
+        for extra in self.losses:
+            loss = loss + keras.ops.cast(extra, loss.dtype)
+        return loss
+
     def similarity(self, images, texts):
         """Cosine similarities (images, texts)."""
         return self.embed_images(images) @ self.embed_texts(texts).T
@@ -236,4 +283,4 @@ class ImageTextEmbedder(_ImageTextTask):
         return cls(backbone, preprocessor=preprocessor, text_preprocessor=text_preprocessor, **kwargs)
 
 
-__all__ = ["ImageTextEmbedder", "ZeroShotImageClassifier"]
+__all__ = ["ImageTextEmbedder", "ZeroShotImageClassifier", "contrastive_loss"]
