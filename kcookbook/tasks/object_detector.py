@@ -50,12 +50,18 @@ class ObjectDetector(Task):
         box_bins: bins of each side's distance distribution (YOLOv8: 16, reaching 15 strides).
         image_size: the square side (a multiple of 32) ``predict`` letterboxes images into.
         confidence_threshold, iou_threshold, max_detections: non-max suppression at ``predict``.
-        max_candidates: the most boxes (by confidence) NMS considers per image.
+        max_candidates: the most boxes (by confidence) NMS considers per image. NMS compares every pair
+            of candidates, so its cost grows as their square: 512 keeps it small next to the network
+            at 320 px (2,100 anchors; 8,400 at 640 px). Ultralytics drops boxes under the confidence
+            threshold before its NMS and KerasCV hands its NMS every box; a fixed number keeps the
+            compiled graph's shapes static. On held-out 320-px canvases of 18 digits each, mAP at
+            confidence 0.001 was the same with 256, 512, 1,024 and all candidates (benchmarks/README.md,
+            YOLOv8 section); raise it for scenes with many more objects.
     """
 
     def __init__(self, backbone, num_classes, bounding_box_format="xyxy", class_names=None, box_bins=16,
                  image_size=640, confidence_threshold=0.25, iou_threshold=0.7, max_detections=300,
-                 max_candidates=2048, preprocessor=None, name="object_detector", **kwargs):
+                 max_candidates=512, preprocessor=None, name="object_detector", **kwargs):
         if not isinstance(backbone, YOLOv8Backbone):
             raise ValueError(f"ObjectDetector needs a YOLOv8Backbone, got {type(backbone).__name__}.")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes <= 0:
