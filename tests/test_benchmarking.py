@@ -12,6 +12,7 @@ from kcookbook.benchmarks.timing import (
     model_flops_utilization,
     time_calls,
     training_flops_per_token,
+    weight_bytes,
 )
 
 
@@ -163,6 +164,28 @@ def test_matmul_parameter_count_leaves_out_embedding_tables():
     assert matmul_parameter_count(backbone) == bert_matmul_parameters(2, 8, 16)
     embeddings = 50 * 8 + 12 * 8 + 2 * 8
     assert backbone.count_params() == bert_matmul_parameters(2, 8, 16) + embeddings
+
+
+
+def test_weight_bytes_are_the_stored_arrays_bytes():
+    """Against numpy's ``nbytes`` of each stored array: float32, bfloat16 and weight-only int8."""
+    from kcookbook.backbones import LlamaBackbone
+
+    def build(dtype="float32"):
+        return LlamaBackbone(vocabulary_size=64, num_layers=2, num_heads=2, num_key_value_heads=1,
+                             hidden_dim=16, intermediate_dim=32, dtype=dtype)
+
+    def stored_bytes(model):
+        return sum(keras.ops.convert_to_numpy(v).nbytes for v in model.weights)
+
+    float32, bfloat16, int8 = build(), build("bfloat16"), build()
+    int8.quantize("int8", config=keras.quantizers.Int8QuantizationConfig(activation_quantizer=None))
+    assert weight_bytes(float32) == stored_bytes(float32) == 4 * float32.count_params()
+    assert weight_bytes(int8) == stored_bytes(int8) < weight_bytes(float32) / 2
+    assert {keras.backend.standardize_dtype(v.dtype) for v in int8.weights} >= {"int8", "float32"}
+    if keras.config.backend() != "torch":  # torch's bfloat16 tensors have no numpy form
+        assert weight_bytes(bfloat16) == stored_bytes(bfloat16)
+    assert weight_bytes(bfloat16) == 2 * bfloat16.count_params()  # every weight bfloat16
 
 
 def test_measure_peak_flops_is_positive():

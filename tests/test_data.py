@@ -196,3 +196,27 @@ def test_digit_captions_fill_the_number_word_and_stroke():
         data.digit_captions(images, labels, ["a {stroke} number"])
     with pytest.raises(ValueError, match="0-9"):
         data.digit_captions(images, labels + 5, ["{digit}"])
+
+
+def test_sentiment_instructions_keep_the_first_tweets_that_fit_with_their_labels(tweets):
+    from kcookbook.tasks import CausalLMPreprocessor
+
+    preprocessor = CausalLMPreprocessor.from_preset("smollm2_135m_instruct", sequence_length=64)
+    texts, prompts, labels = data.sentiment_instructions(tweets.test, preprocessor, 12)
+    label_of = dict(zip(tweets.test.texts, tweets.test.labels.tolist()))
+    assert len(texts) == len(prompts) == len(labels) == 12
+    assert labels.tolist() == [label_of[t] for t in texts]
+    for text, prompt in zip(texts, prompts):  # the chat template around the tweet, ready for the answer
+        assert prompt.startswith("<|im_start|>system\n<|im_end|>\n<|im_start|>user\n")
+        assert f"\n{text}\nAnswer negative, neutral or positive.<|im_end|>\n" in prompt
+        assert prompt.endswith("<|im_start|>assistant\n")
+    # Start token + prompt + one-word answer + end token fit; every skipped earlier tweet did not.
+    fits = [1 + len(preprocessor.tokenizer(data.sentiment_instruction(preprocessor.tokenizer, t))) + 2 <= 64
+            for t in tweets.test.texts[:tweets.test.texts.index(texts[-1]) + 1]]
+    assert [t for t, ok in zip(tweets.test.texts, fits) if ok] == texts
+
+    shuffled = data.sentiment_instructions(tweets.train, preprocessor, 10, balanced=True, seed=0)
+    in_order = data.sentiment_instructions(tweets.train, preprocessor, 10, balanced=True)
+    assert np.bincount(shuffled[2], minlength=3).tolist() == [3, 3, 3]
+    assert sorted(shuffled[0]) == sorted(in_order[0]) and shuffled[0] != in_order[0]
+    assert dict(zip(shuffled[0], shuffled[2].tolist())) == dict(zip(in_order[0], in_order[2].tolist()))

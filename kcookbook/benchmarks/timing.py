@@ -27,12 +27,14 @@ back. ``synchronize`` waits for them, and the timers call it at the points they 
 
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
 import time
 
 import keras
+import numpy as np
 
 # Published dense peaks, FLOP/s.
 PEAK_FLOPS = {
@@ -250,6 +252,17 @@ def matmul_parameter_count(model):
         total += sum(int(keras.ops.size(w)) for w in layer.weights)
     return total
 
+
+
+def weight_bytes(model):
+    """Bytes of ``model``'s weights as it stores them (float32 4 per value, bfloat16 2, int8 1; an
+    int8 model's float scales included): what batch-1 generation reads for every token."""
+    total = 0
+    for variable in model.weights:
+        dtype = keras.backend.standardize_dtype(variable.dtype)
+        bits = 8 if dtype == "bool" else int(re.search(r"\d+", dtype).group())
+        total += int(np.prod(variable.shape)) * bits // 8
+    return total
 
 def measure_peak_flops(size=2048, dtype="float32", num_calls=5):
     """FLOP/s of a ``size``³ matmul on the current backend's default device (a practical peak)."""
