@@ -166,7 +166,6 @@ def test_matmul_parameter_count_leaves_out_embedding_tables():
     assert backbone.count_params() == bert_matmul_parameters(2, 8, 16) + embeddings
 
 
-
 def test_weight_bytes_are_the_stored_arrays_bytes():
     """Against numpy's ``nbytes`` of each stored array: float32, bfloat16 and weight-only int8."""
     from kcookbook.backbones import LlamaBackbone

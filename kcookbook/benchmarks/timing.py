@@ -253,7 +253,6 @@ def matmul_parameter_count(model):
     return total
 
 
-
 def weight_bytes(model):
     """Bytes of ``model``'s weights as it stores them (float32 4 per value, bfloat16 2, int8 1; an
     int8 model's float scales included): what batch-1 generation reads for every token."""
@@ -263,6 +262,7 @@ def weight_bytes(model):
         bits = 8 if dtype == "bool" else int(re.search(r"\d+", dtype).group())
         total += int(np.prod(variable.shape)) * bits // 8
     return total
+
 
 def measure_peak_flops(size=2048, dtype="float32", num_calls=5):
     """FLOP/s of a ``size``³ matmul on the current backend's default device (a practical peak)."""
