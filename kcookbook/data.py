@@ -317,6 +317,20 @@ def shakespeare_sentences(works, min_words=4, max_words=10):
                               and not re.search(r"[A-Z]{2}", s)))  # not a cast list's NAMES
 
 
+PUNCTUATION_MARKS = ".,;:!?"
+
+
+def without_punctuation(sentence):
+    """The sentence with its punctuation marks (``.,;:!?``) taken out and spaces collapsed: the input
+    of a punctuation-restoration task whose target is the sentence itself. Apostrophes and
+    hyphens inside words stay (``cam'st``, ``hurly-burly``); letters and their case are untouched.
+
+    >>> without_punctuation("Whence cam'st thou, worthy thane?")
+    "Whence cam'st thou worthy thane"
+    """
+    return " ".join(re.sub(f"[{re.escape(PUNCTUATION_MARKS)}]", " ", sentence).split())
+
+
 def next_token_windows(tokenizer, texts, sequence_length):
     """Whole documents → next-token training examples cut from one token stream.
 

@@ -125,6 +125,18 @@ def test_shakespeare_bad_names_list_close_ones():
 
 
 @pytest.mark.backend_independent
+def test_without_punctuation_keeps_every_word_and_its_case():
+    from kcookbook.data import shakespeare_sentences, without_punctuation
+
+    sentences = shakespeare_sentences("macbeth", 4, 10)
+    stripped = [without_punctuation(s) for s in sentences]
+    assert "When shall we three meet again" in stripped
+    assert without_punctuation("Yes; As sparrows eagles, or the hare-lion!") == "Yes As sparrows eagles or the hare-lion"
+    for sentence, bare in zip(sentences, stripped):
+        assert not set(bare) & set(".,;:!?") and "  " not in bare
+        assert bare.split() == [w for w in (w.strip(".,;:!?") for w in sentence.split()) if w]
+
+
 def test_pasted_shape_images_have_exact_masks():
     """A flat texture pasted onto a flat background: the image is the mask, pixel for pixel."""
     from skimage import data

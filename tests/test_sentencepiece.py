@@ -101,6 +101,32 @@ def test_t5_style_ids_match_transformers(t5_model, texts):
     assert tokenizer.add_start_token is False
 
 
+def test_train_gives_t5s_layout_with_transformers_ids(shakespeare_lines, tmp_path, texts):
+    """``SentencePieceTokenizer.train``: T5's special ids, the same model from the same texts, and
+    the saved ``spiece.model`` read by transformers' ``T5Tokenizer`` with our ids on held-out text."""
+    tokenizer = SentencePieceTokenizer.train(shakespeare_lines, vocabulary_size=600)
+    again = SentencePieceTokenizer.train(shakespeare_lines, vocabulary_size=600)
+    assert tokenizer.get_vocabulary() == again.get_vocabulary()  # seeded, single-threaded
+    assert tokenizer.vocabulary_size == 600
+    assert tokenizer.get_vocabulary()[:3] == ["<pad>", "</s>", "<unk>"]
+    assert (tokenizer.pad_token_id, tokenizer.end_token_id, tokenizer.start_token_id) == (0, 1, None)
+    tokenizer.save_model(tmp_path / "spiece.model")
+    reference = transformers.T5Tokenizer.from_pretrained(str(tmp_path))
+    files = sorted(glob.glob(os.path.join(package_path("shksprdata", "texts"), "*_gut.txt")))
+    with open(files[20], encoding="utf-8", errors="replace") as f:  # a play the model was not trained on
+        held_out = [line for line in f.read().split("\n") if line.strip()][:1500]
+    candidates = held_out + texts
+    comparable = [t for t, ids in zip(candidates, tokenizer(candidates)) if 2 not in ids]  # no <unk> runs
+    assert len(comparable) > 1000
+    assert tokenizer(comparable) == reference(comparable, add_special_tokens=False)["input_ids"]
+    with pytest.raises(TypeError, match="not one string"):
+        SentencePieceTokenizer.train("to be or not to be", vocabulary_size=20)
+    with pytest.raises(ValueError, match="smaller vocabulary_size"):
+        SentencePieceTokenizer.train(["to be"], vocabulary_size=500)
+    with pytest.raises(ValueError, match="model_type"):
+        SentencePieceTokenizer.train(["to be"], vocabulary_size=20, model_type="word")
+
+
 def test_tf_data_and_preset_round_trip(llama_model, texts, tmp_path):
     tokenizer = SentencePieceTokenizer(llama_model, chat_template="{% for m in messages %}<start_of_turn>"
                                        "{{ m['role'] }}\n{{ m['content'] }}<end_of_turn>\n{% endfor %}")

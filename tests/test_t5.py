@@ -155,8 +155,9 @@ def test_untied_lm_head_of_an_older_v1_1_config(tmp_path_factory, spiece, tmp_pa
     np.testing.assert_allclose(ops.convert_to_numpy(lm(x)), decoder_output @ head.T, atol=1e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("version", sorted(CONFIGS))
-def test_greedy_generate_gives_transformers_ids(version, tmp_path_factory, spiece):
+@pytest.mark.parametrize("version,use_cache", [("v1.0", True), ("v1.1", True), ("v1.0", False)])
+def test_greedy_generate_gives_transformers_ids(version, use_cache, tmp_path_factory, spiece):
+    """With the caches, and without them (the decoder re-run on the whole prefix every step)."""
     lm, reference = converted(version, tmp_path_factory, spiece)
     x = batch(np.random.default_rng(2))
     encoder = {k: x[k] for k in ("encoder_token_ids", "encoder_padding_mask")}
@@ -164,7 +165,7 @@ def test_greedy_generate_gives_transformers_ids(version, tmp_path_factory, spiec
         expected = reference.generate(input_ids=torch.tensor(x["encoder_token_ids"], dtype=torch.long),
                                       attention_mask=torch.tensor(x["encoder_padding_mask"]),
                                       max_length=8, do_sample=False, num_beams=1).numpy()
-    out = lm.generate(encoder, max_length=8, stop_token_ids=[1])
+    out = lm.generate(encoder, max_length=8, stop_token_ids=[1], use_cache=use_cache)
     ids, mask = out["decoder_token_ids"], out["decoder_padding_mask"]
     assert ids[:, 0].tolist() == [0, 0, 0]
     # transformers pads a finished row with 0 and stops when every row is done
@@ -173,7 +174,7 @@ def test_greedy_generate_gives_transformers_ids(version, tmp_path_factory, spiec
     ends = [list(row).index(1) if 1 in row else len(row) - 1 for row in ids]
     assert mask.sum(axis=1).tolist() == [end + 1 for end in ends]
     count = lm.generate_trace_count
-    lm.generate(encoder, max_length=8, stop_token_ids=[1])
+    lm.generate(encoder, max_length=8, stop_token_ids=[1], use_cache=use_cache)
     assert lm.generate_trace_count == count  # the compiled loop is reused
 
 
@@ -208,9 +209,10 @@ def test_beam_search_is_the_beam_search_of_transformers_scores(tmp_path_factory,
     assert out["decoder_padding_mask"].all()
 
 
-def test_beam_search_gives_transformers_generate_ids(tmp_path_factory, spiece):
+@pytest.mark.parametrize("use_cache", [True, False])
+def test_beam_search_gives_transformers_generate_ids(use_cache, tmp_path_factory, spiece):
     """T5 v1.1 (gated-GELU, untied): ``generate(num_beams=3)`` of transformers, no end token, padded
-    encoder rows, the same ids."""
+    encoder rows, the same ids; without the caches too (beam search reorders the prefixes)."""
     lm, reference = converted("v1.1", tmp_path_factory, spiece)
     x = batch(np.random.default_rng(5))
     encoder = {k: x[k] for k in ("encoder_token_ids", "encoder_padding_mask")}
@@ -221,7 +223,8 @@ def test_beam_search_gives_transformers_generate_ids(tmp_path_factory, spiece):
         expected = reference.generate(num_beams=3, **inputs).numpy()
         greedy = reference.generate(num_beams=1, **inputs).numpy()
     assert expected.shape == (3, 7) and (expected != greedy).any()  # the beams change the result
-    out = lm.generate(encoder, max_length=7, sampler=BeamSampler(num_beams=3), stop_token_ids=None)
+    out = lm.generate(encoder, max_length=7, sampler=BeamSampler(num_beams=3), stop_token_ids=None,
+                      use_cache=use_cache)
     np.testing.assert_array_equal(out["decoder_token_ids"], expected)
 
 
@@ -284,6 +287,32 @@ def test_fit_on_string_pairs_learns_the_targets_only(tmp_path_factory, spiece):
     history = lm.fit(inputs, targets, epochs=4, batch_size=4, verbose=0)
     losses = history.history["loss"]
     assert np.isfinite(losses).all() and losses[-1] < losses[0]
+
+
+def test_fit_on_a_tf_data_dataset_of_string_pairs_is_fit_on_the_lists(tmp_path_factory, spiece):
+    """``fit(tf.data.Dataset of (input, target) strings)``: the same batches and the same losses as
+    ``fit(inputs, targets)`` from the same weights."""
+    import tensorflow as tf
+
+    folder, _ = checkpoint("v1.0", tmp_path_factory, spiece)
+    lm = Seq2SeqLM.from_preset(folder, preprocessor_kwargs={"encoder_sequence_length": 16,
+                                                            "decoder_sequence_length": 8})
+    inputs, targets = real_tweets(8, start=200), ["good", "bad", "so so", "good"] * 2
+    dataset = tf.data.Dataset.from_tensor_slices((inputs, targets)).batch(4)
+    x, y, weights = lm.preprocessor(tf.constant(inputs[:4]), tf.constant(targets[:4]))
+    expected = lm.preprocessor((inputs[:4], targets[:4]))
+    for got, want in zip(keras.tree.flatten((x, y, weights)), keras.tree.flatten(expected)):
+        np.testing.assert_array_equal(np.asarray(got), want)
+    start = lm.get_weights()
+    losses = {}
+    for name, data in (("lists", (inputs, targets)), ("dataset", (dataset,))):
+        lm.set_weights(start)
+        lm.compile(optimizer=keras.optimizers.Adam(3e-3))
+        history = lm.fit(*data, epochs=3, batch_size=None if name == "dataset" else 4, shuffle=False,
+                         verbose=0)
+        losses[name] = history.history["loss"]
+    assert losses["lists"][-1] < losses["lists"][0]
+    np.testing.assert_allclose(losses["dataset"], losses["lists"], rtol=1e-4)
 
 
 def test_save_to_preset_round_trip(tmp_path_factory, spiece, tmp_path):

@@ -146,6 +146,60 @@ class SentencePieceTokenizer(Tokenizer):
             return self._engine.piece_to_id(self.pad_token)
         return 0
 
+    # ----- training -----
+    @classmethod
+    def train(cls, texts, vocabulary_size, model_type="unigram", character_coverage=1.0, seed=0,
+              **kwargs):
+        """Train a SentencePiece model on ``texts`` with T5's special pieces and return its tokenizer.
+
+        The ``sentencepiece`` trainer itself (single-threaded and seeded, so the same texts give the
+        same model), with T5's layout: ``<pad>`` 0, ``</s>`` 1 (the end token), ``<unk>`` 2, no start
+        token; ``transformers.T5Tokenizer`` reads the saved file (``save_model``) with the same ids.
+
+        Args:
+            texts: an iterable of strings (sentences or lines; each is one training sentence).
+            vocabulary_size: pieces in the model, the three special ones included.
+            model_type: ``"unigram"`` (T5's) or ``"bpe"``.
+            character_coverage: the fraction of characters kept as pieces (the rest become
+                ``<unk>``); 1.0 keeps every character seen.
+            seed: the trainer's random seed.
+            **kwargs: passed to the constructor (``stop_tokens``…).
+
+        >>> tokenizer = SentencePieceTokenizer.train(["to be or not to be", "that is the question"] * 5,
+        ...                                          vocabulary_size=16)
+        >>> tokenizer.vocabulary_size, tokenizer.pad_token_id, tokenizer.end_token_id
+        (16, 0, 1)
+        >>> tokenizer.detokenize(tokenizer("not to be"))
+        'not to be'
+        """
+        import io
+
+        spm = _import_sentencepiece()
+        if isinstance(texts, str):
+            raise TypeError("SentencePieceTokenizer.train takes an iterable of strings (e.g. a list of "
+                            "sentences), not one string: wrap it in a list.")
+        if model_type not in ("unigram", "bpe"):
+            raise ValueError(f"model_type must be 'unigram' or 'bpe', got {model_type!r}.")
+        model = io.BytesIO()
+        spm.set_random_generator_seed(seed)
+        try:
+            spm.SentencePieceTrainer.train(
+                sentence_iterator=iter(texts), model_writer=model, vocab_size=vocabulary_size,
+                model_type=model_type, character_coverage=character_coverage, num_threads=1,
+                minloglevel=2, pad_id=0, eos_id=1, unk_id=2, bos_id=-1, pad_piece="<pad>",
+                eos_piece="</s>", unk_piece="<unk>")
+        except RuntimeError as e:
+            raise ValueError(f"SentencePiece could not train a {vocabulary_size}-piece {model_type} model "
+                             f"on these texts ({str(e)[:300]}); pass more text or a smaller "
+                             "vocabulary_size.") from e
+        return cls(model.getvalue(), **kwargs)
+
+    def save_model(self, path):
+        """Write the SentencePiece ``.model`` file (e.g. ``spiece.model`` for transformers'
+        ``T5Tokenizer``, ``tokenizer.model`` for ``LlamaTokenizer``)."""
+        with open(path, "wb") as f:
+            f.write(self._proto)
+
     # ----- serialisation -----
     def get_config(self):
         config = super().get_config()

@@ -13,6 +13,10 @@
   ``next(token_ids, cache, index) -> (logits, hidden_states, cache)``. Greedy, top-k, top-p, beam
   and contrastive search are the ``CausalLM``'s samplers (``kcookbook.components.samplers``), in
   the same compiled loop (``GenerationLoop``).
+* ``generate(..., use_cache=False)`` runs the same loop and samplers without the caches: every step
+  feeds the whole decoder prefix (padded to ``max_length``) through the decoder again, recomputing
+  the self-attention and the cross-attention keys and values (the encoder still runs once, as in
+  transformers' ``use_cache=False``). Same tokens, more work per token: what the caches save.
 
 The backbone is a ``Seq2SeqBackbone`` (``kcookbook.backbones.seq2seq``, where its contract is
 written): a new encoder-decoder family needs no change here.
@@ -23,6 +27,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.backbones.seq2seq import Seq2SeqBackbone
+from kcookbook.components.inputs import is_tf_tensor
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
 from kcookbook.components.torch_speedups import layer_calls
@@ -84,7 +89,13 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                                              end_value=tokenizer.end_token_id, pad_value=pad)
 
     def __call__(self, x, y=None, sample_weight=None):
-        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
+        x, y = targets_as_second_segment(x, y)
+        segments = tuple(x) if isinstance(x, tuple) else (x,)
+        if any(is_tf_tensor(s) for s in segments):  # inside tf.data: string tensors
+            features = self._tf_call(segments)
+        else:
+            features = self.numpy_call(segments)
+        return self.pack(features, y, sample_weight, with_targets=len(segments) == 2)
 
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
@@ -104,9 +115,11 @@ class Seq2SeqLMPreprocessor(Preprocessor):
                 "decoder_token_ids": ids[:, :-1], "decoder_padding_mask": mask[:, :-1],
                 "labels": ids[:, 1:], "label_weights": mask[:, 1:].astype("float32")}
 
-    def pack(self, features, y=None, sample_weight=None):
+    def pack(self, features, y=None, sample_weight=None, with_targets=None):
         x = {name: features[name] for name in self.output_names[:4]}
-        if not features["label_weights"].any():  # inputs alone: nothing to learn
+        if with_targets is None:
+            with_targets = bool(np.asarray(features["label_weights"]).any())
+        if not with_targets:  # inputs alone: nothing to learn
             return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
         return x, features["labels"], features["label_weights"]
 
@@ -132,10 +145,16 @@ class Seq2SeqLMPreprocessor(Preprocessor):
 
 def targets_as_second_segment(x, y):
     """``fit(inputs, targets)`` with target strings: ``((x, y), None)``, the targets as the second
-    segment (``fit((inputs, targets))``'s form); otherwise ``(x, y)`` unchanged."""
-    if y is not None and not isinstance(x, tuple) and _are_texts(y):
+    segment (``fit((inputs, targets))``'s form); otherwise ``(x, y)`` unchanged. Target strings
+    are a str, a list or array of them, or a ``tf.string`` tensor (a ``tf.data`` element of
+    ``(input, target)`` pairs)."""
+    if y is not None and not isinstance(x, tuple) and (_are_texts(y) or _is_string_tensor(y)):
         return (x, y), None
     return x, y
+
+
+def _is_string_tensor(y):
+    return is_tf_tensor(y) and getattr(y.dtype, "name", None) == "string"
 
 
 def _are_texts(y):
@@ -173,7 +192,8 @@ class Seq2SeqLM(GenerationLoop, Task):
         the same way."""
         self._compile_token_loss(1e-4, optimizer, loss, weighted_metrics, **kwargs)
 
-    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto", seed=0):
+    def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto", seed=0,
+                 use_cache=True):
         """Generate decoder sequences for encoder inputs.
 
         Args:
@@ -189,6 +209,9 @@ class Seq2SeqLM(GenerationLoop, Task):
             stop_token_ids: ids that end a row; ``"auto"`` is the tokenizer's ``stop_token_ids``
                 (none without a preprocessor); None generates to ``max_length``.
             seed: seed of the random samplers.
+            use_cache: True (the default) keeps the decoder's self-attention cache and the
+                cross-attention keys/values; False re-runs the decoder on the whole prefix at every
+                step (the same tokens, slower: to measure what the cache buys).
 
         Returns strings for string input (one for one), else a dict of numpy
         ``decoder_token_ids`` (starting with the decoder start token) and ``decoder_padding_mask``.
@@ -196,6 +219,8 @@ class Seq2SeqLM(GenerationLoop, Task):
         sampler = get_sampler(sampler)
         stop = self._stop_token_ids(stop_token_ids)
         seed = check_generate_seed(seed)
+        if not isinstance(use_cache, bool):
+            raise ValueError(f"use_cache must be True or False, got {use_cache!r}.")
         limit = self.backbone.max_sequence_length
         if max_length is not None:
             check_max_length(max_length, limit)
@@ -224,8 +249,8 @@ class Seq2SeqLM(GenerationLoop, Task):
         self.backbone.check_inputs({**encoder, "decoder_token_ids": token_ids,
                                     "decoder_padding_mask": padding_mask})
         shapes = tuple(sorted((name, value.shape) for name, value in encoder.items()))
-        key = (shapes, max_length, sampler.key, stop)
-        run = self._generate_function(key, lambda *args: self._search(*args, sampler, stop))
+        key = (shapes, max_length, sampler.key, stop, use_cache)
+        run = self._generate_function(key, lambda *args: self._search(*args, sampler, stop, use_cache))
         out_ids, out_mask = run(encoder, token_ids, padding_mask, np.asarray(seed, "int32"))
         out_ids = ops.convert_to_numpy(out_ids).astype("int32")
         out_mask = ops.convert_to_numpy(out_mask).astype("int32")
@@ -267,9 +292,9 @@ class Seq2SeqLM(GenerationLoop, Task):
         picks: a task that rules tokens out (``SpeechToText``'s suppressed tokens) masks them here."""
         return logits
 
-    def _search(self, encoder_inputs, token_ids, padding_mask, seed, sampler, stop):
+    def _search(self, encoder_inputs, token_ids, padding_mask, seed, sampler, stop, use_cache=True):
         """Encode once, compute the cross-attention keys/values once, then let the sampler search
-        with one cached decoder step (``next``)."""
+        with one cached decoder step (``next``); without the cache, ``next`` re-runs the decoder."""
         calls = layer_calls()
         encoder_inputs = {name: ops.convert_to_tensor(value, self.backbone.input[name].dtype)
                           for name, value in encoder_inputs.items()}
@@ -277,6 +302,9 @@ class Seq2SeqLM(GenerationLoop, Task):
         padding_mask = ops.convert_to_tensor(padding_mask, "int32")
         encoder_output, encoder_mask = self.backbone.encode(encoder_inputs, calls)
         max_length = token_ids.shape[1]
+        if not use_cache:
+            return self._search_without_cache(encoder_output, encoder_mask, token_ids, padding_mask,
+                                              seed, sampler, stop, calls)
         cache = self.backbone.init_cache(encoder_output, encoder_mask, max_length, calls)
         hidden_states = None
         if sampler.uses_hidden_states:
@@ -292,4 +320,30 @@ class Seq2SeqLM(GenerationLoop, Task):
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
         start = ops.ones((), "int32")
         return sampler(step, token_ids, padding_mask, cache, start, stop, seed,
+                       hidden_states=hidden_states)
+
+    def _search_without_cache(self, encoder_output, encoder_mask, token_ids, padding_mask, seed,
+                              sampler, stop, calls):
+        """The sampler's search with a step that keeps no cache: the "cache" it hands on is the
+        decoder prefix so far and the encoder output, and each step runs ``backbone.decode`` on
+        the whole ``(batch, max_length)`` prefix (positions after ``index`` masked) and reads the
+        hidden state at ``index``."""
+        max_length = token_ids.shape[1]
+        positions = ops.arange(max_length, dtype="int32")[None, :]
+
+        def step(token, state, index):
+            prefix = ops.where(positions == index, token, state["prefix"])
+            mask = ops.cast(positions <= index, "int32") * ops.ones_like(prefix)
+            hidden = self.backbone.decode(prefix, mask, state["encoder_output"], state["encoder_mask"],
+                                          calls)
+            hidden = ops.take(hidden, index, axis=1)
+            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            return self.next_token_logits(logits, index), hidden, {**state, "prefix": prefix}
+
+        state = {"prefix": token_ids, "encoder_output": encoder_output, "encoder_mask": encoder_mask}
+        hidden_states = None
+        if sampler.uses_hidden_states:
+            hidden_states = ops.zeros((token_ids.shape[0], max_length, self.backbone.hidden_dim),
+                                      self.backbone.compute_dtype)
+        return sampler(step, token_ids, padding_mask, state, ops.ones((), "int32"), stop, seed,
                        hidden_states=hidden_states)
