@@ -18,7 +18,7 @@ import pytest
 import torch
 import transformers
 
-from helpers import cached_reference
+from helpers import cached_reference, transformers_parses_gguf_quickly
 from kcookbook.backbones import Gemma2Backbone, Gemma3Backbone
 from kcookbook.presets import PresetError
 from kcookbook.tasks import CausalLM
@@ -272,7 +272,8 @@ def test_gemma3_270m_config_and_tensors_match_transformers_gguf_reader(gemma3_ch
     from transformers.integrations.gguf.dequant import dequantize as torch_dequantize
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    expected = load_gguf_checkpoint(gemma3_path, return_tensors=False)["config"]
+    with transformers_parses_gguf_quickly():
+        expected = load_gguf_checkpoint(gemma3_path, return_tensors=False)["config"]
     ours = gemma3_checkpoint.hf_config()
     for key in ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "head_dim",
                 "num_attention_heads", "num_key_value_heads", "sliding_window", "rms_norm_eps"):
@@ -310,9 +311,10 @@ def test_gemma3_270m_config_and_tensors_match_transformers_gguf_reader(gemma3_ch
 
 
 def _transformers_gemma3_greedy(path):
-    tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=GEMMA3_FILE)
-    model = transformers.AutoModelForCausalLM.from_pretrained(  # dequantised to float32
-        os.path.dirname(path), gguf_file=GEMMA3_FILE).eval()
+    with transformers_parses_gguf_quickly():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(os.path.dirname(path), gguf_file=GEMMA3_FILE)
+        model = transformers.AutoModelForCausalLM.from_pretrained(  # dequantised to float32
+            os.path.dirname(path), gguf_file=GEMMA3_FILE).eval()
     out = {"prompt_ids": [], "new_ids": [], "new_text": []}
     with torch.no_grad():
         for prompt in PROMPTS:

@@ -15,7 +15,7 @@ import tensorflow as tf
 import torch
 import transformers
 
-from helpers import TRICKY_SENTENCES, package_path, real_tweets
+from helpers import TRICKY_SENTENCES, package_path, real_tweets, transformers_parses_gguf_quickly
 from kcookbook import presets
 from kcookbook.components import BytePairTokenizer
 from kcookbook.presets.errors import PresetError
@@ -36,7 +36,8 @@ def checkpoint(smollm2_path):
 
 @pytest.fixture(scope="module")
 def hf_gguf_tokenizer(smollm2_path):
-    return transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2_path), gguf_file=SMOLLM2_FILE)
+    with transformers_parses_gguf_quickly():
+        return transformers.AutoTokenizer.from_pretrained(os.path.dirname(smollm2_path), gguf_file=SMOLLM2_FILE)
 
 
 # ----- the real SmolLM2 file -----
@@ -45,7 +46,8 @@ def hf_gguf_tokenizer(smollm2_path):
 def test_config_matches_transformers_gguf_config(checkpoint, smollm2_path):
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    expected = load_gguf_checkpoint(smollm2_path, return_tensors=False)["config"]
+    with transformers_parses_gguf_quickly():
+        expected = load_gguf_checkpoint(smollm2_path, return_tensors=False)["config"]
     ours = checkpoint.hf_config()
     assert ours["model_type"] == expected["model_type"] == "llama"
     for key in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",

@@ -12,7 +12,7 @@ import os
 import numpy as np
 import pytest
 
-from helpers import cached_reference, package_path
+from helpers import cached_reference, package_path, transformers_parses_gguf_quickly
 from kcookbook import presets
 from kcookbook.formats.gguf import GGUFLoader
 from kcookbook.tasks import CausalLM
@@ -39,8 +39,9 @@ def _transformers_greedy(path):
     import transformers
 
     folder = os.path.dirname(path)
-    tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
-    model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
+    with transformers_parses_gguf_quickly():
+        tokenizer = transformers.AutoTokenizer.from_pretrained(folder, gguf_file=GGUF_FILE)
+        model = transformers.AutoModelForCausalLM.from_pretrained(folder, gguf_file=GGUF_FILE).eval()
     out = {"prompt_ids": [], "new_ids": []}
     with torch.no_grad():
         for question in QUESTIONS:
