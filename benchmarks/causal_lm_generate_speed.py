@@ -16,7 +16,10 @@ Gemma 3 270M's shape (18 layers, 5 local sliding-window-512 layers to 1 global, 
 ``Gemma3Backbone``, keras_hub's ``Gemma3Backbone`` (text only; keras_hub 0.32's ``Gemma3CausalLM``
 fails in ``generate`` on token ids without a preprocessor, and a library whose first call fails is
 left out of the table with the error printed) and transformers' ``Gemma3ForCausalLM``. float32, batch 1 and 8, an 8-token prompt, ``--new-tokens`` new tokens, no
-stop token, greedy.
+stop token, greedy. ``--size gemma3_270m --weights gguf`` times the real model instead: kcookbook's
+``CausalLM.from_preset("gemma3_270m")`` and transformers' ``AutoModelForCausalLM.from_pretrained(folder,
+gguf_file=...)`` both read the same Q4_K_M GGUF file and dequantise it to float32 (keras_hub keeps
+random weights of the same shape: speed does not depend on the values).
 
 * kcookbook: ``CausalLM(LlamaBackbone(...)).generate(token ids, stop_token_ids=None)``; with
   ``--torch-compile`` the torch worker also times ``lm.jit_compile = True`` (one-token steps through
@@ -101,6 +104,17 @@ def gemma3_models(size):
     return ours, theirs, reference
 
 
+def gguf_reference():
+    """transformers' Gemma 3 270M from the same GGUF file as the ``gemma3_270m`` preset (float32)."""
+    import transformers
+
+    from kcookbook.presets import get_preset
+
+    path = get_preset("gemma3_270m").offline_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        os.path.dirname(path), gguf_file=os.path.basename(path)).eval()
+
+
 def keras_hub_config(size):
     config = dict(SIZES[size])
     return dict(vocabulary_size=config["vocabulary_size"], num_layers=config["num_layers"],
@@ -129,6 +143,10 @@ def generators(args, backend):
         if SIZES[args.size].get("family") == "gemma3":
             backbone, theirs, reference_model = gemma3_models(args.size)
             ours = CausalLM(backbone)
+            if args.weights == "gguf":  # the real weights, for kcookbook and transformers alike
+                del backbone, ours
+                ours = CausalLM.from_preset("gemma3_270m")
+                reference_model = gguf_reference
         else:
             ours = CausalLM(LlamaBackbone(**SIZES[args.size]))
             theirs = keras_hub.models.LlamaCausalLM(
@@ -285,12 +303,19 @@ def main():
                         help="timed steps per fit call (0: no fit measurement)")
     parser.add_argument("--fit-batch", type=int, default=2)
     parser.add_argument("--fit-length", type=int, default=128)
+    parser.add_argument("--weights", choices=["random", "gguf"], default="random",
+                        help="gguf (with --size gemma3_270m): kcookbook and transformers load the real "
+                             "gemma3_270m GGUF file; keras_hub keeps random weights")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.quantize and args.fit_steps:
         parser.error("--quantize times generation only: int8 kernels do not train. Add --fit-steps 0.")
     if args.quantize and args.dtype != "float32":
         parser.error("--quantize quantises the float32 models: leave --dtype at float32.")
+    if args.weights == "gguf" and args.size != "gemma3_270m":
+        parser.error("--weights gguf loads the real Gemma 3 270M: use it with --size gemma3_270m.")
+    if args.weights == "gguf" and (args.quantize or args.dtype != "float32"):
+        parser.error("--weights gguf times the dequantised float32 model: leave --dtype and --quantize.")
     if args.worker:
         return worker(args)
     from kcookbook.benchmarks.timing import BackendWorkerError, run_backend_worker
@@ -300,7 +325,7 @@ def main():
         arguments = [__file__, "--worker", "--size", args.size, "--new-tokens",
                      str(args.new_tokens), "--repeats", str(args.repeats),
                      "--fit-steps", str(args.fit_steps), "--fit-batch", str(args.fit_batch),
-                     "--fit-length", str(args.fit_length), "--dtype", args.dtype,
+                     "--fit-length", str(args.fit_length), "--dtype", args.dtype, "--weights", args.weights,
                      *(["--quantize", args.quantize] if args.quantize else []),
                      "--torch-threads", str(args.torch_threads), "--batches",
                      *map(str, args.batches)] + (["--torch-compile"] if args.torch_compile else [])
@@ -308,7 +333,9 @@ def main():
             rows[backend] = run_backend_worker(arguments, backend)[0]
         except BackendWorkerError as error:
             print(f"{backend} failed:\n{error}")
-    print(f"\nGreedy generate, {args.size} shape (random weights), 8-token prompt + {args.new_tokens} "
+    weights = ("real weights from the GGUF file; keras_hub random" if args.weights == "gguf"
+               else "random weights")
+    print(f"\nGreedy generate, {args.size} shape ({weights}), 8-token prompt + {args.new_tokens} "
           f"new, {args.quantize or args.dtype}, torch threads: {args.torch_threads or 'default'}")
     print(f"{'backend':<12}{'library':<19}{'batch':>6}{'tok/s':>9}{'vs keras_hub':>14}"
           f"{'vs jax':>8}{'vs fp32':>9}{'first call s':>14}")

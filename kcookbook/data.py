@@ -136,6 +136,66 @@ def load_sentiment_tweets(validation_fraction=0.1, test_fraction=0.1, seed=1337)
     return TextClassificationData(label_names=SENTIMENT_LABELS, **splits)
 
 
+@dataclasses.dataclass(frozen=True)
+class InstructionExamples:
+    """Labelled texts as instruction pairs: ``prompts[i]`` should be answered ``answers[i]`` (the
+    label ``labels[i]`` of ``texts[i]`` in words)."""
+
+    texts: list
+    prompts: list
+    answers: list
+    labels: np.ndarray
+
+    def __len__(self):
+        return len(self.texts)
+
+
+def instruction_examples(split, label_names, n, prompt_template, answer_template="{label}", fits=None,
+                         balanced=False, seed=None):
+    """The first ``n`` examples of ``split`` as (prompt, answer) pairs for instruction tuning.
+
+    Each text becomes ``prompt_template.format(text=text)`` (or ``prompt_template(text)`` when it is
+    a function, e.g. one that applies a chat template) and its label
+    ``answer_template.format(label=label_names[label])``. Examples whose prompt and answer fail
+    ``fits(prompt, answer)`` (e.g. too many tokens for the training length) are skipped, in the
+    split's order. With ``balanced``, ``n // len(label_names)`` of each label are kept; otherwise the
+    split's own mix is kept. With ``seed``, the kept examples are then shuffled (so training batches
+    mix the labels); without it they stay in the split's order.
+
+        >>> split = TextSplit(["great", "awful", "meh", "lovely"], np.array([2, 0, 1, 2]))
+        >>> ex = instruction_examples(split, SENTIMENT_LABELS, 2, "Text: {text}\\nSentiment:", " {label}")
+        >>> ex.prompts, ex.answers, ex.labels.tolist()
+        (['Text: great\\nSentiment:', 'Text: awful\\nSentiment:'], [' positive', ' negative'], [2, 0])
+
+    Raises ``ValueError`` when fewer than ``n`` examples (or of some label) fit.
+    """
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"n must be a positive int, got {n!r}.")
+    per_label = n // len(label_names) if balanced else None
+    if balanced and per_label == 0:
+        raise ValueError(f"balanced needs n >= {len(label_names)} (one per label), got n={n}.")
+    wanted = per_label * len(label_names) if balanced else n
+    chosen, counts = [], np.zeros(len(label_names), int)
+    for i, (text, label) in enumerate(zip(split.texts, split.labels)):
+        if balanced and counts[label] >= per_label:
+            continue
+        prompt = prompt_template(text) if callable(prompt_template) else prompt_template.format(text=text)
+        answer = answer_template.format(label=label_names[label])
+        if fits is None or fits(prompt, answer):
+            chosen.append((text, prompt, answer, int(label)))
+            counts[label] += 1
+            if len(chosen) == wanted:
+                break
+    if len(chosen) < wanted:
+        short = {label_names[k]: int(c) for k, c in enumerate(counts)}
+        raise ValueError(f"Only {len(chosen)} of the {wanted} examples asked for fit (per label: {short}); "
+                         "ask for fewer or allow longer prompts.")
+    if seed is not None:
+        chosen = [chosen[i] for i in np.random.default_rng(seed).permutation(len(chosen))]
+    texts, prompts, answers, labels = (list(column) for column in zip(*chosen))
+    return InstructionExamples(texts, prompts, answers, np.array(labels, "int32"))
+
+
 def sentiment_instruction(tokenizer, tweet):
     """A tweet as a one-turn chat prompt asking for its sentiment, in ``tokenizer``'s chat template,
     ending where the assistant's one-word answer (a ``SENTIMENT_LABELS`` word) goes. The system message
@@ -152,22 +212,16 @@ def sentiment_instructions(split, preprocessor, num_examples, balanced=False, se
     With ``balanced``, ``num_examples // 3`` of each label; with ``seed``, the kept examples are then
     shuffled (so training batches mix the labels). Returns ``(texts, prompts, labels)``: the tweets,
     their prompts (:func:`sentiment_instruction`) and an int array of label ids; the answer of example
-    ``i`` is ``SENTIMENT_LABELS[labels[i]]``.
+    ``i`` is ``SENTIMENT_LABELS[labels[i]]``. Raises ``ValueError`` when fewer fit
+    (:func:`instruction_examples`, which this specialises).
     """
-    target = num_examples // 3 * 3 if balanced else num_examples
-    texts, prompts, labels = [], [], []
-    for text, label in zip(split.texts, split.labels):
-        if len(prompts) == target:
-            break
-        if balanced and labels.count(int(label)) >= num_examples // 3:
-            continue
-        prompt = sentiment_instruction(preprocessor.tokenizer, text)
-        if len(preprocessor.prompt_ids([prompt])[0]) + 2 <= preprocessor.sequence_length:  # + answer, end
-            texts.append(text)
-            prompts.append(prompt)
-            labels.append(int(label))
-    order = np.arange(len(prompts)) if seed is None else np.random.default_rng(seed).permutation(len(prompts))
-    return [texts[i] for i in order], [prompts[i] for i in order], np.asarray(labels, "int32")[order]
+    def fits(prompt, answer):  # start token + prompt + one-word answer + end token
+        return len(preprocessor.prompt_ids([prompt])[0]) + 2 <= preprocessor.sequence_length
+
+    examples = instruction_examples(split, SENTIMENT_LABELS, num_examples,
+                                    lambda text: sentiment_instruction(preprocessor.tokenizer, text),
+                                    fits=fits, balanced=balanced, seed=seed)
+    return examples.texts, examples.prompts, examples.labels
 
 
 # ----- Shakespeare ---------------------------------------------------------------------------------

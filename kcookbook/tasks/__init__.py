@@ -35,3 +35,6 @@ __all__ += ["mask_box", "mask_iou"]
 from kcookbook.tasks.image_segmenter import segmentation_loss  # noqa: E402
 
 __all__ += ["segmentation_loss"]
+from kcookbook.tasks.causal_lm_answers import answer_token_data, answer_token_model  # noqa: E402
+
+__all__ += ["answer_token_data", "answer_token_model"]

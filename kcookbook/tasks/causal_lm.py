@@ -6,6 +6,8 @@
 * Calling the model on ``{"token_ids", "padding_mask"}`` gives logits ``(batch, length, vocab)``.
 * ``fit`` on raw strings learns to predict each next token; padding is not counted in the loss.
   ``fit((prompts, responses))`` learns the responses only: the prompt tokens are inputs, not targets.
+  With a large vocabulary, ``answer_token_model(lm, answer_tokens)`` (``causal_lm_answers``) trains
+  on the same loss with the output layer run only at the answer positions.
 * ``score`` gives log-likelihoods: per token, or summed over a continuation after a prompt (compare
   the log-likelihood of label words to classify with a generative model).
 * ``generate`` continues prompts with a key/value cache inside one compiled loop: ``jax.jit`` of
