@@ -79,12 +79,19 @@ UNIT_DURATIONS ?= --durations=25 --durations-min=5
 INDEPENDENT_BACKEND ?= $(firstword $(filter jax,$(BACKENDS)) $(BACKENDS))
 RECIPE_DURATIONS ?= --durations=20 --durations-min=20
 
+# torch's CPU ops run on OpenMP threads that spin while they wait (libgomp's default, active). On a
+# machine with more busy processes than cores (CI: two backends at once beside other work) a spinning
+# thread holds a core the other needs, and each small op waits for a time slice: a tiny T5's train
+# step took 0.5-3.9 s instead of 0.05-0.1 s (issue 15). Passive waiting gives the core back. Set it
+# to ACTIVE to measure torch's default.
+UNIT_OMP_WAIT_POLICY ?= PASSIVE
+
 test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" OMP_WAIT_POLICY=$(UNIT_OMP_WAIT_POLICY) KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 # The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
 # on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).
