@@ -80,18 +80,20 @@ INDEPENDENT_BACKEND ?= $(firstword $(filter jax,$(BACKENDS)) $(BACKENDS))
 RECIPE_DURATIONS ?= --durations=20 --durations-min=20
 
 # torch's CPU ops run on OpenMP threads that spin while they wait (libgomp's default, active). On a
-# machine with more busy processes than cores (CI: two backends at once beside other work) a spinning
+# machine with more busy processes than cores (CI: two backends or two notebooks at once) a spinning
 # thread holds a core the other needs, and each small op waits for a time slice: a tiny T5's train
-# step took 0.5-3.9 s instead of 0.05-0.1 s (issue 15). Passive waiting gives the core back. Set it
-# to ACTIVE to measure torch's default.
-UNIT_OMP_WAIT_POLICY ?= PASSIVE
+# step took 0.5-3.9 s instead of 0.05-0.1 s (issue 15), and torch's T5/CausalLM/CLIP unit tests beside
+# one busy process took 30 s instead of 18 s. Passive waiting gives the core back. The unit tests,
+# the cross-backend check and the recipes run with it; set TEST_OMP_WAIT_POLICY=ACTIVE to measure
+# torch's default.
+TEST_OMP_WAIT_POLICY ?= PASSIVE
 
 test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" OMP_WAIT_POLICY=$(UNIT_OMP_WAIT_POLICY) KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 # The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
 # on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).
@@ -103,7 +105,7 @@ test-fast: setup
 
 test-cross-backend:
 	@echo "== the three backends agree"
-	$(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
+	OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) $(PY) -m pytest -q -p no:cacheprovider tests/cross_backend
 
 # The recipe site: `make docs` renders the executed notebooks into site/ (nothing runs); open it with
 # `python -m http.server -d site`. test-site builds it once and checks it in headless Chromium, which
@@ -137,7 +139,7 @@ test-packaging:
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
 test-recipes: audio-deps
 	@echo "== recipes under nbval"
-	$(PY) -m pytest -q -n 2 --dist loadfile $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
+	OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) $(PY) -m pytest -q -n 2 --dist loadfile $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 
 benchmark: setup
 	$(PY) benchmarks/bert_fit_predict.py
