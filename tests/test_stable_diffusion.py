@@ -171,6 +171,30 @@ def test_pipeline_matches_diffusers(reference, model, scheduler, guidance_scale)
         _close(ours, expected, PIPELINE_TOLERANCE)
 
 
+# Image-to-image: diffusers' img2img pipeline on the same components. It is given the images' latents
+# (the autoencoder's mean, as ours uses; a 4-channel image is taken as latents) and draws its noise from
+# a seeded torch generator, which ours is given as ``latents``.
+@pytest.mark.parametrize("scheduler,guidance_scale,strength", [
+    ("ddim", 4.0, 0.5), pytest.param("euler", 1.0, 0.75, marks=pytest.mark.one_backend)])
+def test_image_to_image_matches_diffusers(reference, model, scheduler, guidance_scale, strength):
+    pipeline, _ = reference
+    kind = diffusers.EulerDiscreteScheduler if scheduler == "euler" else diffusers.DDIMScheduler
+    img2img = diffusers.StableDiffusionImg2ImgPipeline(**{**pipeline.components,
+                                                          "scheduler": kind.from_config(pipeline.scheduler.config)})
+    img2img.set_progress_bar_config(disable=True)
+    images = np.random.default_rng(6).integers(0, 256, (2, 16, 16, 3)).astype("uint8")
+    with torch.no_grad():
+        image_latents = pipeline.vae.encode(_first(images.astype("float32") / 127.5 - 1)).latent_dist.mean
+        image_latents = image_latents * pipeline.vae.config.scaling_factor
+        noise = torch.randn((2, 4, 8, 8), generator=torch.Generator().manual_seed(5))
+        expected = img2img(PROMPTS, image=image_latents, strength=strength, num_inference_steps=4,
+                           guidance_scale=guidance_scale, generator=torch.Generator().manual_seed(5),
+                           output_type="np").images
+    ours = model.generate(PROMPTS, images=images, strength=strength, num_steps=4, guidance_scale=guidance_scale,
+                          latents=_last(noise), scheduler=scheduler, output="float")
+    _close(ours, expected, PIPELINE_TOLERANCE)
+
+
 @pytest.mark.slow  # compiling the UNet's train step: 85 s on jax, 112 s on tensorflow at a load average of ~5
 @pytest.mark.one_backend  # every backend's UNet numerics are checked against diffusers above
 def test_fit_trains_the_unet_only_and_preset_round_trip(model, tmp_path):
@@ -206,6 +230,15 @@ def test_bad_arguments_name_the_culprit(model):
         model.generate("a cube", num_steps=0)
     with pytest.raises(ValueError, match="channels last"):
         model.generate("a cube", num_steps=2, latents=np.zeros((1, 4, 8, 8), "float32"))
+    image = np.zeros((16, 16, 3), "uint8")
+    with pytest.raises(ValueError, match="strength must be a number in"):
+        model.generate("a cube", num_steps=2, images=image, strength=1.5)
+    with pytest.raises(ValueError, match="runs no step"):
+        model.generate("a cube", num_steps=2, images=image, strength=0.2)
+    with pytest.raises(ValueError, match="1 or 2 images"):
+        model.generate(["a", "b"], num_steps=2, images=np.zeros((3, 16, 16, 3), "uint8"))
+    with pytest.raises(ValueError, match="multiples of 16"):
+        model.generate("a cube", num_steps=2, images=np.zeros((12, 16, 3), "uint8"))
     with pytest.raises(ValueError, match="negative_prompts has 2 entries"):
         model.generate("a cube", num_steps=2, negative_prompts=["x", "y"], height=16, width=16)
 

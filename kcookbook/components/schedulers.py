@@ -124,6 +124,11 @@ class DDPMScheduler:
     def scale_model_input(self, sample, index, num_steps):
         return sample
 
+    def noise_to_step(self, clean, noise, index, num_steps):
+        """``clean`` noised to the level of the walk's step ``index`` (image-to-image's starting point)."""
+        clean, noise = ops.convert_to_tensor(clean), ops.convert_to_tensor(noise)
+        return self.add_noise(clean, noise, np.full((clean.shape[0],), self.timesteps(num_steps)[index]))
+
 
 class DDIMScheduler(DDPMScheduler):
     """Deterministic DDIM sampling (eta = 0).
@@ -201,6 +206,10 @@ class EulerDiscreteScheduler(DDPMScheduler):
         sample = ops.convert_to_tensor(sample)
         sigma = self._sigma(index, num_steps, sample.dtype)
         return sample / ops.sqrt(sigma ** 2 + 1.0)
+
+    def noise_to_step(self, clean, noise, index, num_steps):
+        """``clean + sigma·noise`` with the sigma of the walk's step ``index``."""
+        return clean + float(self.sigmas(num_steps)[index]) * noise
 
     def step(self, model_output, index, sample, num_steps):
         model_output, sample = ops.convert_to_tensor(model_output), ops.convert_to_tensor(sample)

@@ -9,7 +9,11 @@ noise schedule down with the UNet's noise prediction and decodes the result with
                     latents = scheduler.step(prediction, latents)
     image = (VAE decoder(latents / scaling_factor) + 1) / 2
 
-The loop and the decoder are compiled once per (scheduler, steps, guidance on/off, shapes): a jitted
+Image-to-image (``generate(prompts, images=..., strength=0.6)``) starts the same walk part of the way
+down: the images' latents, noised to the level of step ``num_steps · (1 - strength)``, as diffusers'
+img2img pipeline does.
+
+The loop and the decoder are compiled once per (scheduler, steps, first step, guidance on/off, shapes): a jitted
 ``ops.fori_loop`` on jax, XLA on TensorFlow, eager under ``no_grad`` on torch.
 
 ``fit(images, captions)`` trains the UNet with DDPM's objective: each epoch draws a timestep and
@@ -73,23 +77,61 @@ class TextToImage(GenerationLoop, Task):
                              "preprocessor=TextClassifierPreprocessor(clip tokenizer) (from_preset does).")
         return np.asarray(self.preprocessor(texts)["token_ids"], "int32")
 
+    def _check_noise(self, latents, shape):
+        latents = np.asarray(ops.convert_to_numpy(latents), "float32")
+        if latents.shape != tuple(shape):
+            factor = self.backbone.downsampling_factor
+            raise ValueError(f"latents must be (batch={shape[0]}, height/{factor}, width/{factor}, "
+                             f"channels={shape[-1]}) (channels last) = {tuple(shape)}, got {latents.shape}.")
+        check_finite("latents", latents)
+        return latents
+
+    def _check_size(self, height, width):
+        multiple = 8 * self.backbone.downsampling_factor
+        if height % multiple or width % multiple or height < 1 or width < 1:
+            raise ValueError(f"height and width must be positive multiples of {multiple}, got {height}×{width}.")
+
     def _initial_latents(self, batch, latents, seed, height, width):
         channels = self.backbone.unet.get_config()["in_channels"]
         factor = self.backbone.downsampling_factor
         if latents is not None:
-            latents = np.asarray(ops.convert_to_numpy(latents), "float32")
-            if latents.ndim != 4 or latents.shape[0] != batch or latents.shape[-1] != channels:
+            latents = np.asarray(ops.convert_to_numpy(latents))
+            if latents.ndim != 4:
                 raise ValueError(f"latents must be (batch={batch}, height/{factor}, width/{factor}, "
                                  f"channels={channels}) (channels last), got {latents.shape}.")
-            check_finite("latents", latents)
-            return latents
+            return self._check_noise(latents, (batch,) + latents.shape[1:3] + (channels,))
         height, width = (height or self.image_size[0]), (width or self.image_size[1])
-        if height % (8 * factor) or width % (8 * factor) or height < 1 or width < 1:
-            raise ValueError(f"height and width must be positive multiples of {8 * factor}, got {height}×{width}.")
+        self._check_size(height, width)
         generator = np.random.default_rng(seed)
         return generator.standard_normal((batch, height // factor, width // factor, channels)).astype("float32")
 
-    def _sampling_loop(self, scheduler, num_steps, guided):
+    def _image_start(self, sampler, images, strength, num_steps, batch, noise, seed):
+        """Image-to-image: the images' latents noised to the step ``strength`` of the walk goes back to.
+
+        As diffusers' img2img: ``int(num_steps · strength)`` steps run, from step ``num_steps`` minus
+        that; the latents are the autoencoder's mean (diffusers samples its posterior).
+        """
+        if isinstance(strength, bool) or not isinstance(strength, (int, float)) or not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be a number in (0, 1] (1 ignores the image), got {strength!r}.")
+        steps_run = min(int(num_steps * strength), num_steps)
+        if steps_run < 1:
+            raise ValueError(f"strength={strength} of num_steps={num_steps} runs no step; raise strength to "
+                             f"at least {1 / num_steps:.3g} or num_steps.")
+        images = np.asarray(images)
+        if images.ndim == 3:
+            images = images[None]
+        if images.ndim != 4 or images.shape[-1] != 3 or len(images) not in (1, batch):
+            raise ValueError(f"images must be (batch, height, width, 3) with 1 or {batch} images (one per prompt), "
+                             f"got shape {images.shape}.")
+        self._check_size(images.shape[1], images.shape[2])
+        clean = self.image_latents(images)
+        clean = np.repeat(clean, batch // len(clean), axis=0)
+        noise = (np.random.default_rng(seed).standard_normal(clean.shape).astype("float32") if noise is None
+                 else self._check_noise(noise, clean.shape))
+        first_step = num_steps - steps_run
+        return ops.convert_to_numpy(sampler.noise_to_step(clean, noise, first_step, num_steps)), first_step
+
+    def _sampling_loop(self, scheduler, num_steps, guided, first_step=0):
         timesteps = scheduler.timesteps(num_steps).astype("float32")
         unet, backbone = self.backbone.unet, self.backbone
 
@@ -106,14 +148,18 @@ class TextToImage(GenerationLoop, Task):
                     prediction = classifier_free_guidance(unconditional, conditional, guidance_scale)
                 return scheduler.step(prediction, index, latents, num_steps)
 
-            latents = ops.fori_loop(0, num_steps, body, latents)
+            latents = ops.fori_loop(first_step, num_steps, body, latents)
             return ops.clip((backbone.decode_latents(latents) + 1.0) / 2.0, 0.0, 1.0)
 
         return loop
 
     def generate(self, prompts, num_steps=25, guidance_scale=7.5, seed=None, negative_prompts=None,
-                 latents=None, scheduler="ddim", height=None, width=None, output="uint8"):
+                 latents=None, scheduler="ddim", height=None, width=None, output="uint8", images=None,
+                 strength=0.8):
         """Images for ``prompts``: uint8 (batch, height, width, 3) (``output="float"``: floats in [0, 1]).
+
+        With ``images`` (image-to-image), each image's latents are noised part of the way (``strength``)
+        and denoised towards its prompt: low strength keeps the picture, 1 ignores it.
 
         Args:
             prompts: a string or a list of strings.
@@ -121,9 +167,12 @@ class TextToImage(GenerationLoop, Task):
             guidance_scale: classifier-free guidance weight; at most 1 runs the prompt alone.
             seed: seed of the initial noise (numpy's generator) when ``latents`` is None.
             negative_prompts: what guidance steers away from (default: the empty prompt), one per prompt.
-            latents: the initial noise, (batch, height/f, width/f, channels), channels last.
+            latents: the initial noise, (batch, height/f, width/f, channels), channels last (with
+                ``images``: the unit noise mixed into their latents).
             scheduler: ``"ddim"`` or ``"euler"``.
-            height, width: image size when ``latents`` is None (default ``image_size``).
+            height, width: image size when ``latents`` and ``images`` are None (default ``image_size``).
+            images: uint8 (or 0-255 float) starting images (batch or 1, height, width, 3).
+            strength: with ``images``, the fraction of the ``num_steps`` walk that runs, in (0, 1].
         """
         prompts = _texts(prompts, "prompts")
         if output not in ("uint8", "float"):
@@ -140,10 +189,15 @@ class TextToImage(GenerationLoop, Task):
                                  "give one per prompt.")
             token_ids = np.concatenate([self._token_ids(negative), token_ids])
         context = self.backbone.encode_text(token_ids)
-        start = self._initial_latents(len(prompts), latents, seed, height, width)
-        start = start * sampler.initial_noise_scale(num_steps)
-        key = ("sample", scheduler, num_steps, guided, start.shape, tuple(token_ids.shape))
-        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided))
+        if images is not None:
+            if height is not None or width is not None:
+                raise ValueError("height and width come from images in image-to-image; leave them None.")
+            start, first_step = self._image_start(sampler, images, strength, num_steps, len(prompts), latents, seed)
+        else:
+            start = self._initial_latents(len(prompts), latents, seed, height, width)
+            start, first_step = start * sampler.initial_noise_scale(num_steps), 0
+        key = ("sample", scheduler, num_steps, first_step, guided, start.shape, tuple(token_ids.shape))
+        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided, first_step))
         images = ops.convert_to_numpy(run(start, context, np.float32(guidance_scale)))
         return images if output == "float" else np.round(images * 255).astype("uint8")
 
