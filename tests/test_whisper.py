@@ -238,6 +238,29 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     assert again.generate(audio, max_length=8) == task.generate(audio, max_length=8)
 
 
+@pytest.mark.backend_independent  # tf.data's bridge into the numpy path is the same on every backend
+def test_speech_to_text_preprocessor_in_tf_data_is_the_numpy_call():
+    import tensorflow as tf
+
+    from kcookbook.backbones import WhisperTokenizer
+    from kcookbook.components import LogMelSpectrogram
+    from kcookbook.tasks import SpeechToTextPreprocessor
+
+    preprocessor = SpeechToTextPreprocessor(WhisperTokenizer.from_hf_folder(_whisper_folder()),
+                                            LogMelSpectrogram(max_audio_length=0.5), decoder_sequence_length=12)
+    audio = np.random.default_rng(1).normal(size=(2, 4000)).astype("float32")
+    texts = ["hello", "good morning"]
+    dataset = tf.data.Dataset.from_tensor_slices((audio, texts)).batch(2).map(preprocessor)
+    x, labels, weights = next(iter(dataset))
+    expected = preprocessor((list(audio), texts))
+    for got, want in zip(keras.tree.flatten((x, labels, weights)), keras.tree.flatten(expected)):
+        np.testing.assert_allclose(np.asarray(got), want, atol=1e-6)
+    assert weights.numpy()[0].sum() == len(preprocessor.tokenizer("hello")) + 1
+    audio_only = next(iter(tf.data.Dataset.from_tensor_slices(audio).batch(2).map(preprocessor)))
+    assert isinstance(audio_only, dict) and "labels" not in audio_only  # nothing to learn: x alone
+    np.testing.assert_array_equal(audio_only["decoder_token_ids"].numpy()[:, :4], x["decoder_token_ids"].numpy()[:, :4])
+
+
 # ------------------------------------------------------------------ real weights
 @pytest.mark.slow
 @pytest.mark.one_backend  # the real 74M weights, checked once; the tiny parity tests cover each backend

@@ -121,7 +121,7 @@ class CausalLMPreprocessor(Preprocessor):
         return {"token_ids": token_ids[:, :-1], "padding_mask": mask[:, :-1],
                 "labels": token_ids[:, 1:], "label_weights": label_weights}
 
-    def pack(self, features, y=None, sample_weight=None):
+    def pack(self, features, y=None, sample_weight=None, num_segments=1):
         x = {"token_ids": features["token_ids"], "padding_mask": features["padding_mask"]}
         return x, features["labels"], features["label_weights"]
 

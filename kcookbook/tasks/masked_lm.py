@@ -65,7 +65,7 @@ class MaskedLMPreprocessor(TextClassifierPreprocessor):
             masked["mask_weights"][row, : len(positions)] = 1.0
         return {**packed, **masked}
 
-    def pack(self, features, y=None, sample_weight=None):
+    def pack(self, features, y=None, sample_weight=None, num_segments=1):
         x = {k: features[k] for k in ("token_ids", "segment_ids", "padding_mask", "mask_positions")}
         return x, features["mask_ids"], features["mask_weights"]
 

@@ -34,10 +34,13 @@ class Preprocessor:
             out = self._tf_call(segments)
         else:
             out = self.numpy_call(segments)
-        return self.pack(out, y, sample_weight)
+        return self.pack(out, y, sample_weight, num_segments=len(segments))
 
-    def pack(self, features, y=None, sample_weight=None):
-        """Split numpy_call's dict into (x, y, sample_weight); most preprocessors produce x only."""
+    def pack(self, features, y=None, sample_weight=None, num_segments=1):
+        """Split numpy_call's dict into (x, y, sample_weight); most preprocessors produce x only.
+
+        ``num_segments`` is how many segments ``x`` had (a task whose second segment is its
+        targets learns only when it is 2)."""
         return keras.utils.pack_x_y_sample_weight(features, y, sample_weight)
 
     def numpy_call(self, segments):

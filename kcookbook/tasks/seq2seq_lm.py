@@ -45,8 +45,26 @@ from kcookbook.tasks.task import Task
 ENCODER_INPUTS = ("encoder_token_ids", "encoder_padding_mask")
 
 
+class InputsTargetsPreprocessor(Preprocessor):
+    """Base class of encoder-decoder preprocessors: ``(inputs, targets)`` → x, labels, label weights.
+
+    ``preprocessor(inputs, targets)`` is ``preprocessor((inputs, targets))`` (so ``fit(x, y)`` works
+    with target strings); with inputs alone there is nothing to learn and ``y`` passes through.
+    Subclasses' ``numpy_call`` returns the model inputs plus ``labels`` and ``label_weights``.
+    """
+
+    def __call__(self, x, y=None, sample_weight=None):
+        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
+
+    def pack(self, features, y=None, sample_weight=None, num_segments=1):
+        x = {name: features[name] for name in self.output_names if name not in ("labels", "label_weights")}
+        if num_segments == 1:
+            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
+        return x, features["labels"], features["label_weights"]
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
-class Seq2SeqLMPreprocessor(Preprocessor):
+class Seq2SeqLMPreprocessor(InputsTargetsPreprocessor):
     """``(inputs, targets)`` strings → encoder and decoder arrays, labels and label weights.
 
     The encoder reads ``input + end`` (T5's tokenizer appends ``</s>``), packed to
@@ -88,15 +106,6 @@ class Seq2SeqLMPreprocessor(Preprocessor):
         self.decoder_packer = StartEndPacker(start_value=self.decoder_start_token_id,
                                              end_value=tokenizer.end_token_id, pad_value=pad)
 
-    def __call__(self, x, y=None, sample_weight=None):
-        x, y = targets_as_second_segment(x, y)
-        segments = tuple(x) if isinstance(x, tuple) else (x,)
-        if any(is_tf_tensor(s) for s in segments):  # inside tf.data: string tensors
-            features = self._tf_call(segments)
-        else:
-            features = self.numpy_call(segments)
-        return self.pack(features, y, sample_weight, with_targets=len(segments) == 2)
-
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
             raise ValueError("Seq2SeqLMPreprocessor takes (inputs, targets) to learn, or inputs alone; "
@@ -114,14 +123,6 @@ class Seq2SeqLMPreprocessor(Preprocessor):
         return {"encoder_token_ids": encoder["token_ids"], "encoder_padding_mask": encoder["padding_mask"],
                 "decoder_token_ids": ids[:, :-1], "decoder_padding_mask": mask[:, :-1],
                 "labels": ids[:, 1:], "label_weights": mask[:, 1:].astype("float32")}
-
-    def pack(self, features, y=None, sample_weight=None, with_targets=None):
-        x = {name: features[name] for name in self.output_names[:4]}
-        if with_targets is None:
-            with_targets = bool(np.asarray(features["label_weights"]).any())
-        if not with_targets:  # inputs alone: nothing to learn
-            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-        return x, features["labels"], features["label_weights"]
 
     # ----- generation -----
     def generate_preprocess(self, inputs):

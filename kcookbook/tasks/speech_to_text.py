@@ -24,14 +24,13 @@ from keras import ops
 from kcookbook.backbones.seq2seq import Seq2SeqBackbone
 from kcookbook.components.causal_attention import MASKED
 from kcookbook.components.log_mel import LogMelSpectrogram
-from kcookbook.tasks.preprocessor import Preprocessor
-from kcookbook.tasks.seq2seq_lm import Seq2SeqLM, targets_as_second_segment
+from kcookbook.tasks.seq2seq_lm import InputsTargetsPreprocessor, Seq2SeqLM
 
 FEATURES = "encoder_features"
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
-class SpeechToTextPreprocessor(Preprocessor):
+class SpeechToTextPreprocessor(InputsTargetsPreprocessor):
     """``(audio, texts)`` → log-mel ``encoder_features``, decoder ids, labels and label weights.
 
     The decoder reads ``prompt + text`` and learns ``text + end`` (after the prompt), packed to
@@ -62,9 +61,6 @@ class SpeechToTextPreprocessor(Preprocessor):
             return "float32", (self.audio_converter.num_frames, self.audio_converter.num_mels)
         return ("float32" if name == "label_weights" else "int32"), self.decoder_sequence_length
 
-    def __call__(self, x, y=None, sample_weight=None):  # fit(audio, texts) as fit((audio, texts))
-        return super().__call__(*targets_as_second_segment(x, y), sample_weight)
-
     def numpy_call(self, segments):
         if len(segments) not in (1, 2):
             raise ValueError("SpeechToTextPreprocessor takes (audio, texts) to learn, or audio alone; got "
@@ -86,12 +82,6 @@ class SpeechToTextPreprocessor(Preprocessor):
             learned[row, len(prompt):len(sequence)] = 1.0
         return {FEATURES: features, "decoder_token_ids": ids[:, :-1], "decoder_padding_mask": mask[:, :-1],
                 "labels": ids[:, 1:], "label_weights": learned[:, 1:]}
-
-    def pack(self, features, y=None, sample_weight=None):
-        x = {name: features[name] for name in self.output_names[:3]}
-        if not features["label_weights"].any():  # audio alone: nothing to learn
-            return keras.utils.pack_x_y_sample_weight(x, y, sample_weight)
-        return x, features["labels"], features["label_weights"]
 
     def windows(self, waveform):
         """A waveform cut into consecutive windows of the converter's length (at least one)."""
