@@ -89,7 +89,7 @@ class TextToImage(GenerationLoop, Task):
         generator = np.random.default_rng(seed)
         return generator.standard_normal((batch, height // factor, width // factor, channels)).astype("float32")
 
-    def _sampling_loop(self, scheduler, num_steps, guided):
+    def _sampling_loop(self, scheduler, num_steps, guided, decoder="vae"):
         timesteps = scheduler.timesteps(num_steps).astype("float32")
         unet, backbone = self.backbone.unet, self.backbone
 
@@ -107,12 +107,12 @@ class TextToImage(GenerationLoop, Task):
                 return scheduler.step(prediction, index, latents, num_steps)
 
             latents = ops.fori_loop(0, num_steps, body, latents)
-            return ops.clip((backbone.decode_latents(latents) + 1.0) / 2.0, 0.0, 1.0)
+            return ops.clip((backbone.decode_latents(latents, decoder) + 1.0) / 2.0, 0.0, 1.0)
 
         return loop
 
     def generate(self, prompts, num_steps=25, guidance_scale=7.5, seed=None, negative_prompts=None,
-                 latents=None, scheduler="ddim", height=None, width=None, output="uint8"):
+                 latents=None, scheduler="ddim", height=None, width=None, output="uint8", decoder="vae"):
         """Images for ``prompts``: uint8 (batch, height, width, 3) (``output="float"``: floats in [0, 1]).
 
         Args:
@@ -124,12 +124,14 @@ class TextToImage(GenerationLoop, Task):
             latents: the initial noise, (batch, height/f, width/f, channels), channels last.
             scheduler: ``"ddim"`` or ``"euler"``.
             height, width: image size when ``latents`` is None (default ``image_size``).
+            decoder: ``"vae"``, or ``"tiny"``: TAESD for fast previews (``backbone.set_tiny_decoder``).
         """
         prompts = _texts(prompts, "prompts")
         if output not in ("uint8", "float"):
             raise ValueError(f"output must be 'uint8' or 'float', got {output!r}.")
         sampler = get_scheduler(scheduler, self.scheduler_config)
         sampler.check_steps(num_steps)
+        self.backbone.check_decoder(decoder)
         guided = float(guidance_scale) > 1.0
         token_ids = self._token_ids(prompts)
         if guided:
@@ -142,8 +144,8 @@ class TextToImage(GenerationLoop, Task):
         context = self.backbone.encode_text(token_ids)
         start = self._initial_latents(len(prompts), latents, seed, height, width)
         start = start * sampler.initial_noise_scale(num_steps)
-        key = ("sample", scheduler, num_steps, guided, start.shape, tuple(token_ids.shape))
-        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided))
+        key = ("sample", scheduler, num_steps, guided, start.shape, tuple(token_ids.shape), decoder)
+        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided, decoder))
         images = ops.convert_to_numpy(run(start, context, np.float32(guidance_scale)))
         return images if output == "float" else np.round(images * 255).astype("uint8")
 
