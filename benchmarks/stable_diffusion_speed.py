@@ -3,6 +3,7 @@ tensorflow and torch vs diffusers' ``StableDiffusionPipeline`` (torch, eager, ``
 
     .venv/bin/python benchmarks/stable_diffusion_speed.py            # the mid config; minutes on a CPU
     .venv/bin/python benchmarks/stable_diffusion_speed.py --tiny     # proves it runs
+    .venv/bin/python benchmarks/stable_diffusion_speed.py --decoders # SD's VAE decoder vs TAESD's
 
 Every contender runs the same randomly initialised pipeline, built by diffusers from a config and
 saved once with ``save_pretrained`` (kcookbook converts it): ``--tiny`` is the test suite's (UNet
@@ -14,6 +15,13 @@ compiled on jax and tensorflow, eager on torch; diffusers' ``unet(...)``). Pipel
 steps with guidance 7.5 from the same latents (kcookbook's ``TextToImage.generate``: its compiled
 loop; diffusers' pipeline call). ``time_calls`` leaves out a build and a warm-up call. Target
 (issue 18): at least diffusers' eager speed on jax.
+
+``--decoders`` times the two decoders a preview can choose from instead, at their real sizes with
+random weights: Stable Diffusion 1.x's VAE decoder (``AutoencoderKL`` widths 128/256/512/512, two
+residual blocks per level; kcookbook's ``VAEDecoder``) and TAESD's (diffusers' ``AutoencoderTiny``
+defaults, as in ``madebyollin/taesd``; kcookbook's ``TinyVAEDecoder``), on the same latents of one
+image (``--latent-size`` 16: a 128 × 128 image); ms per decode (``predict_on_batch``: compiled on jax
+and tensorflow, eager on torch; diffusers' ``decode`` under ``no_grad``).
 """
 
 import argparse
@@ -34,6 +42,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=10, help="denoising steps of the pipeline")
     p.add_argument("--calls", type=int, default=3, help="timed calls per measurement")
     p.add_argument("--tiny", action="store_true", help="the test suite's tiny config, to check that the script runs")
+    p.add_argument("--decoders", action="store_true", help="time SD 1.x's VAE decoder against TAESD's instead")
+    p.add_argument("--latent-size", type=int, default=16, help="with --decoders: the latents' side (16: 128 px)")
     p.add_argument("--folder", help=argparse.SUPPRESS)
     p.add_argument("--worker", help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -142,10 +152,70 @@ def diffusers_worker(args):
     return step_ms, pipeline_ms
 
 
+SD_VAE = {"block_out_channels": (128, 256, 512, 512), "layers_per_block": 2, "norm_num_groups": 32}
+
+
+def decoder_latents(side):
+    import numpy as np
+
+    return np.random.default_rng(2).standard_normal((1, side, side, 4)).astype("float32")
+
+
+def kcookbook_decoders(args):
+    from kcookbook.backbones import TinyVAEDecoder, VAEDecoder
+    from kcookbook.benchmarks.timing import time_calls
+
+    vae = VAEDecoder(block_channels=list(SD_VAE["block_out_channels"]), layers_per_block=SD_VAE["layers_per_block"],
+                     groups=SD_VAE["norm_num_groups"])
+    tiny = TinyVAEDecoder()  # TAESD's config
+    latents = decoder_latents(args.latent_size)
+    return (time_calls(vae.predict_on_batch, latents, num_calls=args.calls)[0],
+            time_calls(tiny.predict_on_batch, latents, num_calls=args.calls)[0])
+
+
+def diffusers_decoders(args):
+    import diffusers
+    import numpy as np
+    import torch
+
+    from kcookbook.benchmarks.timing import time_calls
+
+    levels = len(SD_VAE["block_out_channels"])
+    vae = diffusers.AutoencoderKL(**SD_VAE, down_block_types=["DownEncoderBlock2D"] * levels,
+                                  up_block_types=["UpDecoderBlock2D"] * levels, latent_channels=4).eval()
+    tiny = diffusers.AutoencoderTiny().eval()
+    latents = torch.from_numpy(np.ascontiguousarray(decoder_latents(args.latent_size).transpose(0, 3, 1, 2)))
+    with torch.no_grad():
+        return (time_calls(lambda: vae.decode(latents).sample, num_calls=args.calls)[0],
+                time_calls(lambda: tiny.decode(latents).sample, num_calls=args.calls)[0])
+
+
+def print_decoders(args, rows):
+    side = args.latent_size * 8
+    print(f"Stable Diffusion 1.x VAE decoder vs TAESD decoder (random weights), one {side}×{side} image, "
+          f"{args.calls} timed calls")
+    print(f"{'contender':<12}{'VAE ms':>10}{'TAESD ms':>10}{'VAE/TAESD':>11}")
+    for row in rows:
+        print(f"{row['contender']:<12}{row['vae_decode_ms']:>10.1f}{row['tiny_decode_ms']:>10.1f}"
+              f"{row['vae_decode_ms'] / row['tiny_decode_ms']:>11.1f}")
+
+
 def main(argv=None):
     args = parse_args(argv)
     from kcookbook.benchmarks.timing import emit_result, run_backend_worker
 
+    if args.worker and args.decoders:
+        vae_ms, tiny_ms = (diffusers_decoders if args.worker == "diffusers" else kcookbook_decoders)(args)
+        emit_result({"contender": args.worker, "vae_decode_ms": vae_ms, "tiny_decode_ms": tiny_ms})
+        return
+    if args.decoders:
+        flags = ["--decoders", "--calls", str(args.calls), "--latent-size", str(args.latent_size)]
+        rows = []
+        for contender in ["diffusers"] + args.backends:
+            backend = "torch" if contender == "diffusers" else contender
+            rows += run_backend_worker([os.path.abspath(__file__), "--worker", contender] + flags, backend)
+        print_decoders(args, rows)
+        return
     if args.worker:
         worker = diffusers_worker if args.worker == "diffusers" else kcookbook_worker
         step_ms, pipeline_ms = worker(args)

@@ -27,10 +27,14 @@ from kcookbook.backbones.whisper import WhisperBackbone, WhisperTokenizer  # noq
 
 __all__ += ["WhisperBackbone", "WhisperTokenizer"]
 from kcookbook.backbones.stable_diffusion import (  # noqa: E402
+    AutoencoderTiny,
     StableDiffusionBackbone,
     StableDiffusionUNet,
+    TinyVAEDecoder,
+    TinyVAEEncoder,
     VAEDecoder,
     VAEEncoder,
 )
 
-__all__ += ["StableDiffusionBackbone", "StableDiffusionUNet", "VAEDecoder", "VAEEncoder"]
+__all__ += ["AutoencoderTiny", "StableDiffusionBackbone", "StableDiffusionUNet", "TinyVAEDecoder", "TinyVAEEncoder",
+            "VAEDecoder", "VAEEncoder"]

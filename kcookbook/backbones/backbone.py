@@ -60,6 +60,8 @@ _INT_FIELDS = {  # name: (low, high, None allowed)
     "end_token_id": (0, 2**20, True),
     "max_channels": (8, MAX_WIDTH, False),
     "layers_per_block": (1, 64, False),
+    "latent_channels": (1, 1024, False),
+    "image_channels": (1, 1024, False),
 }
 _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_num_filters": (1, MAX_WIDTH),
@@ -69,6 +71,7 @@ _INT_LIST_FIELDS = {  # name: (low, high) of each entry
     "stackwise_kernel_sizes": (1, 31),
     "stackwise_output_filters": (1, MAX_WIDTH),
     "stem_kernel_sizes": (1, 31),
+    "blocks_per_level": (0, 64),
 }
 _FLOAT_FIELDS = {  # name: (low, high, low open, high open)
     "dropout": (0.0, 1.0, False, True),
@@ -81,6 +84,7 @@ _FLOAT_FIELDS = {  # name: (low, high, low open, high open)
     "router_aux_loss_coefficient": (0.0, 1e3, False, False),
     "width_coefficient": (0.0, 16.0, True, False),
     "depth_coefficient": (0.0, 16.0, True, False),
+    "scaling_factor": (0.0, 1e4, True, False),
 }
 _FLOAT_LIST_FIELDS = {
     "stackwise_expansion_ratios": (1.0, 64.0),

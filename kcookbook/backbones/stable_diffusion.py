@@ -21,9 +21,17 @@ Diffusion Models"): a UNet that denoises autoencoder latents, conditioned on CLI
 The autoencoder (diffusers' ``AutoencoderKL``) works on ``latents / scaling_factor``: the diffusion
 model sees latents times ``scaling_factor`` (0.18215 in SD 1.x and 2.x), so their variance is near 1.
 
+    TAESD (diffusers' ``AutoencoderTiny``), for fast previews: plain 3×3 convs and ReLUs, no norms,
+    no attention; 64 channels throughout (about 1.2M parameters per part against the VAE decoder's 49M)
+    TinyVAEEncoder: image → [0, 1] → conv → per level: (stride-2 conv) + TinyResidualBlocks → conv
+    TinyVAEDecoder: latents → tanh(x/3)·3 → conv → ReLU → per level: TinyResidualBlocks →
+                    nearest ×2 + conv (the last level: conv to RGB) → [-1, 1]
+    It reads the UNet's latents as they are (its ``scaling_factor`` is 1.0).
+
 :class:`StableDiffusionBackbone` holds the four parts. Its functional graph is the noise prediction
 (``{"latents", "timesteps", "token_ids"}`` → ``noise_prediction``: text encoder and UNet); the
-autoencoder is called through ``encode_images`` / ``decode_latents``. ``TextToImage``
+autoencoder is called through ``encode_images`` / ``decode_latents``; a TAESD decoder attached with
+``set_tiny_decoder`` is ``decode_latents(latents, "tiny")``. ``TextToImage``
 (kcookbook.tasks) runs the sampling loop and trains the UNet.
 
     >>> text = CLIPTextEncoder(vocabulary_size=20, max_sequence_length=6, num_layers=1, num_heads=2,
@@ -36,6 +44,8 @@ autoencoder is called through ``encode_images`` / ``decode_latents``. ``TextToIm
     (1, 8, 8, 3)
 """
 
+import os
+
 import keras
 from keras import ops
 
@@ -47,6 +57,7 @@ from kcookbook.components.diffusion_blocks import (
     SpatialSelfAttention,
     SpatialTransformer,
     TimestepEmbedding,
+    TinyResidualBlock,
     Upsample,
     conv,
     group_norm,
@@ -252,6 +263,143 @@ class AutoencoderKL:
         self.scaling_factor = scaling_factor
 
 
+def _check_tiny_config(owner, block_channels, blocks_per_level, latent_channels, image_channels):
+    check_backbone_config(owner, {"blocks_per_level": blocks_per_level, "latent_channels": latent_channels,
+                                  "image_channels": image_channels})
+    if not isinstance(block_channels, (list, tuple)) or len(block_channels) != len(blocks_per_level) or \
+            len(set(block_channels)) != 1 or isinstance(block_channels[0], bool) or \
+            not isinstance(block_channels[0], int) or not 1 <= block_channels[0] <= 65_536:
+        raise ValueError(f"{owner}: block_channels must be one positive width per level "
+                         f"({len(blocks_per_level)} levels, as blocks_per_level), all equal (the tiny "
+                         f"autoencoder's convs keep one width), got {block_channels!r}.")
+    return {"block_channels": list(block_channels), "blocks_per_level": list(blocks_per_level),
+            "latent_channels": latent_channels, "image_channels": image_channels}
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class TinyVAEEncoder(Backbone):
+    """TAESD's encoder (diffusers' ``EncoderTiny``): images (batch, H, W, image_channels) in [-1, 1]
+    → latents (batch, H/f, W/f, latent_channels), f = 2^(levels-1).
+
+    The images are mapped to [0, 1]; level 0 is a 3×3 conv, every later level a 3×3 stride-2 conv
+    without a bias; each is followed by ``blocks_per_level[level]`` :class:`TinyResidualBlock`; a
+    3×3 conv gives the latents.
+    """
+
+    def __init__(self, block_channels=(64, 64, 64, 64), blocks_per_level=(1, 3, 3, 3), latent_channels=4,
+                 image_channels=3, dtype=None, name="tiny_vae_encoder", **kwargs):
+        config = _check_tiny_config(type(self).__name__, block_channels, blocks_per_level, latent_channels,
+                                    image_channels)
+        images = keras.Input(shape=(None, None, image_channels), name="images")
+        with keras.name_scope(name):
+            x = (images + 1.0) / 2.0
+            for level, (width, blocks) in enumerate(zip(block_channels, blocks_per_level)):
+                x = conv(width, 3, "conv_in")(x) if level == 0 else \
+                    Downsample(width, use_bias=False, name=f"down_{level}")(x)
+                for i in range(blocks):
+                    x = TinyResidualBlock(width, name=f"level_{level}_block_{i}")(x)
+            latents = conv(latent_channels, 3, "conv_out")(x)
+        super().__init__(inputs=images, outputs=latents, dtype=dtype, name=name, **kwargs)
+        self._config = config
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class TinyVAEDecoder(Backbone):
+    """TAESD's decoder (diffusers' ``DecoderTiny``): latents (batch, h, w, latent_channels) →
+    images (batch, h·f, w·f, image_channels) in about [-1, 1].
+
+    The latents are soft-clamped to (-3, 3) (``tanh(x / 3) · 3``); a 3×3 conv and ReLU; per level,
+    ``blocks_per_level[level]`` :class:`TinyResidualBlock`, then nearest ×2 and a 3×3 conv without
+    a bias (the last level: a 3×3 conv to the image channels); the [0, 1] output is mapped to [-1, 1].
+    """
+
+    def __init__(self, block_channels=(64, 64, 64, 64), blocks_per_level=(3, 3, 3, 1), latent_channels=4,
+                 image_channels=3, dtype=None, name="tiny_vae_decoder", **kwargs):
+        config = _check_tiny_config(type(self).__name__, block_channels, blocks_per_level, latent_channels,
+                                    image_channels)
+        latents = keras.Input(shape=(None, None, latent_channels), name="latents")
+        levels = len(block_channels)
+        with keras.name_scope(name):
+            x = ops.tanh(latents / 3.0) * 3.0
+            x = ops.relu(conv(block_channels[0], 3, "conv_in")(x))
+            for level, (width, blocks) in enumerate(zip(block_channels, blocks_per_level)):
+                for i in range(blocks):
+                    x = TinyResidualBlock(width, name=f"level_{level}_block_{i}")(x)
+                x = Upsample(width, use_bias=False, name=f"up_{level}")(x) if level < levels - 1 else \
+                    conv(image_channels, 3, "conv_out")(x)
+            images = x * 2.0 - 1.0
+        super().__init__(inputs=latents, outputs=images, dtype=dtype, name=name, **kwargs)
+        self._config = config
+        self.upsampling_factor = 2 ** (levels - 1)
+
+    def get_config(self):
+        return {**super().get_config(), **self._config}
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class AutoencoderTiny(Backbone):
+    """TAESD (Ollin Boer Bohan's tiny autoencoder; diffusers' ``AutoencoderTiny``): a small encoder
+    and decoder distilled to share Stable Diffusion's latent space, for fast previews.
+
+    Inputs images (batch, H, W, image_channels) in [-1, 1]; outputs ``{"latents", "images"}``: the
+    encoder's latents and the decoder's reconstruction of them. ``encode`` and ``decode`` run one
+    part. A Stable Diffusion pipeline divides its latents by ``scaling_factor`` (1.0 for TAESD,
+    whose latents are already the UNet's) before decoding; see
+    :meth:`StableDiffusionBackbone.set_tiny_decoder`.
+
+    Args:
+        encoder: a :class:`TinyVAEEncoder` (or its config); decoder: a :class:`TinyVAEDecoder`.
+        scaling_factor: what a pipeline divides latents by before ``decode``.
+
+    >>> taesd = AutoencoderTiny(TinyVAEEncoder([8, 8], [1, 1]), TinyVAEDecoder([8, 8], [1, 1]))
+    >>> tuple(taesd.decode(np.zeros((1, 4, 4, 4), "float32")).shape)
+    (1, 8, 8, 3)
+    """
+
+    def __init__(self, encoder=None, decoder=None, scaling_factor=1.0, dtype=None, name="autoencoder_tiny",
+                 **kwargs):
+        owner = type(self).__name__
+        encoder = backbone_part(encoder if encoder is not None else {}, TinyVAEEncoder, owner, "encoder", dtype)
+        decoder = backbone_part(decoder if decoder is not None else {}, TinyVAEDecoder, owner, "decoder", dtype)
+        check_backbone_config(owner, {"scaling_factor": scaling_factor})
+        encoded, decoded = encoder.get_config(), decoder.get_config()
+        if encoded["latent_channels"] != decoded["latent_channels"] or \
+                len(encoded["block_channels"]) != len(decoded["block_channels"]):
+            raise ValueError(f"{owner}: the encoder ({encoded['latent_channels']} latent channels, "
+                             f"{len(encoded['block_channels'])} levels) and the decoder "
+                             f"({decoded['latent_channels']}, {len(decoded['block_channels'])}) must agree.")
+        images = keras.Input(shape=(None, None, encoded["image_channels"]), name="images")
+        latents = encoder(images)
+        super().__init__(inputs=images, outputs={"latents": latents, "images": decoder(latents)}, dtype=dtype,
+                         name=name, **kwargs)
+        self.encoder, self.decoder, self.scaling_factor = encoder, decoder, float(scaling_factor)
+
+    @staticmethod
+    def _check(value, channels, name, shape):
+        if len(value.shape) != 4 or value.shape[-1] != channels:
+            raise ValueError(f"{name} must be {shape} with {channels} channels (channels last), got shape "
+                             f"{tuple(value.shape)}.")
+
+    def encode(self, images):
+        """Images (batch, H, W, image_channels) in [-1, 1] → the latents (diffusers' ``encode(x).latents``)."""
+        images = ops.convert_to_tensor(images)
+        self._check(images, self.encoder.get_config()["image_channels"], "images", "(batch, height, width, c)")
+        return self.encoder(images)
+
+    def decode(self, latents):
+        """Latents (batch, h, w, latent_channels) → images in about [-1, 1] (diffusers' ``decode(z).sample``)."""
+        latents = ops.convert_to_tensor(latents)
+        self._check(latents, self.decoder.get_config()["latent_channels"], "latents", "(batch, h, w, c)")
+        return self.decoder(latents)
+
+    def get_config(self):
+        return {**super().get_config(), "encoder": keras.saving.serialize_keras_object(self.encoder),
+                "decoder": keras.saving.serialize_keras_object(self.decoder), "scaling_factor": self.scaling_factor}
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
 class StableDiffusionBackbone(TextEncoderFields, Backbone):
     """Text encoder, UNet and autoencoder of a latent-diffusion text-to-image model.
@@ -264,10 +412,14 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
         unet: a :class:`StableDiffusionUNet` (or its config).
         vae: an :class:`AutoencoderKL`, or give ``vae_encoder`` and ``vae_decoder``.
         scaling_factor: the latent scale (taken from ``vae`` when it is given).
+        tiny_decoder: an optional :class:`TinyVAEDecoder` (TAESD) for previews, and
+            tiny_scaling_factor: what latents are divided by before it (1.0 for TAESD). Usually
+            attached after loading with :meth:`set_tiny_decoder`. It is not trained.
     """
 
     def __init__(self, text_encoder, unet, vae=None, vae_encoder=None, vae_decoder=None, scaling_factor=0.18215,
-                 dtype=None, name="stable_diffusion_backbone", **kwargs):
+                 tiny_decoder=None, tiny_scaling_factor=1.0, dtype=None, name="stable_diffusion_backbone",
+                 **kwargs):
         owner = type(self).__name__
         if vae is not None:
             vae_encoder, vae_decoder, scaling_factor = vae.encoder, vae.decoder, vae.scaling_factor
@@ -288,6 +440,10 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
         self.text_encoder, self.unet = text_encoder, unet
         self.vae_encoder, self.vae_decoder = vae_encoder, vae_decoder
         self.scaling_factor = float(scaling_factor)
+        self.tiny_decoder, self.tiny_scaling_factor = None, 1.0
+        if tiny_decoder is not None:
+            self._attach_tiny_decoder(backbone_part(tiny_decoder, TinyVAEDecoder, owner, "tiny_decoder", dtype),
+                                      tiny_scaling_factor)
 
     @property
     def downsampling_factor(self):
@@ -310,13 +466,56 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
             latents = latents + std * keras.random.normal(ops.shape(latents), seed=sample_seed)
         return latents * self.scaling_factor
 
-    def decode_latents(self, latents):
-        """Scaled latents → images in about [-1, 1]."""
+    def decode_latents(self, latents, decoder="vae"):
+        """Scaled latents → images in about [-1, 1], by the autoencoder (``decoder="vae"``) or the
+        attached TAESD decoder (``"tiny"``: :meth:`set_tiny_decoder`)."""
+        if self.check_decoder(decoder) == "tiny":
+            return self.tiny_decoder(latents / self.tiny_scaling_factor)
         return self.vae_decoder(latents / self.scaling_factor)
+
+    def check_decoder(self, decoder):
+        """``decoder`` if ``decode_latents`` can run it, else a ``ValueError`` that says what to do."""
+        if not isinstance(decoder, str) or decoder not in ("vae", "tiny"):
+            raise ValueError(f"decoder must be 'vae' (the autoencoder) or 'tiny' (TAESD), got {decoder!r}.")
+        if decoder == "tiny" and self.tiny_decoder is None:
+            raise ValueError("decoder='tiny' needs a TAESD decoder: attach one with backbone.set_tiny_decoder("
+                             "'hf://madebyollin/taesd') (any diffusers AutoencoderTiny folder, or an AutoencoderTiny).")
+        return decoder
+
+    def set_tiny_decoder(self, autoencoder):
+        """Attach TAESD's decoder for ``decode_latents(latents, "tiny")`` (``generate(decoder="tiny")``).
+
+        Args:
+            autoencoder: an :class:`AutoencoderTiny`, or a preset handle of one (a diffusers
+                ``AutoencoderTiny.save_pretrained`` folder such as ``hf://madebyollin/taesd``,
+                built in this backbone's dtype). Its decoder must read this model's latents: the
+                same channels and the same upsampling factor. It is frozen (not trained).
+        """
+        if isinstance(autoencoder, (str, os.PathLike)):
+            autoencoder = AutoencoderTiny.from_preset(autoencoder, dtype=self.dtype_policy.name)
+        if not isinstance(autoencoder, AutoencoderTiny):
+            raise ValueError(f"set_tiny_decoder takes an AutoencoderTiny or a preset handle of one, got "
+                             f"{type(autoencoder).__name__}.")
+        self._attach_tiny_decoder(autoencoder.decoder, autoencoder.scaling_factor)
+
+    def _attach_tiny_decoder(self, decoder, scaling_factor):
+        check_backbone_config(type(self).__name__, {"scaling_factor": scaling_factor})
+        channels = self.vae_decoder.get_config()["latent_channels"]
+        theirs = decoder.get_config()["latent_channels"]
+        if theirs != channels or decoder.upsampling_factor != self.downsampling_factor:
+            raise ValueError(f"The tiny decoder reads {theirs}-channel latents and upsamples them "
+                             f"×{decoder.upsampling_factor}; this model's latents have {channels} channels at "
+                             f"1/{self.downsampling_factor} of the image. Use the TAESD made for this model "
+                             "(madebyollin/taesd for Stable Diffusion 1.x/2.x).")
+        decoder.trainable = False
+        self.tiny_decoder, self.tiny_scaling_factor = decoder, float(scaling_factor)
 
     def get_config(self):
         config = super().get_config()
         for part in ("text_encoder", "unet", "vae_encoder", "vae_decoder"):
             config[part] = keras.saving.serialize_keras_object(getattr(self, part))
         config["scaling_factor"] = self.scaling_factor
+        if self.tiny_decoder is not None:
+            config["tiny_decoder"] = keras.saving.serialize_keras_object(self.tiny_decoder)
+            config["tiny_scaling_factor"] = self.tiny_scaling_factor
         return config

@@ -10,6 +10,8 @@
   pixels (self-attention, cross-attention to the text states, GEGLU feed-forward), out, residual.
 * :class:`SpatialSelfAttention`: the autoencoder's single-head attention over all pixels.
 * :class:`Downsample` (3×3 conv, stride 2) and :class:`Upsample` (nearest ×2, then 3×3 conv).
+* :class:`TinyResidualBlock`: the tiny autoencoder's (TAESD's) block: three 3×3 convs with ReLUs
+  between, plus the input, then ReLU.
 
     >>> x = ops.ones((1, 4, 4, 8))
     >>> block = ResidualConvBlock(16, groups=4)
@@ -39,8 +41,9 @@ def group_norm(groups, epsilon, name):
     return keras.layers.GroupNormalization(groups, axis=-1, epsilon=epsilon, name=name)
 
 
-def conv(filters, kernel_size, name, strides=1, padding="same"):
-    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, name=name)
+def conv(filters, kernel_size, name, strides=1, padding="same", use_bias=True):
+    return keras.layers.Conv2D(filters, kernel_size, strides=strides, padding=padding, use_bias=use_bias,
+                               name=name)
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -304,14 +307,15 @@ class SpatialSelfAttention(keras.layers.Layer):
 @keras.saving.register_keras_serializable(package="kcookbook")
 class Downsample(keras.layers.Layer):
     """3×3 conv with stride 2 after zero padding: one pixel on every side (``"symmetric"``, the
-    UNet's) or one on the bottom and right only (``"bottom_right"``, the autoencoder's)."""
+    UNet's and the tiny autoencoder's, which has no bias) or one on the bottom and right only
+    (``"bottom_right"``, the autoencoder's)."""
 
-    def __init__(self, filters, padding="symmetric", **kwargs):
+    def __init__(self, filters, padding="symmetric", use_bias=True, **kwargs):
         super().__init__(**kwargs)
         if padding not in ("symmetric", "bottom_right"):
             raise ValueError(f"Downsample padding must be 'symmetric' or 'bottom_right', got {padding!r}.")
-        self.filters, self.padding = filters, padding
-        self.conv = conv(filters, 3, "conv", strides=2, padding="valid")
+        self.filters, self.padding, self.use_bias = filters, padding, use_bias
+        self.conv = conv(filters, 3, "conv", strides=2, padding="valid", use_bias=use_bias)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -325,17 +329,18 @@ class Downsample(keras.layers.Layer):
         return (input_shape[0], *half, self.filters)
 
     def get_config(self):
-        return {**super().get_config(), "filters": self.filters, "padding": self.padding}
+        return {**super().get_config(), "filters": self.filters, "padding": self.padding,
+                "use_bias": self.use_bias}
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
 class Upsample(keras.layers.Layer):
-    """Nearest-neighbour ×2, then a 3×3 conv."""
+    """Nearest-neighbour ×2, then a 3×3 conv (without a bias in the tiny autoencoder)."""
 
-    def __init__(self, filters, **kwargs):
+    def __init__(self, filters, use_bias=True, **kwargs):
         super().__init__(**kwargs)
-        self.filters = filters
-        self.conv = conv(filters, 3, "conv")
+        self.filters, self.use_bias = filters, use_bias
+        self.conv = conv(filters, 3, "conv", use_bias=use_bias)
 
     def build(self, input_shape):
         self.conv.build(input_shape)
@@ -346,6 +351,37 @@ class Upsample(keras.layers.Layer):
     def compute_output_shape(self, input_shape):
         double = [None if size is None else size * 2 for size in input_shape[1:3]]
         return (input_shape[0], *double, self.filters)
+
+    def get_config(self):
+        return {**super().get_config(), "filters": self.filters, "use_bias": self.use_bias}
+
+
+@keras.saving.register_keras_serializable(package="kcookbook")
+class TinyResidualBlock(keras.layers.Layer):
+    """ReLU(conv → ReLU → conv → ReLU → conv (3×3, with biases) + the input), the input through a
+    1×1 conv without a bias when the width changes (TAESD's block)."""
+
+    def __init__(self, filters, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.convs = [conv(filters, 3, f"conv_{i}") for i in (1, 2, 3)]
+        self.shortcut = None
+
+    def build(self, input_shape):
+        out_shape = tuple(input_shape[:-1]) + (self.filters,)
+        for i, layer in enumerate(self.convs):
+            layer.build(input_shape if i == 0 else out_shape)
+        if input_shape[-1] != self.filters:
+            self.shortcut = conv(self.filters, 1, "shortcut", use_bias=False)
+            self.shortcut.build(input_shape)
+
+    def call(self, x):
+        h = ops.relu(self.convs[0](x))
+        h = self.convs[2](ops.relu(self.convs[1](h)))
+        return ops.relu(h + (x if self.shortcut is None else self.shortcut(x)))
+
+    def compute_output_shape(self, input_shape):
+        return tuple(input_shape[:-1]) + (self.filters,)
 
     def get_config(self):
         return {**super().get_config(), "filters": self.filters}

@@ -17,6 +17,7 @@ loaded (nothing is imported to register itself); ``register_format`` adds more a
 * ``ctranslate2``: a CTranslate2 ``model.bin`` (faster-whisper), read as the Hugging Face checkpoint
   its converter makes of it.
 * ``diffusers_pipeline``: a diffusers Stable Diffusion pipeline folder (``model_index.json``, ``unet/``…).
+* ``diffusers_model``: one diffusers model folder (``config.json`` with ``_class_name``): ``AutoencoderTiny`` (TAESD).
 """
 
 import importlib
@@ -41,6 +42,7 @@ FORMATS = {
     "open_clip_state_dict": "kcookbook.formats.converters.open_clip:OpenCLIPLoader",
     "ctranslate2": "kcookbook.formats.ctranslate2:CTranslate2Loader",
     "diffusers_pipeline": "kcookbook.formats.converters.stable_diffusion:DiffusersPipelineLoader",
+    "diffusers_model": "kcookbook.formats.converters.stable_diffusion:DiffusersModelLoader",
 }
 
 _FORMATS = [(name, None, loader) for name, loader in FORMATS.items()]

@@ -13,8 +13,8 @@ Image-to-image (``generate(prompts, images=..., strength=0.6)``) starts the same
 down: the images' latents, noised to the level of step ``num_steps · (1 - strength)``, as diffusers'
 img2img pipeline does.
 
-The loop and the decoder are compiled once per (scheduler, steps, first step, guidance on/off, shapes): a jitted
-``ops.fori_loop`` on jax, XLA on TensorFlow, eager under ``no_grad`` on torch.
+The loop and the decoder are compiled once per (scheduler, steps, first step, guidance on/off, decoder,
+shapes): a jitted ``ops.fori_loop`` on jax, XLA on TensorFlow, eager under ``no_grad`` on torch.
 
 ``fit(images, captions)`` trains the UNet with DDPM's objective: each epoch draws a timestep and
 noise per image, noises the (frozen) autoencoder's latents with :class:`DDPMScheduler` and regresses
@@ -131,7 +131,7 @@ class TextToImage(GenerationLoop, Task):
         first_step = num_steps - steps_run
         return ops.convert_to_numpy(sampler.noise_to_step(clean, noise, first_step, num_steps)), first_step
 
-    def _sampling_loop(self, scheduler, num_steps, guided, first_step=0):
+    def _sampling_loop(self, scheduler, num_steps, guided, first_step=0, decoder="vae"):
         timesteps = scheduler.timesteps(num_steps).astype("float32")
         unet, backbone = self.backbone.unet, self.backbone
 
@@ -149,13 +149,13 @@ class TextToImage(GenerationLoop, Task):
                 return scheduler.step(prediction, index, latents, num_steps)
 
             latents = ops.fori_loop(first_step, num_steps, body, latents)
-            return ops.clip((backbone.decode_latents(latents) + 1.0) / 2.0, 0.0, 1.0)
+            return ops.clip((backbone.decode_latents(latents, decoder) + 1.0) / 2.0, 0.0, 1.0)
 
         return loop
 
     def generate(self, prompts, num_steps=25, guidance_scale=7.5, seed=None, negative_prompts=None,
                  latents=None, scheduler="ddim", height=None, width=None, output="uint8", images=None,
-                 strength=0.8):
+                 strength=0.8, decoder="vae"):
         """Images for ``prompts``: uint8 (batch, height, width, 3) (``output="float"``: floats in [0, 1]).
 
         With ``images`` (image-to-image), each image's latents are noised part of the way (``strength``)
@@ -173,12 +173,14 @@ class TextToImage(GenerationLoop, Task):
             height, width: image size when ``latents`` and ``images`` are None (default ``image_size``).
             images: uint8 (or 0-255 float) starting images (batch or 1, height, width, 3).
             strength: with ``images``, the fraction of the ``num_steps`` walk that runs, in (0, 1].
+            decoder: ``"vae"``, or ``"tiny"``: TAESD for fast previews (``backbone.set_tiny_decoder``).
         """
         prompts = _texts(prompts, "prompts")
         if output not in ("uint8", "float"):
             raise ValueError(f"output must be 'uint8' or 'float', got {output!r}.")
         sampler = get_scheduler(scheduler, self.scheduler_config)
         sampler.check_steps(num_steps)
+        self.backbone.check_decoder(decoder)
         guided = float(guidance_scale) > 1.0
         token_ids = self._token_ids(prompts)
         if guided:
@@ -196,8 +198,8 @@ class TextToImage(GenerationLoop, Task):
         else:
             start = self._initial_latents(len(prompts), latents, seed, height, width)
             start, first_step = start * sampler.initial_noise_scale(num_steps), 0
-        key = ("sample", scheduler, num_steps, first_step, guided, start.shape, tuple(token_ids.shape))
-        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided, first_step))
+        key = ("sample", scheduler, num_steps, first_step, guided, start.shape, tuple(token_ids.shape), decoder)
+        run = self._generate_function(key, self._sampling_loop(sampler, num_steps, guided, first_step, decoder))
         images = ops.convert_to_numpy(run(start, context, np.float32(guidance_scale)))
         return images if output == "float" else np.round(images * 255).astype("uint8")
 

@@ -15,6 +15,12 @@ A pipeline folder holds ``model_index.json`` and one folder per part:
 * ``tokenizer/`` (``vocab.json``, ``merges.txt``): CLIP's BPE tokenizer.
 * ``scheduler/scheduler_config.json``: the noise schedule (betas, timestep spacing, prediction type).
 
+TAESD comes as a single diffusers model folder (``AutoencoderTiny.save_pretrained``, the layout of
+``hf://madebyollin/taesd``: ``config.json`` naming ``_class_name`` + ``diffusion_pytorch_model.safetensors``),
+read by :class:`DiffusersModelLoader` into an :class:`AutoencoderTiny`. Its parts are ``nn.Sequential``:
+``encoder.layers.K`` / ``decoder.layers.K`` numbered in build order (convs, ``AutoencoderTinyBlock``
+with ``conv.0/2/4`` and an optional ``skip``; the decoder's ReLU and ``nn.Upsample`` take numbers too).
+
 torch convolutions (out, in, kh, kw) become channels-last Keras kernels (kh, kw, in, out). Options
 kcookbook's UNet or VAE do not implement (class embeddings, SDXL's added conditioning, other block
 kinds…) are refused by name rather than ignored.
@@ -23,8 +29,11 @@ kinds…) are refused by name rather than ignored.
 import os
 
 from kcookbook.backbones.stable_diffusion import (
+    AutoencoderTiny,
     StableDiffusionBackbone,
     StableDiffusionUNet,
+    TinyVAEDecoder,
+    TinyVAEEncoder,
     VAEDecoder,
     VAEEncoder,
 )
@@ -51,6 +60,9 @@ UNET_FIXED = {
     "attention_type": "default", "downsample_padding": 1, "mid_block_scale_factor": 1,
     "cross_attention_norm": None,
 }
+# AutoencoderTiny config fields whose other values kcookbook's TAESD does not implement.
+TINY_FIXED = {"act_fn": "relu", "upsample_fn": "nearest", "upsampling_scaling_factor": 2}
+MODEL_FILE = "diffusion_pytorch_model.safetensors"
 VAE_FIXED = {"act_fn": "silu", "shift_factor": None, "latents_mean": None, "latents_std": None,
              "use_quant_conv": True, "use_post_quant_conv": True, "mid_block_add_attention": True}
 # Scheduler config fields kcookbook's schedulers read, with diffusers' defaults.
@@ -102,6 +114,10 @@ def unet_from_diffusers(config, path, dtype=None):
 
 def vae_from_diffusers(config, path, dtype=None):
     """``(encoder, decoder, scaling_factor)`` from ``vae/config.json`` (a dict)."""
+    if config.get("_class_name") == "AutoencoderTiny":
+        raise PresetError(f"{path}: this pipeline's vae is an AutoencoderTiny (TAESD). kcookbook's pipeline needs "
+                          "its AutoencoderKL there: load the pipeline with its full VAE, then attach TAESD with "
+                          f"model.backbone.set_tiny_decoder({os.path.dirname(path)!r}).")
     _check_fixed(config, VAE_FIXED, path)
     kinds = set(config.get("down_block_types", [])) | set(config.get("up_block_types", []))
     if kinds - {"DownEncoderBlock2D", "UpDecoderBlock2D"}:
@@ -113,6 +129,26 @@ def vae_from_diffusers(config, path, dtype=None):
             "groups": config.get("norm_num_groups", 32), "latent_channels": config.get("latent_channels", 4),
             "image_channels": config.get("in_channels", 3), "dtype": dtype}
     return VAEEncoder(**part), VAEDecoder(**part), config.get("scaling_factor", 0.18215)
+
+
+def autoencoder_tiny_from_diffusers(config, path, dtype=None):
+    """An :class:`AutoencoderTiny` from an ``AutoencoderTiny`` ``config.json`` (a dict)."""
+    _check_fixed(config, TINY_FIXED, path)
+    if config.get("shift_factor") not in (None, 0, 0.0):
+        raise PresetError(f"{path}: shift_factor={config['shift_factor']} (a TAESD for SD3/FLUX latents) is not "
+                          "supported; kcookbook's Stable Diffusion 1.x/2.x pipeline does not shift latents.")
+    try:  # the defaults are diffusers' (TAESD's)
+        encoder = TinyVAEEncoder(
+            list(config.get("encoder_block_out_channels", [64] * 4)),
+            list(config.get("num_encoder_blocks", [1, 3, 3, 3])), config.get("latent_channels", 4),
+            config.get("in_channels", 3), dtype=dtype)
+        decoder = TinyVAEDecoder(
+            list(config.get("decoder_block_out_channels", [64] * 4)),
+            list(config.get("num_decoder_blocks", [3, 3, 3, 1])), config.get("latent_channels", 4),
+            config.get("out_channels", 3), dtype=dtype)
+        return AutoencoderTiny(encoder, decoder, config.get("scaling_factor", 1.0), dtype=dtype)
+    except ValueError as e:
+        raise PresetError(f"{path} does not describe a TAESD kcookbook can build: {e}") from e
 
 
 # ----------------------------------------------------------------- weights
@@ -235,6 +271,42 @@ def vae_weights(t, encoder, decoder):
     return out
 
 
+def _tiny_block(t, theirs, ours, out):
+    for k, name in ((0, "conv_1"), (2, "conv_2"), (4, "conv_3")):
+        _conv(t, f"{theirs}.conv.{k}", f"{ours}/{name}", out)
+    if f"{theirs}.skip.weight" in t:
+        out[f"{ours}/shortcut/kernel"] = conv_kernel(take(t, f"{theirs}.skip.weight"))
+
+
+def autoencoder_tiny_weights(t, autoencoder):
+    """``{variable.path: array}`` of an :class:`AutoencoderTiny` from diffusers' state dict (popped from ``t``)."""
+    e, d, out = autoencoder.encoder.name, autoencoder.decoder.name, {}
+    index = 0
+    for level, blocks in enumerate(autoencoder.encoder.get_config()["blocks_per_level"]):
+        if level == 0:
+            _conv(t, "encoder.layers.0", f"{e}/conv_in", out)
+        else:  # the stride-2 conv has no bias
+            out[f"{e}/down_{level}/conv/kernel"] = conv_kernel(take(t, f"encoder.layers.{index}.weight"))
+        index += 1
+        for i in range(blocks):
+            _tiny_block(t, f"encoder.layers.{index}", f"{e}/level_{level}_block_{i}", out)
+            index += 1
+    _conv(t, f"encoder.layers.{index}", f"{e}/conv_out", out)
+    _conv(t, "decoder.layers.0", f"{d}/conv_in", out)
+    index = 2  # decoder.layers.1 is the ReLU
+    blocks_per_level = autoencoder.decoder.get_config()["blocks_per_level"]
+    for level, blocks in enumerate(blocks_per_level):
+        for i in range(blocks):
+            _tiny_block(t, f"decoder.layers.{index}", f"{d}/level_{level}_block_{i}", out)
+            index += 1
+        if level < len(blocks_per_level) - 1:  # nn.Upsample, then a conv without a bias
+            out[f"{d}/up_{level}/conv/kernel"] = conv_kernel(take(t, f"decoder.layers.{index + 1}.weight"))
+            index += 2
+        else:
+            _conv(t, f"decoder.layers.{index}", f"{d}/conv_out", out)
+    return out
+
+
 def _text_model(t):
     """transformers 5 writes a ``CLIPTextModel`` without its ``text_model.`` prefix; older files have it."""
     if any(k.startswith("text_model.") for k in t):
@@ -341,3 +413,49 @@ class DiffusersPipelineLoader(PresetLoader):
             raise PresetError(f"{path}: thresholding and rescale_betas_zero_snr are not supported.")
         return {k: config[k] for k in SCHEDULER_FIELDS if k in config}
 
+
+
+class DiffusersModelLoader(PresetLoader):
+    """One diffusers model folder (``ModelMixin.save_pretrained``: ``config.json`` with ``_class_name``,
+    ``diffusion_pytorch_model.safetensors``). kcookbook reads ``AutoencoderTiny`` (TAESD) this way;
+    other diffusers models are parts of a pipeline folder and are refused with a pointer to it."""
+
+    format = "diffusers_model"
+
+    @staticmethod
+    def detect(path):
+        config = os.path.join(path, "config.json")
+        if not (os.path.isdir(path) and os.path.exists(config)):
+            return False
+        try:
+            data = files.read_json(config)
+        except PresetError:
+            return False
+        return isinstance(data, dict) and "_class_name" in data and "_diffusers_version" in data
+
+    def __init__(self, path, handle, info=None):
+        super().__init__(path, handle, info)
+        files.check_links(path)
+        self.config = files.read_json(self.file("config.json"), "diffusers model config")
+        name = self.config.get("_class_name")
+        if name != "AutoencoderTiny":
+            raise PresetError(f"{self.file('config.json')} describes a diffusers {name!r}; kcookbook reads a single "
+                              "diffusers model folder only for AutoencoderTiny (TAESD). A Stable Diffusion part "
+                              "loads with its whole pipeline folder (the one with model_index.json).")
+
+    def load_backbone(self, load_weights=True, **overrides):
+        dtype = overrides.pop("dtype", None)
+        if overrides:
+            raise PresetError(f"A diffusers AutoencoderTiny takes no config overrides but dtype; got "
+                              f"{sorted(overrides)}.")
+        autoencoder = autoencoder_tiny_from_diffusers(self.config, self.file("config.json"), dtype)
+        if load_weights:
+            path = self.file(MODEL_FILE)
+            if not os.path.exists(path):
+                raise PresetError(f"No {MODEL_FILE} in {self.path}. Save the model with "
+                                  "save_pretrained(..., safe_serialization=True); pickled .bin files are not loaded.")
+            tensors = files.read_safetensors(path)
+            arrays = autoencoder_tiny_weights(tensors, autoencoder)
+            _leftover(tensors, path)
+            files.assign_weights(autoencoder, arrays, self.path)
+        return autoencoder
