@@ -152,3 +152,24 @@ def test_corrupt_or_unsafe_checkpoints_are_clear_errors(tmp_path):
     checkpoint.write_bytes(b"")
     with pytest.raises(PresetError, match="empty"):
         ImageClassifier.from_preset(str(folder))
+
+
+def test_unfreeze_backbone_keeps_batch_norm_statistics_and_trains_the_rest(seeded):
+    images = keras.Input((None, None, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2)(images)
+    x = keras.layers.Activation("relu")(keras.layers.BatchNormalization()(x))
+    x = keras.layers.Conv2D(8, 3, strides=2, activation="relu")(x)
+    classifier = tiny_classifier(backbone=Backbone(inputs=images, outputs=keras.layers.BatchNormalization()(x)))
+    classifier.backbone.trainable = False
+    frozen = classifier.unfreeze_backbone()
+    norms = [l for l in classifier.backbone._flatten_layers() if isinstance(l, keras.layers.BatchNormalization)]
+    assert frozen == len(norms) > 0 and not any(norm.trainable for norm in norms)
+    convolutions = [l for l in classifier.backbone._flatten_layers() if isinstance(l, keras.layers.Conv2D)]
+    before = {id(v): keras.ops.convert_to_numpy(v).copy() for layer in norms + convolutions[:1] for v in layer.weights}
+    classifier.compile(optimizer=keras.optimizers.Adam(1e-2))
+    classifier.fit(random_images(seeded, 8), [0, 1, 2, 0, 1, 2, 0, 1], batch_size=4, epochs=1, verbose=0)
+    for norm in norms:  # gamma, beta and the moving statistics stay the pretrained ones
+        for v in norm.weights:
+            np.testing.assert_array_equal(keras.ops.convert_to_numpy(v), before[id(v)])
+    assert not np.allclose(keras.ops.convert_to_numpy(convolutions[0].kernel), before[id(convolutions[0].kernel)])
+    assert classifier.unfreeze_backbone(batch_norm_trainable=True) == 0 and all(norm.trainable for norm in norms)

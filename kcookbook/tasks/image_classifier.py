@@ -122,6 +122,22 @@ class ImageClassifier(Task):
         """Defaults: Adam(1e-3), sparse categorical cross-entropy, accuracy."""
         self._compile_classifier(1e-3, optimizer, loss, metrics, **kwargs)
 
+    def unfreeze_backbone(self, batch_norm_trainable=False):
+        """Make the backbone trainable for fine-tuning, its batch-norm layers frozen by default.
+
+        Frozen batch-norm layers (Keras runs a non-trainable ``BatchNormalization`` in inference
+        mode) keep the pretrained statistics: with few steps, moving averages re-estimated from the
+        new data lag behind the weights, and validation runs on stale statistics. Re-``compile``
+        after calling this. Returns the number of batch-norm layers kept frozen.
+        """
+        self.backbone.trainable = True
+        frozen = 0
+        for layer in self.backbone._flatten_layers(include_self=False):
+            if isinstance(layer, keras.layers.BatchNormalization):
+                layer.trainable = batch_norm_trainable
+                frozen += not batch_norm_trainable
+        return frozen
+
     def preprocess(self, x, y=None, sample_weight=None):
         if self.preprocessor is None and not _is_float_array(x):
             raise ValueError(
