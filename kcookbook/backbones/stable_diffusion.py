@@ -262,7 +262,9 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
     Args:
         text_encoder: a :class:`CLIPTextEncoder` (or its config).
         unet: a :class:`StableDiffusionUNet` (or its config).
-        vae: an :class:`AutoencoderKL`, or give ``vae_encoder`` and ``vae_decoder``.
+        vae: an :class:`AutoencoderKL`, or give ``vae_encoder`` and ``vae_decoder``; neither
+            (``vae=None``): pixel-space diffusion, the UNet denoises the images themselves
+            (``in_channels`` = 3, "latents" = images in [-1, 1] times ``scaling_factor``).
         scaling_factor: the latent scale (taken from ``vae`` when it is given).
     """
 
@@ -273,8 +275,9 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
             vae_encoder, vae_decoder, scaling_factor = vae.encoder, vae.decoder, vae.scaling_factor
         text_encoder = backbone_part(text_encoder, CLIPTextEncoder, owner, "text_encoder", dtype)
         unet = backbone_part(unet, StableDiffusionUNet, owner, "unet", dtype)
-        vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
-        vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
+        if vae_encoder is not None or vae_decoder is not None:  # both None: pixel space
+            vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
+            vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
         if text_encoder.hidden_dim != unet.get_config()["context_dim"]:
             raise ValueError(f"StableDiffusionBackbone: the text encoder's hidden_dim={text_encoder.hidden_dim} "
                              f"must equal the UNet's context_dim={unet.get_config()['context_dim']}.")
@@ -292,6 +295,8 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
     @property
     def downsampling_factor(self):
         """Image pixels per latent pixel, on each side."""
+        if self.vae_decoder is None:
+            return 1
         return 2 ** (len(self.vae_decoder.get_config()["block_channels"]) - 1)
 
     def encode_text(self, token_ids):
@@ -303,6 +308,8 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
 
     def encode_images(self, images, sample_seed=None):
         """Images in [-1, 1] → scaled latents (the distribution's mean, or a sample with ``sample_seed``)."""
+        if self.vae_encoder is None:
+            return ops.convert_to_tensor(images) * self.scaling_factor
         moments = self.vae_encoder(images)
         latents = moments["mean"]
         if sample_seed is not None:
@@ -312,7 +319,8 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
 
     def decode_latents(self, latents):
         """Scaled latents → images in about [-1, 1]."""
-        return self.vae_decoder(latents / self.scaling_factor)
+        latents = latents / self.scaling_factor
+        return latents if self.vae_decoder is None else self.vae_decoder(latents)
 
     def get_config(self):
         config = super().get_config()
