@@ -14,10 +14,12 @@ from keras import ops
 from kcookbook.backbones import StableDiffusionBackbone
 from kcookbook.backbones.clip import CLIPTextEncoder
 from kcookbook.backbones.stable_diffusion import StableDiffusionUNet
-from kcookbook.data import package_data_path, small_rgb_digits
+from kcookbook.components.byte_pair import end_of_word_vocabulary
+from kcookbook.data import small_rgb_digits
 from kcookbook.diffusion import denoising_trajectory
-from kcookbook.formats.converters.clip import tokenizer_from_bpe_file
+from kcookbook.formats.converters.clip import END_TOKEN, START_TOKEN, clip_tokenizer
 from kcookbook.tasks import TextClassifierPreprocessor, TextToImage
+from test_clip import TINY_MERGES, _openai_merges
 
 SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "prediction_type": "v_prediction",
             "timestep_spacing": "trailing"}
@@ -25,8 +27,8 @@ SCHEDULE = {"beta_schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "pr
 
 @pytest.fixture(scope="module")
 def model():
-    tokenizer = tokenizer_from_bpe_file(package_data_path("open_clip", "bpe_simple_vocab_16e6.txt.gz",
-                                                          "pip install --no-deps open-clip-torch"))
+    merges = _openai_merges(TINY_MERGES)  # OpenAI's first merges: CLIP's tokenizer, a small vocabulary
+    tokenizer = clip_tokenizer(end_of_word_vocabulary(merges, [START_TOKEN, END_TOKEN]), merges)
     text = CLIPTextEncoder(vocabulary_size=tokenizer.vocabulary_size, max_sequence_length=6, num_layers=1,
                            num_heads=2, hidden_dim=8, intermediate_dim=16)
     unet = StableDiffusionUNet(block_channels=[8, 16], layers_per_block=1, attention_heads=2, context_dim=8,
@@ -43,6 +45,9 @@ def test_pixel_space_backbone_has_no_autoencoder(model):
     np.testing.assert_allclose(ops.convert_to_numpy(backbone.decode_latents(images)), images)
     rebuilt = StableDiffusionBackbone.from_config(backbone.get_config())
     assert rebuilt.vae_decoder is None and rebuilt.count_params() == backbone.count_params()
+    four_channels = StableDiffusionUNet(block_channels=[8], layers_per_block=1, attention_heads=2, context_dim=8, groups=4)
+    with pytest.raises(ValueError, match="in_channels=3"):
+        StableDiffusionBackbone(backbone.text_encoder, four_channels)
 
 
 def test_pixel_space_fit_trains_the_unet_and_generates_images(model):

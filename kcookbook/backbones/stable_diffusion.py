@@ -278,6 +278,10 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
         if vae_encoder is not None or vae_decoder is not None:  # both None: pixel space
             vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
             vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
+        elif unet.get_config()["in_channels"] != 3 or unet.get_config()["out_channels"] != 3:
+            raise ValueError(f"{owner}: without a vae (pixel space) the UNet denoises RGB images, so it needs "
+                             f"in_channels=3 and out_channels=3, got {unet.get_config()['in_channels']} and "
+                             f"{unet.get_config()['out_channels']}.")
         if text_encoder.hidden_dim != unet.get_config()["context_dim"]:
             raise ValueError(f"StableDiffusionBackbone: the text encoder's hidden_dim={text_encoder.hidden_dim} "
                              f"must equal the UNet's context_dim={unet.get_config()['context_dim']}.")
