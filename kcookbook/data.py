@@ -567,3 +567,24 @@ def digit_captions(images, labels, templates, seed=0):
     choice = np.random.default_rng(seed).integers(len(templates), size=len(labels))
     return [templates[c].format(digit=NUMBER_WORDS[label], stroke=stroke)
             for c, label, stroke in zip(choice, labels, strokes)]
+
+
+def small_rgb_digits(digits, size=16):
+    """28 × 28 grayscale digits (MNIST, values 0-255) → uint8 RGB images ``size`` × ``size``: each
+    2 × 2 block averaged (14 × 14), a black border to ``size`` (at least 14, even) and the gray
+    channel repeated three times, what an RGB image model such as a diffusion UNet takes.
+
+    >>> digits = np.zeros((2, 784)); digits[:, 0] = 255
+    >>> images = small_rgb_digits(digits)
+    >>> images.shape, images.dtype, images[0, 1, 1].tolist()  # the first 2 × 2 block, averaged
+    ((2, 16, 16, 3), dtype('uint8'), [64, 64, 64])
+    """
+    digits = np.asarray(digits, "float32")
+    if digits.size == 0 or digits.size % 784 or digits.ndim not in (2, 3, 4):
+        raise ValueError(f"digits must be 28 × 28 images, (n, 784), (n, 28, 28) or (n, 28, 28, 1); got {digits.shape}.")
+    if size < 14 or size % 2:
+        raise ValueError(f"size must be an even number of pixels, at least 14; got {size!r}.")
+    half = digits.reshape(-1, 14, 2, 14, 2).mean(axis=(2, 4))
+    border = (size - 14) // 2
+    half = np.pad(half, ((0, 0), (border, border), (border, border)))
+    return np.repeat(np.round(half)[..., None], 3, axis=-1).astype("uint8")

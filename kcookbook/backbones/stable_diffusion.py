@@ -410,7 +410,9 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
     Args:
         text_encoder: a :class:`CLIPTextEncoder` (or its config).
         unet: a :class:`StableDiffusionUNet` (or its config).
-        vae: an :class:`AutoencoderKL`, or give ``vae_encoder`` and ``vae_decoder``.
+        vae: an :class:`AutoencoderKL`, or give ``vae_encoder`` and ``vae_decoder``; neither
+            (``vae=None``): pixel-space diffusion, the UNet denoises the images themselves
+            (``in_channels`` = 3, "latents" = images in [-1, 1] times ``scaling_factor``).
         scaling_factor: the latent scale (taken from ``vae`` when it is given).
         tiny_decoder: an optional :class:`TinyVAEDecoder` (TAESD) for previews, and
             tiny_scaling_factor: what latents are divided by before it (1.0 for TAESD). Usually
@@ -425,8 +427,13 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
             vae_encoder, vae_decoder, scaling_factor = vae.encoder, vae.decoder, vae.scaling_factor
         text_encoder = backbone_part(text_encoder, CLIPTextEncoder, owner, "text_encoder", dtype)
         unet = backbone_part(unet, StableDiffusionUNet, owner, "unet", dtype)
-        vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
-        vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
+        if vae_encoder is not None or vae_decoder is not None:  # both None: pixel space
+            vae_encoder = backbone_part(vae_encoder, VAEEncoder, owner, "vae_encoder", dtype)
+            vae_decoder = backbone_part(vae_decoder, VAEDecoder, owner, "vae_decoder", dtype)
+        elif unet.get_config()["in_channels"] != 3 or unet.get_config()["out_channels"] != 3:
+            raise ValueError(f"{owner}: without a vae (pixel space) the UNet denoises RGB images, so it needs "
+                             f"in_channels=3 and out_channels=3, got {unet.get_config()['in_channels']} and "
+                             f"{unet.get_config()['out_channels']}.")
         if text_encoder.hidden_dim != unet.get_config()["context_dim"]:
             raise ValueError(f"StableDiffusionBackbone: the text encoder's hidden_dim={text_encoder.hidden_dim} "
                              f"must equal the UNet's context_dim={unet.get_config()['context_dim']}.")
@@ -448,6 +455,8 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
     @property
     def downsampling_factor(self):
         """Image pixels per latent pixel, on each side."""
+        if self.vae_decoder is None:
+            return 1
         return 2 ** (len(self.vae_decoder.get_config()["block_channels"]) - 1)
 
     def encode_text(self, token_ids):
@@ -459,6 +468,8 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
 
     def encode_images(self, images, sample_seed=None):
         """Images in [-1, 1] → scaled latents (the distribution's mean, or a sample with ``sample_seed``)."""
+        if self.vae_encoder is None:
+            return ops.convert_to_tensor(images) * self.scaling_factor
         moments = self.vae_encoder(images)
         latents = moments["mean"]
         if sample_seed is not None:
@@ -467,11 +478,13 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
         return latents * self.scaling_factor
 
     def decode_latents(self, latents, decoder="vae"):
-        """Scaled latents → images in about [-1, 1], by the autoencoder (``decoder="vae"``) or the
-        attached TAESD decoder (``"tiny"``: :meth:`set_tiny_decoder`)."""
+        """Scaled latents → images in about [-1, 1], by the autoencoder (``decoder="vae"``; pixel
+        space: the latents are the images) or the attached TAESD decoder (``"tiny"``:
+        :meth:`set_tiny_decoder`)."""
         if self.check_decoder(decoder) == "tiny":
             return self.tiny_decoder(latents / self.tiny_scaling_factor)
-        return self.vae_decoder(latents / self.scaling_factor)
+        latents = latents / self.scaling_factor
+        return latents if self.vae_decoder is None else self.vae_decoder(latents)
 
     def check_decoder(self, decoder):
         """``decoder`` if ``decode_latents`` can run it, else a ``ValueError`` that says what to do."""
@@ -500,6 +513,9 @@ class StableDiffusionBackbone(TextEncoderFields, Backbone):
 
     def _attach_tiny_decoder(self, decoder, scaling_factor):
         check_backbone_config(type(self).__name__, {"scaling_factor": scaling_factor})
+        if self.vae_decoder is None:
+            raise ValueError("This model diffuses in pixel space (no vae): it has no latents for a tiny "
+                             "decoder to preview; decode_latents already returns its images.")
         channels = self.vae_decoder.get_config()["latent_channels"]
         theirs = decoder.get_config()["latent_channels"]
         if theirs != channels or decoder.upsampling_factor != self.downsampling_factor:

@@ -67,7 +67,8 @@ class TextToImage(GenerationLoop, Task):
         get_scheduler("ddim", self.scheduler_config)  # refuses a schedule it cannot run, now
         self.image_size = tuple(image_size)
         for frozen in (backbone.text_encoder, backbone.vae_encoder, backbone.vae_decoder):
-            frozen.trainable = False
+            if frozen is not None:  # no autoencoder: pixel space
+                frozen.trainable = False
         self.generate_trace_count = 0
 
     # ----- sampling -----
