@@ -29,6 +29,7 @@ import shutil
 import sys
 import tempfile
 import time
+import urllib.parse
 import tomllib
 from pathlib import Path
 
@@ -115,7 +116,23 @@ class Recipe:
 # --------------------------------------------------------------------------------------------- text
 
 def markdown_html(text):
-    return Markup(markdown2html_mistune(text))
+    return Markup(_plain_heading_ids(markdown2html_mistune(text)))
+
+
+def _plain_heading_ids(rendered):
+    """Heading ids and their anchor links as plain ASCII slugs.
+
+    nbconvert percent-encodes a heading's id (``## "a zero"`` gets ``id="%22a-zero%22"``) and links to
+    it with the same encoding; a browser decodes the link's fragment before looking the id up, so
+    the link to a heading with quotes or non-ASCII text finds nothing. Both sides become one slug.
+    """
+    def slug(encoded):
+        text = urllib.parse.unquote(html.unescape(encoded)).lower()
+        return re.sub(r"[^a-z0-9_]+", "-", text).strip("-") or "section"
+
+    rendered = re.sub(r'(<h[1-6] id=")([^"]*)(")', lambda m: m[1] + slug(m[2]) + m[3], rendered)
+    return re.sub(r'(<a class="anchor-link" href="#)([^"]*)(")', lambda m: m[1] + slug(m[2]) + m[3],
+                  rendered)
 
 
 def inline_markdown_html(text):

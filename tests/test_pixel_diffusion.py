@@ -94,3 +94,13 @@ def test_small_rgb_digits():
         small_rgb_digits(np.zeros((2, 20, 20)))
     with pytest.raises(ValueError, match="size"):
         small_rgb_digits(digits, size=15)
+
+
+def test_pixel_space_image_to_image_starts_from_the_image(model):
+    rng = np.random.default_rng(2)
+    dark, bright = np.zeros((8, 8, 3), "uint8"), np.full((8, 8, 3), 255, "uint8")
+    noise = rng.standard_normal((1, 8, 8, 3)).astype("float32")
+    outputs = [model.generate(["a seven"], images=image, strength=0.5, num_steps=4, guidance_scale=1.0,
+                              latents=noise, output="float") for image in (dark, bright)]
+    assert outputs[0].shape == (1, 8, 8, 3)
+    assert outputs[1].mean() > outputs[0].mean()  # half the walk: the starting image still shows

@@ -169,3 +169,12 @@ def test_api_pages_are_found_by_walking_the_package(site):
     modules = {section["module"] for section in pages[site.MODULES_PAGE]["sections"]}
     assert "kcookbook.data" in modules
     assert Path(REPOSITORY_ROOT / "kcookbook" / "data.py").exists()
+
+
+def test_a_heading_with_quotes_gets_an_id_its_anchor_link_finds(site):
+    # A browser percent-decodes a link's fragment before it looks the id up, so nbconvert's
+    # percent-encoded ids (id="%22a-zero%22") are never found; cv/08 has such a heading.
+    rendered = str(site.markdown_html('## "a zero" … "a nine"\n\ntext'))
+    ids = re.findall(r'<h2 id="([^"]*)"', rendered)
+    links = re.findall(r'class="anchor-link" href="#([^"]*)"', rendered)
+    assert ids == links == ["a-zero-a-nine"]
