@@ -1,8 +1,8 @@
 """What the diffusion recipes look at besides the final image: the denoising trajectory.
 
 ``TextToImage.generate`` runs its whole sampling loop compiled and returns only the end.
-:func:`denoising_trajectory` walks the same loop one step at a time, eagerly, with the same pieces
-(the task's scheduler config, its text encoder, UNet, classifier-free guidance and decoder), and
+:func:`denoising_trajectory` walks the same loop one step at a time, eagerly: the same
+``TextToImage.denoising_step`` with the task's scheduler config, text encoder and decoder. It
 keeps the decoded image before every step and after the last one, so a recipe can show noise
 turning into a picture. Its last frame is what ``generate`` returns for the same arguments (the
 tests check it).
@@ -11,7 +11,7 @@ tests check it).
 import numpy as np
 from keras import ops
 
-from kcookbook.components.schedulers import classifier_free_guidance, get_scheduler
+from kcookbook.components.schedulers import get_scheduler
 
 
 def denoising_trajectory(model, prompts, num_steps=10, guidance_scale=1.0, seed=None, scheduler="ddim",
@@ -40,20 +40,13 @@ def denoising_trajectory(model, prompts, num_steps=10, guidance_scale=1.0, seed=
     latents = np.random.default_rng(seed).standard_normal(  # the noise generate draws for this seed
         (len(prompts), height // factor, width // factor, channels)).astype("float32")
     latents = ops.convert_to_tensor(latents * sampler.initial_noise_scale(num_steps))
-    timesteps = sampler.timesteps(num_steps).astype("float32")
 
     def decoded(latents):
         return ops.convert_to_numpy(ops.clip((model.backbone.decode_latents(latents) + 1.0) / 2.0, 0.0, 1.0))
 
     frames = [decoded(latents / sampler.initial_noise_scale(num_steps))]
     for index in range(num_steps):
-        model_input = ops.concatenate([latents, latents], axis=0) if guided else latents
-        model_input = sampler.scale_model_input(model_input, index, num_steps)
-        t = ops.full((ops.shape(model_input)[0],), timesteps[index])
-        prediction = model.backbone.predict_noise(model_input, t, context)
-        if guided:
-            unconditional, conditional = ops.split(prediction, 2, axis=0)
-            prediction = classifier_free_guidance(unconditional, conditional, guidance_scale)
-        latents = sampler.step(prediction, index, latents, num_steps)
+        latents = model.denoising_step(sampler, index, num_steps, latents, context,
+                                       guidance_scale if guided else None)
         frames.append(decoded(latents))
     return np.stack(frames).astype("float32")

@@ -132,22 +132,31 @@ class TextToImage(GenerationLoop, Task):
         first_step = num_steps - steps_run
         return ops.convert_to_numpy(sampler.noise_to_step(clean, noise, first_step, num_steps)), first_step
 
+    def denoising_step(self, scheduler, index, num_steps, latents, context, guidance_scale=None):
+        """One step of the sampling walk: ``latents`` before step ``index`` of ``num_steps`` → after it.
+
+        ``context`` is the encoded prompts; with a ``guidance_scale``, the encoded negative prompts
+        followed by the prompts, and classifier-free guidance mixes the two predictions. ``generate``
+        runs this step in its compiled loop; :func:`kcookbook.diffusion.denoising_trajectory` eagerly.
+        """
+        guided = guidance_scale is not None
+        model_input = ops.concatenate([latents, latents], axis=0) if guided else latents
+        model_input = scheduler.scale_model_input(model_input, index, num_steps)
+        timestep = ops.take(ops.convert_to_tensor(scheduler.timesteps(num_steps).astype("float32")), index)
+        prediction = self.backbone.predict_noise(
+            model_input, ops.broadcast_to(timestep, (ops.shape(model_input)[0],)), context)
+        if guided:
+            unconditional, conditional = ops.split(prediction, 2, axis=0)
+            prediction = classifier_free_guidance(unconditional, conditional, guidance_scale)
+        return scheduler.step(prediction, index, latents, num_steps)
+
     def _sampling_loop(self, scheduler, num_steps, guided, first_step=0, decoder="vae"):
-        timesteps = scheduler.timesteps(num_steps).astype("float32")
-        unet, backbone = self.backbone.unet, self.backbone
+        backbone = self.backbone
 
         def loop(latents, context, guidance_scale):
-            table = ops.convert_to_tensor(timesteps)
-
             def body(index, latents):
-                model_input = ops.concatenate([latents, latents], axis=0) if guided else latents
-                model_input = scheduler.scale_model_input(model_input, index, num_steps)
-                t = ops.broadcast_to(ops.take(table, index), (ops.shape(model_input)[0],))
-                prediction = unet({"latents": model_input, "timesteps": t, "context": context})
-                if guided:
-                    unconditional, conditional = ops.split(prediction, 2, axis=0)
-                    prediction = classifier_free_guidance(unconditional, conditional, guidance_scale)
-                return scheduler.step(prediction, index, latents, num_steps)
+                return self.denoising_step(scheduler, index, num_steps, latents, context,
+                                           guidance_scale if guided else None)
 
             latents = ops.fori_loop(first_step, num_steps, body, latents)
             return ops.clip((backbone.decode_latents(latents, decoder) + 1.0) / 2.0, 0.0, 1.0)
