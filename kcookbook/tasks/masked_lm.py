@@ -171,11 +171,8 @@ class MaskedLM(Task):
         logits -= logits.max(axis=-1, keepdims=True)
         probabilities = np.exp(logits)
         probabilities /= probabilities.sum(axis=-1, keepdims=True)
-        results = []
-        for i, found in enumerate(positions):
-            masks = []
-            for row in probabilities[i, : len(found)]:
-                best = np.argsort(-row, kind="stable")[:top_k]
-                masks.append([(tokenizer.id_to_token(int(t)), float(row[t])) for t in best])
-            results.append(masks)
+        tokens = tokenizer.get_vocabulary()  # once: id_to_token may copy it on every call
+        best = np.argsort(-probabilities, axis=-1, kind="stable")[..., :top_k]
+        results = [[[(tokens[t], p) for t, p in zip(best[i, j].tolist(), probabilities[i, j, best[i, j]].tolist())]
+                    for j in range(len(found))] for i, found in enumerate(positions)]
         return results[0] if single else results
