@@ -166,6 +166,55 @@ def test_masked_lm_fill_mask_predicts_at_the_mask_positions(tiny_bert_config, to
     assert logits.shape == (1, preprocessor.mask_selection_length, tokenizer.vocabulary_size)
 
 
+def test_fill_mask_returns_the_softmax_top_k_at_each_mask(tiny_bert_config, tokenizer):
+    preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH, seed=0)
+    masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)
+    texts = ["the [MASK] is good", "i [MASK] this [MASK]", "[MASK] film"]
+    results = masked_lm.fill_mask(texts, top_k=4, batch_size=2)
+
+    # The reference: token ids and mask positions found here, the model called directly, softmax in numpy.
+    packed = TextClassifierPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH)(texts)
+    token_ids = np.asarray(packed["token_ids"])
+    positions = [np.flatnonzero(row == tokenizer.mask_token_id) for row in token_ids]
+    assert [len(p) for p in positions] == [1, 2, 1]
+    mask_positions = np.zeros((len(texts), 2), "int32")
+    for i, p in enumerate(positions):
+        mask_positions[i, : len(p)] = p
+    logits = keras.ops.convert_to_numpy(masked_lm({**packed, "mask_positions": mask_positions})).astype("float64")
+    probabilities = np.exp(logits - logits.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+
+    assert [len(masks) for masks in results] == [1, 2, 1]
+    for i, masks in enumerate(results):
+        for j, predictions in enumerate(masks):
+            assert len(predictions) == 4
+            expected = np.argsort(-probabilities[i, j])[:4]
+            assert [token for token, _ in predictions] == [tokenizer.id_to_token(int(t)) for t in expected]
+            values = [p for _, p in predictions]
+            np.testing.assert_allclose(values, probabilities[i, j, expected], rtol=1e-4)
+            assert values == sorted(values, reverse=True)
+    # One string gives that string's list; top_k=1 keeps the best token only.
+    single = masked_lm.fill_mask("the [MASK] is good", top_k=1)
+    assert len(single) == 1 and len(single[0]) == 1 and single[0][0][0] == results[0][0][0][0]
+
+
+def test_fill_mask_errors_name_the_problem_and_the_fix(tiny_bert_config, tokenizer):
+    preprocessor = MaskedLMPreprocessor(tokenizer, sequence_length=SEQUENCE_LENGTH, mask_selection_length=2)
+    masked_lm = MaskedLM(_backbone(tiny_bert_config), preprocessor=preprocessor)
+    with pytest.raises(ValueError, match=r"Text 1 \('the film is good'\) holds no mask token '\[MASK\]'.*Write '\[MASK\]'"):
+        masked_lm.fill_mask(["the [MASK] is good", "the film is good"])
+    late = " ".join(["good"] * SEQUENCE_LENGTH) + " [MASK]"  # the mask falls after the sequence_length cut
+    with pytest.raises(ValueError, match=f"within the first {SEQUENCE_LENGTH} tokens"):
+        masked_lm.fill_mask(late)
+    # More masks than mask_selection_length (the training budget): every one is predicted.
+    assert [len(m) for m in masked_lm.fill_mask(["[MASK] [MASK] [MASK]", "[MASK] film"], top_k=2)] == [3, 1]
+    with pytest.raises(ValueError, match=r"top_k=0.*1…"):
+        masked_lm.fill_mask("the [MASK] is good", top_k=0)
+    bare = MaskedLM(masked_lm.backbone)
+    with pytest.raises(ValueError, match=r"has no preprocessor, so fill_mask cannot tokenize.*MaskedLMPreprocessor"):
+        bare.fill_mask(["the [MASK] is good"])
+
+
 def test_text_embedder_on_a_tiny_model(tiny_bert_config, tokenizer, data):
     texts, _ = data
     embedder = TextEmbedder(_backbone(tiny_bert_config),

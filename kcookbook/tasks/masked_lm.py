@@ -2,9 +2,12 @@
 
 ``fit`` masks 15% of the tokens of each string at random (80% → [MASK], 10% → random, 10% kept) and
 learns to predict the originals. ``predict`` on a string that already holds ``[MASK]`` tokens
-returns the logits at those positions (fill-mask).
+returns the logits at those positions; ``fill_mask`` turns them into the top-k tokens and their
+probabilities at each mask.
 
     >>> mlm = MaskedLM.from_preset("bert_tiny_en_uncased")  # needs Kaggle  # doctest: +SKIP
+    >>> mlm.fill_mask(["the flight was [MASK] again"], top_k=3)  # doctest: +SKIP
+    [[[('delayed', 0.41), ('late', 0.12), ('cancelled', 0.09)]]]
 """
 
 import keras
@@ -120,3 +123,56 @@ class MaskedLM(Task):
         if weighted_metrics == "auto":
             weighted_metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
         super().compile(optimizer=optimizer, loss=loss, weighted_metrics=weighted_metrics, **kwargs)
+
+    def fill_mask(self, texts, top_k=5, batch_size=32):
+        """The ``top_k`` most likely tokens at each mask token of each text, with their probabilities.
+
+        Args:
+            texts: a string or a list of strings, each holding the tokenizer's mask token (``[MASK]``
+                for BERT vocabularies) at least once, within the preprocessor's ``sequence_length``.
+            top_k: how many predictions per mask, most likely first.
+            batch_size: texts per forward pass.
+
+        Returns:
+            For each text, for each of its masks in order, a list of ``top_k`` ``(token, probability)``
+            pairs (the softmax of the logits over the whole vocabulary). A single string gives the
+            list for that string.
+        """
+        if self.preprocessor is None:
+            raise ValueError(
+                f"{self.name} has no preprocessor, so fill_mask cannot tokenize text. Build the task "
+                "with one (MaskedLM.from_preset(preset), or preprocessor=MaskedLMPreprocessor(tokenizer)), "
+                "or call predict on token ids with mask_positions.")
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not texts:
+            raise ValueError("fill_mask got no texts: pass at least one string holding a mask token.")
+        tokenizer = self.preprocessor.tokenizer
+        mask_id, vocabulary = tokenizer.mask_token_id, tokenizer.vocabulary_size
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or not 1 <= top_k <= vocabulary:
+            raise ValueError(f"top_k={top_k!r}: pass a whole number of predictions per mask, 1…{vocabulary} "
+                             "(the vocabulary size).")
+        mask_token = tokenizer.id_to_token(mask_id)
+        # Packed as the preprocessor packs, without its random corruption (a row with no mask would
+        # get random ones); every mask of a text is predicted, however many.
+        x = dict(self.preprocessor.packer((self.preprocessor.encode_texts(texts),)))
+        token_ids = np.asarray(x["token_ids"])
+        positions = [np.flatnonzero(row == mask_id) for row in token_ids]
+        for i, (text, found) in enumerate(zip(texts, positions)):
+            if len(found) == 0:
+                raise ValueError(
+                    f"Text {i} ({text!r:.80}) holds no mask token {mask_token!r} within the first "
+                    f"{self.preprocessor.sequence_length} tokens, so there is nothing to fill. Write "
+                    f"{mask_token!r} where a word should be predicted (before the sequence_length cut).")
+        x["mask_positions"] = np.zeros((len(texts), max(map(len, positions))), "int32")
+        for i, found in enumerate(positions):
+            x["mask_positions"][i, : len(found)] = found
+        logits = np.asarray(self.predict(x, batch_size=batch_size, verbose=0), dtype="float64")
+        logits -= logits.max(axis=-1, keepdims=True)
+        probabilities = np.exp(logits)
+        probabilities /= probabilities.sum(axis=-1, keepdims=True)
+        tokens = tokenizer.get_vocabulary()  # once: id_to_token may copy it on every call
+        best = np.argsort(-probabilities, axis=-1, kind="stable")[..., :top_k]
+        results = [[[(tokens[t], p) for t, p in zip(best[i, j].tolist(), probabilities[i, j, best[i, j]].tolist())]
+                    for j in range(len(found))] for i, found in enumerate(positions)]
+        return results[0] if single else results
