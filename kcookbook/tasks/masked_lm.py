@@ -7,7 +7,7 @@ probabilities at each mask.
 
     >>> mlm = MaskedLM.from_preset("bert_tiny_en_uncased")  # needs Kaggle  # doctest: +SKIP
     >>> mlm.fill_mask(["the flight was [MASK] again"], top_k=3)  # doctest: +SKIP
-    [[[('delayed', 0.41), ('late', 0.12), ('cancelled', 0.09)]]]
+    [[[(token, probability), (token, probability), (token, probability)]]]  # per text, per mask
 """
 
 import keras
