@@ -25,6 +25,7 @@ machinery ``kcookbook.benchmarks.paper`` runs its one-process-per-backend table 
 import importlib
 import json
 import os
+import re
 import sys
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,9 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 
 from kcookbook.benchmarks.timing import BackendWorkerError, emit_result, run_backend_worker, worker_environment
+
+__all__ = ["BACKENDS", "BackendRunError", "function_name", "predict_preset", "run_on_backend",
+           "run_on_backends"]
 
 BACKENDS = ("jax", "tensorflow", "torch")
 CALL_FILE, INPUTS_FILE, OUTPUTS_FILE = "call.json", "inputs.npz", "outputs.npz"
@@ -104,18 +108,22 @@ def run_on_backend(backend, function, *, env=None, **kwargs):
             records = run_backend_worker(["-m", "kcookbook.backends", folder], backend,
                                          env=worker_environment(env))
         except BackendWorkerError as error:
-            raise BackendRunError(failure_message(name, backend, str(error))) from None
+            raise BackendRunError(_failure_message(name, backend, str(error))) from None
         if not records:
-            raise BackendRunError(failure_message(name, backend, "The child exited without a result."))
+            raise BackendRunError(_failure_message(name, backend, "The child exited without a result."))
         with np.load(os.path.join(folder, OUTPUTS_FILE), allow_pickle=False) as data:
             outputs = {key: data[key] for key in data.files}
     return outputs[SINGLE] if records[-1]["single"] else outputs
 
 
-def failure_message(name, backend, details):
-    if "No module named" in details:
-        fix = (f"install what the {backend} child lacks in this environment (the backend itself: "
-               f"pip install 'kcookbook[{backend}]')")
+def _failure_message(name, backend, details):
+    """What failed, where, and what to do about it; ``details`` (the child's stderr) last."""
+    missing = re.search(r"No module named '([^']+)'", details)
+    if missing and missing[1].split(".")[0] in ("jax", "jaxlib", "tensorflow", "torch"):
+        fix = f"install the {backend} backend in this environment: pip install 'kcookbook[{backend}]'"
+    elif missing:
+        fix = (f"the child process cannot import {missing[1]!r}: install it, or put its .py file in the "
+               "working directory or on PYTHONPATH")
     else:
         fix = (f"run it alone on that backend to debug: KERAS_BACKEND={backend} python -c "
                f"\"from {name.split(':')[0]} import {name.split(':')[1].split('.')[0]}; ...\"")
@@ -146,7 +154,7 @@ def predict_preset(preset, inputs, task="TextClassifier", batch_size=32):
     return keras.ops.convert_to_numpy(model.predict(inputs, batch_size=batch_size, verbose=0))
 
 
-def child(folder):
+def _child(folder):
     """The child's side: call the function named in ``folder``'s call file, save what it returns."""
     import keras
 
@@ -175,4 +183,4 @@ def child(folder):
 
 
 if __name__ == "__main__":
-    child(sys.argv[1])
+    _child(sys.argv[1])

@@ -60,8 +60,9 @@ def test_a_failing_child_names_the_backend_the_function_and_its_error():
     assert isinstance(caught.value, BackendWorkerError)
 
 
-def test_a_missing_module_says_what_to_install():
-    with pytest.raises(BackendRunError, match=rf"pip install 'kcookbook\[{OTHER}\]'"):
+def test_a_module_the_child_cannot_import_is_named_with_the_fix():
+    with pytest.raises(BackendRunError, match=rf"on the {OTHER} backend.*cannot import 'no_such_module_here'"
+                                              r": install it, or put its \.py file"):
         run_on_backend(OTHER, "no_such_module_here:f")
 
 
