@@ -34,7 +34,6 @@ A worker measures the cells of one backend and prints one JSON line per cell::
 """
 
 import argparse
-import os
 import sys
 import time
 
@@ -45,6 +44,7 @@ from kcookbook.benchmarks.timing import (
     inference_flops_per_token,
     run_backend_worker,
     training_flops_per_token,
+    worker_environment,
 )
 
 ROWS = ("bert_fit", "bert_predict", "gemma_fit", "gemma_generate", "mistral_fit", "mistral_generate")
@@ -511,10 +511,7 @@ def run_table(scale="cpu", backends=BACKENDS, rows=ROWS, libraries=LIBRARIES, ve
             print(f"{cell['backend']:<11} {cell['row']:<17} {cell['library']:<22} {ms}  "
                   f"({cell['notes']})", flush=True)
 
-    package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        filter(None, [package_parent, os.environ.get("PYTHONPATH")])),
-        **thread_environment(SCALES[scale]["threads"]))
+    env = worker_environment(**thread_environment(SCALES[scale]["threads"]))
     cells = []
     for backend in backends:
         cells += run_backend_worker(

@@ -10,6 +10,8 @@ Three tools, each usable on its own:
 * Model FLOPs utilisation: ``training_flops_per_token`` (6·N, or 4·N with frozen weights / LoRA, plus
   the attention term 12·L·H·T), ``model_flops_utilization``, and the peak either from ``PEAK_FLOPS``
   (published figures) or ``measure_peak_flops`` (a large matmul on this device).
+* ``time_jit_compile``: fit and predict of one model with ``jit_compile`` off and on, the first
+  call (compilation) apart from the step time.
 * One process per backend (the backend is fixed at import): a worker prints its measurements with
   ``emit_result``, and ``run_backend_worker`` runs it under a given ``KERAS_BACKEND`` and reads them.
 
@@ -215,6 +217,55 @@ def time_calls(fn, *args, num_calls=10, clock=time.perf_counter, **kwargs):
     return 1000.0 * (clock() - begin) / num_calls, result
 
 
+def time_jit_compile(model, x, y=None, *, jit_compile=(False, True), batch_size=8, steps=3,
+                     task="TextClassifier", compile_kwargs=None, clock=time.perf_counter):
+    """Time ``fit`` and ``predict`` of one model with each ``jit_compile`` setting, on this backend.
+
+    ``model`` is a preset handle (loaded with ``kcookbook.tasks.<task>.from_preset``) or a function
+    returning a fresh model; each setting gets its own fresh model, compiled with
+    ``model.compile(jit_compile=setting, **compile_kwargs)``. For each, the first ``fit`` call on one
+    batch (tracing and compilation, plus one step) is timed on its own, then ``steps`` steps are timed
+    with ``StepTimer`` (``steps + 1`` batches: the first is left out); the same for ``predict``.
+    ``compile_s`` is the first call minus one step. What ``jit_compile`` means per backend: jax, XLA
+    (False: op-by-op dispatch); tensorflow, XLA (False: a ``tf.function`` graph); torch,
+    ``torch.compile`` (False: eager).
+
+    Returns columns as NumPy arrays (``pandas.DataFrame(result)`` is the table; the arrays also
+    travel back from ``kcookbook.backends.run_on_backend``): ``jit_compile`` (asked), ``jit_compile_used``
+    (what Keras resolved it to), ``fit_first_call_s``, ``fit_compile_s``, ``fit_ms_per_step``,
+    ``predict_first_call_s``, ``predict_compile_s``, ``predict_ms_per_step``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be at least 1, got {steps}.")
+    needed = batch_size * (steps + 1)
+    if len(x) < needed:
+        raise ValueError(f"x holds {len(x)} examples; batch_size={batch_size} and steps={steps} need "
+                         f"batch_size * (steps + 1) = {needed}.")
+    if isinstance(model, str):
+        from kcookbook import tasks  # benchmarks sit above the model code
+
+        preset, model = model, lambda: getattr(tasks, task).from_preset(preset)
+    columns = {}
+    for setting in jit_compile:
+        net = model()
+        net.compile(jit_compile=setting, **(compile_kwargs or {}))
+        row = {"jit_compile": setting, "jit_compile_used": bool(net.jit_compile)}
+        for kind in ("fit", "predict"):
+            call = net.fit if kind == "fit" else net.predict
+            data = (x[:batch_size],) + ((y[:batch_size],) if kind == "fit" and y is not None else ())
+            begin = clock()
+            synchronize(call(*data, batch_size=batch_size, verbose=0))
+            first = clock() - begin
+            timer = StepTimer(clock=clock)
+            data = (x[:needed],) + ((y[:needed],) if kind == "fit" and y is not None else ())
+            call(*data, batch_size=batch_size, verbose=0, callbacks=[timer])
+            row.update({f"{kind}_first_call_s": first, f"{kind}_ms_per_step": timer.ms_per_step,
+                        f"{kind}_compile_s": max(first - timer.ms_per_step / 1000.0, 0.0)})
+        for key, value in row.items():
+            columns.setdefault(key, []).append(value)
+    return {key: np.asarray(values) for key, values in columns.items()}
+
+
 def training_flops_per_token(num_parameters, num_layers, hidden_dim, sequence_length,
                              frozen_weights=False):
     """Training FLOPs per token: 6·N (4·N when the weights are frozen, e.g. LoRA) + 12·L·H·T.
@@ -281,6 +332,16 @@ RESULT_PREFIX = "RESULT "
 def emit_result(record):
     """Print ``record`` (a JSON-able dict) as one ``RESULT {...}`` line for ``run_backend_worker``."""
     print(RESULT_PREFIX + json.dumps(record), flush=True)
+
+
+def worker_environment(env=None, **extra):
+    """The environment of a worker process: ``env`` (default: this process's) with this checkout of
+    kcookbook first on ``PYTHONPATH`` (so the child imports the same code), plus ``extra``."""
+    env = dict(os.environ if env is None else env)
+    package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_parent, env.get("PYTHONPATH")]))
+    env.update(extra)
+    return env
 
 
 class BackendWorkerError(RuntimeError):
