@@ -238,6 +238,61 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     assert again.generate(audio, max_length=8) == task.generate(audio, max_length=8)
 
 
+def _tiny_speech_to_text():
+    from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
+    from kcookbook.components import LogMelSpectrogram
+    from kcookbook.tasks import SpeechToText, SpeechToTextPreprocessor
+
+    keras.utils.set_random_seed(0)
+    tokenizer = WhisperTokenizer.from_hf_folder(_whisper_folder())
+    preprocessor = SpeechToTextPreprocessor(tokenizer, LogMelSpectrogram(max_audio_length=0.5),
+                                            decoder_sequence_length=10)
+    backbone = WhisperBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
+                               hidden_dim=8, intermediate_dim=16, max_source_positions=25,
+                               max_sequence_length=16)
+    return SpeechToText(backbone, preprocessor)
+
+
+def test_fit_with_a_frozen_encoder_trains_the_decoder_on_cached_encoder_outputs():
+    task = _tiny_speech_to_text()
+    for layer in task.backbone.layers:
+        layer.trainable = layer.name.startswith("decoder")
+    assert not task.backbone.encoder_model.trainable_weights
+    full = _tiny_speech_to_text()
+    full.set_weights(task.get_weights())
+    for layer in full.backbone.layers:
+        layer.trainable = layer.name.startswith("decoder")
+    rng = np.random.default_rng(0)
+    audio = [rng.normal(size=n).astype("float32") for n in (4000, 8000, 6000, 3000)]
+    texts = ["hello", "good morning", "one two", "yes"]
+    x, labels, weights = task.preprocessor((audio, texts))
+    encoded = task.encode(x)
+    assert encoded["encoder_output"].shape == (4, 25, 8) and "encoder_features" not in encoded
+    cached_loss = task.decoder_trainer().evaluate(encoded, labels, sample_weight=weights, verbose=0)
+    full_loss = full.evaluate(audio, texts, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(cached_loss, full_loss, rtol=1e-5)  # the same loss on the same batch
+
+    encoder = [keras.ops.convert_to_numpy(v) for v in task.backbone.encoder_model.weights]
+    decoder = [keras.ops.convert_to_numpy(v) for v in task.trainable_weights]
+    for model, cache in ((task, True), (full, False)):
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        model.fit(audio, texts, batch_size=2, epochs=2, shuffle=False, verbose=0, cache_encoder_outputs=cache)
+    for before, variable in zip(encoder, task.backbone.encoder_model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)  # the encoder stays
+    assert any(not np.allclose(keras.ops.convert_to_numpy(v), before) for v, before in
+               zip(task.trainable_weights, decoder))
+    for cached, whole in zip(task.trainable_weights, full.trainable_weights):  # the full model's update
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(cached), keras.ops.convert_to_numpy(whole),
+                                   atol=1e-5)
+
+    task.backbone.encoder_blocks[0].trainable = True  # an encoder that learns takes the full model's path
+    task.compile(optimizer=keras.optimizers.SGD(0.5))
+    task.fit(audio, texts, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(keras.ops.convert_to_numpy(task.backbone.encoder_blocks[0].weights[0]),
+                           encoder[[v.path for v in task.backbone.encoder_model.weights].index(
+                               task.backbone.encoder_blocks[0].weights[0].path)])
+
+
 @pytest.mark.backend_independent  # tf.data's bridge into the numpy path is the same on every backend
 def test_speech_to_text_preprocessor_in_tf_data_is_the_numpy_call():
     import tensorflow as tf
