@@ -204,9 +204,7 @@ def test_whisper_base_names_a_truncated_or_wrong_part(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ fit on (audio, text) pairs
-@pytest.mark.slow  # a compiled train step and generate loop: 22-39 s on jax/tensorflow at a load average of ~5
-@pytest.mark.one_backend  # test_t5.py fits the shared Seq2SeqLM on every backend
-def test_speech_to_text_fits_audio_text_pairs(tmp_path):
+def _tiny_speech_to_text(decoder_sequence_length=10):
     from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
     from kcookbook.components import LogMelSpectrogram
     from kcookbook.tasks import SpeechToText, SpeechToTextPreprocessor
@@ -214,11 +212,20 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     keras.utils.set_random_seed(0)
     tokenizer = WhisperTokenizer.from_hf_folder(_whisper_folder())
     preprocessor = SpeechToTextPreprocessor(tokenizer, LogMelSpectrogram(max_audio_length=0.5),
-                                            decoder_sequence_length=12)
+                                            decoder_sequence_length=decoder_sequence_length)
     backbone = WhisperBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
                                hidden_dim=8, intermediate_dim=16, max_source_positions=25,
                                max_sequence_length=16)
-    task = SpeechToText(backbone, preprocessor)
+    return SpeechToText(backbone, preprocessor)
+
+
+@pytest.mark.slow  # a compiled train step and generate loop: 22-39 s on jax/tensorflow at a load average of ~5
+@pytest.mark.one_backend  # test_t5.py fits the shared Seq2SeqLM on every backend
+def test_speech_to_text_fits_audio_text_pairs(tmp_path):
+    from kcookbook.tasks import SpeechToText
+
+    task = _tiny_speech_to_text(decoder_sequence_length=12)
+    preprocessor, tokenizer = task.preprocessor, task.preprocessor.tokenizer
     task.compile(optimizer=keras.optimizers.Adam(1e-2))
     rng = np.random.default_rng(0)
     audio = [rng.normal(size=4000).astype("float32"), rng.normal(size=8000).astype("float32")]
@@ -236,21 +243,6 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     assert again.preprocessor.tokenizer.suppress_token_ids == tokenizer.suppress_token_ids
     assert again.preprocessor.audio_converter.num_frames == 50
     assert again.generate(audio, max_length=8) == task.generate(audio, max_length=8)
-
-
-def _tiny_speech_to_text():
-    from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
-    from kcookbook.components import LogMelSpectrogram
-    from kcookbook.tasks import SpeechToText, SpeechToTextPreprocessor
-
-    keras.utils.set_random_seed(0)
-    tokenizer = WhisperTokenizer.from_hf_folder(_whisper_folder())
-    preprocessor = SpeechToTextPreprocessor(tokenizer, LogMelSpectrogram(max_audio_length=0.5),
-                                            decoder_sequence_length=10)
-    backbone = WhisperBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
-                               hidden_dim=8, intermediate_dim=16, max_source_positions=25,
-                               max_sequence_length=16)
-    return SpeechToText(backbone, preprocessor)
 
 
 def test_fit_with_a_frozen_encoder_trains_the_decoder_on_cached_encoder_outputs():
