@@ -204,9 +204,7 @@ def test_whisper_base_names_a_truncated_or_wrong_part(tmp_path, monkeypatch):
 
 
 # ------------------------------------------------------------------ fit on (audio, text) pairs
-@pytest.mark.slow  # a compiled train step and generate loop: 22-39 s on jax/tensorflow at a load average of ~5
-@pytest.mark.one_backend  # test_t5.py fits the shared Seq2SeqLM on every backend
-def test_speech_to_text_fits_audio_text_pairs(tmp_path):
+def _tiny_speech_to_text(decoder_sequence_length=10):
     from kcookbook.backbones import WhisperBackbone, WhisperTokenizer
     from kcookbook.components import LogMelSpectrogram
     from kcookbook.tasks import SpeechToText, SpeechToTextPreprocessor
@@ -214,11 +212,20 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     keras.utils.set_random_seed(0)
     tokenizer = WhisperTokenizer.from_hf_folder(_whisper_folder())
     preprocessor = SpeechToTextPreprocessor(tokenizer, LogMelSpectrogram(max_audio_length=0.5),
-                                            decoder_sequence_length=12)
+                                            decoder_sequence_length=decoder_sequence_length)
     backbone = WhisperBackbone(vocabulary_size=tokenizer.vocabulary_size, num_layers=1, num_heads=2,
                                hidden_dim=8, intermediate_dim=16, max_source_positions=25,
                                max_sequence_length=16)
-    task = SpeechToText(backbone, preprocessor)
+    return SpeechToText(backbone, preprocessor)
+
+
+@pytest.mark.slow  # a compiled train step and generate loop: 22-39 s on jax/tensorflow at a load average of ~5
+@pytest.mark.one_backend  # test_t5.py fits the shared Seq2SeqLM on every backend
+def test_speech_to_text_fits_audio_text_pairs(tmp_path):
+    from kcookbook.tasks import SpeechToText
+
+    task = _tiny_speech_to_text(decoder_sequence_length=12)
+    preprocessor, tokenizer = task.preprocessor, task.preprocessor.tokenizer
     task.compile(optimizer=keras.optimizers.Adam(1e-2))
     rng = np.random.default_rng(0)
     audio = [rng.normal(size=4000).astype("float32"), rng.normal(size=8000).astype("float32")]
@@ -236,6 +243,46 @@ def test_speech_to_text_fits_audio_text_pairs(tmp_path):
     assert again.preprocessor.tokenizer.suppress_token_ids == tokenizer.suppress_token_ids
     assert again.preprocessor.audio_converter.num_frames == 50
     assert again.generate(audio, max_length=8) == task.generate(audio, max_length=8)
+
+
+def test_fit_with_a_frozen_encoder_trains_the_decoder_on_cached_encoder_outputs():
+    task = _tiny_speech_to_text()
+    for layer in task.backbone.layers:
+        layer.trainable = layer.name.startswith("decoder")
+    assert not task.backbone.encoder_model.trainable_weights
+    full = _tiny_speech_to_text()
+    full.set_weights(task.get_weights())
+    for layer in full.backbone.layers:
+        layer.trainable = layer.name.startswith("decoder")
+    rng = np.random.default_rng(0)
+    audio = [rng.normal(size=n).astype("float32") for n in (4000, 8000, 6000, 3000)]
+    texts = ["hello", "good morning", "one two", "yes"]
+    x, labels, weights = task.preprocessor((audio, texts))
+    encoded = task.encode(x)
+    assert encoded["encoder_output"].shape == (4, 25, 8) and "encoder_features" not in encoded
+    cached_loss = task.decoder_trainer().evaluate(encoded, labels, sample_weight=weights, verbose=0)
+    full_loss = full.evaluate(audio, texts, verbose=0, return_dict=True)["loss"]
+    np.testing.assert_allclose(cached_loss, full_loss, rtol=1e-5)  # the same loss on the same batch
+
+    encoder = [keras.ops.convert_to_numpy(v) for v in task.backbone.encoder_model.weights]
+    decoder = [keras.ops.convert_to_numpy(v) for v in task.trainable_weights]
+    for model, cache in ((task, True), (full, False)):
+        model.compile(optimizer=keras.optimizers.SGD(0.5))
+        model.fit(audio, texts, batch_size=2, epochs=2, shuffle=False, verbose=0, cache_encoder_outputs=cache)
+    for before, variable in zip(encoder, task.backbone.encoder_model.weights):
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(variable), before)  # the encoder stays
+    assert any(not np.allclose(keras.ops.convert_to_numpy(v), before) for v, before in
+               zip(task.trainable_weights, decoder))
+    for cached, whole in zip(task.trainable_weights, full.trainable_weights):  # the full model's update
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(cached), keras.ops.convert_to_numpy(whole),
+                                   atol=1e-5)
+
+    task.backbone.encoder_blocks[0].trainable = True  # an encoder that learns takes the full model's path
+    task.compile(optimizer=keras.optimizers.SGD(0.5))
+    task.fit(audio, texts, batch_size=4, epochs=1, verbose=0)
+    assert not np.allclose(keras.ops.convert_to_numpy(task.backbone.encoder_blocks[0].weights[0]),
+                           encoder[[v.path for v in task.backbone.encoder_model.weights].index(
+                               task.backbone.encoder_blocks[0].weights[0].path)])
 
 
 @pytest.mark.backend_independent  # tf.data's bridge into the numpy path is the same on every backend

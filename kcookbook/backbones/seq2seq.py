@@ -29,7 +29,10 @@ decoder pass, the caches and the one-token step are written here once:
   block], "cross_bias": encoder padding as a bias}`` — every tensor batch-first, so a sampler's
   beam search repeats and reorders them with the rows;
 * ``decode_step(token_ids, cache, index, calls)``: the tokens at positions ``index…`` through
-  the decoder, reading and updating the cache: ``(hidden, cache)``.
+  the decoder, reading and updating the cache: ``(hidden, cache)``;
+* ``encoder_model``: the encoder alone as a functional model on the same layers (encoder inputs →
+  ``{"encoder_output", "encoder_padding_mask"}``); its ``trainable_weights`` are empty while the
+  encoder is frozen, which is when ``Seq2SeqLM.fit`` trains the decoder on cached encoder outputs.
 
 Set ``vocabulary_size``, ``hidden_dim``, ``max_sequence_length`` (the longest decoder sequence
 generation may reach) and ``decoder_start_token_id`` (the first decoder token) on the instance.
@@ -92,6 +95,19 @@ class Seq2SeqBackbone(Backbone):
         return calls(self.token_embedding, hidden, reverse=True)
 
     # ----- written once for every family -----
+    @property
+    def encoder_model(self):
+        """The encoder as a functional model sharing this backbone's layers and weights: the encoder
+        inputs → ``{"encoder_output", "encoder_padding_mask"}`` (built once, not tracked)."""
+        if self.__dict__.get("_encoder_model") is None:
+            inputs = {name: keras.Input(shape=tensor.shape[1:], dtype=tensor.dtype, name=name)
+                      for name, tensor in self.input.items() if not name.startswith("decoder_")}
+            output, mask = self.encode(inputs)
+            model = keras.Model(inputs, {"encoder_output": output, "encoder_padding_mask": mask},
+                                name=f"{self.name}_encoder")
+            object.__setattr__(self, "_encoder_model", model)
+        return self.__dict__["_encoder_model"]
+
     def decode(self, token_ids, padding_mask, encoder_output, encoder_padding_mask, calls=KERAS_CALLS):
         """The decoder output ``(batch, length, hidden_dim)`` of whole target sequences."""
         x = self.embed_decoder(token_ids, 0, calls)

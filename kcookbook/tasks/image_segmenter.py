@@ -401,13 +401,7 @@ class ImageSegmenter(Task):
 
     def prompt_decoder_trainer(self):
         """The ``PromptDecoderTrainer`` of this segmenter, compiled with its current optimizer."""
-        trainer = self.__dict__.get("_prompt_decoder_trainer")
-        if trainer is None:
-            trainer = PromptDecoderTrainer(self)
-            object.__setattr__(self, "_prompt_decoder_trainer", trainer)
-        if getattr(trainer, "optimizer", None) is not self.optimizer:
-            trainer.compile(optimizer=self.optimizer, jit_compile=self.jit_compile)
-        return trainer
+        return self._shared_trainer(PromptDecoderTrainer)
 
     def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None,
             cache_image_embeddings=True, **kwargs):

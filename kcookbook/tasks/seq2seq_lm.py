@@ -7,6 +7,11 @@
   "decoder_padding_mask"}`` gives logits ``(batch, target_length, vocab)``.
 * ``fit((inputs, targets))`` (or ``fit(inputs, targets)``) on raw strings: teacher forcing, the
   decoder reads ``start + target`` and learns ``target + end``; the loss counts target tokens only.
+* While the encoder is frozen (``backbone.encoder_model`` has no trainable weights), ``fit`` runs
+  it once per example, in inference mode, and trains the decoder (``DecoderTrainer``: the same
+  weights, loss and optimizer) on the cached encoder outputs: the same update, and every step after
+  the encoding costs only the decoder. ``fit(..., cache_encoder_outputs=False)`` runs the whole
+  model on every step instead (what encoder dropout needs).
 * ``generate`` runs the encoder once, computes each decoder block's cross-attention keys and values
   once (``Seq2SeqBackbone.init_cache``), then hands the search to the sampler with one decoder step
   that reads and updates the self-attention key/value cache:
@@ -27,7 +32,7 @@ import numpy as np
 from keras import ops
 
 from kcookbook.backbones.seq2seq import Seq2SeqBackbone
-from kcookbook.components.inputs import is_tf_tensor
+from kcookbook.components.inputs import is_tf_dataset, is_tf_tensor
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
 from kcookbook.components.torch_speedups import layer_calls
@@ -166,6 +171,23 @@ def _are_texts(y):
         array.reshape(-1)[0], (str, np.str_))
 
 
+class DecoderTrainer(keras.Model):
+    """The decoder of a ``Seq2SeqLM`` and its output layer (its backbone's layers, the same
+    weights) on cached encoder outputs: ``{"encoder_output", "encoder_padding_mask",
+    "decoder_token_ids", "decoder_padding_mask"}`` → logits; what ``Seq2SeqLM.fit`` trains while
+    the encoder is frozen."""
+
+    def __init__(self, lm):
+        super().__init__(name=f"{lm.name}_decoder_trainer")
+        self.backbone = lm.backbone
+        self.built = True
+
+    def call(self, inputs, training=False):
+        hidden = self.backbone.decode(inputs["decoder_token_ids"], inputs["decoder_padding_mask"],
+                                      inputs["encoder_output"], inputs["encoder_padding_mask"])
+        return self.backbone.logits(hidden)
+
+
 @keras.saving.register_keras_serializable(package="kcookbook")
 class Seq2SeqLM(GenerationLoop, Task):
     """An encoder-decoder backbone with its output layer: decoder logits over the vocabulary.
@@ -193,6 +215,47 @@ class Seq2SeqLM(GenerationLoop, Task):
         the same way."""
         self._compile_token_loss(1e-4, optimizer, loss, weighted_metrics, **kwargs)
 
+    # ----- training -----
+    def encode(self, x, batch_size=8):
+        """Model inputs (or raw inputs, through the preprocessor) → the same dict with the encoder
+        inputs replaced by the encoder's ``encoder_output`` and ``encoder_padding_mask`` (numpy),
+        the encoder run ``batch_size`` examples at a time in inference mode."""
+        names = list(self.backbone.encoder_model.input)
+        if not (isinstance(x, dict) and all(name in x for name in names)):
+            x, _, _ = self._prepare(x)
+        size = len(x[names[0]])
+        parts = [self.backbone.encoder_model.predict_on_batch({n: x[n][i:i + batch_size] for n in names})
+                 for i in range(0, size, batch_size)]
+        encoded = {key: np.concatenate([ops.convert_to_numpy(p[key]) for p in parts])
+                   for key in ("encoder_output", "encoder_padding_mask")}
+        return {**{k: v for k, v in x.items() if k not in names}, **encoded}
+
+    def decoder_trainer(self):
+        """The ``DecoderTrainer`` of this model, compiled with its current optimizer and loss."""
+        return self._shared_trainer(DecoderTrainer, loss=self.loss)
+
+    def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None,
+            cache_encoder_outputs=True, **kwargs):
+        """Teacher forcing (see the module). With the encoder frozen and ``cache_encoder_outputs``
+        (the default), ``encode`` runs it once and ``decoder_trainer()`` fits the decoder on its
+        outputs; the history holds the loss alone. Otherwise (or on a ``tf.data.Dataset``) every
+        step runs the whole model."""
+        frozen = not self.backbone.encoder_model.trainable_weights
+        if not (frozen and cache_encoder_outputs) or is_tf_dataset(x) or is_tf_dataset(validation_data):
+            return super().fit(x, y, batch_size=batch_size, validation_data=validation_data,
+                               sample_weight=sample_weight, **kwargs)
+        encode_batch = batch_size or 8
+        x, y, sample_weight = self._prepare(x, y, sample_weight, labelled=True)
+        x = self.encode(x, encode_batch)
+        if validation_data is not None:
+            val_x, val_y, val_weight = self._prepare(*validation_data, labelled=True)
+            validation_data = keras.utils.pack_x_y_sample_weight(self.encode(val_x, encode_batch), val_y,
+                                                                 val_weight)
+        with self._keeps_state_on_failure():
+            return self.decoder_trainer().fit(x, y, batch_size=batch_size, validation_data=validation_data,
+                                              sample_weight=sample_weight, **kwargs)
+
+    # ----- generation -----
     def generate(self, inputs, max_length=None, sampler="greedy", stop_token_ids="auto", seed=0,
                  use_cache=True):
         """Generate decoder sequences for encoder inputs.

@@ -319,6 +319,20 @@ class Task(keras.Model):
                 raise ValueError(text.replace("] [", " [", 1) + ".") from error
             raise
 
+    def _shared_trainer(self, make, **compile_kwargs):
+        """The ``keras.Model`` ``make(self)`` that trains some of this task's layers on other inputs
+        (a decoder on cached encoder outputs), made once per ``make`` and compiled again with this
+        task's optimizer (and ``compile_kwargs``) whenever they change: one optimizer state for both."""
+        trainers = self.__dict__.setdefault("_shared_trainers", {})
+        trainer = trainers.get(make)
+        if trainer is None:
+            trainer = trainers[make] = make(self)
+        settings = (self.optimizer, *compile_kwargs.values())
+        if trainer.__dict__.get("_task_settings") != settings:
+            trainer.compile(optimizer=self.optimizer, jit_compile=self.jit_compile, **compile_kwargs)
+            object.__setattr__(trainer, "_task_settings", settings)
+        return trainer
+
     def fit(self, x=None, y=None, batch_size=None, validation_data=None, sample_weight=None, **kwargs):
         if _is_dataset(x):
             kwargs.setdefault("shuffle", False)  # a dataset shuffles itself
