@@ -400,3 +400,17 @@ FOUNDATION_MODULES_WITH_RUNNABLE_EXAMPLES = {
         "activations", "attention", "embeddings", "masked_lm_head", "masking", "packers", "pooling",
         "transformer", "wordpiece")
 } | {"kcookbook.backbones.bert", "kcookbook.tasks.preprocessor"}
+
+
+def test_dot_product_attention_equals_the_textbook_formula():
+    from kcookbook.components.attention import dot_product_attention
+
+    rng = np.random.default_rng(0)
+    query, key, value = (rng.standard_normal((2, length, 3, 8)).astype("float32") for length in (5, 7, 7))
+    scores = np.einsum("bqnh,bknh->bnqk", query, key) / np.sqrt(8)  # numpy, heads-first
+    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    expected = np.einsum("bnqk,bknh->bqnh", probabilities, value)
+    out = keras.ops.convert_to_numpy(dot_product_attention(query, key, value))
+    assert out.shape == (2, 5, 3, 8)
+    np.testing.assert_allclose(out, expected, atol=1e-5)

@@ -25,6 +25,25 @@ import keras
 from keras import ops
 
 
+def dot_product_attention(query, key, value):
+    """Unmasked scaled dot-product attention on ``(batch, length, heads, head_dim)`` tensors, as
+    ``keras.ops.dot_product_attention``; on jax as two batched matmuls with the heads first.
+
+    jax's own XLA lowering (einsums in the batch-length-heads layout) makes XLA's CPU backend copy
+    the probability tensor into a transposed layout: for a diffusion UNet's 1,024-pixel
+    self-attention (batch 2, 4 heads of 16) it took 36 ms where the heads-first form takes 16 ms
+    (issue 18). torch and TensorFlow keep their fused kernels.
+    """
+    if keras.backend.backend() != "jax":
+        return ops.dot_product_attention(query, key, value)
+    scale = ops.cast(ops.shape(query)[-1], query.dtype) ** -0.5
+    query = ops.transpose(query, (0, 2, 1, 3)) * scale       # (batch, heads, length, head_dim)
+    key = ops.transpose(key, (0, 2, 3, 1))                   # (batch, heads, head_dim, key length)
+    value = ops.transpose(value, (0, 2, 1, 3))
+    probabilities = ops.softmax(ops.matmul(query, key), axis=-1)
+    return ops.transpose(ops.matmul(probabilities, value), (0, 2, 1, 3))
+
+
 def check_query_length(layer, query_length):
     if isinstance(query_length, bool) or not isinstance(query_length, int) or query_length < 1:
         raise ValueError(f"{layer.name}: query_length must be a positive Python int (the number of "

@@ -24,6 +24,8 @@ import math
 import keras
 from keras import ops
 
+from kcookbook.components.attention import dot_product_attention
+
 
 def sinusoidal_timesteps(timesteps, dim, flip_sin_to_cos=True, frequency_shift=0.0, max_period=10_000):
     """(batch,) timesteps (ints or floats) → (batch, dim) sin/cos features (DDPM's embedding)."""
@@ -146,8 +148,8 @@ class Attention(keras.layers.Layer):
 
     def call(self, x, context=None):
         context = x if context is None else context
-        out = ops.dot_product_attention(self._heads(self.query(x)), self._heads(self.key(context)),
-                                        self._heads(self.value(context)))
+        out = dot_product_attention(self._heads(self.query(x)), self._heads(self.key(context)),
+                                    self._heads(self.value(context)))
         return self.output_dense(ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,)))
 
     def compute_output_shape(self, x_shape, context_shape=None):
