@@ -33,6 +33,9 @@ Fewer bytes per token: ``--dtype bfloat16`` builds every library's model in bflo
 policy; transformers ``.to(torch.bfloat16)``); ``--quantize int8`` quantises the float32 models with
 Keras's ``model.quantize("int8")`` (kcookbook and keras_hub) and transformers' with torch's dynamic
 int8 ``quantize_dynamic`` of its ``nn.Linear`` layers (the int8 path transformers runs on a CPU).
+``--quantize int8-weights`` quantises weights only (``Int8QuantizationConfig(activation_quantizer=None)``:
+float activations times dequantised int8 weights) and ``int8-weights-float-embeddings`` also keeps every
+``keras.layers.Embedding`` (the token table and, when tied, the LM head) in float32 (``filters=``).
 Either way a ``kcookbook float32`` row is timed in the same worker, so the table's "vs fp32" column is
 kcookbook's own speed-up in one run (speed only: the weights are random, so nothing here measures
 accuracy). ``--quantize`` has no ``fit``: int8 kernels do not train (LoRA on top of them does).
@@ -156,8 +159,8 @@ def generators(args, backend):
         baseline = CausalLM(ours.backbone.__class__.from_config(
             {**ours.backbone.get_config(), "dtype": "float32"}))
     if args.quantize:
-        ours.backbone.quantize(args.quantize)
-        theirs.quantize(args.quantize)
+        ours.backbone.quantize("int8", **quantize_options(args.quantize))
+        theirs.quantize("int8", **quantize_options(args.quantize))
     theirs.compile(sampler="greedy")
 
     def run_ours(ids, max_length, lm=ours):
@@ -230,6 +233,19 @@ def fit_runs(args, models):
     return runs
 
 
+
+def quantize_options(kind):
+    """``quantize("int8", **options)`` for ``--quantize``: Keras's default (weights and activations
+    int8), weights only, or weights only with the embedding tables (and a tied LM head) left float."""
+    import keras
+
+    if kind == "int8":
+        return {}
+    options = {"config": keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)}
+    if kind == "int8-weights-float-embeddings":
+        options["filters"] = lambda layer: not isinstance(layer, keras.layers.Embedding)
+    return options
+
 def worker(args):
     backend = os.environ["KERAS_BACKEND"]
     if args.torch_threads and backend == "torch":
@@ -296,7 +312,8 @@ def main():
                              "torch.compiled and shared by every layer; ~10-30 s of compilation).")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                         help="every library's model in this dtype (a kcookbook float32 row is added)")
-    parser.add_argument("--quantize", choices=["int8"], default=None,
+    parser.add_argument("--quantize", choices=["int8", "int8-weights", "int8-weights-float-embeddings"],
+                        default=None,
                         help="quantise the float32 models (a kcookbook float32 row is added); "
                              "needs --fit-steps 0")
     parser.add_argument("--fit-steps", type=int, default=3,
