@@ -206,3 +206,25 @@ def test_closeness_measures_against_their_definitions():
     result = embedding_closeness(moved, vectors)
     assert result["min_cosine"] == pytest.approx(min(cosines)) == pytest.approx(-1.0)
     assert 0 < result["nearest_agreement"] <= 1
+
+
+def test_filters_leave_the_token_table_float_and_the_preset_reloads_so(tmp_path):
+    """``quantize("int8", filters=...)`` (the CPU-speed option in ``Backbone.quantize``'s docstring):
+    the token table, and with it the tied LM head, stays float32 and the preset reloads that way."""
+    save_tiny_hf_model("llama", str(tmp_path / "source"))
+    lm = CausalLM.from_preset(str(tmp_path / "source"))
+    float_table = keras.ops.convert_to_numpy(lm.backbone.token_embedding.embeddings)
+    lm.backbone.quantize("int8", filters=lambda layer: not isinstance(layer, keras.layers.Embedding))
+    modes = {layer.path: layer.quantization_mode for layer in lm.backbone._flatten_layers(include_self=False)
+             if isinstance(layer, (keras.layers.Dense, keras.layers.Embedding))}
+    assert modes[lm.backbone.token_embedding.path] is None
+    assert sum(mode == "int8" for mode in modes.values()) >= 8
+    token_ids = np.random.default_rng(4).integers(3, VOCAB, (2, 8)).astype("int32")
+    inputs = {"token_ids": token_ids, "padding_mask": np.ones_like(token_ids)}
+    logits = keras.ops.convert_to_numpy(lm(inputs))
+
+    lm.save_to_preset(str(tmp_path / "filtered"))
+    again = CausalLM.from_preset(str(tmp_path / "filtered"))
+    assert again.backbone.token_embedding.quantization_mode is None
+    np.testing.assert_array_equal(keras.ops.convert_to_numpy(again.backbone.token_embedding.embeddings), float_table)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(again(inputs)), logits, atol=1e-5)

@@ -272,6 +272,13 @@ class Backbone(keras.Model):
         >>> backbone.quantize("int8", config=keras.quantizers.Int8QuantizationConfig(
         ...     activation_quantizer=None))  # doctest: +SKIP
 
+        int8 buys memory, not speed, on a CPU: XLA's and torch's CPU int8 kernels are slower than
+        their float32 ones, the tied LM head most of all (``benchmarks/README.md``). ``filters``
+        leaves layers float, e.g. the token table and the LM head tied to it:
+
+        >>> backbone.quantize("int8", filters=lambda layer: not isinstance(
+        ...     layer, keras.layers.Embedding))  # doctest: +SKIP
+
         Keras runs a full ``gc.collect()`` after deleting each float kernel; with the heap frozen
         (``gc.freeze``) each of those scans only new objects (SmolLM2-135M's 121 layers on torch:
         minutes to seconds). Objects alive before the call are collected again after it."""
