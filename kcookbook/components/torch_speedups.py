@@ -30,6 +30,8 @@ passes them down as arguments; nothing is switched by a global:
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
 
+``reshape`` is ``ops.reshape`` without Keras' dispatch on torch.
+
 ``cast_if_needed`` skips a no-op cast (a Keras op's dispatch, ~20 µs on torch) on every backend.
 
     >>> dense = keras.layers.Dense(2)
@@ -115,6 +117,15 @@ def cast_if_needed(x, dtype):
     if keras.backend.standardize_dtype(x.dtype) == keras.backend.standardize_dtype(dtype):
         return x
     return ops.cast(x, dtype)
+
+
+def reshape(x, shape):
+    """``ops.reshape(x, shape)``; on torch, for a concrete tensor, the tensor's own ``reshape``:
+    Keras' op walks ``(x, shape)`` with its tree utilities to look for symbolic tensors, ~90 µs a
+    call against ~8 on a loaded 2-core machine, and a T5 decoding step reshapes 30 times."""
+    if keras.config.backend() == "torch" and not isinstance(x, keras.KerasTensor):
+        return x.reshape(tuple(shape))
+    return ops.reshape(x, shape)
 
 
 def contiguous(x):
