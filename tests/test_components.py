@@ -204,6 +204,30 @@ def test_reversible_embedding_reverse_is_the_transposed_table():
                                atol=1e-5)
 
 
+
+def test_reversible_embedding_reverse_follows_assigned_weights_in_inference():
+    """torch, gradients off: the reverse projection reads a kept transposed copy of the table
+    (``torch_speedups.transposed_table``), which must follow every assign; elsewhere the same
+    numbers without a copy."""
+    import contextlib
+
+    emb = ReversibleEmbedding(10, 4)
+    emb.build((None,))
+    rng = np.random.default_rng(0)
+    hidden = rng.normal(size=(3, 4)).astype("float32")
+    inference = contextlib.nullcontext()
+    if keras.config.backend() == "torch":
+        import torch
+
+        inference = torch.no_grad()
+    with inference:
+        for _ in range(2):
+            table = rng.normal(size=(10, 4)).astype("float32")
+            emb.embeddings.assign(table)
+            np.testing.assert_allclose(numpy(emb(hidden, reverse=True)), hidden @ table.T, atol=1e-5)
+    kept = emb.__dict__.get("_transposed_table")
+    assert (kept is not None) == (keras.config.backend() == "torch")
+
 def test_grouped_query_attention_equals_full_attention_with_repeated_key_value_heads():
     keras.utils.set_random_seed(0)
     x = np.random.default_rng(1).normal(size=(2, 6, 8)).astype("float32")

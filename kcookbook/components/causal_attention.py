@@ -49,7 +49,7 @@ from kcookbook.components.activations import soft_cap
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
-from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, write_key_value_in_place
+from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, reshape, write_key_value_in_place
 
 MASKED = -1e30  # added to the scores of masked keys: exp(MASKED - max) is 0 in float32
 
@@ -191,7 +191,7 @@ class CausalSelfAttention(MultiHeadAttention):
         """(batch, length, fused) → (batch, length, heads, head_dim) with the query heads first,
         then the key heads, then the value heads; and the index where the value heads start."""
         total = self.num_heads + 2 * self.num_key_value_heads
-        heads = ops.reshape(qkv, ops.shape(qkv)[:-1] + (total, self.head_dim))
+        heads = reshape(qkv, ops.shape(qkv)[:-1] + (total, self.head_dim))
         return heads, self.num_heads + self.num_key_value_heads
 
     def split_heads(self, qkv):
@@ -228,7 +228,7 @@ class CausalSelfAttention(MultiHeadAttention):
         shape = ops.shape(query)
         batch, length = shape[0], shape[1]
         groups = self.num_heads // self.num_key_value_heads
-        query = ops.reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
+        query = reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
         scores = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
         scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
         scores = cast_if_needed(scores, "float32") * scale
@@ -240,7 +240,7 @@ class CausalSelfAttention(MultiHeadAttention):
             scores = scores + cast_if_needed(attention_bias, "float32")[:, :, None]  # bfloat16 models build it in bfloat16
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         out = ops.einsum("bhgqk,bkhd->bqhgd", probabilities, value)
-        return calls(self.output_dense, ops.reshape(out, (batch, length, self.num_heads * self.head_dim)))
+        return calls(self.output_dense, reshape(out, (batch, length, self.num_heads * self.head_dim)))
 
     def call(self, x, padding_mask=None, cache=None, cache_index=0, decoding_step=None,
              calls=KERAS_CALLS):

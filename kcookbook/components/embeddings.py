@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from kcookbook.components.torch_speedups import transposed_table
+
 
 @keras.saving.register_keras_serializable(package="kcookbook")
 class ReversibleEmbedding(keras.layers.Embedding):
@@ -37,8 +39,12 @@ class ReversibleEmbedding(keras.layers.Embedding):
     def call(self, inputs, reverse=False):
         if not reverse:
             return super().call(inputs)
-        table = ops.transpose(self.embeddings) if self.tie_weights else self.reverse_embeddings
-        return ops.matmul(inputs, ops.cast(table, inputs.dtype))
+        if not self.tie_weights:
+            return ops.matmul(inputs, ops.cast(self.reverse_embeddings, inputs.dtype))
+        table = transposed_table(self, self.embeddings, inputs.dtype)  # torch inference: a kept copy
+        if table is None:
+            table = ops.cast(ops.transpose(self.embeddings), inputs.dtype)
+        return ops.matmul(inputs, table)
 
     def _int8_call(self, inputs, reverse=False, training=None):
         """What Keras calls instead of ``call`` once the layer is int8."""
