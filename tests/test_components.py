@@ -203,8 +203,6 @@ def test_reversible_embedding_reverse_is_the_transposed_table():
     np.testing.assert_allclose(numpy(emb(hidden, reverse=True)), hidden @ numpy(emb.embeddings).T,
                                atol=1e-5)
 
-
-
 def test_reversible_embedding_reverse_follows_assigned_weights_in_inference():
     """torch, gradients off: the reverse projection reads a kept transposed copy of the table
     (``torch_speedups.transposed_table``), which must follow every assign; elsewhere the same
@@ -227,6 +225,28 @@ def test_reversible_embedding_reverse_follows_assigned_weights_in_inference():
             np.testing.assert_allclose(numpy(emb(hidden, reverse=True)), hidden @ table.T, atol=1e-5)
     kept = emb.__dict__.get("_transposed_table")
     assert (kept is not None) == (keras.config.backend() == "torch")
+
+
+def test_no_transposed_copy_of_a_table_above_the_memory_cap(monkeypatch):
+    """A kept copy doubles the table's memory: above ``TRANSPOSED_TABLE_MAX_BYTES`` none is made,
+    and the reverse projection is the same product."""
+    from kcookbook.components import torch_speedups
+
+    monkeypatch.setattr(torch_speedups, "TRANSPOSED_TABLE_MAX_BYTES", 10 * 4 * 4 - 1)  # one float short
+    emb = ReversibleEmbedding(10, 4)
+    emb.build((None,))
+    hidden = np.random.default_rng(1).normal(size=(3, 4)).astype("float32")
+    table = numpy(emb.embeddings)
+    if keras.config.backend() == "torch":
+        import torch
+
+        with torch.no_grad():
+            out = emb(hidden, reverse=True)
+    else:
+        out = emb(hidden, reverse=True)
+    np.testing.assert_allclose(numpy(out), hidden @ table.T, atol=1e-5)
+    assert emb.__dict__.get("_transposed_table") is None
+
 
 def test_grouped_query_attention_equals_full_attention_with_repeated_key_value_heads():
     keras.utils.set_random_seed(0)

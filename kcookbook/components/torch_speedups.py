@@ -174,6 +174,9 @@ def fused_attention_heads_first(query, key, value, scale, bias=None, first_query
     return out.transpose(1, 2)
 
 
+TRANSPOSED_TABLE_MAX_BYTES = 256 * 2**20
+
+
 def transposed_table(owner, variable, dtype):
     """torch, with gradients off (generation runs under ``no_grad``): ``variable``'s 2-D table
     transposed, cast to ``dtype`` and laid out contiguously, made once and kept on ``owner`` until
@@ -181,14 +184,16 @@ def transposed_table(owner, variable, dtype):
     identity); the copy costs the table's memory once more. None elsewhere — jax, TensorFlow
     (XLA picks its own layouts), training (the gradient must reach the variable), or when
     ``variable`` is not a ``keras.Variable`` (a LoRA sum is a new tensor every call) — and the caller
-    multiplies by ``ops.transpose(variable)`` as usual."""
+    multiplies by ``ops.transpose(variable)`` as usual. Nor for a table of more than
+    ``TRANSPOSED_TABLE_MAX_BYTES`` (256 MiB): Gemma 3 270M's 262,144 × 640 float32 table would
+    cost 671 MB more memory, for a product that is a smaller part of its step."""
     if keras.config.backend() != "torch" or not isinstance(variable, keras.Variable):
         return None
     import torch
 
-    if torch.is_grad_enabled():
-        return None
     source = variable.value
+    if torch.is_grad_enabled() or source.numel() * torch.finfo(source.dtype).bits // 8 > TRANSPOSED_TABLE_MAX_BYTES:
+        return None
     dtype = keras.backend.standardize_dtype(dtype)
     kept = owner.__dict__.get("_transposed_table")
     if kept is None or kept[0] is not source or kept[1] != source._version or kept[2] != dtype:
