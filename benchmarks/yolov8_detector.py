@@ -10,8 +10,10 @@ Both models are YOLOv8n-sized (channels 16…256, C2f depths 1/2/2/1; KerasCV: s
 classes, float32, each compiled with its library's defaults. The same images and padded boxes (xyxy)
 for both; fit ms/step is ``StepTimer``'s (batch 0, with compilation, left out); predict is images/s
 over ``--steps`` batches after one warm-up batch, NMS included (kcookbook: class-aware, 300 boxes max;
-KerasCV: its default NonMaxSuppression decoder). Each backend runs in its own subprocess; reported:
-the median over repeats. keras-cv is a reference installed ``--no-deps``; its NMS on torch needs
+KerasCV: its default NonMaxSuppression decoder). Each backend runs in its own subprocess, holding both
+models; each round (``--repeats``) runs kcookbook's fit and predict, then KerasCV's, so that both see the
+same load. Reported: the median over rounds of each number, and the median over rounds of the per-round
+ratio kcookbook / KerasCV (fit: ≤ 1 is faster; predict: ≥ 1 is faster). keras-cv is a reference installed ``--no-deps``; its NMS on torch needs
 torchvision (a row says so where it is missing).
 
 ``--torch-threads`` sets ``torch.set_num_threads`` in the torch workers. On a CPU machine whose cores
@@ -79,6 +81,8 @@ def build(library, args):
 
 
 def worker(args):
+    """Both libraries in this process, taking turns each round: ``{library: {"fit_ms": [...],
+    "predict_images_per_s": [...]}}``, one entry per round."""
     import keras
 
     from kcookbook.benchmarks.timing import StepTimer
@@ -89,30 +93,52 @@ def worker(args):
         torch.set_num_threads(args.torch_threads)
 
     images, targets = make_data(args)
-    y = targets if args.worker.startswith("kcookbook") else {"boxes": targets["boxes"],
-                                                             "classes": targets["labels"].astype("float32")}
-    model = build(args.worker.split(":")[0], args)
-    timer, out = StepTimer(), {"fit_ms": [], "predict_images_per_s": []}
+    models, out = {}, {}
+    for library in args.libraries:
+        try:
+            models[library] = build(library, args)
+        except Exception as e:  # KerasCV's NMS on torch imports torchvision, absent here
+            out[library] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:90]}"}
+    labels = {"kcookbook": targets, "keras_cv": {"boxes": targets["boxes"],
+                                                 "classes": targets["labels"].astype("float32")}}
     for _ in range(args.repeats):
-        model.fit(images, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=[timer])
-        out["fit_ms"].append(timer.ms_per_step)
-        model.predict(images[:args.batch], batch_size=args.batch, verbose=0)  # warm-up: compile
-        start = time.perf_counter()
-        model.predict(images[args.batch:], batch_size=args.batch, verbose=0)
-        out["predict_images_per_s"].append((len(images) - args.batch) / (time.perf_counter() - start))
+        for library, model in list(models.items()):
+            try:
+                timer = StepTimer()
+                model.fit(images, labels[library], batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
+                          callbacks=[timer])
+                model.predict(images[:args.batch], batch_size=args.batch, verbose=0)  # warm-up: compile
+                start = time.perf_counter()
+                model.predict(images[args.batch:], batch_size=args.batch, verbose=0)
+                rate = (len(images) - args.batch) / (time.perf_counter() - start)
+            except Exception as e:
+                out[library] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:90]}"}
+                del models[library]
+                continue
+            result = out.setdefault(library, {"fit_ms": [], "predict_images_per_s": []})
+            result["fit_ms"].append(timer.ms_per_step)
+            result["predict_images_per_s"].append(rate)
     return out
 
 
-def run_worker(name, backend, args):
+def run_worker(backend, args):
     env = dict(os.environ, KERAS_BACKEND=backend, TF_CPP_MIN_LOG_LEVEL="3")
-    command = [sys.executable, os.path.abspath(__file__), "--worker", name, "--image-size", str(args.image_size),
+    command = [sys.executable, os.path.abspath(__file__), "--worker", backend, "--image-size", str(args.image_size),
                "--batch", str(args.batch), "--steps", str(args.steps), "--repeats", str(args.repeats),
-               "--torch-threads", str(args.torch_threads)]
+               "--torch-threads", str(args.torch_threads), "--libraries", *args.libraries]
     result = subprocess.run(command, env=env, cwd=ROOT, capture_output=True, text=True)
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode != 0 or not lines:
-        raise RuntimeError(f"worker {name} on {backend} failed:\n{result.stderr[-3000:]}")
+        raise RuntimeError(f"worker on {backend} failed:\n{result.stderr[-3000:]}")
     return json.loads(lines[-1][len("RESULT "):])
+
+
+def paired_ratios(results, key):
+    """Median over rounds of kcookbook's value / KerasCV's in the same round (None without both)."""
+    a, b = results.get("kcookbook", {}).get(key), results.get("keras_cv", {}).get(key)
+    if not a or not b:
+        return None
+    return statistics.median(x / y for x, y in zip(a, b))
 
 
 def main(argv=None):
@@ -124,16 +150,30 @@ def main(argv=None):
     print(f"YOLOv8n at {args.image_size} px, batch {args.batch}, 3 classes, float32; {args.steps} timed steps x "
           f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch threads: {args.torch_threads or 'default'}")
-    print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}")
+    print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}{'fit ratio':>11}"
+          f"{'predict ratio':>15}")
     for backend in args.backends:
+        try:
+            results = run_worker(backend, args)
+        except RuntimeError as e:
+            print(f"{backend:<12}{'':<12}  failed: {str(e).strip().splitlines()[-1][:90]}", flush=True)
+            continue
+        fit_ratio, predict_ratio = paired_ratios(results, "fit_ms"), paired_ratios(results, "predict_images_per_s")
         for library in args.libraries:
-            try:
-                r = {k: statistics.median(v) for k, v in run_worker(library, backend, args).items()}
-            except RuntimeError as e:  # KerasCV's NMS on torch imports torchvision, absent here
-                print(f"{backend:<12}{library:<12}  failed: {str(e).strip().splitlines()[-1][:90]}", flush=True)
+            r = results.get(library, {})
+            if "error" in r or not r:
+                print(f"{backend:<12}{library:<12}  failed: {r.get('error', 'no result')}", flush=True)
                 continue
-            print(f"{backend:<12}{library:<12}{r['fit_ms']:>13.1f}{r['predict_images_per_s']:>15.1f}", flush=True)
+            fit, rate = statistics.median(r["fit_ms"]), statistics.median(r["predict_images_per_s"])
+            ratios = (f"{fit_ratio:>11.2f}{predict_ratio:>15.2f}" if library == "kcookbook" and fit_ratio else "")
+            print(f"{backend:<12}{library:<12}{fit:>13.1f}{rate:>15.1f}{ratios}", flush=True)
+        print(f"{'':<24}rounds: fit ratio {_rounds(results, 'fit_ms')}, predict ratio "
+              f"{_rounds(results, 'predict_images_per_s')}", flush=True)
 
+
+def _rounds(results, key):
+    a, b = results.get("kcookbook", {}).get(key), results.get("keras_cv", {}).get(key)
+    return " ".join(f"{x / y:.2f}" for x, y in zip(a or [], b or [])) or "-"
 
 if __name__ == "__main__":
     main()

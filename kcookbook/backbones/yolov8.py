@@ -28,6 +28,7 @@ import keras
 from keras import layers, ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config, layers_in_backbone_dtype
+from kcookbook.components.convolution import Conv2D
 
 # scale: (depth_coefficient, width_coefficient, max_channels)
 SCALES = {
@@ -61,7 +62,7 @@ def conv_bn_silu(x, filters, kernel_size, strides, name):
         padding = "valid"
     else:
         padding = "same"
-    x = layers.Conv2D(filters, kernel_size, strides, padding=padding, use_bias=False, name=f"{name}_conv")(x)
+    x = Conv2D(filters, kernel_size, strides, padding=padding, use_bias=False, name=f"{name}_conv")(x)
     x = layers.BatchNormalization(epsilon=BATCH_NORM_EPSILON, momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
     return layers.Activation("silu", name=f"{name}_silu")(x)
 
@@ -190,13 +191,13 @@ def detection_head(features, num_classes, box_bins=16, name="head"):
         level = f"{name}_p{int(math.log2(stride))}"
         x = conv_bn_silu(feature, box_width, 3, 1, f"{level}_box1")
         x = conv_bn_silu(x, box_width, 3, 1, f"{level}_box2")
-        x = layers.Conv2D(4 * box_bins, 1, bias_initializer=keras.initializers.Constant(2.0),
+        x = Conv2D(4 * box_bins, 1, bias_initializer=keras.initializers.Constant(2.0),
                           name=f"{level}_box_logits")(x)
         boxes.append(layers.Reshape((-1, 4 * box_bins), name=f"{level}_box_flat")(x))
         prior = math.log(5 / num_classes / (640 / stride) ** 2)
         y = conv_bn_silu(feature, class_width, 3, 1, f"{level}_class1")
         y = conv_bn_silu(y, class_width, 3, 1, f"{level}_class2")
-        y = layers.Conv2D(num_classes, 1, bias_initializer=keras.initializers.Constant(prior),
+        y = Conv2D(num_classes, 1, bias_initializer=keras.initializers.Constant(prior),
                           name=f"{level}_class_logits")(y)
         classes.append(layers.Reshape((-1, num_classes), name=f"{level}_class_flat")(y))
     return (layers.Concatenate(axis=1, name=f"{name}_boxes")(boxes),

@@ -10,6 +10,7 @@ from kcookbook.components.augmentation import JitteredResize, Mosaic
 from kcookbook.components.boxes import NonMaxSuppression, complete_iou, non_max_suppression
 from kcookbook.components.causal_attention import CausalSelfAttention, causal_attention_mask
 from kcookbook.components.decoder_block import DecoderBlock
+from kcookbook.components.convolution import Conv2D, fold_batch_norms
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 from kcookbook.components.embeddings import (
     PositionEmbedding,
@@ -87,3 +88,4 @@ from kcookbook.components.schedulers import (  # noqa: E402
 )
 
 __all__ += ["DDIMScheduler", "DDPMScheduler", "EulerDiscreteScheduler", "classifier_free_guidance"]
+__all__ += ["Conv2D", "fold_batch_norms"]

@@ -27,6 +27,7 @@ from keras.utils import bounding_boxes as keras_boxes
 from kcookbook.backbones.yolov8 import FEATURE_STRIDES, YOLOv8Backbone, detection_head
 from kcookbook.components.anchors import anchor_points, boxes_to_distances, distances_to_boxes
 from kcookbook.components.boxes import NonMaxSuppression, complete_iou
+from kcookbook.components.convolution import fold_batch_norms
 from kcookbook.components.distribution_focal_loss import distribution_focal_loss, expected_distance
 from kcookbook.components.preset_entry import load_preset
 from kcookbook.components.task_aligned_assigner import TaskAlignedAssigner
@@ -128,11 +129,17 @@ class ObjectDetector(Task):
                 "classes": detections["labels"], "num_detections": detections["num_detections"]}
 
     def detection_model(self):
-        """A compiled-once model: images of ``image_size`` → padded detections (decode + NMS in the graph)."""
+        """A compiled-once model: images of ``image_size`` → padded detections (decode + NMS in the graph).
+
+        On TensorFlow and torch the network inside is ``fold_batch_norms(self)``: each conv → batch-norm
+        pair is one convolution, its kernel folded from the live variables at every call (so training
+        after a ``predict`` is seen by the next one). On JAX, XLA fuses the batch norm into the
+        convolution's output already, and the folded copy was no faster (benchmarks/README.md)."""
         model = self.__dict__.get("_detection_model")
         if model is None or model.input.shape[1] != self.image_size:
             images = keras.Input((self.image_size, self.image_size, 3), name="images")
-            model = keras.Model(images, _Detect(self, name="detect")(self(images)))
+            network = self if keras.backend.backend() == "jax" else fold_batch_norms(self)
+            model = keras.Model(images, _Detect(self, name="detect")(network(images)))
             object.__setattr__(self, "_detection_model", model)
         return model
 
@@ -160,7 +167,10 @@ class ObjectDetector(Task):
             scale = min(size / image.shape[0], size / image.shape[1])
             height, width = max(round(image.shape[0] * scale), 1), max(round(image.shape[1] * scale), 1)
             top, left = (size - height) // 2, (size - width) // 2
-            resized = keras.ops.convert_to_numpy(keras.ops.image.resize(image, (height, width), antialias=True))
+            if (height, width) == image.shape[:2]:  # already fits (e.g. image_size square): no resampling
+                resized = image
+            else:
+                resized = keras.ops.convert_to_numpy(keras.ops.image.resize(image, (height, width), antialias=True))
             batch[i, top:top + height, left:left + width] = resized
             scales[i], offsets[i] = scale, (left, top)
         return batch, scales, offsets, [np.asarray(im).shape[:2] for im in images]
