@@ -44,6 +44,7 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import MultiHeadAttention, PatchEmbedding
+from kcookbook.components.attention import dot_product_attention
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 IMAGE_ENCODERS = ("vit_det", "tiny_vit")
@@ -457,8 +458,8 @@ class DownscaledAttention(keras.layers.Layer):
         def heads(x):
             return ops.reshape(x, ops.shape(x)[:-1] + (self.num_heads, head_dim))
 
-        out = ops.dot_product_attention(heads(self.query_dense(query)), heads(self.key_dense(key)),
-                                        heads(self.value_dense(value)))
+        out = dot_product_attention(heads(self.query_dense(query)), heads(self.key_dense(key)),
+                                    heads(self.value_dense(value)))
         return self.output_dense(ops.reshape(out, ops.shape(out)[:-2] + (self.internal_dim,)))
 
     def get_config(self):
