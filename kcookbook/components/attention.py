@@ -187,9 +187,12 @@ class MultiHeadAttention(keras.layers.Layer):
             repeats = self.num_heads // self.num_key_value_heads
             key = ops.repeat(key, repeats, axis=2)
             value = ops.repeat(value, repeats, axis=2)
-        out = dot_product_attention(query, key, value, bias=bias, mask=attention_mask, is_causal=is_causal)
-        out = ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,))
-        return self.output_dense(out)
+        return self.project_heads(
+            dot_product_attention(query, key, value, bias=bias, mask=attention_mask, is_causal=is_causal))
+
+    def project_heads(self, out):
+        """(batch, length, heads, head_dim) attention outputs → merged heads → output projection."""
+        return self.output_dense(ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,)))
 
     def call(self, inputs, attention_mask=None, is_causal=False, query_length=None):
         if query_length is None:
