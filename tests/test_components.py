@@ -423,7 +423,7 @@ def textbook_attention(query, key, value, bias=None, mask=None, is_causal=False,
 @pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
 @pytest.mark.parametrize("case", ["plain", "bias", "mask", "causal", "scale", "bias+mask+causal", "bias+causal"])
 def test_dot_product_attention_equals_the_textbook_formula(case, dtype):
-    from kcookbook.components.attention import dot_product_attention
+    from kcookbook.components.attention import dot_product_attention, heads_first, heads_first_attention
 
     rng = np.random.default_rng(0)
     query, key, value = (rng.standard_normal((2, length, 3, 8)).astype("float32") for length in (5, 7, 7))
@@ -442,8 +442,10 @@ def test_dot_product_attention_equals_the_textbook_formula(case, dtype):
         query, key, value = (ops.convert_to_numpy(ops.cast(ops.cast(x, dtype), "float32"))
                              for x in (query, key, value))
     expected = textbook_attention(query, key, value, **kwargs)
-    out = dot_product_attention(*(ops.cast(x, dtype) for x in (query, key, value)), **kwargs)
-    assert keras.backend.standardize_dtype(out.dtype) == dtype
-    out = ops.convert_to_numpy(ops.cast(out, "float32"))
-    assert out.shape == (2, 5, 3, 8)
-    np.testing.assert_allclose(out, expected, atol={"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}[dtype])
+    query, key, value = (ops.cast(x, dtype) for x in (query, key, value))
+    for out in (dot_product_attention(query, key, value, **kwargs),
+                heads_first_attention(query, *heads_first(key, value), **kwargs)):  # jax's path, on each backend
+        assert keras.backend.standardize_dtype(out.dtype) == dtype
+        out = ops.convert_to_numpy(ops.cast(out, "float32"))
+        assert out.shape == (2, 5, 3, 8)
+        np.testing.assert_allclose(out, expected, atol={"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}[dtype])

@@ -44,7 +44,7 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import MultiHeadAttention, PatchEmbedding
-from kcookbook.components.attention import dot_product_attention
+from kcookbook.components.attention import dot_product_attention, heads_first, heads_first_attention
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 IMAGE_ENCODERS = ("vit_det", "tiny_vit")
@@ -141,9 +141,11 @@ class RelativePositionAttention(MultiHeadAttention):
         queries = ops.moveaxis(ops.reshape(query, (-1, chunks, length, self.num_heads, self.head_dim)), 1, 0)
         tables = ops.reshape(table_h, (chunks, rows, self.size, self.head_dim))
 
+        key, value = heads_first(key, value)  # once, not in every chunk
+
         def attend_chunk(chunk):  # (batch, length, heads, head_dim) queries of ``rows`` rows
             q, t = chunk
-            return dot_product_attention(q, key, value, bias=self.relative_bias(q, t, table_w))
+            return heads_first_attention(q, key, value, bias=self.relative_bias(q, t, table_w))
 
         out = ops.moveaxis(ops.map(attend_chunk, (queries, tables)), 0, 1)
         return self.project_heads(ops.reshape(out, (-1, self.size * self.size, self.num_heads, self.head_dim)))

@@ -45,7 +45,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, is_causal=Fal
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        return _heads_first_attention(query, key, value, bias, mask, is_causal, scale)
+        return heads_first_attention(query, *heads_first(key, value), bias, mask, is_causal, scale)
     if backend == "torch" and (bias is not None) + (mask is not None) + bool(is_causal) > 1:
         allowed = _allowed(mask, is_causal, ops.shape(query)[1], ops.shape(key)[1])
         bias = ops.zeros((), query.dtype) if bias is None else ops.cast(bias, query.dtype)
@@ -68,22 +68,31 @@ def _large_negative(dtype):
     return -0.7 * float(np.finfo("float16" if keras.backend.standardize_dtype(dtype) == "float16" else "float32").max)
 
 
-def _heads_first_attention(query, key, value, bias, mask, is_causal, scale):
-    import jax.numpy as jnp
+def heads_first(key, value):
+    """(batch, keys, heads, head_dim) keys and values → (batch, heads, head_dim, keys) keys and
+    (batch, heads, keys, head_dim) values, the layouts ``heads_first_attention`` takes (transpose
+    them once when several chunks of queries attend to the same keys)."""
+    return ops.transpose(key, (0, 2, 3, 1)), ops.transpose(value, (0, 2, 1, 3))
 
+
+def heads_first_attention(query, key, value, bias=None, mask=None, is_causal=False, scale=None):
+    """``dot_product_attention`` with ``key`` and ``value`` from ``heads_first`` (``query`` and the
+    result stay (batch, queries, heads, head_dim)): two batched matmuls with the heads first,
+    scores and softmax in float32 (half-precision inputs are widened for the scores, whose products
+    are then exact), masked scores -0.7 × the largest float32, as ``jax.nn.dot_product_attention``."""
     if scale is None:
         scale = query.shape[-1] ** -0.5
-    query = jnp.transpose(query, (0, 2, 1, 3))  # (batch, heads, queries, head_dim)
-    key = jnp.transpose(key, (0, 2, 3, 1))      # (batch, heads, head_dim, keys)
-    value = jnp.transpose(value, (0, 2, 1, 3))  # (batch, heads, keys, head_dim)
-    scores = jnp.matmul(query, key, preferred_element_type=jnp.float32) * scale
+    query = ops.transpose(query, (0, 2, 1, 3))  # (batch, heads, queries, head_dim)
+    if keras.backend.standardize_dtype(query.dtype) != "float32":
+        query, key = ops.cast(query, "float32"), ops.cast(key, "float32")
+    scores = ops.matmul(query, key) * scale
     if bias is not None:
-        scores = scores + jnp.asarray(bias, jnp.float32)
-    allowed = _allowed(mask, is_causal, query.shape[2], key.shape[3])
+        scores = scores + ops.cast(bias, "float32")
+    allowed = _allowed(mask, is_causal, ops.shape(query)[2], ops.shape(key)[3])
     if allowed is not None:
-        scores = jnp.where(allowed, scores, _large_negative("float32"))
-    probabilities = ops.softmax(scores, axis=-1).astype(value.dtype)
-    return jnp.transpose(jnp.matmul(probabilities, value), (0, 2, 1, 3))
+        scores = ops.where(allowed, scores, _large_negative("float32"))
+    probabilities = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
+    return ops.transpose(ops.matmul(probabilities, value), (0, 2, 1, 3))
 
 
 def check_query_length(layer, query_length):
