@@ -446,15 +446,50 @@ FOUNDATION_MODULES_WITH_RUNNABLE_EXAMPLES = {
 } | {"kcookbook.backbones.bert", "kcookbook.tasks.preprocessor"}
 
 
-def test_dot_product_attention_equals_the_textbook_formula():
-    from kcookbook.components.attention import dot_product_attention
+def textbook_attention(query, key, value, bias=None, mask=None, is_causal=False, scale=None):
+    """numpy, float64, heads-first: softmax(q·kᵀ·scale + bias, masked to -inf)·v."""
+    query, key, value = (np.asarray(x, "float64") for x in (query, key, value))
+    scale = query.shape[-1] ** -0.5 if scale is None else scale
+    scores = np.einsum("bqnh,bknh->bnqk", query, key) * scale
+    if bias is not None:
+        scores = scores + bias
+    allowed = np.ones(scores.shape, bool)
+    if mask is not None:
+        allowed &= mask
+    if is_causal:
+        allowed &= np.tril(np.ones(scores.shape[-2:], bool))
+    scores = np.where(allowed, scores, -np.inf)
+    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
+    probabilities /= probabilities.sum(-1, keepdims=True)
+    return np.einsum("bnqk,bknh->bqnh", probabilities, value)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize("case", ["plain", "bias", "mask", "causal", "scale", "bias+mask+causal", "bias+causal"])
+def test_dot_product_attention_equals_the_textbook_formula(case, dtype):
+    from kcookbook.components.attention import dot_product_attention, heads_first, heads_first_attention
 
     rng = np.random.default_rng(0)
     query, key, value = (rng.standard_normal((2, length, 3, 8)).astype("float32") for length in (5, 7, 7))
-    scores = np.einsum("bqnh,bknh->bnqk", query, key) / np.sqrt(8)  # numpy, heads-first
-    probabilities = np.exp(scores - scores.max(-1, keepdims=True))
-    probabilities /= probabilities.sum(-1, keepdims=True)
-    expected = np.einsum("bnqk,bknh->bqnh", probabilities, value)
-    out = keras.ops.convert_to_numpy(dot_product_attention(query, key, value))
-    assert out.shape == (2, 5, 3, 8)
-    np.testing.assert_allclose(out, expected, atol=1e-5)
+    kwargs = {}
+    if "bias" in case:
+        kwargs["bias"] = rng.standard_normal((1, 3, 5, 7)).astype("float32")
+    if "mask" in case:  # per batch element and query; every query keeps its first key
+        mask = rng.random((2, 1, 5, 7)) < 0.6
+        mask[..., 0] = True
+        kwargs["mask"] = mask
+    if "causal" in case:
+        kwargs["is_causal"] = True
+    if case == "scale":
+        kwargs["scale"] = 0.2
+    if dtype != "float32":  # the reference sees the inputs' rounded values
+        query, key, value = (ops.convert_to_numpy(ops.cast(ops.cast(x, dtype), "float32"))
+                             for x in (query, key, value))
+    expected = textbook_attention(query, key, value, **kwargs)
+    query, key, value = (ops.cast(x, dtype) for x in (query, key, value))
+    for out in (dot_product_attention(query, key, value, **kwargs),
+                heads_first_attention(query, *heads_first(key, value), **kwargs)):  # jax's path, on each backend
+        assert keras.backend.standardize_dtype(out.dtype) == dtype
+        out = ops.convert_to_numpy(ops.cast(out, "float32"))
+        assert out.shape == (2, 5, 3, 8)
+        np.testing.assert_allclose(out, expected, atol={"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}[dtype])

@@ -326,3 +326,17 @@ def test_mask_box_is_regionprops_bbox():
                                                               min(x1 + 4, horse.shape[1] - 1), min(y1 + 4, horse.shape[0] - 1)])
     with pytest.raises(ValueError, match="at least one True pixel"):
         mask_box(np.zeros((5, 5), bool))
+
+
+def test_global_attention_in_row_chunks_equals_all_rows_at_once(monkeypatch):
+    from kcookbook.backbones.sam import RelativePositionAttention
+
+    layer = RelativePositionAttention(num_heads=2, head_dim=4, size=6)
+    layer.build((None, 36, 8))
+    rng = np.random.default_rng(0)
+    for weight in layer.weights:
+        weight.assign(rng.standard_normal(weight.shape).astype("float32") * 0.5)
+    x = rng.standard_normal((2, 36, 8)).astype("float32")
+    all_rows = keras.ops.convert_to_numpy(layer(x))
+    monkeypatch.setattr(layer, "rows_per_chunk", lambda: 2)  # 3 chunks of 2 grid rows (any backend)
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), all_rows, atol=1e-5)

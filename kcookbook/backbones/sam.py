@@ -44,6 +44,7 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import MultiHeadAttention, PatchEmbedding
+from kcookbook.components.attention import dot_product_attention, heads_first, heads_first_attention
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 IMAGE_ENCODERS = ("vit_det", "tiny_vit")
@@ -89,6 +90,8 @@ class RelativePositionAttention(MultiHeadAttention):
     (MViTv2): ``q·Rh[row(q) - row(k)] + q·Rw[col(q) - col(k)]`` added to the scores. ``size`` is the
     window side (windowed layers) or the whole grid (global layers)."""
 
+    CHUNK_SCORE_BYTES = 16 * 2 ** 20
+
     def __init__(self, num_heads, head_dim, size, use_rel_pos=True, **kwargs):
         super().__init__(num_heads, head_dim, **kwargs)
         self.size = size
@@ -101,22 +104,51 @@ class RelativePositionAttention(MultiHeadAttention):
             self.rel_pos_h = self.add_weight(name="rel_pos_h", shape=shape, initializer="zeros")
             self.rel_pos_w = self.add_weight(name="rel_pos_w", shape=shape, initializer="zeros")
 
-    def relative_bias(self, query):
-        """(batch, size², heads, head_dim) queries → (batch, heads, size², size²) score terms."""
-        size = self.size
-        offsets = np.arange(size)[:, None] - np.arange(size)[None, :] + size - 1  # (q, k)
-        table_h = ops.take(self.rel_pos_h, offsets, axis=0)  # (size, size, head_dim)
-        table_w = ops.take(self.rel_pos_w, offsets, axis=0)
-        q = ops.reshape(query, (-1, size, size, self.num_heads, self.head_dim))
+    def relative_tables(self):
+        """(size, size, head_dim) each: ``Rh[row(q) - row(k)]`` by (query row, key row), same for columns."""
+        offsets = np.arange(self.size)[:, None] - np.arange(self.size)[None, :] + self.size - 1  # (q, k)
+        return ops.take(self.rel_pos_h, offsets, axis=0), ops.take(self.rel_pos_w, offsets, axis=0)
+
+    def relative_bias(self, query, table_h, table_w):
+        """(batch, rows·size, heads, head_dim) queries of ``rows`` grid rows, with those rows of
+        ``table_h`` → (batch, heads, rows·size, size²) score terms."""
+        size, rows = self.size, table_h.shape[0]
+        q = ops.reshape(query, (-1, rows, size, self.num_heads, self.head_dim))
         rel_h = ops.einsum("bhwnc,hkc->bnhwk", q, table_h)  # (batch, heads, h, w, k_h)
         rel_w = ops.einsum("bhwnc,wkc->bnhwk", q, table_w)  # (batch, heads, h, w, k_w)
         bias = rel_h[..., :, None] + rel_w[..., None, :]  # (batch, heads, h, w, k_h, k_w)
-        return ops.reshape(bias, (-1, self.num_heads, size * size, size * size))
+        return ops.reshape(bias, (-1, self.num_heads, rows * size, size * size))
+
+    def rows_per_chunk(self):
+        """On jax, queries go through attention a few grid rows at a time (``ops.map``), so that
+        one chunk's scores (heads × rows·size × size² floats) stay under ``CHUNK_SCORE_BYTES`` and
+        in the CPU's cache: XLA otherwise writes and rereads the whole score tensor (a ViT-B global
+        layer's 12 × 4,096 × 4,096) once per pass of bias, softmax and product. Elsewhere: all rows."""
+        if keras.backend.backend() != "jax":
+            return self.size
+        rows = max(1, self.CHUNK_SCORE_BYTES // (4 * self.num_heads * self.size ** 3))
+        return max(r for r in range(1, self.size + 1) if self.size % r == 0 and r <= rows)
 
     def call(self, inputs):
         query, key, value = self.split_heads(self.qkv(inputs))
-        bias = self.relative_bias(query) if self.use_rel_pos else None
-        return self.attend(query, key, value, bias=bias)
+        if not self.use_rel_pos:
+            return self.attend(query, key, value)
+        table_h, table_w = self.relative_tables()
+        rows = self.rows_per_chunk()
+        if rows == self.size:
+            return self.attend(query, key, value, bias=self.relative_bias(query, table_h, table_w))
+        chunks, length = self.size // rows, rows * self.size
+        queries = ops.moveaxis(ops.reshape(query, (-1, chunks, length, self.num_heads, self.head_dim)), 1, 0)
+        tables = ops.reshape(table_h, (chunks, rows, self.size, self.head_dim))
+
+        key, value = heads_first(key, value)  # once, not in every chunk
+
+        def attend_chunk(chunk):  # (batch, length, heads, head_dim) queries of ``rows`` rows
+            q, t = chunk
+            return heads_first_attention(q, key, value, bias=self.relative_bias(q, t, table_w))
+
+        out = ops.moveaxis(ops.map(attend_chunk, (queries, tables)), 0, 1)
+        return self.project_heads(ops.reshape(out, (-1, self.size * self.size, self.num_heads, self.head_dim)))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "use_rel_pos": self.use_rel_pos}
@@ -457,8 +489,8 @@ class DownscaledAttention(keras.layers.Layer):
         def heads(x):
             return ops.reshape(x, ops.shape(x)[:-1] + (self.num_heads, head_dim))
 
-        out = ops.dot_product_attention(heads(self.query_dense(query)), heads(self.key_dense(key)),
-                                        heads(self.value_dense(value)))
+        out = dot_product_attention(heads(self.query_dense(query)), heads(self.key_dense(key)),
+                                    heads(self.value_dense(value)))
         return self.output_dense(ops.reshape(out, ops.shape(out)[:-2] + (self.internal_dim,)))
 
     def get_config(self):

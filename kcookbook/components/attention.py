@@ -2,8 +2,9 @@
 
 One ``(hidden, (heads + 2·kv_heads)·head_dim)`` matmul instead of three: fewer, larger kernels are
 faster on every backend (and on torch, fewer Python-level layer calls). The attention itself is
-``keras.ops.dot_product_attention``, which each backend lowers to its fused implementation
-(``jax.nn.dot_product_attention``, ``torch.nn.functional.scaled_dot_product_attention``, XLA on TF).
+``dot_product_attention`` below: heads-first batched matmuls on jax (faster on XLA's CPU backend
+than ``jax.nn.dot_product_attention``'s lowering), ``keras.ops.dot_product_attention`` elsewhere
+(``torch.nn.functional.scaled_dot_product_attention``, XLA on TF).
 
 Grouped-query attention: ``num_key_value_heads < num_heads`` shares each key/value head among
 ``num_heads // num_key_value_heads`` query heads.
@@ -22,25 +23,75 @@ only the first token of the last block needs one).
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 
-def dot_product_attention(query, key, value):
-    """Unmasked scaled dot-product attention on ``(batch, length, heads, head_dim)`` tensors, as
-    ``keras.ops.dot_product_attention``; on jax as two batched matmuls with the heads first.
+def dot_product_attention(query, key, value, bias=None, mask=None, is_causal=False, scale=None):
+    """Scaled dot-product attention on ``(batch, length, heads, head_dim)`` tensors, as
+    ``keras.ops.dot_product_attention``: ``softmax(query·keyᵀ·scale + bias)·value`` with ``scale``
+    ``head_dim ** -0.5`` by default, ``bias`` broadcastable to (batch, heads, queries, keys), ``mask``
+    (same shape, True where a query may attend) and ``is_causal`` (query ``i`` sees keys ``≤ i``).
+    Query, key and value have the same number of heads.
 
-    jax's own XLA lowering (einsums in the batch-length-heads layout) makes XLA's CPU backend copy
-    the probability tensor into a transposed layout: for a diffusion UNet's 1,024-pixel
-    self-attention (batch 2, 4 heads of 16) it took 36 ms where the heads-first form takes 16 ms
-    (issue 18). torch and TensorFlow keep their fused kernels.
+    On jax: two batched matmuls with the heads first, the scores and the softmax in float32 (also
+    for float16 / bfloat16 inputs), masked scores set to a large negative number, as
+    ``jax.nn.dot_product_attention``. jax's own XLA lowering (einsums in the batch-length-heads
+    layout) makes XLA's CPU backend copy the probability tensor into a transposed layout: for a
+    diffusion UNet's 1,024-pixel self-attention (batch 2, 4 heads of 16) it took 36 ms where the
+    heads-first form takes 16 ms (issue 18). torch and TensorFlow keep their fused kernels; torch's
+    takes one additive mask, so there more than one of ``bias``/``mask``/``is_causal`` is folded
+    into one float bias first.
     """
-    if keras.backend.backend() != "jax":
-        return ops.dot_product_attention(query, key, value)
-    scale = ops.cast(ops.shape(query)[-1], query.dtype) ** -0.5
-    query = ops.transpose(query, (0, 2, 1, 3)) * scale       # (batch, heads, length, head_dim)
-    key = ops.transpose(key, (0, 2, 3, 1))                   # (batch, heads, head_dim, key length)
-    value = ops.transpose(value, (0, 2, 1, 3))
-    probabilities = ops.softmax(ops.matmul(query, key), axis=-1)
+    backend = keras.backend.backend()
+    if backend == "jax":
+        return heads_first_attention(query, *heads_first(key, value), bias, mask, is_causal, scale)
+    if backend == "torch" and (bias is not None) + (mask is not None) + bool(is_causal) > 1:
+        allowed = _allowed(mask, is_causal, ops.shape(query)[1], ops.shape(key)[1])
+        bias = ops.zeros((), query.dtype) if bias is None else ops.cast(bias, query.dtype)
+        bias = ops.where(allowed, bias, ops.cast(_large_negative(query.dtype), query.dtype))
+        mask, is_causal = None, False
+    return ops.dot_product_attention(query, key, value, bias=bias, mask=mask, scale=scale, is_causal=is_causal)
+
+
+def _allowed(mask, is_causal, query_length, key_length):
+    """``mask`` (cast to bool) and, with ``is_causal``, the lower triangle (query ``i``, key ``≤ i``)."""
+    allowed = None if mask is None else ops.cast(mask, "bool")
+    if is_causal:
+        causal = ops.arange(query_length)[:, None] >= ops.arange(key_length)[None, :]
+        allowed = causal if allowed is None else ops.logical_and(allowed, causal)
+    return allowed
+
+
+def _large_negative(dtype):
+    """What masked scores become: -0.7 × the largest ``dtype`` number, as keras and jax use."""
+    return -0.7 * float(np.finfo("float16" if keras.backend.standardize_dtype(dtype) == "float16" else "float32").max)
+
+
+def heads_first(key, value):
+    """(batch, keys, heads, head_dim) keys and values → (batch, heads, head_dim, keys) keys and
+    (batch, heads, keys, head_dim) values, the layouts ``heads_first_attention`` takes (transpose
+    them once when several chunks of queries attend to the same keys)."""
+    return ops.transpose(key, (0, 2, 3, 1)), ops.transpose(value, (0, 2, 1, 3))
+
+
+def heads_first_attention(query, key, value, bias=None, mask=None, is_causal=False, scale=None):
+    """``dot_product_attention`` with ``key`` and ``value`` from ``heads_first`` (``query`` and the
+    result stay (batch, queries, heads, head_dim)): two batched matmuls with the heads first,
+    scores and softmax in float32 (half-precision inputs are widened for the scores, whose products
+    are then exact), masked scores -0.7 × the largest float32, as ``jax.nn.dot_product_attention``."""
+    if scale is None:
+        scale = query.shape[-1] ** -0.5
+    query = ops.transpose(query, (0, 2, 1, 3))  # (batch, heads, queries, head_dim)
+    if keras.backend.standardize_dtype(query.dtype) != "float32":
+        query, key = ops.cast(query, "float32"), ops.cast(key, "float32")
+    scores = ops.matmul(query, key) * scale
+    if bias is not None:
+        scores = scores + ops.cast(bias, "float32")
+    allowed = _allowed(mask, is_causal, ops.shape(query)[2], ops.shape(key)[3])
+    if allowed is not None:
+        scores = ops.where(allowed, scores, _large_negative("float32"))
+    probabilities = ops.cast(ops.softmax(scores, axis=-1), value.dtype)
     return ops.transpose(ops.matmul(probabilities, value), (0, 2, 1, 3))
 
 
@@ -145,11 +196,12 @@ class MultiHeadAttention(keras.layers.Layer):
             repeats = self.num_heads // self.num_key_value_heads
             key = ops.repeat(key, repeats, axis=2)
             value = ops.repeat(value, repeats, axis=2)
-        if attention_mask is not None:
-            attention_mask = ops.cast(attention_mask, "bool")
-        out = ops.dot_product_attention(query, key, value, bias=bias, mask=attention_mask, is_causal=is_causal)
-        out = ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,))
-        return self.output_dense(out)
+        return self.project_heads(
+            dot_product_attention(query, key, value, bias=bias, mask=attention_mask, is_causal=is_causal))
+
+    def project_heads(self, out):
+        """(batch, length, heads, head_dim) attention outputs → merged heads → output projection."""
+        return self.output_dense(ops.reshape(out, ops.shape(out)[:-2] + (self.num_heads * self.head_dim,)))
 
     def call(self, inputs, attention_mask=None, is_causal=False, query_length=None):
         if query_length is None:

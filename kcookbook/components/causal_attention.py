@@ -224,7 +224,8 @@ class CausalSelfAttention(MultiHeadAttention):
         this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF.
         ``attention_bias`` (float32, broadcastable to (batch, heads, queries, keys)) is added to the
         scores: 0 to attend, ``MASKED`` not to (the same scores as ``attention_mask``). ``calls``
-        calls the output projection (``torch_speedups.LayerCalls``)."""
+        calls the output projection (``torch_speedups.LayerCalls``). (Not ``attention.dot_product_attention``:
+        it would copy grouped keys/values, and the cache's float bias is built once per step.)"""
         shape = ops.shape(query)
         batch, length = shape[0], shape[1]
         groups = self.num_heads // self.num_key_value_heads
