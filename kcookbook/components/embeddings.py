@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import transposed_table
+from kcookbook.components.torch_speedups import dynamic_slice, transposed_table
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -147,7 +147,7 @@ class PositionEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0):
         shape = ops.shape(inputs)
         length = shape[1]
-        table = ops.slice(ops.convert_to_tensor(self.embeddings), (start_index, 0), (length, shape[-1]))
+        table = dynamic_slice(ops.convert_to_tensor(self.embeddings), (start_index, 0), (length, shape[-1]))
         return ops.broadcast_to(ops.cast(table, inputs.dtype), shape)
 
     def compute_output_shape(self, input_shape):

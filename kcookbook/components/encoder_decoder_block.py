@@ -34,7 +34,8 @@ from kcookbook.components.torch_speedups import (
     contiguous,
     fused_attention_heads_first,
     reshape,
-    write_in_place,
+    standard_dtype,
+    write_slice_in_place,
 )
 
 NORMALIZATIONS = ("rms", "layer")
@@ -111,10 +112,9 @@ class EncoderDecoderAttention(keras.layers.Layer):
     def write_cache(cache, key_value, cache_index):
         """``cache[:, :, :, i:i + n] = key_value`` (``n`` new positions from ``cache_index``): in
         place on torch, a ``slice_update`` that compiles inside a ``while_loop`` elsewhere."""
-        index = ops.cast(cache_index, "int32")
         if keras.config.backend() == "torch":
-            positions = ops.arange(ops.shape(key_value)[3], dtype="int64") + ops.cast(index, "int64")
-            return write_in_place(cache, key_value, positions, axis=3)
+            return write_slice_in_place(cache, key_value, cache_index, axis=3)
+        index = ops.cast(cache_index, "int32")
         zero = ops.zeros((), "int32")
         return ops.slice_update(cache, (zero, zero, zero, index, zero), ops.cast(key_value, cache.dtype))
 
@@ -129,7 +129,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         key, value = key_value[:, :, 0], key_value[:, :, 1]
         scale = self.head_dim ** -0.5 if self.score_scale is None else self.score_scale
         if (keras.config.backend() == "torch" and not (training and self.dropout)
-                and keras.backend.standardize_dtype(query.dtype) == "float32"):
+                and standard_dtype(query.dtype) == "float32"):
             bias = None if attention_bias is None else cast_if_needed(attention_bias, "float32")
             out = fused_attention_heads_first(query, key, value, scale, bias=bias, masked=MASKED,
                                               first_query_position=cache_index if causal else None)

@@ -13,8 +13,9 @@
   the encoding costs only the decoder. ``fit(..., cache_encoder_outputs=False)`` runs the whole
   model on every step instead (what encoder dropout needs).
 * ``generate`` runs the encoder once, computes each decoder block's cross-attention keys and values
-  once (``Seq2SeqBackbone.init_cache``), then hands the search to the sampler with one decoder step
-  that reads and updates the self-attention key/value cache:
+  once (``Seq2SeqBackbone.init_cache``) and the self-attention bias of every position once
+  (``step_bias_table``), then hands the search to the sampler with one decoder step that reads and
+  updates the self-attention key/value cache:
   ``next(token_ids, cache, index) -> (logits, hidden_states, cache)``. Greedy, top-k, top-p, beam
   and contrastive search are the ``CausalLM``'s samplers (``kcookbook.components.samplers``), in
   the same compiled loop (``GenerationLoop``).
@@ -375,8 +376,10 @@ class Seq2SeqLM(GenerationLoop, Task):
             hidden_states = ops.zeros((token_ids.shape[0], max_length, self.backbone.hidden_dim),
                                       self.backbone.compute_dtype)
 
+        bias_table = self.backbone.step_bias_table(max_length, calls)  # a function of the position
+
         def step(token_ids, cache, index):
-            hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls)
+            hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls, bias_table)
             hidden = hidden[:, -1]
             logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
             return self.next_token_logits(logits, index), hidden, cache
