@@ -34,6 +34,7 @@ from kcookbook.components.torch_speedups import (
     contiguous,
     fused_attention_heads_first,
     reshape,
+    shape,
     standard_dtype,
     write_slice_in_place,
 )
@@ -100,7 +101,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         """Keys and values of ``source`` (batch, length, width) as ``(batch, heads, 2, length,
         head_dim)``, laid out in that order (``contiguous``) on torch."""
         kv = calls(self.key_value_dense, source)
-        kv = reshape(kv, ops.shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
+        kv = reshape(kv, shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
         return contiguous(ops.transpose(kv, (0, 3, 2, 1, 4)))
 
     def empty_cache(self, batch_size, max_length, dtype=None):
@@ -121,7 +122,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
     def call(self, x, attention_bias=None, causal=False, source=None, key_value=None, cache=None,
              cache_index=0, training=None, calls=KERAS_CALLS):
         query = calls(self.query, x)
-        query = reshape(query, ops.shape(query)[:-1] + (self.num_heads, self.head_dim))
+        query = reshape(query, shape(query)[:-1] + (self.num_heads, self.head_dim))
         if key_value is None:
             key_value = self.key_value(x if source is None else source, calls)
         if cache is not None:
@@ -133,7 +134,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
             bias = None if attention_bias is None else cast_if_needed(attention_bias, "float32")
             out = fused_attention_heads_first(query, key, value, scale, bias=bias, masked=MASKED,
                                               first_query_position=cache_index if causal else None)
-            out = calls(self.output_dense, reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
+            out = calls(self.output_dense, reshape(out, shape(out)[:2] + (self.num_heads * self.head_dim,)))
             return out if cache is None else (out, cache)
         scores = cast_if_needed(ops.einsum("bqhd,bhkd->bhqk", query, key), "float32")
         if scale != 1.0:
@@ -147,7 +148,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         probabilities = calls(self.dropout_layer, probabilities, training=training)
         out = ops.einsum("bhqk,bhkd->bqhd", probabilities, value)
-        out = calls(self.output_dense, reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
+        out = calls(self.output_dense, reshape(out, shape(out)[:2] + (self.num_heads * self.head_dim,)))
         return out if cache is None else (out, cache)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):

@@ -30,7 +30,7 @@ passes them down as arguments; nothing is switched by a global:
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
 
-``reshape`` is ``ops.reshape`` without Keras' dispatch on torch; ``dynamic_slice`` and
+``reshape`` and ``shape`` are ``ops.reshape`` and ``ops.shape`` without Keras' dispatch on torch; ``dynamic_slice`` and
 ``dynamic_slice_update`` are ``ops.slice``/``ops.slice_update`` at a loop's (tensor) position without
 Keras' slow path for tensor indices on torch.
 
@@ -149,6 +149,14 @@ def cast_if_needed(x, dtype):
     if standard_dtype(x.dtype) == standard_dtype(dtype):
         return x
     return ops.cast(x, dtype)
+
+
+def shape(x):
+    """``ops.shape(x)``; on torch, for a concrete tensor, its own shape (a ``torch.Size``, a tuple of
+    ints) without the op's search for symbolic tensors (~4 µs, ~30 times a T5 step)."""
+    if _is_torch_tensor(x):
+        return x.shape
+    return ops.shape(x)
 
 
 def reshape(x, shape):
