@@ -36,7 +36,7 @@ from kcookbook.backbones.seq2seq import Seq2SeqBackbone
 from kcookbook.components.inputs import is_tf_dataset, is_tf_tensor
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
-from kcookbook.components.torch_speedups import layer_calls
+from kcookbook.components.torch_speedups import cast_if_needed, layer_calls
 from kcookbook.tasks.generate_arguments import (
     check_generate_seed,
     check_max_length,
@@ -381,7 +381,7 @@ class Seq2SeqLM(GenerationLoop, Task):
         def step(token_ids, cache, index):
             hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls, bias_table)
             hidden = hidden[:, -1]
-            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            logits = cast_if_needed(self.backbone.logits(hidden, calls), "float32")
             return self.next_token_logits(logits, index), hidden, cache
 
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
@@ -404,7 +404,7 @@ class Seq2SeqLM(GenerationLoop, Task):
             hidden = self.backbone.decode(prefix, mask, state["encoder_output"], state["encoder_mask"],
                                           calls)
             hidden = ops.take(hidden, index, axis=1)
-            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            logits = cast_if_needed(self.backbone.logits(hidden, calls), "float32")
             return self.next_token_logits(logits, index), hidden, {**state, "prefix": prefix}
 
         state = {"prefix": token_ids, "encoder_output": encoder_output, "encoder_mask": encoder_mask}
