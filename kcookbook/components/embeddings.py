@@ -42,9 +42,11 @@ class ReversibleEmbedding(keras.layers.Embedding):
         if not self.tie_weights:
             return ops.matmul(inputs, ops.cast(self.reverse_embeddings, inputs.dtype))
         table = transposed_table(self, self.embeddings, inputs.dtype)  # torch inference: a kept copy
-        if table is None:
-            table = ops.cast(ops.transpose(self.embeddings), inputs.dtype)
-        return ops.matmul(inputs, table)
+        if table is not None:  # a torch tensor: its product without Keras' dispatch
+            import torch
+
+            return torch.matmul(inputs, table)
+        return ops.matmul(inputs, ops.cast(ops.transpose(self.embeddings), inputs.dtype))
 
     def _int8_call(self, inputs, reverse=False, training=None):
         """What Keras calls instead of ``call`` once the layer is int8."""

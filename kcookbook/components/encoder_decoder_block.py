@@ -36,6 +36,7 @@ from kcookbook.components.torch_speedups import (
     reshape,
     shape,
     standard_dtype,
+    transpose,
     write_slice_in_place,
 )
 
@@ -102,7 +103,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         head_dim)``, laid out in that order (``contiguous``) on torch."""
         kv = calls(self.key_value_dense, source)
         kv = reshape(kv, shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
-        return contiguous(ops.transpose(kv, (0, 3, 2, 1, 4)))
+        return contiguous(transpose(kv, (0, 3, 2, 1, 4)))
 
     def empty_cache(self, batch_size, max_length, dtype=None):
         """A zero self-attention cache ``(batch, heads, 2, max_length, head_dim)``."""

@@ -34,7 +34,7 @@ import numbers
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import dynamic_slice, dynamic_slice_update
+from kcookbook.components.torch_speedups import cast_if_needed, dynamic_slice, dynamic_slice_update
 
 
 def stateless_uniform(shape, seed, step):
@@ -84,8 +84,8 @@ def place_tokens(index, picked, token_ids, is_prompt, valid, done, stop_ids):
     in_prompt = column(is_prompt, index)
     chosen = ops.where(in_prompt, column(token_ids, index), picked)
     keep = ops.logical_or(in_prompt, ops.logical_not(done))
-    chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
-    token_ids = dynamic_slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
+    chosen = ops.where(keep, chosen, 0)
+    token_ids = dynamic_slice_update(token_ids, (0, index), cast_if_needed(chosen[:, None], "int32"))
     valid = dynamic_slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
     stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
     generated = ops.logical_and(keep, ops.logical_not(in_prompt))

@@ -30,7 +30,7 @@ passes them down as arguments; nothing is switched by a global:
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
 
-``reshape`` and ``shape`` are ``ops.reshape`` and ``ops.shape`` without Keras' dispatch on torch; ``dynamic_slice`` and
+``reshape``, ``shape`` and ``transpose`` are the Keras ops without their dispatch on torch; ``dynamic_slice`` and
 ``dynamic_slice_update`` are ``ops.slice``/``ops.slice_update`` at a loop's (tensor) position without
 Keras' slow path for tensor indices on torch.
 
@@ -166,6 +166,13 @@ def reshape(x, shape):
     if keras.config.backend() == "torch" and not isinstance(x, keras.KerasTensor):
         return x.reshape(tuple(shape))
     return ops.reshape(x, shape)
+
+
+def transpose(x, axes):
+    """``ops.transpose(x, axes)``; on torch, for a concrete tensor, its own ``permute`` (a view)."""
+    if _is_torch_tensor(x):
+        return x.permute(*axes)
+    return ops.transpose(x, axes)
 
 
 def _is_torch_tensor(x):
