@@ -397,7 +397,7 @@ class ContrastiveSampler(Sampler):
 
         def remember(hidden_states, hidden, index):
             return dynamic_slice_update(hidden_states, (0, index, 0),
-                                    ops.cast(hidden[:, None], hidden_states.dtype))
+                                        ops.cast(hidden[:, None], hidden_states.dtype))
 
         previous = dynamic_slice(token_ids, (0, index - 1), (batch_size, 1))
         logits, hidden, cache = next(previous, cache, index - 1)

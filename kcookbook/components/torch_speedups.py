@@ -30,9 +30,11 @@ passes them down as arguments; nothing is switched by a global:
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
 
-``reshape``, ``shape`` and ``transpose`` are the Keras ops without their dispatch on torch; ``dynamic_slice`` and
-``dynamic_slice_update`` are ``ops.slice``/``ops.slice_update`` at a loop's (tensor) position without
-Keras' slow path for tensor indices on torch.
+``reshape``, ``shape`` and ``transpose`` are the Keras ops without their dispatch on torch;
+``dynamic_slice`` and ``dynamic_slice_update`` are ``ops.slice``/``ops.slice_update`` at a loop's
+(tensor) position without Keras' slow path for tensor indices on torch. ``variable_tensor`` reads a
+variable's tensor without the ``value`` property's checks; ``standard_dtype`` remembers
+``standardize_dtype``.
 
 ``cast_if_needed`` skips a no-op cast (a Keras op's dispatch, ~20 µs on torch) on every backend.
 
