@@ -28,8 +28,10 @@ decoder pass, the caches and the one-token step are written here once:
   ``{"self": [zero self-attention cache per block], "cross": [cross-attention keys/values per
   block], "cross_bias": encoder padding as a bias}`` — every tensor batch-first, so a sampler's
   beam search repeats and reorders them with the rows;
-* ``decode_step(token_ids, cache, index, calls)``: the tokens at positions ``index…`` through
-  the decoder, reading and updating the cache: ``(hidden, cache)``;
+* ``decode_step(token_ids, cache, index, calls, bias_table)``: the tokens at positions ``index…``
+  through the decoder, reading and updating the cache: ``(hidden, cache)``; ``bias_table`` is
+  ``step_bias_table(max_length, calls)`` (the self-attention bias of every position: causal mask
+  and relative positions), computed once per generation by the caller;
 * ``encoder_model``: the encoder alone as a functional model on the same layers (encoder inputs →
   ``{"encoder_output", "encoder_padding_mask"}``); its ``trainable_weights`` are empty while the
   encoder is frozen, which is when ``Seq2SeqLM.fit`` trains the decoder on cached encoder outputs.
@@ -44,7 +46,7 @@ from keras import ops
 from kcookbook.backbones.backbone import Backbone
 from kcookbook.components.causal_attention import MASKED, causal_attention_mask
 from kcookbook.components.encoder_decoder_block import padding_bias
-from kcookbook.components.torch_speedups import KERAS_CALLS
+from kcookbook.components.torch_speedups import KERAS_CALLS, dynamic_slice
 
 
 class Seq2SeqBackbone(Backbone):
@@ -132,17 +134,29 @@ class Seq2SeqBackbone(Backbone):
             "cross_bias": padding_bias(encoder_padding_mask),
         }
 
-    def decode_step(self, token_ids, cache, index, calls=KERAS_CALLS):
-        """Decoder tokens at positions ``index…`` → ``(hidden, cache)`` (hidden after the final norm)."""
+    def step_bias_table(self, max_length, calls=KERAS_CALLS):
+        """The decoder self-attention bias of every position over a cache of ``max_length``: float32
+        ``(1, heads or 1, max_length, max_length)``, row ``i`` for a query at position ``i`` (the
+        causal mask plus ``decoder_self_attention_bias``). A function of the position alone, so
+        generation computes it once, before its loop, and ``decode_step`` reads its rows instead of
+        recomputing the mask and the family's bias (T5's relative buckets: ~20 ops) at every step."""
+        positions = ops.arange(max_length, dtype="int32")
+        allowed = causal_attention_mask(positions, positions)
+        bias = ops.where(allowed, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
+        queries = ops.zeros((1, max_length, 1), self.compute_dtype)  # the bias reads its length
+        relative = self.decoder_self_attention_bias(queries, max_length, 0, calls)
+        return bias if relative is None else bias + relative
+
+    def decode_step(self, token_ids, cache, index, calls=KERAS_CALLS, bias_table=None):
+        """Decoder tokens at positions ``index…`` → ``(hidden, cache)`` (hidden after the final norm).
+        ``bias_table``: ``step_bias_table(max_length)`` for this cache, if the caller keeps it."""
         x = self.embed_decoder(token_ids, index, calls)
         max_length = cache["self"][0].shape[3]  # (batch, heads, 2, max_length, head_dim)
         # The causal mask over the cache and the family's bias, once for every block.
-        queries = ops.arange(ops.shape(x)[1], dtype="int32") + ops.cast(index, "int32")
-        allowed = causal_attention_mask(queries, ops.arange(max_length, dtype="int32"))
-        self_bias = ops.where(allowed, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
-        relative = self.decoder_self_attention_bias(x, max_length, index, calls)
-        if relative is not None:
-            self_bias = self_bias + relative
+        if bias_table is None:
+            bias_table = self.step_bias_table(max_length, calls)
+        self_bias = dynamic_slice(bias_table, (0, 0, index, 0),
+                                  (1, bias_table.shape[1], ops.shape(x)[1], max_length))
         caches = []
         for block, self_cache, cross in zip(self.decoder_blocks, cache["self"], cache["cross"]):
             x, self_cache = calls.nested(

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import transposed_table
+from kcookbook.components.torch_speedups import dynamic_slice, transposed_table
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -42,9 +42,11 @@ class ReversibleEmbedding(keras.layers.Embedding):
         if not self.tie_weights:
             return ops.matmul(inputs, ops.cast(self.reverse_embeddings, inputs.dtype))
         table = transposed_table(self, self.embeddings, inputs.dtype)  # torch inference: a kept copy
-        if table is None:
-            table = ops.cast(ops.transpose(self.embeddings), inputs.dtype)
-        return ops.matmul(inputs, table)
+        if table is not None:  # a torch tensor: its product without Keras' dispatch
+            import torch
+
+            return torch.matmul(inputs, table)
+        return ops.matmul(inputs, ops.cast(ops.transpose(self.embeddings), inputs.dtype))
 
     def _int8_call(self, inputs, reverse=False, training=None):
         """What Keras calls instead of ``call`` once the layer is int8."""
@@ -147,7 +149,7 @@ class PositionEmbedding(keras.layers.Layer):
     def call(self, inputs, start_index=0):
         shape = ops.shape(inputs)
         length = shape[1]
-        table = ops.slice(ops.convert_to_tensor(self.embeddings), (start_index, 0), (length, shape[-1]))
+        table = dynamic_slice(ops.convert_to_tensor(self.embeddings), (start_index, 0), (length, shape[-1]))
         return ops.broadcast_to(ops.cast(table, inputs.dtype), shape)
 
     def compute_output_shape(self, input_shape):

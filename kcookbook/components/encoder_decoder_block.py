@@ -34,7 +34,10 @@ from kcookbook.components.torch_speedups import (
     contiguous,
     fused_attention_heads_first,
     reshape,
-    write_in_place,
+    shape,
+    standard_dtype,
+    transpose,
+    write_slice_in_place,
 )
 
 NORMALIZATIONS = ("rms", "layer")
@@ -99,8 +102,8 @@ class EncoderDecoderAttention(keras.layers.Layer):
         """Keys and values of ``source`` (batch, length, width) as ``(batch, heads, 2, length,
         head_dim)``, laid out in that order (``contiguous``) on torch."""
         kv = calls(self.key_value_dense, source)
-        kv = reshape(kv, ops.shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
-        return contiguous(ops.transpose(kv, (0, 3, 2, 1, 4)))
+        kv = reshape(kv, shape(kv)[:-1] + (2, self.num_heads, self.head_dim))
+        return contiguous(transpose(kv, (0, 3, 2, 1, 4)))
 
     def empty_cache(self, batch_size, max_length, dtype=None):
         """A zero self-attention cache ``(batch, heads, 2, max_length, head_dim)``."""
@@ -111,17 +114,16 @@ class EncoderDecoderAttention(keras.layers.Layer):
     def write_cache(cache, key_value, cache_index):
         """``cache[:, :, :, i:i + n] = key_value`` (``n`` new positions from ``cache_index``): in
         place on torch, a ``slice_update`` that compiles inside a ``while_loop`` elsewhere."""
-        index = ops.cast(cache_index, "int32")
         if keras.config.backend() == "torch":
-            positions = ops.arange(ops.shape(key_value)[3], dtype="int64") + ops.cast(index, "int64")
-            return write_in_place(cache, key_value, positions, axis=3)
+            return write_slice_in_place(cache, key_value, cache_index, axis=3)
+        index = ops.cast(cache_index, "int32")
         zero = ops.zeros((), "int32")
         return ops.slice_update(cache, (zero, zero, zero, index, zero), ops.cast(key_value, cache.dtype))
 
     def call(self, x, attention_bias=None, causal=False, source=None, key_value=None, cache=None,
              cache_index=0, training=None, calls=KERAS_CALLS):
         query = calls(self.query, x)
-        query = reshape(query, ops.shape(query)[:-1] + (self.num_heads, self.head_dim))
+        query = reshape(query, shape(query)[:-1] + (self.num_heads, self.head_dim))
         if key_value is None:
             key_value = self.key_value(x if source is None else source, calls)
         if cache is not None:
@@ -129,11 +131,11 @@ class EncoderDecoderAttention(keras.layers.Layer):
         key, value = key_value[:, :, 0], key_value[:, :, 1]
         scale = self.head_dim ** -0.5 if self.score_scale is None else self.score_scale
         if (keras.config.backend() == "torch" and not (training and self.dropout)
-                and keras.backend.standardize_dtype(query.dtype) == "float32"):
+                and standard_dtype(query.dtype) == "float32"):
             bias = None if attention_bias is None else cast_if_needed(attention_bias, "float32")
             out = fused_attention_heads_first(query, key, value, scale, bias=bias, masked=MASKED,
                                               first_query_position=cache_index if causal else None)
-            out = calls(self.output_dense, reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
+            out = calls(self.output_dense, reshape(out, shape(out)[:2] + (self.num_heads * self.head_dim,)))
             return out if cache is None else (out, cache)
         scores = cast_if_needed(ops.einsum("bqhd,bhkd->bhqk", query, key), "float32")
         if scale != 1.0:
@@ -147,7 +149,7 @@ class EncoderDecoderAttention(keras.layers.Layer):
         probabilities = cast_if_needed(ops.softmax(scores, axis=-1), value.dtype)
         probabilities = calls(self.dropout_layer, probabilities, training=training)
         out = ops.einsum("bhqk,bhkd->bqhd", probabilities, value)
-        out = calls(self.output_dense, reshape(out, ops.shape(out)[:2] + (self.num_heads * self.head_dim,)))
+        out = calls(self.output_dense, reshape(out, shape(out)[:2] + (self.num_heads * self.head_dim,)))
         return out if cache is None else (out, cache)
 
     def compute_output_shape(self, input_shape, *args, **kwargs):

@@ -11,7 +11,7 @@ with ``scale`` starting at zero (Gemma's variant) instead of by ``scale`` starti
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import cast_if_needed, fused_rms_normalization
+from kcookbook.components.torch_speedups import cast_if_needed, fused_rms_normalization, variable_tensor
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -35,9 +35,10 @@ class RMSNormalization(keras.layers.Layer):
 
     def call(self, x):
         x32 = cast_if_needed(x, "float32")
-        scale = cast_if_needed(self.scale.value, "float32")
+        torch = keras.config.backend() == "torch"
+        scale = cast_if_needed(variable_tensor(self.scale) if torch else self.scale.value, "float32")
         scale = 1.0 + scale if self.unit_offset else scale
-        if keras.config.backend() == "torch":  # one kernel, not six dispatched ops
+        if torch:  # one kernel, not six dispatched ops
             return cast_if_needed(fused_rms_normalization(x32, scale, self.epsilon), x.dtype)
         normed = x32 * ops.rsqrt(ops.mean(x32 * x32, axis=-1, keepdims=True) + self.epsilon)
         return cast_if_needed(normed * scale, x.dtype)

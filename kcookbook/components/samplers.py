@@ -34,6 +34,8 @@ import numbers
 import keras
 from keras import ops
 
+from kcookbook.components.torch_speedups import cast_if_needed, dynamic_slice, dynamic_slice_update
+
 
 def stateless_uniform(shape, seed, step):
     """Uniform [0, 1) noise that depends only on ``(seed, step)``; compiles on every backend."""
@@ -65,7 +67,7 @@ def sample_from_logits(logits, seed, step):
 
 def column(x, index):
     """``x[:, index]`` for a traced ``index`` (a ``(batch,)`` tensor)."""
-    return ops.squeeze(ops.slice(x, (0, index), (ops.shape(x)[0], 1)), axis=1)
+    return ops.squeeze(dynamic_slice(x, (0, index), (ops.shape(x)[0], 1)), axis=1)
 
 
 def stop_token_tensor(stop_token_ids):
@@ -82,9 +84,9 @@ def place_tokens(index, picked, token_ids, is_prompt, valid, done, stop_ids):
     in_prompt = column(is_prompt, index)
     chosen = ops.where(in_prompt, column(token_ids, index), picked)
     keep = ops.logical_or(in_prompt, ops.logical_not(done))
-    chosen = ops.where(keep, chosen, ops.zeros_like(chosen))
-    token_ids = ops.slice_update(token_ids, (0, index), ops.cast(chosen[:, None], "int32"))
-    valid = ops.slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
+    chosen = ops.where(keep, chosen, 0)
+    token_ids = dynamic_slice_update(token_ids, (0, index), cast_if_needed(chosen[:, None], "int32"))
+    valid = dynamic_slice_update(valid, (0, index), ops.cast(keep[:, None], "int32"))
     stopped = ops.any(ops.equal(chosen[:, None], stop_ids[None, :]), axis=1)
     generated = ops.logical_and(keep, ops.logical_not(in_prompt))
     return token_ids, valid, ops.logical_or(done, ops.logical_and(stopped, generated))
@@ -178,7 +180,7 @@ class Sampler:
             return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
 
         def body(index, token_ids, valid, cache, done):
-            previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
+            previous = dynamic_slice(token_ids, (0, index - 1), (batch_size, 1))
             logits, _, cache = next(previous, cache, index - 1)
             picked = self.next_token(logits, seed, index)
             token_ids, valid, done = place_tokens(index, picked, token_ids, is_prompt, valid, done,
@@ -322,7 +324,7 @@ class BeamSampler(Sampler):
             return index < max_length
 
         def body(index, token_ids, cache, scores):
-            previous = ops.slice(token_ids, (0, index - 1), (batch_size * beams, 1))
+            previous = dynamic_slice(token_ids, (0, index - 1), (batch_size * beams, 1))
             logits, _, cache = next(previous, cache, index - 1)
             vocabulary = logits.shape[-1]
             log_probabilities = ops.log_softmax(logits, axis=-1)
@@ -336,7 +338,7 @@ class BeamSampler(Sampler):
             token_ids = ops.take(token_ids, source, axis=0)
             cache = map_cache(lambda c: ops.take(c, source, axis=0), cache)
             next_tokens = ops.reshape(ops.cast(best % vocabulary, "int32"), (-1, 1))
-            token_ids = ops.slice_update(token_ids, (0, index), next_tokens)
+            token_ids = dynamic_slice_update(token_ids, (0, index), next_tokens)
             return index + 1, token_ids, cache, scores
 
         _, token_ids, _, scores = ops.while_loop(cond, body, (index, token_ids, cache, scores))
@@ -394,10 +396,10 @@ class ContrastiveSampler(Sampler):
             return x / ops.sqrt(ops.sum(ops.square(x), axis=-1, keepdims=True) + 1e-12)
 
         def remember(hidden_states, hidden, index):
-            return ops.slice_update(hidden_states, (0, index, 0),
-                                    ops.cast(hidden[:, None], hidden_states.dtype))
+            return dynamic_slice_update(hidden_states, (0, index, 0),
+                                        ops.cast(hidden[:, None], hidden_states.dtype))
 
-        previous = ops.slice(token_ids, (0, index - 1), (batch_size, 1))
+        previous = dynamic_slice(token_ids, (0, index - 1), (batch_size, 1))
         logits, hidden, cache = next(previous, cache, index - 1)
         hidden_states = remember(hidden_states, hidden, index - 1)
 

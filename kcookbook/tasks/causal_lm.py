@@ -41,7 +41,7 @@ from kcookbook.backbones.decoder import DecoderBackbone
 from kcookbook.components.decoder_block import run_block_with_cache
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
-from kcookbook.components.torch_speedups import compiled_block_step, layer_calls
+from kcookbook.components.torch_speedups import cast_if_needed, compiled_block_step, layer_calls
 from kcookbook.tasks.causal_lm_scoring import LogLikelihoodScoring
 from kcookbook.tasks.generate_arguments import (
     check_generate_seed,
@@ -281,7 +281,7 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         def next(token_ids, cache, index):
             hidden, cache = self.backbone.call_with_cache(token_ids, cache, index, run_block, calls)
             hidden = hidden[:, -1]
-            return ops.cast(self.backbone.logits(hidden, calls), "float32"), hidden, cache
+            return cast_if_needed(self.backbone.logits(hidden, calls), "float32"), hidden, cache
 
         return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
                        hidden_states=hidden_states[0] if hidden_states else None)

@@ -13,8 +13,9 @@
   the encoding costs only the decoder. ``fit(..., cache_encoder_outputs=False)`` runs the whole
   model on every step instead (what encoder dropout needs).
 * ``generate`` runs the encoder once, computes each decoder block's cross-attention keys and values
-  once (``Seq2SeqBackbone.init_cache``), then hands the search to the sampler with one decoder step
-  that reads and updates the self-attention key/value cache:
+  once (``Seq2SeqBackbone.init_cache``) and the self-attention bias of every position once
+  (``step_bias_table``), then hands the search to the sampler with one decoder step that reads and
+  updates the self-attention key/value cache:
   ``next(token_ids, cache, index) -> (logits, hidden_states, cache)``. Greedy, top-k, top-p, beam
   and contrastive search are the ``CausalLM``'s samplers (``kcookbook.components.samplers``), in
   the same compiled loop (``GenerationLoop``).
@@ -35,7 +36,7 @@ from kcookbook.backbones.seq2seq import Seq2SeqBackbone
 from kcookbook.components.inputs import is_tf_dataset, is_tf_tensor
 from kcookbook.components.packers import StartEndPacker, pad_prompts
 from kcookbook.components.samplers import get_sampler
-from kcookbook.components.torch_speedups import layer_calls
+from kcookbook.components.torch_speedups import cast_if_needed, layer_calls
 from kcookbook.tasks.generate_arguments import (
     check_generate_seed,
     check_max_length,
@@ -375,10 +376,12 @@ class Seq2SeqLM(GenerationLoop, Task):
             hidden_states = ops.zeros((token_ids.shape[0], max_length, self.backbone.hidden_dim),
                                       self.backbone.compute_dtype)
 
+        bias_table = self.backbone.step_bias_table(max_length, calls)  # a function of the position
+
         def step(token_ids, cache, index):
-            hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls)
+            hidden, cache = self.backbone.decode_step(token_ids, cache, index, calls, bias_table)
             hidden = hidden[:, -1]
-            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            logits = cast_if_needed(self.backbone.logits(hidden, calls), "float32")
             return self.next_token_logits(logits, index), hidden, cache
 
         # Decoding starts after the first token; rows with a longer prefix keep their own tokens.
@@ -401,7 +404,7 @@ class Seq2SeqLM(GenerationLoop, Task):
             hidden = self.backbone.decode(prefix, mask, state["encoder_output"], state["encoder_mask"],
                                           calls)
             hidden = ops.take(hidden, index, axis=1)
-            logits = ops.cast(self.backbone.logits(hidden, calls), "float32")
+            logits = cast_if_needed(self.backbone.logits(hidden, calls), "float32")
             return self.next_token_logits(logits, index), hidden, {**state, "prefix": prefix}
 
         state = {"prefix": token_ids, "encoder_output": encoder_output, "encoder_mask": encoder_mask}
