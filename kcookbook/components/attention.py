@@ -39,7 +39,10 @@ def dot_product_attention(query, key, value, bias=None, mask=None, is_causal=Fal
     ``jax.nn.dot_product_attention``. jax's own XLA lowering (einsums in the batch-length-heads
     layout) makes XLA's CPU backend copy the probability tensor into a transposed layout: for a
     diffusion UNet's 1,024-pixel self-attention (batch 2, 4 heads of 16) it took 36 ms where the
-    heads-first form takes 16 ms (issue 18). torch and TensorFlow keep their fused kernels; torch's
+    heads-first form takes 16 ms (issue 18). When the scores are larger than ``CHUNK_SCORE_BYTES``
+    and no bias, mask or causal mask differs between queries, the queries attend in chunks
+    (``attend_in_chunks``): the same UNet step took ~0.9× the time with its 32 MB of scores in two
+    chunks (paired runs, issue 18). torch and TensorFlow keep their fused kernels; torch's
     takes one additive mask, so there more than one of ``bias``/``mask``/``is_causal`` is folded
     into one float bias first.
     """
@@ -47,7 +50,7 @@ def dot_product_attention(query, key, value, bias=None, mask=None, is_causal=Fal
     if backend == "jax":
         key, value = heads_first(key, value)
         length = _chunk_length(query, key, bias, mask, is_causal)
-        if length == query.shape[1]:
+        if length is None:
             return heads_first_attention(query, key, value, bias, mask, is_causal, scale)
         return attend_in_chunks(lambda chunk: heads_first_attention(chunk, key, value, bias, mask, scale=scale),
                                 query, length)
@@ -106,13 +109,17 @@ def attend_in_chunks(attend_chunk, query, length, *per_chunk):
 
 
 def _chunk_length(query, key, bias, mask, is_causal):
-    """Queries per chunk for ``dot_product_attention`` on jax: all of them when a causal mask, a
-    bias or a mask differs between queries (not chunked), or the scores fit in one chunk."""
+    """Queries per chunk for ``dot_product_attention`` on jax (with ``key`` heads-first), or None:
+    one chunk, when the scores fit in ``CHUNK_SCORE_BYTES``, when a causal mask, a bias or a mask
+    differs between queries, or when a size is not known while tracing (a symbolic dimension)."""
     num_queries = query.shape[1]
-    if num_queries is None or is_causal or any(x is not None and len(x.shape) >= 2 and x.shape[-2] != 1 for x in (bias, mask)):
-        return num_queries
-    batch, heads, _, num_keys = (1 if size is None else size for size in key.shape)
-    return queries_per_chunk(num_queries, 4 * batch * heads * num_keys)
+    sizes = (num_queries, key.shape[0], key.shape[1], key.shape[3])
+    if not all(isinstance(size, int) for size in sizes) or is_causal or any(
+            x is not None and len(x.shape) >= 2 and x.shape[-2] != 1 for x in (bias, mask)):
+        return None
+    _, batch, heads, num_keys = sizes
+    length = queries_per_chunk(num_queries, 4 * batch * heads * num_keys)
+    return None if length == num_queries else length
 
 
 def heads_first(key, value):
