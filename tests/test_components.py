@@ -512,6 +512,8 @@ def test_dot_product_attention_in_query_chunks_equals_the_textbook_formula(case,
     monkeypatch.setattr(attention, "CHUNK_SCORE_BYTES", 1024)
     chunked = keras.config.backend() == "jax" and case != "per_query_mask"
     assert attention._chunk_length(query, keys, None, mask, False) == (6 if chunked else None)
+    # 7 queries (a prime): chunks of 1 query, far below the 6 that fit → not chunked.
+    assert attention._chunk_length(query[:, :7], keys, None, None, False) is None
     out = attention.dot_product_attention(query, key, value, mask=mask)
     np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
     if case != "per_query_mask":  # the chunking itself, on every backend: 4 chunks of 3 queries
