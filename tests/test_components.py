@@ -493,3 +493,30 @@ def test_dot_product_attention_equals_the_textbook_formula(case, dtype):
         out = ops.convert_to_numpy(ops.cast(out, "float32"))
         assert out.shape == (2, 5, 3, 8)
         np.testing.assert_allclose(out, expected, atol={"float32": 1e-5, "float16": 3e-3, "bfloat16": 3e-2}[dtype])
+
+
+
+@pytest.mark.parametrize("case", ["plain", "key_mask", "per_query_mask"])
+def test_dot_product_attention_in_query_chunks_equals_the_textbook_formula(case, monkeypatch):
+    from kcookbook.components import attention
+
+    rng = np.random.default_rng(1)
+    query, key, value = (rng.standard_normal((2, length, 3, 8)).astype("float32") for length in (12, 7, 7))
+    mask = None
+    if case != "plain":  # a padding mask (one row for every query), or one per query (not chunked)
+        mask = rng.random((2, 1, 1 if case == "key_mask" else 12, 7)) < 0.6
+        mask[..., 0] = True
+    expected = textbook_attention(query, key, value, mask=mask)
+    keys, values = attention.heads_first(key, value)
+    # 1 KiB of scores per chunk: 2 × 3 × 7 floats a query → chunks of 6 queries on jax (one elsewhere).
+    monkeypatch.setattr(attention, "CHUNK_SCORE_BYTES", 1024)
+    chunked = keras.config.backend() == "jax" and case != "per_query_mask"
+    assert attention._chunk_length(query, keys, None, mask, False) == (6 if chunked else None)
+    # 7 queries (a prime): chunks of 1 query, far below the 6 that fit → not chunked.
+    assert attention._chunk_length(query[:, :7], keys, None, None, False) is None
+    out = attention.dot_product_attention(query, key, value, mask=mask)
+    np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
+    if case != "per_query_mask":  # the chunking itself, on every backend: 4 chunks of 3 queries
+        out = attention.attend_in_chunks(
+            lambda chunk: attention.heads_first_attention(chunk, keys, values, mask=mask), query, 3)
+        np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)

@@ -23,7 +23,8 @@ def random_statistics(model, seed=0):
 
 
 @pytest.mark.parametrize("kernel, strides, padding, use_bias", [
-    (1, 1, "same", True), (1, 1, "valid", False), (3, 1, "same", True), (1, 2, "valid", True)])
+    (1, 1, "same", True), (1, 1, "valid", False), (3, 1, "same", True), (1, 2, "valid", True),
+    (3, 2, "valid", True), (3, 2, "same", False), (2, 1, "same", True)])
 def test_conv2d_equals_keras_conv2d(kernel, strides, padding, use_bias):
     x = np.random.default_rng(0).normal(size=(2, 9, 7, 5)).astype("float32")
     ours = Conv2D(6, kernel, strides, padding=padding, use_bias=use_bias, bias_initializer="random_normal")
@@ -35,6 +36,24 @@ def test_conv2d_equals_keras_conv2d(kernel, strides, padding, use_bias):
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours(x)), keras.ops.convert_to_numpy(theirs(x)),
                                rtol=1e-5, atol=1e-5)
     assert keras.layers.deserialize(keras.layers.serialize(ours)).get_config() == ours.get_config()
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's inference-time kernel layout")
+def test_conv2d_kept_kernel_layout_follows_assign_and_gradients():
+    import torch
+
+    x = np.random.default_rng(1).normal(size=(1, 6, 6, 3)).astype("float32")
+    ours, theirs = Conv2D(4, 3, padding="same"), keras.layers.Conv2D(4, 3, padding="same")
+    ours.build(x.shape), theirs.build(x.shape)
+    theirs.set_weights(ours.get_weights())
+    for scale in (1.0, -2.0):  # the kept layout is made again after an assign
+        ours.kernel.assign(ours.kernel * scale)
+        theirs.kernel.assign(theirs.kernel * scale)
+        with torch.no_grad():
+            np.testing.assert_allclose(ours(x).numpy(), theirs(x).numpy(), rtol=1e-5, atol=1e-5)
+    out = ours(x)  # gradients on: the kernel is laid out from the variable itself
+    out.sum().backward()
+    assert ours.kernel.value.grad is not None
 
 
 def test_fold_batch_norms_toy_model():

@@ -269,3 +269,24 @@ def test_backbone_config_round_trip(model):
     again = StableDiffusionBackbone.from_config(backbone.get_config())
     assert [v.shape for v in again.weights] == [v.shape for v in backbone.weights]
     assert again.scaling_factor == backbone.scaling_factor
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 5, 8), (1, 3, 12)])
+def test_group_normalization_matches_torch_and_keeps_keras_weights(shape):
+    """The blocks' GroupNormalization (one fused kernel on torch) against torch's ``group_norm`` on
+    channels-first inputs; same weights (names, shapes) and config as keras' layer."""
+    from kcookbook.components.diffusion_blocks import GroupNormalization
+
+    rng = np.random.default_rng(0)
+    x = (rng.standard_normal(shape) * 3 + 1).astype("float32")
+    gamma, beta = (rng.standard_normal(shape[-1]).astype("float32") for _ in range(2))
+    layer, plain = GroupNormalization(4, epsilon=1e-5), keras.layers.GroupNormalization(4, epsilon=1e-5)
+    layer.build(shape), plain.build(shape)
+    assert [(w.path.split("/")[-1], w.shape) for w in layer.weights] == \
+        [(w.path.split("/")[-1], w.shape) for w in plain.weights]
+    assert {k: v for k, v in layer.get_config().items() if k != "name"} == \
+        {k: v for k, v in plain.get_config().items() if k != "name"}
+    layer.set_weights([gamma, beta])
+    expected = torch.nn.functional.group_norm(torch.from_numpy(np.moveaxis(x, -1, 1)), 4, torch.from_numpy(gamma),
+                                              torch.from_numpy(beta), 1e-5).movedim(1, -1).numpy()
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(layer(x)), expected, atol=1e-5)

@@ -44,7 +44,13 @@ from keras import ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config
 from kcookbook.components import MultiHeadAttention, PatchEmbedding
-from kcookbook.components.attention import dot_product_attention, heads_first, heads_first_attention
+from kcookbook.components.attention import (
+    attend_in_chunks,
+    dot_product_attention,
+    heads_first,
+    heads_first_attention,
+    queries_per_chunk,
+)
 from kcookbook.components.depthwise_conv import DepthwiseConv2D
 
 IMAGE_ENCODERS = ("vit_det", "tiny_vit")
@@ -90,8 +96,6 @@ class RelativePositionAttention(MultiHeadAttention):
     (MViTv2): ``q·Rh[row(q) - row(k)] + q·Rw[col(q) - col(k)]`` added to the scores. ``size`` is the
     window side (windowed layers) or the whole grid (global layers)."""
 
-    CHUNK_SCORE_BYTES = 16 * 2 ** 20
-
     def __init__(self, num_heads, head_dim, size, use_rel_pos=True, **kwargs):
         super().__init__(num_heads, head_dim, **kwargs)
         self.size = size
@@ -120,14 +124,13 @@ class RelativePositionAttention(MultiHeadAttention):
         return ops.reshape(bias, (-1, self.num_heads, rows * size, size * size))
 
     def rows_per_chunk(self):
-        """On jax, queries go through attention a few grid rows at a time (``ops.map``), so that
-        one chunk's scores (heads × rows·size × size² floats) stay under ``CHUNK_SCORE_BYTES`` and
-        in the CPU's cache: XLA otherwise writes and rereads the whole score tensor (a ViT-B global
-        layer's 12 × 4,096 × 4,096) once per pass of bias, softmax and product. Elsewhere: all rows."""
-        if keras.backend.backend() != "jax":
-            return self.size
-        rows = max(1, self.CHUNK_SCORE_BYTES // (4 * self.num_heads * self.size ** 3))
-        return max(r for r in range(1, self.size + 1) if self.size % r == 0 and r <= rows)
+        """On jax, queries go through attention a few grid rows at a time (``attend_in_chunks``), so
+        that one chunk's scores (heads × rows·size × size² floats, per image) stay under
+        ``CHUNK_SCORE_BYTES`` and in the CPU's cache: XLA otherwise writes and rereads the whole score
+        tensor (a ViT-B global layer's 12 × 4,096 × 4,096) once per pass of bias, softmax and product.
+        Elsewhere: all rows."""
+        size = self.size
+        return queries_per_chunk(size * size, 4 * self.num_heads * size * size, multiple=size) // size
 
     def call(self, inputs):
         query, key, value = self.split_heads(self.qkv(inputs))
@@ -137,18 +140,13 @@ class RelativePositionAttention(MultiHeadAttention):
         rows = self.rows_per_chunk()
         if rows == self.size:
             return self.attend(query, key, value, bias=self.relative_bias(query, table_h, table_w))
-        chunks, length = self.size // rows, rows * self.size
-        queries = ops.moveaxis(ops.reshape(query, (-1, chunks, length, self.num_heads, self.head_dim)), 1, 0)
-        tables = ops.reshape(table_h, (chunks, rows, self.size, self.head_dim))
-
         key, value = heads_first(key, value)  # once, not in every chunk
 
-        def attend_chunk(chunk):  # (batch, length, heads, head_dim) queries of ``rows`` rows
-            q, t = chunk
+        def attend_chunk(q, t):  # (batch, rows·size, heads, head_dim) queries of ``rows`` grid rows, their table
             return heads_first_attention(q, key, value, bias=self.relative_bias(q, t, table_w))
 
-        out = ops.moveaxis(ops.map(attend_chunk, (queries, tables)), 0, 1)
-        return self.project_heads(ops.reshape(out, (-1, self.size * self.size, self.num_heads, self.head_dim)))
+        tables = ops.reshape(table_h, (self.size // rows, rows, self.size, self.head_dim))
+        return self.project_heads(attend_in_chunks(attend_chunk, query, rows * self.size, tables))
 
     def get_config(self):
         return {**super().get_config(), "size": self.size, "use_rel_pos": self.use_rel_pos}

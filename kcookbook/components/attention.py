@@ -39,13 +39,21 @@ def dot_product_attention(query, key, value, bias=None, mask=None, is_causal=Fal
     ``jax.nn.dot_product_attention``. jax's own XLA lowering (einsums in the batch-length-heads
     layout) makes XLA's CPU backend copy the probability tensor into a transposed layout: for a
     diffusion UNet's 1,024-pixel self-attention (batch 2, 4 heads of 16) it took 36 ms where the
-    heads-first form takes 16 ms (issue 18). torch and TensorFlow keep their fused kernels; torch's
+    heads-first form takes 16 ms (issue 18). When the scores are larger than ``CHUNK_SCORE_BYTES``
+    and no bias, mask or causal mask differs between queries, the queries attend in chunks
+    (``attend_in_chunks``): the same UNet step took ~0.9× the time with its 32 MB of scores in two
+    chunks (paired runs, issue 18). torch and TensorFlow keep their fused kernels; torch's
     takes one additive mask, so there more than one of ``bias``/``mask``/``is_causal`` is folded
     into one float bias first.
     """
     backend = keras.backend.backend()
     if backend == "jax":
-        return heads_first_attention(query, *heads_first(key, value), bias, mask, is_causal, scale)
+        key, value = heads_first(key, value)
+        length = _chunk_length(query, key, bias, mask, is_causal)
+        if length is None:
+            return heads_first_attention(query, key, value, bias, mask, is_causal, scale)
+        return attend_in_chunks(lambda chunk: heads_first_attention(chunk, key, value, bias, mask, scale=scale),
+                                query, length)
     if backend == "torch" and (bias is not None) + (mask is not None) + bool(is_causal) > 1:
         allowed = _allowed(mask, is_causal, ops.shape(query)[1], ops.shape(key)[1])
         bias = ops.zeros((), query.dtype) if bias is None else ops.cast(bias, query.dtype)
@@ -66,6 +74,56 @@ def _allowed(mask, is_causal, query_length, key_length):
 def _large_negative(dtype):
     """What masked scores become: -0.7 × the largest ``dtype`` number, as keras and jax use."""
     return -0.7 * float(np.finfo("float16" if keras.backend.standardize_dtype(dtype) == "float16" else "float32").max)
+
+
+# On jax, queries attend in chunks whose scores (float32) take at most this many bytes, so that a
+# chunk's scores stay in the CPU's cache through scores, softmax and product; the whole score tensor
+# is otherwise written and reread by each pass (``queries_per_chunk``, ``attend_in_chunks``).
+CHUNK_SCORE_BYTES = 16 * 2 ** 20
+
+
+def queries_per_chunk(num_queries, bytes_per_query, multiple=1):
+    """On jax, the most queries of one chunk — a multiple of ``multiple`` that divides
+    ``num_queries`` — whose scores (``bytes_per_query`` each) fit in ``CHUNK_SCORE_BYTES`` (at
+    least ``multiple``); ``num_queries`` (one chunk) elsewhere, where torch and TensorFlow have
+    fused kernels."""
+    if keras.backend.backend() != "jax":
+        return num_queries
+    fit = max(multiple, CHUNK_SCORE_BYTES // max(1, bytes_per_query))
+    return max(n for n in range(multiple, num_queries + 1, multiple) if num_queries % n == 0 and n <= fit)
+
+
+def attend_in_chunks(attend_chunk, query, length, *per_chunk):
+    """``attend_chunk`` on the (batch, queries, heads, head_dim) ``query`` split into chunks of
+    ``length`` queries, one chunk at a time (``ops.map``); each of ``per_chunk`` has one entry per
+    chunk on its first axis and ``attend_chunk(query_chunk, *entries)`` gets that chunk's. The
+    chunks' (batch, length, heads, head_dim) outputs are put back together in query order."""
+    batch, num_queries, heads, head_dim = ops.shape(query)
+    chunks = num_queries // length
+    queries = ops.moveaxis(ops.reshape(query, (-1, chunks, length, heads, head_dim)), 1, 0)
+    if per_chunk:
+        out = ops.map(lambda xs: attend_chunk(*xs), (queries, *per_chunk))
+    else:
+        out = ops.map(attend_chunk, queries)
+    return ops.reshape(ops.moveaxis(out, 0, 1), (-1, num_queries) + tuple(ops.shape(out)[3:]))
+
+
+def _chunk_length(query, key, bias, mask, is_causal):
+    """Queries per chunk for ``dot_product_attention`` on jax (with ``key`` heads-first), or None:
+    one chunk, when the scores fit in ``CHUNK_SCORE_BYTES``, when no divisor of the number of queries
+    is at least half of what fits, when a causal mask, a bias or a mask
+    differs between queries, or when a size is not known while tracing (a symbolic dimension)."""
+    num_queries = query.shape[1]
+    sizes = (num_queries, key.shape[0], key.shape[1], key.shape[3])
+    if not all(isinstance(size, int) for size in sizes) or is_causal or any(
+            x is not None and len(x.shape) >= 2 and x.shape[-2] != 1 for x in (bias, mask)):
+        return None
+    _, batch, heads, num_keys = sizes
+    length = queries_per_chunk(num_queries, 4 * batch * heads * num_keys)
+    fit = CHUNK_SCORE_BYTES // (4 * batch * heads * num_keys)
+    # No chunks either when no divisor of the queries comes near what fits: ViT-B's 197 tokens
+    # (a prime) would go one query at a time, 4.6x slower than unchunked at batch 32.
+    return None if length == num_queries or 2 * length < fit else length
 
 
 def heads_first(key, value):

@@ -3,7 +3,8 @@
 ``Conv2D`` is ``keras.layers.Conv2D`` (same config, weights and results) except that a 1×1, stride-1,
 undilated, ungrouped convolution on channels-last inputs runs as ``ops.matmul`` over the channels:
 torch's backend otherwise transposes to channels-first and back around every convolution, and a
-matmul is the plainest op for XLA and oneDNN too.
+matmul is the plainest op for XLA and oneDNN too. On torch, the other float32 channels-last
+convolutions skip Keras' copies of the input and kernel (``torch_speedups.conv2d_channels_last``).
 
 ``fold_batch_norms(model)`` returns an inference copy of a functional model in which every
 convolution whose only consumer is a ``BatchNormalization`` (the conv-BN-activation pattern) and that
@@ -24,6 +25,8 @@ prediction, never for training.
 import keras
 from keras import ops
 
+from kcookbook.components.torch_speedups import conv2d_channels_last
+
 
 @keras.saving.register_keras_serializable(package="kcookbook")
 class Conv2D(keras.layers.Conv2D):
@@ -37,6 +40,29 @@ class Conv2D(keras.layers.Conv2D):
         if self.is_pointwise():  # (…, h, w, c_in) @ (c_in, c_out); "same" and "valid" agree at 1×1
             return ops.matmul(inputs, ops.reshape(kernel, kernel.shape[2:]))
         return super().convolution_op(inputs, kernel)
+
+    def torch_padding(self):
+        """The pixels torch pads on each side, or None where that is not Keras' padding ("same" with
+        strides: Keras pads more on the bottom and right when the padding is odd)."""
+        if self.padding == "valid":
+            return (0, 0)
+        if tuple(self.strides) != (1, 1):
+            return None
+        pads = [(k - 1) * d for k, d in zip(self.kernel_size, self.dilation_rate)]
+        return None if any(p % 2 for p in pads) else tuple(p // 2 for p in pads)
+
+    def call(self, inputs):
+        """On torch, a float32 channels-last k×k convolution (not 1×1: a matmul) runs as
+        ``torch_speedups.conv2d_channels_last``, bias included, without Keras' layout copies."""
+        if (keras.config.backend() == "torch" and not self.is_pointwise() and self.data_format == "channels_last"
+                and self.groups == 1 and not self.lora_enabled and self.quantization_mode is None
+                and self.compute_dtype == "float32" and self._kernel.dtype == "float32"
+                and keras.backend.standardize_dtype(inputs.dtype) == "float32"
+                and len(inputs.shape) == 4 and self.torch_padding() is not None):
+            outputs = conv2d_channels_last(self, inputs, self._kernel, self.bias.value if self.use_bias else None,
+                                           tuple(self.strides), self.torch_padding(), tuple(self.dilation_rate))
+            return outputs if self.activation is None else self.activation(outputs)
+        return super().call(inputs)
 
 
 class FoldedConvBatchNorm(keras.layers.Layer):

@@ -29,6 +29,9 @@ passes them down as arguments; nothing is switched by a global:
 
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
+``fused_group_norm_channels_last`` is a channels-last group norm in torch's one ``group_norm`` kernel
+(the diffusion blocks' ``GroupNormalization`` on torch). ``conv2d_channels_last`` is a channels-last
+convolution without Keras' copies of the input and kernel (``components.convolution.Conv2D`` on torch).
 
 ``reshape``, ``shape`` and ``transpose`` are the Keras ops without their dispatch on torch;
 ``dynamic_slice`` and ``dynamic_slice_update`` are ``ops.slice``/``ops.slice_update`` at a loop's
@@ -120,6 +123,53 @@ def fused_rms_normalization(x, scale, epsilon):
     import torch
 
     return torch.nn.functional.rms_norm(x, (x.shape[-1],), scale, epsilon)
+
+
+def fused_group_norm_channels_last(x, groups, gamma, beta, epsilon):
+    """torch: group norm of a channels-last ``x`` (batch, ..., channels) in one ``group_norm``
+    kernel. The channels-first view ``x.movedim(-1, 1)`` is in torch's channels-last memory format,
+    which the CPU kernel reads as it is and writes its output in, so moving the channels back gives a
+    contiguous tensor: no copy either way. Keras' ``GroupNormalization`` is eight dispatched ops
+    (reshape, moments, rsqrt, scale, shift...): at a diffusion UNet's (2, 32, 32, 64) ~0.9 ms
+    against ~0.13 ms (issue 18)."""
+    import torch
+
+    return torch.nn.functional.group_norm(x.movedim(-1, 1), groups, gamma, beta, epsilon).movedim(1, -1)
+
+
+def conv2d_channels_last(owner, inputs, kernel, bias, strides, padding, dilation):
+    """torch: a 2-D convolution of channels-last ``inputs`` (batch, h, w, c_in) with a Keras
+    ``(kh, kw, c_in, c_out)`` ``kernel`` (and ``bias`` added in the same kernel), ``padding`` the
+    pixels on each side. Keras' torch ``conv`` copies the input to channels-first and back to
+    torch's channels-last memory format, and the kernel to it too, at every call (a diffusion UNet:
+    ~20% of a step); here the channels-first view of the input already is that format, and the
+    kernel is laid out once (``inference_layout``: for inference; with gradients on, every call)."""
+    import torch
+
+    kernel = inference_layout(owner, "_conv_kernel", kernel,
+                              lambda k: k.permute(3, 0, 1, 2).contiguous().permute(0, 3, 1, 2))
+    out = torch.nn.functional.conv2d(inputs.permute(0, 3, 1, 2), kernel, bias, strides, padding, dilation)
+    return out.permute(0, 2, 3, 1)
+
+
+def inference_layout(owner, name, variable, make):
+    """torch: ``make(variable's tensor)`` (a cast, transposed or re-laid-out copy), made once and
+    kept on ``owner`` as ``name`` until the variable's tensor changes (an ``assign`` bumps its version
+    counter, a new tensor has another identity), with gradients off (inference); with them on, or
+    when ``variable`` is not a ``keras.Variable`` (a LoRA sum is a new tensor every call), made at
+    every call. The kept copy costs the variable's memory once more."""
+    import torch
+
+    if not isinstance(variable, keras.Variable):
+        return make(variable)
+    source = variable.value
+    if torch.is_grad_enabled():
+        return make(source)
+    kept = owner.__dict__.get(name)
+    if kept is None or kept[0] is not source or kept[1] != source._version:
+        kept = (source, source._version, make(source))
+        object.__setattr__(owner, name, kept)  # not tracked: not a weight
+    return kept[2]
 
 
 def layer_calls(backend=None):
