@@ -520,3 +520,21 @@ def test_dot_product_attention_in_query_chunks_equals_the_textbook_formula(case,
         out = attention.attend_in_chunks(
             lambda chunk: attention.heads_first_attention(chunk, keys, values, mask=mask), query, 3)
         np.testing.assert_allclose(ops.convert_to_numpy(out), expected, atol=1e-5)
+
+
+def test_dynamic_slice_and_update_at_tensor_positions_equal_numpy():
+    """The sampler loop's slices at a tensor position (``torch_speedups.dynamic_slice`` /
+    ``dynamic_slice_update``: views on torch, ``ops.slice``/``slice_update`` elsewhere) read and write
+    the same entries as numpy indexing, and the update leaves its input unchanged."""
+    from kcookbook.components.torch_speedups import dynamic_slice, dynamic_slice_update
+
+    x = np.arange(4 * 6 * 3, dtype="float32").reshape(4, 6, 3)
+    index = ops.convert_to_tensor(np.int32(2))
+    tensor = ops.convert_to_tensor(x)
+    np.testing.assert_array_equal(numpy(dynamic_slice(tensor, (0, index, 1), (4, 3, 2))), x[:, 2:5, 1:3])
+    update = -np.ones((4, 2, 3), "float32")
+    expected = x.copy()
+    expected[:, 2:4] = update
+    out = dynamic_slice_update(tensor, (0, index, 0), ops.convert_to_tensor(update))
+    np.testing.assert_array_equal(numpy(out), expected)
+    np.testing.assert_array_equal(numpy(tensor), x)

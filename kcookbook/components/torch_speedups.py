@@ -152,12 +152,13 @@ def conv2d_channels_last(owner, inputs, kernel, bias, strides, padding, dilation
     return out.permute(0, 2, 3, 1)
 
 
-def inference_layout(owner, name, variable, make):
+def inference_layout(owner, name, variable, make, key=None):
     """torch: ``make(variable's tensor)`` (a cast, transposed or re-laid-out copy), made once and
     kept on ``owner`` as ``name`` until the variable's tensor changes (an ``assign`` bumps its version
-    counter, a new tensor has another identity), with gradients off (inference); with them on, or
-    when ``variable`` is not a ``keras.Variable`` (a LoRA sum is a new tensor every call), made at
-    every call. The kept copy costs the variable's memory once more."""
+    counter, a new tensor has another identity) or ``key`` does (e.g. the dtype ``make`` casts to),
+    with gradients off (inference); with them on, or when ``variable`` is not a ``keras.Variable`` (a
+    LoRA sum is a new tensor every call), made at every call. The kept copy costs the variable's
+    memory once more."""
     import torch
 
     if not isinstance(variable, keras.Variable):
@@ -166,10 +167,10 @@ def inference_layout(owner, name, variable, make):
     if torch.is_grad_enabled():
         return make(source)
     kept = owner.__dict__.get(name)
-    if kept is None or kept[0] is not source or kept[1] != source._version:
-        kept = (source, source._version, make(source))
+    if kept is None or kept[0] is not source or kept[1] != source._version or kept[2] != key:
+        kept = (source, source._version, key, make(source))
         object.__setattr__(owner, name, kept)  # not tracked: not a weight
-    return kept[2]
+    return kept[3]
 
 
 def layer_calls(backend=None):
@@ -321,9 +322,8 @@ TRANSPOSED_TABLE_MAX_BYTES = 256 * 2**20
 
 def transposed_table(owner, variable, dtype):
     """torch, with gradients off (generation runs under ``no_grad``): ``variable``'s 2-D table
-    transposed, cast to ``dtype`` and laid out contiguously, made once and kept on ``owner`` until
-    the variable's tensor changes (an ``assign`` bumps its version counter, a new tensor has another
-    identity); the copy costs the table's memory once more. None elsewhere — jax, TensorFlow
+    transposed, cast to ``dtype`` and laid out contiguously, made once and kept on ``owner``
+    (``inference_layout``) until the variable's tensor or ``dtype`` changes; the copy costs the table's memory once more. None elsewhere — jax, TensorFlow
     (XLA picks its own layouts), training (the gradient must reach the variable), or when
     ``variable`` is not a ``keras.Variable`` (a LoRA sum is a new tensor every call) — and the caller
     multiplies by ``ops.transpose(variable)`` as usual. Nor for a table of more than
@@ -336,13 +336,9 @@ def transposed_table(owner, variable, dtype):
     source = variable.value
     if torch.is_grad_enabled() or source.numel() * torch.finfo(source.dtype).bits // 8 > TRANSPOSED_TABLE_MAX_BYTES:
         return None
-    dtype = keras.backend.standardize_dtype(dtype)
-    kept = owner.__dict__.get("_transposed_table")
-    if kept is None or kept[0] is not source or kept[1] != source._version or kept[2] != dtype:
-        copy = ops.cast(ops.transpose(source), dtype).contiguous()
-        kept = (source, source._version, dtype, copy)
-        object.__setattr__(owner, "_transposed_table", kept)  # not tracked: not a weight
-    return kept[3]
+    dtype = standard_dtype(dtype)
+    return inference_layout(owner, "_transposed_table", variable,
+                            lambda table: ops.cast(ops.transpose(table), dtype).contiguous(), key=dtype)
 
 
 # ----- torch: one compiled block for every layer of a one-token decoding step -----
