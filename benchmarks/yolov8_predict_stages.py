@@ -5,8 +5,9 @@ backend in ``KERAS_BACKEND`` (exploratory: the stages in alternating rounds, one
 
 The models, images and boxes are ``yolov8_detector.py``'s (320 px, batch 8, 3 classes). With
 ``--fit-epochs`` both models first train that many epochs on its random boxes (the state its predict
-numbers are measured in); 0 leaves them untrained. Each round times every stage once on the same
-``--steps`` batches, in this order:
+numbers are measured in); 0 leaves them untrained. ``--confidence-threshold`` sets both NMS
+thresholds (0.99 leaves no box above it: the cost of NMS on a scene with few objects). Each round
+times every stage once on the same ``--steps`` batches, in this order:
 
 * ``kcookbook letterbox``: ``ObjectDetector.letterbox`` (numpy: the images into the model's square);
 * ``kcookbook network``: the raw head outputs (a ``keras.Model`` on the detector's layers);
@@ -45,6 +46,8 @@ def parse_args(argv=None):
     p.add_argument("--steps", type=int, default=3, help="timed batches per stage and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--fit-epochs", type=int, default=0)
+    p.add_argument("--confidence-threshold", type=float, help="both models' NMS threshold (default: each "
+                   "library's, 0.25 and 0.2); a high one leaves no box above it, as in a scene with few objects")
     return p.parse_args(argv)
 
 
@@ -54,6 +57,13 @@ def main(argv=None):
     batch, timed = args.batch, images[args.batch:]
     ours, theirs = build("kcookbook", args), build("keras_cv", args)
     labels = {"boxes": targets["boxes"], "classes": targets["labels"].astype("float32")}
+    if args.confidence_threshold is not None:  # before the first predict traces either NMS
+        import keras_cv
+
+        ours.confidence_threshold = ours.nms.confidence_threshold = args.confidence_threshold
+        theirs.prediction_decoder = keras_cv.layers.NonMaxSuppression(
+            bounding_box_format="xyxy", from_logits=False, iou_threshold=0.7,
+            confidence_threshold=args.confidence_threshold)  # KerasCV's default decoder but this threshold
     for _ in range(args.fit_epochs):
         ours.fit(images, targets, batch_size=batch, epochs=1, shuffle=False, verbose=0)
         theirs.fit(images, labels, batch_size=batch, epochs=1, shuffle=False, verbose=0)
