@@ -13,8 +13,21 @@ over ``--steps`` batches after one warm-up batch, NMS included (kcookbook: class
 KerasCV: its default NonMaxSuppression decoder). Each backend runs in its own subprocess, holding both
 models; each round (``--repeats``) runs kcookbook's fit and predict, then KerasCV's, so that both see the
 same load. Reported: the median over rounds of each number, and the median over rounds of the per-round
-ratio kcookbook / KerasCV (fit: ≤ 1 is faster; predict: ≥ 1 is faster). keras-cv is a reference installed ``--no-deps``; its NMS on torch needs
-torchvision (a row says so where it is missing).
+ratio kcookbook / KerasCV (fit: ≤ 1 is faster; predict: ≥ 1 is faster).
+
+Predict is timed twice per round, because KerasCV's NMS costs what the boxes make it cost: on jax its
+loop (``keras_cv.layers.NonMaxSuppression``) takes the boxes in 512-box tiles (2,100 boxes at 320 px:
+five tiles) and stops only once every image of the batch has its 100 detections. ``predict`` is the
+model being trained (after this round's fit); ``predict untrained`` is a second, never-trained copy
+of each model. Both KerasCV models put every anchor above its 0.2 threshold (100 detections an image),
+yet on jax its NMS took ~20 ms a batch after fit and ~380 ms untrained (``yolov8_predict_stages.py``):
+its loops (over tiles, and within a tile until the suppression settles) run longer on the untrained
+boxes. A trained detector on a real scene has far fewer than 100 boxes above the threshold, so
+KerasCV's loop then runs all five tiles. The detections per image of both cases are printed beside
+them.
+
+keras-cv is a reference installed ``--no-deps``; its NMS on torch needs torchvision (a row says so
+where it is missing).
 
 ``--torch-threads`` sets ``torch.set_num_threads`` in the torch workers. On a CPU machine whose cores
 other processes also use, torch's default (one thread per core) makes every small op wait for a
@@ -93,10 +106,10 @@ def worker(args):
         torch.set_num_threads(args.torch_threads)
 
     images, targets = make_data(args)
-    models, out = {}, {}
+    models, untrained, out = {}, {}, {}
     for library in args.libraries:
         try:
-            models[library] = build(library, args)
+            models[library], untrained[library] = build(library, args), build(library, args)
         except Exception as e:  # KerasCV's NMS on torch imports torchvision, absent here
             out[library] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:90]}"}
     labels = {"kcookbook": targets, "keras_cv": {"boxes": targets["boxes"],
@@ -107,18 +120,32 @@ def worker(args):
                 timer = StepTimer()
                 model.fit(images, labels[library], batch_size=args.batch, epochs=1, shuffle=False, verbose=0,
                           callbacks=[timer])
-                model.predict(images[:args.batch], batch_size=args.batch, verbose=0)  # warm-up: compile
-                start = time.perf_counter()
-                model.predict(images[args.batch:], batch_size=args.batch, verbose=0)
-                rate = (len(images) - args.batch) / (time.perf_counter() - start)
+                rate, detections = predict_rate(model, images, args.batch)
+                untrained_rate, untrained_detections = predict_rate(untrained[library], images, args.batch)
             except Exception as e:
                 out[library] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[-1][:90]}"}
                 del models[library]
                 continue
-            result = out.setdefault(library, {"fit_ms": [], "predict_images_per_s": []})
-            result["fit_ms"].append(timer.ms_per_step)
-            result["predict_images_per_s"].append(rate)
+            result = out.setdefault(library, {key: [] for key in RESULT_KEYS})
+            for key, value in zip(RESULT_KEYS, (timer.ms_per_step, rate, detections, untrained_rate,
+                                                untrained_detections)):
+                result[key].append(value)
     return out
+
+
+RESULT_KEYS = ("fit_ms", "predict_images_per_s", "detections", "untrained_images_per_s", "untrained_detections")
+
+
+def predict_rate(model, images, batch):
+    """``(images/s, mean detections per image)`` of ``model.predict`` over all but the first batch,
+    after a warm-up call on the first (compilation)."""
+    import numpy as np
+
+    model.predict(images[:batch], batch_size=batch, verbose=0)
+    start = time.perf_counter()
+    found = model.predict(images[batch:], batch_size=batch, verbose=0)
+    rate = (len(images) - batch) / (time.perf_counter() - start)
+    return rate, float(np.mean(found["num_detections"]))
 
 
 def run_worker(backend, args):
@@ -150,25 +177,28 @@ def main(argv=None):
     print(f"YOLOv8n at {args.image_size} px, batch {args.batch}, 3 classes, float32; {args.steps} timed steps x "
           f"{args.repeats} repeats; {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
           f"torch threads: {args.torch_threads or 'default'}")
-    print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}{'fit ratio':>11}"
-          f"{'predict ratio':>15}")
+    print(f"\n{'backend':<12}{'library':<12}{'fit ms/step':>13}{'predict img/s':>15}{'(dets/img)':>12}"
+          f"{'untrained img/s':>17}{'(dets/img)':>12}{'fit ratio':>11}{'predict ratio':>15}{'untrained ratio':>17}")
     for backend in args.backends:
         try:
             results = run_worker(backend, args)
         except RuntimeError as e:
             print(f"{backend:<12}{'':<12}  failed: {str(e).strip().splitlines()[-1][:90]}", flush=True)
             continue
-        fit_ratio, predict_ratio = paired_ratios(results, "fit_ms"), paired_ratios(results, "predict_images_per_s")
+        ratios = [paired_ratios(results, key) for key in ("fit_ms", "predict_images_per_s", "untrained_images_per_s")]
         for library in args.libraries:
             r = results.get(library, {})
             if "error" in r or not r:
                 print(f"{backend:<12}{library:<12}  failed: {r.get('error', 'no result')}", flush=True)
                 continue
-            fit, rate = statistics.median(r["fit_ms"]), statistics.median(r["predict_images_per_s"])
-            ratios = (f"{fit_ratio:>11.2f}{predict_ratio:>15.2f}" if library == "kcookbook" and fit_ratio else "")
-            print(f"{backend:<12}{library:<12}{fit:>13.1f}{rate:>15.1f}{ratios}", flush=True)
-        print(f"{'':<24}rounds: fit ratio {_rounds(results, 'fit_ms')}, predict ratio "
-              f"{_rounds(results, 'predict_images_per_s')}", flush=True)
+            fit, rate, dets, untrained, untrained_dets = (statistics.median(r[key]) for key in RESULT_KEYS)
+            shown = ("".join(f"{x:>{w}.2f}" for x, w in zip(ratios, (11, 15, 17)))
+                     if library == "kcookbook" and ratios[0] else "")
+            print(f"{backend:<12}{library:<12}{fit:>13.1f}{rate:>15.1f}{dets:>12.1f}{untrained:>17.1f}"
+                  f"{untrained_dets:>12.1f}{shown}", flush=True)
+        print(f"{'':<24}rounds: fit ratio {_rounds(results, 'fit_ms')}; predict ratio "
+              f"{_rounds(results, 'predict_images_per_s')}; untrained "
+              f"{_rounds(results, 'untrained_images_per_s')}", flush=True)
 
 
 def _rounds(results, key):
