@@ -53,6 +53,25 @@ def test_embeddings_do_not_depend_on_batch_composition(embedder, sentences, refe
     np.testing.assert_allclose(alone[0], reference_embeddings[3], atol=TOLERANCE, rtol=0)
 
 
+def test_predict_cuts_the_padding_and_keeps_the_input_order(embedder, sentences, reference_embeddings,
+                                                           monkeypatch):
+    # Sentences of every length in a shuffled order, 8 a batch: each batch is cut to its longest sequence
+    # (not the preset's 256 positions), and the vectors come back in the order given.
+    widths, predict = [], keras.Model.predict
+
+    def recording_predict(model, x, **kwargs):
+        widths.append(x["token_ids"].shape[1])
+        return predict(model, x, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "predict", recording_predict)
+    order = np.random.default_rng(0).permutation(len(sentences))
+    ours = embedder.predict([sentences[i] for i in order], batch_size=8, verbose=0)
+
+    np.testing.assert_allclose(ours, reference_embeddings[order], atol=TOLERANCE, rtol=0)
+    assert min(widths) < 64 and max(widths) == 256, widths  # the long text keeps every position
+    assert all(w % embedder.LENGTH_STEP == 0 for w in widths), widths
+
+
 def test_preset_uses_the_checkpoint_settings(embedder):
     assert embedder.pooling == "mean" and embedder.normalize
     assert embedder.preprocessor.sequence_length == 256  # sentence_bert_config.json's max_seq_length
