@@ -20,7 +20,11 @@ passes them down as arguments; nothing is switched by a global:
   one-token step (``lm.jit_compile = True``).
 
 * ``fused_attention_heads_first`` — torch's fused scaled-dot-product attention for the
-  encoder–decoder attention (its caches are heads-first) instead of six full-size score tensors.
+  encoder–decoder attention (its caches are heads-first) and the decoders' cached grouped-query
+  attention (strided views of the cache, no copies of grouped heads) instead of full-size score
+  tensors.
+* ``table_product`` — a tied output layer's product: ``linear`` on the table from four rows on,
+  else the transposed copy below.
 * ``transposed_table`` — a tied output layer's ``(vocabulary, hidden)`` table transposed once into
   a ``(hidden, vocabulary)`` copy for inference: torch's CPU matrix-vector product reads the
   transposed view of the table at about half the speed of the copy (t5-small's 32,128 × 512
