@@ -30,7 +30,7 @@ def worker(args):
     from kcookbook.backbones import T5Backbone
     from kcookbook.tasks import Seq2SeqLM
 
-    if keras.config.backend() == "torch":
+    if keras.config.backend() == "torch" and args.threads[0]:
         import torch
 
         torch.set_num_threads(args.threads[0])
@@ -49,38 +49,27 @@ def worker(args):
         print(args.batch * args.new_tokens / (time.perf_counter() - start), flush=True)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--trees", nargs="+", default=["."], help="source trees of the torch workers")
-    parser.add_argument("--threads", nargs="+", type=int, default=[1], help="torch thread counts")
-    parser.add_argument("--rounds", type=int, default=8)
-    parser.add_argument("--batch", type=int, default=1)
-    parser.add_argument("--source-length", type=int, default=32)
-    parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.worker:
-        return worker(args)
-    common = [sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(args.batch),
-              "--source-length", str(args.source_length), "--new-tokens", str(args.new_tokens)]
-    specs = [("jax", "jax", args.trees[0], 1)] + [
-        (f"torch {tree} {threads}t", "torch", tree, threads) for tree in args.trees for threads in args.threads]
+def run_rounds(command, specs, rounds, title, reference="jax"):
+    """Start one persistent worker per spec ``(name, KERAS_BACKEND, source tree, arguments)``
+    (``command + arguments``, with ``PYTHONPATH`` set to its tree); each prints its first output
+    (tokens, also the warm-up), then one tokens/s line per ``go`` on its stdin. Rounds ask every
+    worker in turn; print the median tokens/s and the median over rounds of the ratio to
+    ``reference``'s speed in the same round."""
     workers = {}
-    for name, backend, tree, threads in specs:
+    for name, backend, tree, arguments in specs:
         tree = os.path.abspath(tree)
         workers[name] = subprocess.Popen(
-            common + ["--threads", str(threads)], cwd=tree, text=True, stdin=subprocess.PIPE,
+            command + list(arguments), cwd=tree, text=True, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
             env={**os.environ, "KERAS_BACKEND": backend, "PYTHONPATH": tree})
     tokens = {name: process.stdout.readline() for name, process in workers.items()}
     if any(not line for line in tokens.values()):
         sys.exit(f"a worker failed to start: {[name for name, line in tokens.items() if not line]}")
-    torch_tokens = {line for name, line in tokens.items() if name != "jax"}
-    print(f"T5-small greedy, batch {args.batch}, {args.new_tokens} new tokens, {args.rounds} rounds; "
-          f"load at start {open('/proc/loadavg').read().split()[:3]}; torch workers' tokens "
-          f"{'identical' if len(torch_tokens) == 1 else 'DIFFER'}")
+    torch_tokens = {line for name, line in tokens.items() if name != reference}
+    print(f"{title}, {rounds} rounds; load at start {open('/proc/loadavg').read().split()[:3]}; "
+          f"the workers' tokens (but {reference}'s) {'identical' if len(torch_tokens) == 1 else 'DIFFER'}")
     values = {name: [] for name in workers}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name, process in workers.items():
             process.stdin.write("go\n")
             process.stdin.flush()
@@ -89,10 +78,32 @@ def main():
         process.stdin.close()
         process.wait()
     for name, v in values.items():
-        ratios = [t / j for t, j in zip(v, values["jax"])]
-        print(f"{name:<40} {statistics.median(v):8.1f} tok/s  vs jax (median of rounds) "
+        ratios = [t / r for t, r in zip(v, values[reference])]
+        print(f"{name:<40} {statistics.median(v):8.1f} tok/s  vs {reference} (median of rounds) "
               f"{statistics.median(ratios):.2f}x  per round {[round(r, 2) for r in ratios]}")
     print(f"load at end {open('/proc/loadavg').read().split()[:3]}")
+    return values
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--trees", nargs="+", default=["."], help="source trees of the torch workers")
+    parser.add_argument("--threads", nargs="+", type=int, default=[1],
+                        help="torch thread counts (0: torch's default)")
+    parser.add_argument("--rounds", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--source-length", type=int, default=32)
+    parser.add_argument("--new-tokens", type=int, default=32)
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        return worker(args)
+    command = [sys.executable, os.path.abspath(__file__), "--worker", "--batch", str(args.batch),
+               "--source-length", str(args.source_length), "--new-tokens", str(args.new_tokens)]
+    specs = [("jax", "jax", args.trees[0], ["--threads", "1"])] + [
+        (f"torch {tree} {threads}t", "torch", tree, ["--threads", str(threads)])
+        for tree in args.trees for threads in args.threads]
+    run_rounds(command, specs, args.rounds, f"T5-small greedy, batch {args.batch}, {args.new_tokens} new tokens")
 
 
 if __name__ == "__main__":

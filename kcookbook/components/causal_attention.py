@@ -49,7 +49,16 @@ from kcookbook.components.activations import soft_cap
 from kcookbook.components.attention import MultiHeadAttention
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
-from kcookbook.components.torch_speedups import KERAS_CALLS, cast_if_needed, reshape, write_key_value_in_place
+from kcookbook.components.torch_speedups import (
+    KERAS_CALLS,
+    cast_if_needed,
+    fused_attention_heads_first,
+    reshape,
+    shape,
+    standard_dtype,
+    transpose,
+    write_key_value_in_place,
+)
 
 MASKED = -1e30  # added to the scores of masked keys: exp(MASKED - max) is 0 in float32
 
@@ -191,7 +200,7 @@ class CausalSelfAttention(MultiHeadAttention):
         """(batch, length, fused) → (batch, length, heads, head_dim) with the query heads first,
         then the key heads, then the value heads; and the index where the value heads start."""
         total = self.num_heads + 2 * self.num_key_value_heads
-        heads = reshape(qkv, ops.shape(qkv)[:-1] + (total, self.head_dim))
+        heads = reshape(qkv, tuple(shape(qkv)[:-1]) + (total, self.head_dim))
         return heads, self.num_heads + self.num_key_value_heads
 
     def split_heads(self, qkv):
@@ -220,18 +229,28 @@ class CausalSelfAttention(MultiHeadAttention):
     def attend(self, query, key, value, attention_mask=None, is_causal=False, attention_bias=None,
                calls=KERAS_CALLS):
         """Grouped-query attention written out: query heads are grouped under their key/value head
-        (no copies of keys and values), scores and softmax in float32. For one-token decoding steps
-        this is several times faster on torch than the fused kernel, and XLA fuses it on jax/TF.
-        ``attention_bias`` (float32, broadcastable to (batch, heads, queries, keys)) is added to the
-        scores: 0 to attend, ``MASKED`` not to (the same scores as ``attention_mask``). ``calls``
-        calls the output projection (``torch_speedups.LayerCalls``). (Not ``attention.dot_product_attention``:
+        (no copies of keys and values), scores and softmax in float32; XLA fuses it on jax/TF. On
+        torch a cached call (``attention_bias``, float32, no soft cap) runs the fused kernel
+        instead (``torch_speedups.fused_attention_heads_first``: grouped heads without copies,
+        ~1/3 of the einsums' time per decoding step at SmolLM2's shape). ``attention_bias``
+        (float32, broadcastable to (batch, heads, queries, keys)) is added to the scores: 0 to
+        attend, ``MASKED`` not to (the same scores as ``attention_mask``). ``calls`` calls the
+        output projection (``torch_speedups.LayerCalls``). (Not ``attention.dot_product_attention``:
         it would copy grouped keys/values, and the cache's float bias is built once per step.)"""
-        shape = ops.shape(query)
-        batch, length = shape[0], shape[1]
+        batch, length = shape(query)[:2]
+        scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
+        if (attention_mask is None and attention_bias is not None and self.logit_soft_cap is None
+                and keras.config.backend() == "torch" and not isinstance(query, keras.KerasTensor)
+                and {standard_dtype(x.dtype) for x in (query, key, value)} == {"float32"}):
+            # a cached call (decoding, prefill): torch's fused kernel reads the cache's strided
+            # keys and values as they are (scores and softmax in float32, as below)
+            out = fused_attention_heads_first(query, transpose(key, (0, 2, 1, 3)),
+                                              transpose(value, (0, 2, 1, 3)), scale,
+                                              bias=cast_if_needed(attention_bias, "float32"))
+            return calls(self.output_dense, reshape(out, (batch, length, self.num_heads * self.head_dim)))
         groups = self.num_heads // self.num_key_value_heads
         query = reshape(query, (batch, length, self.num_key_value_heads, groups, self.head_dim))
         scores = ops.einsum("bqhgd,bkhd->bhgqk", query, key)
-        scale = self.head_dim ** -0.5 if self.query_scale is None else self.query_scale
         scores = cast_if_needed(scores, "float32") * scale
         if self.logit_soft_cap is not None:
             scores = soft_cap(scores, self.logit_soft_cap)

@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import dynamic_slice, transposed_table
+from kcookbook.components.torch_speedups import dynamic_slice, table_product
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -41,11 +41,9 @@ class ReversibleEmbedding(keras.layers.Embedding):
             return super().call(inputs)
         if not self.tie_weights:
             return ops.matmul(inputs, ops.cast(self.reverse_embeddings, inputs.dtype))
-        table = transposed_table(self, self.embeddings, inputs.dtype)  # torch inference: a kept copy
-        if table is not None:  # a torch tensor: its product without Keras' dispatch
-            import torch
-
-            return torch.matmul(inputs, table)
+        logits = table_product(self, self.embeddings, inputs)  # torch inference, else None
+        if logits is not None:
+            return logits
         return ops.matmul(inputs, ops.cast(ops.transpose(self.embeddings), inputs.dtype))
 
     def _int8_call(self, inputs, reverse=False, training=None):

@@ -74,4 +74,4 @@ class GatedFeedForward(FeedForward):
     def call(self, x, calls=KERAS_CALLS):
         gate_up = calls(self.gate_up, x)  # halves by slicing: no Keras op per call
         gate, up = gate_up[..., :self.intermediate_dim], gate_up[..., self.intermediate_dim:]
-        return calls(self.output_dense, self._activation_fn(gate) * up)
+        return calls(self.output_dense, calls.activation(self._activation_fn)(gate) * up)

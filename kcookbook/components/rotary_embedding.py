@@ -14,7 +14,7 @@ Gemma, Mixtral, SmolLM2).
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import cast_if_needed
+from kcookbook.components.torch_speedups import cast_if_needed, concatenate
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -53,7 +53,7 @@ class RotaryEmbedding(keras.layers.Layer):
         """``x · cos + rotate_half(x) · sin``; ``x`` may hold several heads (queries and keys
         together): ``cos`` and ``sin`` broadcast over the heads axis."""
         half = x.shape[-1] // 2
-        return x * cos + ops.concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
+        return x * cos + concatenate([-x[..., half:], x[..., :half]], axis=-1) * sin
 
     def compute_output_shape(self, input_shape):
         return input_shape

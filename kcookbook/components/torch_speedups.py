@@ -20,7 +20,11 @@ passes them down as arguments; nothing is switched by a global:
   one-token step (``lm.jit_compile = True``).
 
 * ``fused_attention_heads_first`` — torch's fused scaled-dot-product attention for the
-  encoder–decoder attention (its caches are heads-first) instead of six full-size score tensors.
+  encoder–decoder attention (its caches are heads-first) and the decoders' cached grouped-query
+  attention (strided views of the cache, no copies of grouped heads) instead of full-size score
+  tensors.
+* ``table_product`` — a tied output layer's product: ``linear`` on the table from four rows on,
+  else the transposed copy below.
 * ``transposed_table`` — a tied output layer's ``(vocabulary, hidden)`` table transposed once into
   a ``(hidden, vocabulary)`` copy for inference: torch's CPU matrix-vector product reads the
   transposed view of the table at about half the speed of the copy (t5-small's 32,128 × 512
@@ -51,6 +55,8 @@ import warnings
 
 import keras
 from keras import ops
+from keras.src.backend.common.stateless_scope import in_stateless_scope
+from keras.src.backend.common.variables import get_autocast_scope
 
 
 class LayerCalls:
@@ -67,9 +73,12 @@ class LayerCalls:
 
     def __call__(self, layer, *args, **kwargs):
         if self.direct and layer.built:  # a quantised layer computes in quantized_call, not call
+            kind = type(layer)
+            if kind is keras.layers.Dropout and not kwargs.get("training"):
+                return args[0]  # what its call returns outside training
             if layer.quantization_mode is not None:
                 return layer.quantized_call(*args, **kwargs)
-            if type(layer) is keras.layers.Dense and not kwargs and keras.config.backend() == "torch":
+            if kind is keras.layers.Dense and not kwargs and keras.config.backend() == "torch":
                 return dense_on_torch(layer, *args)
             return layer.call(*args, **kwargs)
         return layer(*args, **kwargs)
@@ -78,6 +87,13 @@ class LayerCalls:
         if self.direct and layer.built:
             return layer.call(*args, calls=self, **kwargs)
         return layer(*args, **kwargs)
+
+    def activation(self, function):
+        """``function`` (a Keras activation), or when direct on torch the torch function Keras'
+        torch backend runs for it (``torch_activation``), without the op's dispatch."""
+        if self.direct and keras.config.backend() == "torch":
+            return torch_activation(function)
+        return function
 
     def __repr__(self):
         return "DIRECT_CALLS" if self.direct else "KERAS_CALLS"
@@ -91,13 +107,31 @@ def variable_tensor(variable):
     """torch: ``variable.value``, read without the property's per-read work (~6 µs: the stateless
     and autocast scopes, then the device's name for the meta-device check) when neither scope is
     active, as in an eager generation loop: the variable's own tensor. A T5 step reads ~60."""
-    from keras.src.backend.common.stateless_scope import in_stateless_scope
-    from keras.src.backend.common.variables import get_autocast_scope
-
     tensor = variable._value
     if tensor is None or in_stateless_scope() or get_autocast_scope() is not None:
         return variable.value
     return tensor
+
+
+TORCH_ACTIVATIONS = {}  # Keras activation → the torch function its torch backend runs (made on first use)
+
+
+def torch_activation(function):
+    """torch: the ``torch.nn.functional`` function that Keras' torch backend runs for the Keras
+    activation ``function`` (``silu``, ``relu``, ``gelu`` exact or tanh-approximated — kcookbook's
+    ``gelu_approximate`` — and ``linear``), without the Keras op's dispatch (~10 µs, once per
+    feed-forward layer and token); ``function`` itself for any other."""
+    if not TORCH_ACTIVATIONS:
+        import torch
+
+        from kcookbook.components.activations import gelu_approximate
+
+        functional = torch.nn.functional
+        TORCH_ACTIVATIONS.update({
+            keras.activations.silu: functional.silu, keras.activations.relu: functional.relu,
+            keras.activations.gelu: functional.gelu, keras.activations.linear: lambda x: x,
+            gelu_approximate: lambda x: functional.gelu(x, approximate="tanh")})
+    return TORCH_ACTIVATIONS.get(function, function)
 
 
 def dense_on_torch(layer, inputs):
@@ -114,7 +148,7 @@ def dense_on_torch(layer, inputs):
     x = torch.matmul(inputs, kernel)
     if layer.bias is not None:
         x = x + variable_tensor(layer.bias)
-    return x if layer.activation is keras.activations.linear else layer.activation(x)
+    return x if layer.activation is keras.activations.linear else torch_activation(layer.activation)(x)
 
 
 def fused_rms_normalization(x, scale, epsilon):
@@ -221,6 +255,16 @@ def reshape(x, shape):
     return ops.reshape(x, shape)
 
 
+def concatenate(xs, axis=0):
+    """``ops.concatenate(xs, axis)``; on torch, for concrete tensors of one dtype, ``torch.cat``
+    without the op's dtype resolution and conversion of each input (~15 µs)."""
+    if all(_is_torch_tensor(x) for x in xs) and len({x.dtype for x in xs}) == 1:
+        import torch
+
+        return torch.cat(xs, dim=axis)
+    return ops.concatenate(xs, axis=axis)
+
+
 def transpose(x, axes):
     """``ops.transpose(x, axes)``; on torch, for a concrete tensor, its own ``permute`` (a view)."""
     if _is_torch_tensor(x):
@@ -297,10 +341,14 @@ def fused_attention_heads_first(query, key, value, scale, bias=None, first_query
                                 masked=-1e30):
     """torch: ``softmax(query·keyᵀ·scale + bias) · value`` in one fused kernel
     (``scaled_dot_product_attention``) instead of scores, scaling, bias, mask and softmax as
-    separate full-size tensors (Whisper's encoder: (batch, heads, 1500, 1500) each).
+    separate full-size tensors (Whisper's encoder: (batch, heads, 1500, 1500) each; a decoding
+    step's grouped-query attention over its cache: two einsums, a softmax and their copies of the
+    keys, ~3x the kernel's time at SmolLM2's shape).
 
-    ``query`` (batch, queries, heads, head_dim); ``key``/``value`` heads first (batch, heads, keys,
-    head_dim); ``bias`` float32, broadcastable to (batch, heads, queries, keys); with
+    ``query`` (batch, queries, heads, head_dim); ``key``/``value`` heads first (batch, kv_heads,
+    keys, head_dim), a strided view is fine; ``kv_heads`` may divide ``heads`` (grouped-query
+    attention: query head ``i`` reads key head ``i // (heads / kv_heads)``, with no copies of the
+    keys); ``bias`` float32, broadcastable to (batch, heads, queries, keys); with
     ``first_query_position`` (the position of the first query), query ``i`` sees only keys at or
     before ``first_query_position + i`` (the others get ``masked`` added, like ``bias``'s padding).
     Returns (batch, queries, heads, head_dim)."""
@@ -313,11 +361,36 @@ def fused_attention_heads_first(query, key, value, scale, bias=None, first_query
         causal = torch.zeros(future.shape, dtype=query.dtype, device=query.device).masked_fill(future, masked)
         mask = causal if mask is None else mask + causal
     out = torch.nn.functional.scaled_dot_product_attention(
-        query.transpose(1, 2), key, value, attn_mask=mask, scale=scale)
+        query.transpose(1, 2), key, value, attn_mask=mask, scale=scale,
+        enable_gqa=query.shape[2] != key.shape[1])
     return out.transpose(1, 2)
 
 
 TRANSPOSED_TABLE_MAX_BYTES = 256 * 2**20
+# Rows from which ``table_product`` multiplies by the table as it is instead of its transposed copy.
+TABLE_AS_IS_MIN_ROWS = 4
+
+
+def table_product(owner, variable, inputs):
+    """torch, with gradients off (generation runs under ``no_grad``): ``inputs @ variableᵀ`` for a
+    ``(vocabulary, hidden)`` table (a tied output layer), the product MKL runs fastest on this
+    machine's AMD EPYC, by the number of rows of ``inputs`` (SmolLM2's 49,152 × 576 table, one
+    thread): one to three rows (``TABLE_AS_IS_MIN_ROWS``) multiply a ``(hidden, vocabulary)``
+    copy (``transposed_table``: ~6 ms for one row, against ~12 by ``linear`` on the table), four and
+    more ``linear`` on the table as it is, which needs no copy (eight rows: ~21 ms against ~29 on
+    the copy). None elsewhere — jax, TensorFlow, training, or a ``variable`` that is not a
+    ``keras.Variable`` — and the caller multiplies by ``ops.transpose(variable)`` as usual."""
+    if keras.config.backend() != "torch" or not isinstance(variable, keras.Variable):
+        return None
+    import torch
+
+    if torch.is_grad_enabled():
+        return None
+    rows = inputs.numel() // inputs.shape[-1]
+    table = transposed_table(owner, variable, inputs.dtype) if rows < TABLE_AS_IS_MIN_ROWS else None
+    if table is not None:
+        return torch.matmul(inputs, table)
+    return torch.nn.functional.linear(inputs, cast_if_needed(variable_tensor(variable), inputs.dtype))
 
 
 def transposed_table(owner, variable, dtype):

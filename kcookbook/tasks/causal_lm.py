@@ -297,7 +297,9 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         token at ``start - 1``; the caches need positions ``[0, start - 1)`` only, not the whole
         padded width (``max_length``). Each chunk has a static width, so compiled loops need no new
         shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
-        positions it repeats get the same keys and values again. Cache entries past ``start - 1``
+        positions it repeats get the same keys and values again. On torch, which runs the loop
+        eagerly, a chunk is no wider than the ``start - 1`` positions the caches need (an 8-token
+        prompt: 7 positions, not 16). Cache entries past ``start - 1``
         hold whatever the chunk saw there; decoding overwrites each before any query reads it. A
         sliding-window layer's cache is a ring of ``window + width - 1`` slots, so a prompt longer
         than the window keeps only its last positions there, and the entries past ``start - 1``
@@ -308,10 +310,12 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         returned. ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
         """
         batch_size, max_length = token_ids.shape
+        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
         width = min(self.prefill_chunk_length, max_length)
+        if keras.config.backend() == "torch":  # eager: no chunk wider than the prompts need
+            width = min(width, max(int(start) - 1, 1))
         # no call writes more than a chunk: sliding-window layers keep window + width - 1 positions
         caches = self.backbone.empty_cache(batch_size, max_length, step_length=width)
-        start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
 
         def cond(offset, caches, *hiddens):
             return offset < start - 1
