@@ -59,9 +59,9 @@ class TextEmbedder(Task):
         with self._keeps_state_on_failure():
             if groups is None:
                 return keras.Model.predict(self, x, batch_size=batch_size, **kwargs)
-            vectors = None
+            arrays, vectors = {k: np.asarray(v) for k, v in x.items()}, None
             for rows, width in groups:
-                part = keras.Model.predict(self, {k: np.asarray(v)[rows, :width] for k, v in x.items()},
+                part = keras.Model.predict(self, {k: v[rows, :width] for k, v in arrays.items()},
                                            batch_size=batch_size, **kwargs)
                 if vectors is None:
                     vectors = np.empty((len(x["padding_mask"]),) + part.shape[1:], part.dtype)
