@@ -538,3 +538,18 @@ def test_dynamic_slice_and_update_at_tensor_positions_equal_numpy():
     out = dynamic_slice_update(tensor, (0, index, 0), ops.convert_to_tensor(update))
     np.testing.assert_array_equal(numpy(out), expected)
     np.testing.assert_array_equal(numpy(tensor), x)
+
+
+@pytest.mark.parametrize("keras_internals", ["present", "moved"])
+def test_variable_tensor_reads_what_the_value_property_reads(keras_internals, monkeypatch):
+    """``variable_tensor`` skips the ``value`` property's checks by reading Keras internals; inside a
+    stateless scope it must still give the scope's value, and on a Keras whose internals moved
+    (simulated) it must fall back to the public property."""
+    from kcookbook.components import torch_speedups
+
+    if keras_internals == "moved":
+        monkeypatch.setattr(torch_speedups, "in_stateless_scope", None)
+    variable = keras.Variable(np.arange(3, dtype="float32"))
+    np.testing.assert_array_equal(ops.convert_to_numpy(torch_speedups.variable_tensor(variable)), [0, 1, 2])
+    with keras.StatelessScope(state_mapping=[(variable, ops.ones(3))]):
+        np.testing.assert_array_equal(ops.convert_to_numpy(torch_speedups.variable_tensor(variable)), [1, 1, 1])

@@ -55,8 +55,13 @@ import warnings
 
 import keras
 from keras import ops
-from keras.src.backend.common.stateless_scope import in_stateless_scope
-from keras.src.backend.common.variables import get_autocast_scope
+
+try:  # Keras internals, read for speed only (pyproject allows any keras>=3.15): where a later Keras
+    # has moved them, variable_tensor takes the public ``variable.value`` instead of failing.
+    from keras.src.backend.common.stateless_scope import in_stateless_scope
+    from keras.src.backend.common.variables import get_autocast_scope
+except ImportError:  # pragma: no cover - only on a Keras other than the pinned one
+    in_stateless_scope = get_autocast_scope = None
 
 
 class LayerCalls:
@@ -107,8 +112,8 @@ def variable_tensor(variable):
     """torch: ``variable.value``, read without the property's per-read work (~6 µs: the stateless
     and autocast scopes, then the device's name for the meta-device check) when neither scope is
     active, as in an eager generation loop: the variable's own tensor. A T5 step reads ~60."""
-    tensor = variable._value
-    if tensor is None or in_stateless_scope() or get_autocast_scope() is not None:
+    tensor = getattr(variable, "_value", None)
+    if tensor is None or in_stateless_scope is None or in_stateless_scope() or get_autocast_scope() is not None:
         return variable.value
     return tensor
 
