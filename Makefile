@@ -137,9 +137,11 @@ test-packaging:
 
 # Two notebooks at a time (each on its own kernel; --dist loadfile keeps a notebook's cells together
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
+# recipes/conftest.py puts the notebooks longest first (their saved run times); --no-loadscope-reorder
+# keeps that order (pytest-xdist otherwise re-sorts files by their number of cells).
 test-recipes: audio-deps
 	@echo "== recipes under nbval"
-	OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) $(PY) -m pytest -q -n 2 --dist loadfile $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
+	OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 
 benchmark: setup
 	$(PY) benchmarks/bert_fit_predict.py

@@ -1,7 +1,8 @@
 """Run the longest recipes first, so CI's two nbval workers finish together.
 
 `make test-recipes` runs the notebooks on two workers, one notebook per worker at a time
-(`--dist loadfile` hands out files in collection order). Collected alphabetically, a long notebook that
+(`--dist loadfile --no-loadscope-reorder` hands out files in collection order; without that flag
+pytest-xdist re-sorts them by their number of cells). Collected alphabetically, a long notebook that
 comes late keeps one worker busy while the other sits idle. Each saved notebook records when its first
 cell started and its last cell finished (nbclient's `execution` metadata), so the notebooks are put in
 order of that saved duration, longest first; a notebook without timestamps counts as long (new work is
