@@ -39,6 +39,7 @@ def test_arrays_round_trip_through_a_child_on_another_backend():
     assert result["words"].tolist() == ["bb", "a"]  # strings travel without pickle
 
 
+@pytest.mark.backend_independent  # the child's reply, whatever the parent's backend
 def test_a_single_array_comes_back_as_an_array():
     out = run_on_backend(OTHER, "backends_worker:ones", n=5)
     assert isinstance(out, np.ndarray) and out.tolist() == [1.0] * 5
@@ -50,6 +51,7 @@ def test_run_on_backends_keeps_the_order_and_runs_each():
     assert {b: str(r) for b, r in results.items()} == {b: b for b in results}
 
 
+@pytest.mark.backend_independent  # the child's reply, whatever the parent's backend
 def test_a_failing_child_names_the_backend_the_function_and_its_error():
     with pytest.raises(BackendRunError) as caught:
         run_on_backend(OTHER, "backends_worker:fail", message="the wheels came off")
@@ -60,12 +62,14 @@ def test_a_failing_child_names_the_backend_the_function_and_its_error():
     assert isinstance(caught.value, BackendWorkerError)
 
 
+@pytest.mark.backend_independent  # the child's reply, whatever the parent's backend
 def test_a_module_the_child_cannot_import_is_named_with_the_fix():
     with pytest.raises(BackendRunError, match=rf"on the {OTHER} backend.*cannot import 'no_such_module_here'"
                                               r": install it, or put its \.py file"):
         run_on_backend(OTHER, "no_such_module_here:f")
 
 
+@pytest.mark.backend_independent  # the child's reply, whatever the parent's backend
 def test_an_object_result_is_refused_not_pickled():
     with pytest.raises(BackendRunError, match="object array"):
         run_on_backend(OTHER, "backends_worker:object_result")

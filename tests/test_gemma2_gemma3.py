@@ -106,10 +106,15 @@ def test_greedy_generation_matches_transformers_with_and_without_cache(converted
     cached = lm.generate({"token_ids": prompt, "padding_mask": np.ones_like(prompt)},
                          max_length=prompt.shape[1] + new, stop_token_ids=None)
     np.testing.assert_array_equal(cached["token_ids"], expected)
-    ids = prompt
-    for _ in range(new):  # greedy without a cache: whole sequences through the model each step
-        logits = keras.ops.convert_to_numpy(lm({"token_ids": ids, "padding_mask": np.ones_like(ids)}))
-        ids = np.concatenate([ids, logits[:, -1].argmax(-1)[:, None].astype("int32")], axis=1)
+    # Greedy without a cache: the whole sequence through the model at each step, right-padded to
+    # the final length (causal attention: padding after a position never changes its logits), so
+    # every call has one shape (on jax, one compilation of each op instead of one per length).
+    ids = np.zeros((1, prompt.shape[1] + new), "int32")
+    ids[:, :prompt.shape[1]] = prompt
+    for length in range(prompt.shape[1], ids.shape[1]):
+        mask = (np.arange(ids.shape[1]) < length)[None].astype("int32")
+        logits = keras.ops.convert_to_numpy(lm({"token_ids": ids, "padding_mask": mask}))
+        ids[:, length] = logits[:, length - 1].argmax(-1)
     np.testing.assert_array_equal(ids, expected)
 
 
