@@ -222,16 +222,21 @@ def _input_gradient(layer, x, weights):
     (5, 1, "same"), (3, 1, "same"), ((3, 5), 1, "same"), ((1, 3), 1, "same"), (2, 1, "same"), (3, 2, "same"),
     (3, 1, "valid")])
 def test_max_pooling_equals_keras_max_pooling(pool_size, strides, padding):
-    """Outputs and input gradients equal keras.layers.MaxPooling2D's (distinct values: no ties), the
-    shifted maxima where the window is odd and stride 1 "same", Keras' own pooling otherwise."""
+    """Outputs and input gradients equal keras.layers.MaxPooling2D's (distinct values: no ties), and so
+    do the shifted maxima's on every backend where the window is odd and stride 1 "same"."""
     rng = np.random.default_rng(0)
     x = rng.normal(size=(2, 9, 7, 3)).astype("float32")
     ours, theirs = MaxPooling2D(pool_size, strides, padding), keras.layers.MaxPooling2D(pool_size, strides, padding)
     assert ours.is_shifted() == (strides == 1 and padding == "same" and pool_size != 2)
     expected = numpy(theirs(x))
-    np.testing.assert_array_equal(numpy(ours(x)), expected)
     weights = rng.normal(size=expected.shape).astype("float32")
-    np.testing.assert_allclose(_input_gradient(ours, x, weights), _input_gradient(theirs, x, weights), atol=1e-6)
+    expected_gradient = _input_gradient(theirs, x, weights)
+    for pool in [ours, ours.shifted_max] if ours.is_shifted() else [ours]:
+        np.testing.assert_array_equal(numpy(pool(x)), expected)
+        np.testing.assert_allclose(_input_gradient(pool, x, weights), expected_gradient, atol=1e-6)
+    if not ours.is_shifted():
+        with pytest.raises(ValueError, match="shifted maxima need"):
+            ours.shifted_max(x)
     assert keras.layers.deserialize(keras.layers.serialize(ours)).get_config() == ours.get_config()
 
 
