@@ -16,6 +16,7 @@ from kcookbook.components import (
     MaskedLMHead,
     MaskedLMMaskGenerator,
     MaskedMeanPooling,
+    MaxPooling2D,
     MultiHeadAttention,
     MultiSegmentPacker,
     PositionEmbedding,
@@ -194,6 +195,49 @@ def test_layer_config_round_trip_gives_the_same_layer(name, make, args, kwargs):
     assert [tuple(w.shape) for w in restored.weights] == [tuple(w.shape) for w in layer.weights]
     restored.set_weights(layer.get_weights())
     np.testing.assert_allclose(numpy(restored(*args, **kwargs)), expected, atol=1e-6)
+
+
+def _input_gradient(layer, x, weights):
+    """d sum(layer(x) · weights) / dx on the current backend."""
+    backend = keras.config.backend()
+    if backend == "jax":
+        import jax
+
+        return np.asarray(jax.grad(lambda v: (layer(v) * weights).sum())(x))
+    if backend == "tensorflow":
+        import tensorflow as tf
+
+        v = tf.Variable(x)
+        with tf.GradientTape() as tape:
+            total = tf.reduce_sum(layer(v) * weights)
+        return tape.gradient(total, v).numpy()
+    import torch
+
+    v = torch.tensor(x, requires_grad=True)
+    (layer(v) * torch.tensor(weights)).sum().backward()
+    return v.grad.numpy()
+
+
+@pytest.mark.parametrize("pool_size, strides, padding", [
+    (5, 1, "same"), (3, 1, "same"), ((3, 5), 1, "same"), ((1, 3), 1, "same"), (2, 1, "same"), (3, 2, "same"),
+    (3, 1, "valid")])
+def test_max_pooling_equals_keras_max_pooling(pool_size, strides, padding):
+    """Outputs and input gradients equal keras.layers.MaxPooling2D's (distinct values: no ties), and so
+    do the shifted maxima's on every backend where the window is odd and stride 1 "same"."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(2, 9, 7, 3)).astype("float32")
+    ours, theirs = MaxPooling2D(pool_size, strides, padding), keras.layers.MaxPooling2D(pool_size, strides, padding)
+    assert ours.is_shifted() == (strides == 1 and padding == "same" and pool_size != 2)
+    expected = numpy(theirs(x))
+    weights = rng.normal(size=expected.shape).astype("float32")
+    expected_gradient = _input_gradient(theirs, x, weights)
+    for pool in [ours, ours.shifted_max] if ours.is_shifted() else [ours]:
+        np.testing.assert_array_equal(numpy(pool(x)), expected)
+        np.testing.assert_allclose(_input_gradient(pool, x, weights), expected_gradient, atol=1e-6)
+    if not ours.is_shifted():
+        with pytest.raises(ValueError, match="shifted maxima need"):
+            ours.shifted_max(x)
+    assert keras.layers.deserialize(keras.layers.serialize(ours)).get_config() == ours.get_config()
 
 
 def test_reversible_embedding_reverse_is_the_transposed_table():

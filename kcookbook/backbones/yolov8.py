@@ -29,6 +29,7 @@ from keras import layers, ops
 
 from kcookbook.backbones.backbone import Backbone, check_backbone_config, layers_in_backbone_dtype
 from kcookbook.components.convolution import Conv2D
+from kcookbook.components.pooling import MaxPooling2D
 
 # scale: (depth_coefficient, width_coefficient, max_channels)
 SCALES = {
@@ -86,7 +87,7 @@ def sppf_block(x, filters, pool_size, name):
     y = conv_bn_silu(x, hidden, 1, 1, f"{name}_pre")
     parts = [y]
     for i in range(3):
-        parts.append(layers.MaxPooling2D(pool_size, strides=1, padding="same", name=f"{name}_pool{i}")(parts[-1]))
+        parts.append(MaxPooling2D(pool_size, strides=1, padding="same", name=f"{name}_pool{i}")(parts[-1]))
     y = layers.Concatenate(axis=-1, name=f"{name}_concat")(parts)
     return conv_bn_silu(y, filters, 1, 1, f"{name}_post")
 

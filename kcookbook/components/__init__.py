@@ -31,7 +31,7 @@ from kcookbook.components.mixture_of_experts import (
 )
 from kcookbook.components.packers import MultiSegmentPacker, StartEndPacker
 from kcookbook.components.patch_embedding import PatchEmbedding
-from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling
+from kcookbook.components.pooling import L2Normalization, MaskedMeanPooling, MaxPooling2D
 from kcookbook.components.rms_normalization import RMSNormalization
 from kcookbook.components.rotary_embedding import RotaryEmbedding
 from kcookbook.components.samplers import (
@@ -53,7 +53,8 @@ from kcookbook.components.wordpiece import WordPieceTokenizer
 __all__ = [
     "ImageConverter",
     "BytePairTokenizer", "HuggingFaceTokenizer", "SentencePieceTokenizer",
-    "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MultiHeadAttention",
+    "JitteredResize", "L2Normalization", "MaskedLMHead", "MaskedLMMaskGenerator", "MaskedMeanPooling", "MaxPooling2D",
+    "MultiHeadAttention",
     "Mosaic", "MultiSegmentPacker", "NonMaxSuppression", "PatchEmbedding", "PositionEmbedding", "ReversibleEmbedding", "StartEndPacker",
     "TokenAndPositionEmbedding", "Tokenizer", "TransformerEncoderBlock", "WordPieceTokenizer",
     "gelu_approximate", "get_activation", "non_max_suppression", "padding_to_attention_mask",
