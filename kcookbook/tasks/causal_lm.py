@@ -305,8 +305,9 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         padded width (``max_length``). Each chunk has a static width, so compiled loops need no new
         shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
         positions it repeats get the same keys and values again. On torch, which runs the loop
-        eagerly, a chunk is no wider than the ``start - 1`` positions the caches need (an 8-token
-        prompt: 7 positions, not 16). Cache entries past ``start - 1``
+        eagerly, the chunks also run the token at ``start - 1`` (``through_start``, below) and are
+        no wider than the ``start`` positions they fill (an 8-token prompt: 8, not 16). Cache
+        entries past what the chunks fill
         hold whatever the chunk saw there; decoding overwrites each before any query reads it. A
         sliding-window layer's cache is a ring of ``window + width - 1`` slots, so a prompt longer
         than the window keeps only its last positions there, and the entries past ``start - 1``
