@@ -90,7 +90,9 @@ class DecodingStep(NamedTuple):
 
     Fields: ``index`` (int32 scalar, the first new position), ``cos`` and ``sin`` ((1, length, 1,
     head_dim), None without rotary positions), ``attention_bias`` (float32 (1, 1, length,
-    cache_length): 0 where a query may attend, ``MASKED`` elsewhere) and ``cache_slots`` (the
+    slots): 0 where a query may attend, ``MASKED`` elsewhere, over the cache's first ``slots``:
+    all ``cache_length``, or on torch, which runs eagerly, only those written so far — the queries
+    read no more) and ``cache_slots`` (the
     slots the new tokens are written to, ``position % cache_length``: int64 on torch, where they
     are written in place, int32 elsewhere).
     """
@@ -188,7 +190,10 @@ class CausalSelfAttention(MultiHeadAttention):
         index = ops.cast(cache_index, "int32")
         positions, cos, sin = self._positions(length, index)
         last = index + length - 1  # each slot's position once this call has written its tokens
-        held = last - ops.mod(last - ops.arange(cache_length, dtype="int32"), cache_length)
+        read = cache_length
+        if keras.config.backend() == "torch":  # eager: the slots past the last written are masked,
+            read = min(int(last) + 1, cache_length)  # so the queries need not read them at all
+        held = last - ops.mod(last - ops.arange(read, dtype="int32"), cache_length)
         mask = causal_attention_mask(positions, held, (held >= 0)[None], self.sliding_window)
         bias = ops.where(mask, ops.zeros((), "float32"), ops.full((), MASKED, "float32"))
         slots = ops.mod(positions, cache_length)
@@ -278,8 +283,11 @@ class CausalSelfAttention(MultiHeadAttention):
         query, key, value = self.rotated_heads(qkv, step.cos, step.sin, calls)
         cache = self.write_key_value(cache, key, value, step,
                                      wraps=self.sliding_window is not None)
-        out = self.attend(query, cache[:, 0], cache[:, 1], attention_bias=step.attention_bias,
-                          calls=calls)
+        keys, values = cache[:, 0], cache[:, 1]
+        read = shape(step.attention_bias)[-1]
+        if read != shape(cache)[2]:  # torch: the slots written so far (DecodingStep)
+            keys, values = keys[:, :read], values[:, :read]
+        out = self.attend(query, keys, values, attention_bias=step.attention_bias, calls=calls)
         return out, cache
 
     @staticmethod

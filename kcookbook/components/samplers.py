@@ -141,6 +141,10 @@ class Sampler:
     * ``index`` (int32 scalar) is the first position to generate; the first step feeds the token at
       ``index - 1``.
     * ``stop_token_ids`` (ints) end a row; ``seed`` (int32 scalar) seeds random samplers.
+    * ``first_logits`` (float32 ``(batch, vocab)``, optional, eager loops only): the logits after
+      the token at ``index - 1`` when the task already ran that token while filling the cache (its
+      last prefill chunk); the first step then picks from them instead of calling ``next``. Only
+      for samplers whose ``takes_first_logits`` is True (those that run this base loop).
     * ``hidden_states`` (``(batch, max_length, hidden)``): the prompts' final hidden states at the
       positions before ``index - 1``, for samplers whose ``uses_hidden_states`` is True (the task
       computes them only for those).
@@ -164,17 +168,29 @@ class Sampler:
     name = None
     uses_hidden_states = False
 
+    @property
+    def takes_first_logits(self):
+        """True for samplers that run this class's loop, which takes ``first_logits``."""
+        return type(self).__call__ is Sampler.__call__
+
     def next_token(self, logits, seed, step):
         """``(batch, vocab)`` float32 logits → ``(batch,)`` int32 ids; ``step`` is the position."""
         raise NotImplementedError(f"{type(self).__name__} implements neither next_token nor __call__.")
 
     def __call__(self, next, token_ids, padding_mask, cache, index, stop_token_ids=(), seed=0,
-                 hidden_states=None):
+                 hidden_states=None, first_logits=None):
         token_ids = ops.convert_to_tensor(token_ids, "int32")
         padding_mask = ops.convert_to_tensor(padding_mask, "int32")
         batch_size, max_length = token_ids.shape
         is_prompt = ops.cast(padding_mask, "bool")
         stop_ids = stop_token_tensor(stop_token_ids)
+        done = ops.zeros((batch_size,), "bool")
+        valid = padding_mask
+        if first_logits is not None and index < max_length:  # eager: index is a concrete number
+            picked = self.next_token(first_logits, seed, index)
+            token_ids, valid, done = place_tokens(index, picked, token_ids, is_prompt, valid, done,
+                                                  stop_ids)
+            index = index + 1
 
         def cond(index, token_ids, valid, cache, done):
             return ops.logical_and(index < max_length, ops.logical_not(ops.all(done)))
@@ -187,9 +203,8 @@ class Sampler:
                                                   stop_ids)
             return index + 1, token_ids, valid, cache, done
 
-        done = ops.zeros((batch_size,), "bool")
         _, token_ids, valid, _, _ = ops.while_loop(
-            cond, body, (index, token_ids, padding_mask, cache, done))
+            cond, body, (index, token_ids, valid, cache, done))
         return token_ids, valid
 
     def get_config(self):

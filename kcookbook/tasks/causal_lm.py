@@ -275,22 +275,29 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
             batch_size, max_length = token_ids.shape
             hidden_states = ops.zeros((batch_size, max_length, self.backbone.hidden_dim),
                                       self.backbone.compute_dtype)
-        cache, start, *hidden_states = self._prefill(token_ids, padding_mask, hidden_states, run_block,
-                                                     calls)
+        # eager torch: the last prefill chunk also runs the token the sampler's first step would
+        # (at start - 1), as one more row of a wide product instead of one more one-token step
+        through_start = keras.config.backend() == "torch" and sampler.takes_first_logits
+        cache, start, last, *hidden_states = self._prefill(token_ids, padding_mask, hidden_states,
+                                                           run_block, calls, through_start)
+
+        def logits_of(hidden):
+            return cast_if_needed(self.backbone.logits(hidden, calls), "float32")
 
         def next(token_ids, cache, index):
             hidden, cache = self.backbone.call_with_cache(token_ids, cache, index, run_block, calls)
             hidden = hidden[:, -1]
-            return cast_if_needed(self.backbone.logits(hidden, calls), "float32"), hidden, cache
+            return logits_of(hidden), hidden, cache
 
+        extra = {"first_logits": logits_of(last)} if through_start else {}
         return sampler(next, token_ids, padding_mask, cache, start, stop, seed,
-                       hidden_states=hidden_states[0] if hidden_states else None)
+                       hidden_states=hidden_states[0] if hidden_states else None, **extra)
 
     # Prompt tokens the cache is filled with per prefill call; a multiple of it is the most a prompt
     # costs beyond its own length (the width stays static, so compiled loops do not depend on it).
     prefill_chunk_length = 16
 
-    def _prefill(self, token_ids, padding_mask, hiddens, run_block, calls):
+    def _prefill(self, token_ids, padding_mask, hiddens, run_block, calls, through_start=False):
         """Fill the caches with the prompts, in chunks of ``prefill_chunk_length`` tokens.
 
         Decoding starts at ``start``, the shortest prompt's length, and its first step processes the
@@ -298,35 +305,46 @@ class CausalLM(GenerationLoop, LogLikelihoodScoring, Task):
         padded width (``max_length``). Each chunk has a static width, so compiled loops need no new
         shape per prompt length; the last chunk is moved back to end at ``max_length``, and the
         positions it repeats get the same keys and values again. On torch, which runs the loop
-        eagerly, a chunk is no wider than the ``start - 1`` positions the caches need (an 8-token
-        prompt: 7 positions, not 16). Cache entries past ``start - 1``
+        eagerly, the chunks also run the token at ``start - 1`` (``through_start``, below) and are
+        no wider than the ``start`` positions they fill (an 8-token prompt: 8, not 16). Cache
+        entries past what the chunks fill
         hold whatever the chunk saw there; decoding overwrites each before any query reads it. A
         sliding-window layer's cache is a ring of ``window + width - 1`` slots, so a prompt longer
         than the window keeps only its last positions there, and the entries past ``start - 1``
         sit in slots whose positions are out of every later query's window.
 
         ``hiddens`` (``(batch, max_length, hidden)``, for samplers that use hidden states) is filled
-        with the final hidden states of the same positions; then ``(caches, start, hiddens)`` is
-        returned. ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
+        with the final hidden states of the same positions; then ``(caches, start, last, *hiddens)``
+        is returned. ``last`` is None, or with ``through_start`` (eager loops only: ``start`` is
+        read on the host) the final hidden states ``(batch, hidden)`` of the token at ``start - 1``:
+        the chunks then fill ``[0, start)``, the last one ending at ``start - 1``, and the sampler's
+        first step takes its logits (``first_logits``) instead of running the model on that token.
+        ``run_block`` and ``calls`` are passed on to ``call_with_cache``.
         """
         batch_size, max_length = token_ids.shape
         start = ops.cast(ops.maximum(ops.min(ops.sum(padding_mask, axis=1)), 1), "int32")
+        end = start if through_start else start - 1  # the chunks fill positions [0, end)
         width = min(self.prefill_chunk_length, max_length)
         if keras.config.backend() == "torch":  # eager: no chunk wider than the prompts need
-            width = min(width, max(int(start) - 1, 1))
+            width = min(width, max(int(end), 1))
         # no call writes more than a chunk: sliding-window layers keep window + width - 1 positions
         caches = self.backbone.empty_cache(batch_size, max_length, step_length=width)
+        last_chunk = end if through_start else max_length  # where the last chunk ends
 
         def cond(offset, caches, *hiddens):
-            return offset < start - 1
+            return offset < end
 
         def body(offset, caches, *hiddens):
-            first = ops.minimum(offset, max_length - width)
+            first = ops.minimum(offset, last_chunk - width)
             chunk = ops.slice(token_ids, (0, first), (batch_size, width))
             hidden, caches = self.backbone.call_with_cache(chunk, caches, first, run_block, calls)
             hiddens = [ops.slice_update(h, (0, first, 0), ops.cast(hidden, h.dtype)) for h in hiddens]
+            if through_start:  # an eager loop: the last call's is the one at start - 1
+                nonlocal last
+                last = hidden[:, -1]
             return (offset + width, caches, *hiddens)
 
+        last = None
         state = (ops.zeros((), "int32"), caches) + (() if hiddens is None else (hiddens,))
         _, caches, *hiddens = ops.while_loop(cond, body, state)
-        return (caches, start, *hiddens)
+        return (caches, start, last, *hiddens)
