@@ -597,3 +597,33 @@ def test_variable_tensor_reads_what_the_value_property_reads(keras_internals, mo
     np.testing.assert_array_equal(ops.convert_to_numpy(torch_speedups.variable_tensor(variable)), [0, 1, 2])
     with keras.StatelessScope(state_mapping=[(variable, ops.ones(3))]):
         np.testing.assert_array_equal(ops.convert_to_numpy(torch_speedups.variable_tensor(variable)), [1, 1, 1])
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's one-row product over two threads")
+@pytest.mark.parametrize("shape, threads, split", [
+    ((1, 512), 2, True),        # one row: two half-products in one batched product
+    ((1, 1, 512), 2, True),     # one token of batch 1, leading axes kept
+    ((3, 512), 2, False),       # more rows: one plain product
+    ((1, 512), 1, False),       # one thread: one plain product
+])
+def test_row_product_equals_the_float64_product(shape, threads, split, monkeypatch):
+    """``torch_speedups.row_product`` (a decoded token's dense layers and tied output table on torch)
+    multiplies a row by the matrix's two row halves and adds the partial results; whichever path it
+    takes, it gives numpy's float64 product to float32 rounding and keeps the leading axes."""
+    import torch
+
+    from kcookbook.components.torch_speedups import ROW_PRODUCT_SPLIT_MIN_WEIGHTS, row_product
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal(shape).astype("float32")
+    matrix = rng.standard_normal((512, ROW_PRODUCT_SPLIT_MIN_WEIGHTS // 512 * 2)).astype("float32")
+    batched = []
+    monkeypatch.setattr(torch, "bmm", lambda *a, bmm=torch.bmm: batched.append(1) or bmm(*a))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = row_product(torch.from_numpy(x), torch.from_numpy(matrix)).numpy()
+    finally:
+        torch.set_num_threads(before)
+    assert out.shape == shape[:-1] + matrix.shape[1:] and bool(batched) == split
+    np.testing.assert_allclose(out, x.astype("float64") @ matrix.astype("float64"), rtol=1e-4, atol=1e-4)
