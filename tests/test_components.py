@@ -599,31 +599,36 @@ def test_variable_tensor_reads_what_the_value_property_reads(keras_internals, mo
         np.testing.assert_array_equal(ops.convert_to_numpy(torch_speedups.variable_tensor(variable)), [1, 1, 1])
 
 
-@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's one-row product over two threads")
-@pytest.mark.parametrize("shape, threads, split", [
-    ((1, 512), 2, True),        # one row: two half-products in one batched product
-    ((1, 1, 512), 2, True),     # one token of batch 1, leading axes kept
-    ((3, 512), 2, False),       # more rows: one plain product
-    ((1, 512), 1, False),       # one thread: one plain product
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's inference-time product kernels")
+@pytest.mark.parametrize("shape, threads, dtype, kernel", [
+    ((1, 512), 2, "float32", "split"),       # one row: two half-products in one batched product
+    ((1, 1, 512), 2, "float32", "split"),    # one token of batch 1, leading axes kept
+    ((1, 512), 1, "float32", "matmul"),      # one thread: one plain product
+    ((8, 1, 512), 2, "float32", "onednn"),   # batch 8: oneDNN's linear on the transposed view
+    ((8, 1, 512), 2, "float64", "onednn declines"),  # not float32: oneDNN asked, torch's own product
 ])
-def test_row_product_equals_the_float64_product(shape, threads, split, monkeypatch):
-    """``torch_speedups.row_product`` (a decoded token's dense layers and tied output table on torch)
-    multiplies a row by the matrix's two row halves and adds the partial results; whichever path it
-    takes, it gives numpy's float64 product to float32 rounding and keeps the leading axes."""
+def test_inference_product_equals_the_float64_product(shape, threads, dtype, kernel, monkeypatch):
+    """``torch_speedups.inference_product`` (a decoded token's dense layers and tied output table on
+    torch) picks a kernel by rows, threads and dtype; whichever it takes, it gives numpy's float64
+    product to float32 rounding and keeps the leading axes."""
     import torch
 
-    from kcookbook.components.torch_speedups import ROW_PRODUCT_SPLIT_MIN_WEIGHTS, row_product
+    from kcookbook.components import torch_speedups
 
     rng = np.random.default_rng(0)
-    x = rng.standard_normal(shape).astype("float32")
-    matrix = rng.standard_normal((512, ROW_PRODUCT_SPLIT_MIN_WEIGHTS // 512 * 2)).astype("float32")
-    batched = []
-    monkeypatch.setattr(torch, "bmm", lambda *a, bmm=torch.bmm: batched.append(1) or bmm(*a))
+    x = rng.standard_normal(shape).astype(dtype)
+    matrix = rng.standard_normal((512, torch_speedups.ROW_PRODUCT_SPLIT_MIN_WEIGHTS // 512 * 2)).astype(dtype)
+    used = []
+    monkeypatch.setattr(torch, "bmm", lambda *a, bmm=torch.bmm: used.append("split") or bmm(*a))
+    monkeypatch.setattr(torch_speedups, "onednn_linear",
+                        lambda *a, f=torch_speedups.onednn_linear: used.append("onednn") or f(*a))
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        out = row_product(torch.from_numpy(x), torch.from_numpy(matrix)).numpy()
+        out = torch_speedups.inference_product(torch.from_numpy(x), torch.from_numpy(matrix)).numpy()
     finally:
         torch.set_num_threads(before)
-    assert out.shape == shape[:-1] + matrix.shape[1:] and bool(batched) == split
+    assert out.shape == shape[:-1] + matrix.shape[1:] and out.dtype == dtype
+    if kernel != "onednn" or torch.backends.mkldnn.is_available():
+        assert used == {"matmul": [], "onednn declines": ["onednn"]}.get(kernel, [kernel])
     np.testing.assert_allclose(out, x.astype("float64") @ matrix.astype("float64"), rtol=1e-4, atol=1e-4)

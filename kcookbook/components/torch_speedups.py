@@ -23,16 +23,15 @@ passes them down as arguments; nothing is switched by a global:
   encoder–decoder attention (its caches are heads-first) and the decoders' cached grouped-query
   attention (strided views of the cache, no copies of grouped heads) instead of full-size score
   tensors.
-* ``table_product`` — a tied output layer's product: ``linear`` on the table from four rows on,
-  else the transposed copy below.
+* ``table_product`` — a tied output layer's product, on the transposed copy below.
 * ``transposed_table`` — a tied output layer's ``(vocabulary, hidden)`` table transposed once into
   a ``(hidden, vocabulary)`` copy for inference: torch's CPU matrix-vector product reads the
   transposed view of the table at about half the speed of the copy (t5-small's 32,128 × 512
   table: ~12 vs ~6 ms per one-row product on this machine's AMD EPYC with MKL), and that product
   is the largest of a one-token step.
 
-``row_product`` is a one-row product (a decoded token at batch 1) split over two of torch's threads:
-MKL runs it on one (``dense_on_torch`` and ``table_product`` use it).
+``inference_product`` is a product by the fastest CPU kernel for its rows (one row split over two
+of torch's threads, more rows oneDNN's linear; ``dense_on_torch`` and ``table_product`` use it).
 
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
@@ -153,40 +152,66 @@ def dense_on_torch(layer, inputs):
         return layer.call(inputs)
     import torch
 
-    x = row_product(inputs, kernel)
+    x = inference_product(inputs, kernel)
     if layer.bias is not None:
         x = x + variable_tensor(layer.bias)
     return x if layer.activation is keras.activations.linear else torch_activation(layer.activation)(x)
 
 
-# ``row_product`` splits a product over torch's threads from this many weights (a 512 × 512 matrix,
-# 1 MB: ~50 → ~34 µs from memory). With OMP_WAIT_POLICY=PASSIVE (sleeping threads, not torch's
-# default) waking the second thread costs about what the split saves at this size.
+# ``inference_product`` splits a one-row product over torch's threads from this many weights (a
+# 512 × 512 matrix, 1 MB: ~50 → ~34 µs from memory). With OMP_WAIT_POLICY=PASSIVE (sleeping
+# threads, not torch's default) waking the second thread costs about what the split saves at this size.
 ROW_PRODUCT_SPLIT_MIN_WEIGHTS = 2**18
-ROW_PRODUCT_SPLIT_MAX_ROWS = 1
 
 
-def row_product(inputs, matrix):
-    """torch: ``inputs @ matrix`` for a contiguous 2-D ``matrix`` (k, m), on two of torch's threads
-    when ``inputs`` is one row (one token of batch-1 decoding). torch's CPU product of one row runs
-    on one thread (MKL's matrix-vector kernel: t5-small's 512 × 32,128 output table ~2.2 ms from
-    memory, about half the bandwidth this machine's two cores reach). Here the row's two halves
-    multiply the matrix's two row halves — contiguous views, no copy — in one batched product, which
-    torch splits over its intra-op threads, and the two partial results are added (~1.2 ms; a
-    512 × 2,048 matrix ~175 → ~100 µs). Used for matrices of at least
-    ``ROW_PRODUCT_SPLIT_MIN_WEIGHTS`` weights when torch has two or more threads; otherwise, and for
-    more rows, a plain ``torch.matmul``. The sum of two halves rounds differently from one product
-    (float32: ~1e-7 relative)."""
+def inference_product(inputs, matrix):
+    """torch, for inference: ``inputs @ matrix`` for a contiguous 2-D ``matrix`` (k, m), by the kernel
+    that runs it fastest on a CPU (measured on this machine's AMD EPYC, where torch's default, MKL,
+    is slow for these shapes):
+
+    * one row (a decoded token at batch 1): MKL's matrix-vector product runs on one thread (t5-small's
+      512 × 2,048 ~180 µs from memory, about half the bandwidth two cores reach). The row's two halves
+      multiply the matrix's two row halves — contiguous views, no copy — in one batched product, which
+      torch splits over its threads, and the partial results are added (~125 µs); for matrices of at
+      least ``ROW_PRODUCT_SPLIT_MIN_WEIGHTS`` weights when torch has two or more threads.
+    * more rows (batch 8, a prefill): oneDNN's linear (``onednn_linear``) on the matrix's transposed
+      view, no copy: 8 rows × t5-small's 512 × 32,128 output table ~1.4 ms against MKL's ~6 ms, and
+      a ViT-sized 4,096 × 768 × 3,072 product ~42 ms against ~89.
+
+    Anything else (other dtypes or devices, a torch without oneDNN, code being compiled by
+    ``torch.compile``) is a plain ``torch.matmul``. The
+    results round differently from MKL's (float32: ~1e-7 relative)."""
     import torch
 
+    if torch.compiler.is_compiling():  # inside ``compiled_block_step``: the compiler picks its kernels
+        return torch.matmul(inputs, matrix)
     k, m = matrix.shape
     rows = inputs.numel() // k
-    if (rows > ROW_PRODUCT_SPLIT_MAX_ROWS or k * m < ROW_PRODUCT_SPLIT_MIN_WEIGHTS or k % 2
-            or not matrix.is_contiguous() or torch.get_num_threads() < 2):
-        return torch.matmul(inputs, matrix)
-    row_halves = inputs.reshape(rows, 2, k // 2).transpose(0, 1)  # (2, rows, k/2)
-    partial = torch.bmm(row_halves, matrix.view(2, k // 2, m))  # (2, rows, m)
-    return (partial[0] + partial[1]).reshape(*inputs.shape[:-1], m)
+    if rows == 1:
+        if k * m < ROW_PRODUCT_SPLIT_MIN_WEIGHTS or k % 2 or not matrix.is_contiguous() or torch.get_num_threads() < 2:
+            return torch.matmul(inputs, matrix)
+        partial = torch.bmm(inputs.reshape(2, 1, k // 2), matrix.view(2, k // 2, m))  # (2, 1, m)
+        return (partial[0] + partial[1]).reshape(*inputs.shape[:-1], m)
+    out = onednn_linear(inputs, matrix.t())
+    return torch.matmul(inputs, matrix) if out is None else out
+
+
+def onednn_linear(inputs, weight):
+    """torch: ``inputs @ weightᵀ`` for a ``(out, in)`` ``weight`` (a tensor or a strided view) by
+    oneDNN's linear kernel, the one ``torch.compile`` uses for frozen CPU models
+    (``torch.ops.mkldnn._linear_pointwise``); None where it cannot run — a torch built without
+    oneDNN or without that operator, tensors that are not float32 on the CPU — and the caller uses
+    torch's own product."""
+    import torch
+
+    if (inputs.dtype != torch.float32 or weight.dtype != torch.float32 or inputs.device.type != "cpu"
+            or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available()):
+        return None
+    try:
+        linear = torch.ops.mkldnn._linear_pointwise
+    except (AttributeError, RuntimeError):  # pragma: no cover - a torch without the operator
+        return None
+    return linear(inputs, weight, None, "none", [], "")
 
 
 def fused_rms_normalization(x, scale, epsilon):
@@ -405,30 +430,29 @@ def fused_attention_heads_first(query, key, value, scale, bias=None, first_query
 
 
 TRANSPOSED_TABLE_MAX_BYTES = 256 * 2**20
-# Rows from which ``table_product`` multiplies by the table as it is instead of its transposed copy.
-TABLE_AS_IS_MIN_ROWS = 4
 
 
 def table_product(owner, variable, inputs):
     """torch, with gradients off (generation runs under ``no_grad``): ``inputs @ variableᵀ`` for a
-    ``(vocabulary, hidden)`` table (a tied output layer), the product MKL runs fastest on this
-    machine's AMD EPYC, by the number of rows of ``inputs`` (SmolLM2's 49,152 × 576 table, one
-    thread): one to three rows (``TABLE_AS_IS_MIN_ROWS``) multiply a ``(hidden, vocabulary)``
-    copy (``transposed_table``: ~6 ms for one row, against ~12 by ``linear`` on the table), four and
-    more ``linear`` on the table as it is, which needs no copy (eight rows: ~21 ms against ~29 on
-    the copy). None elsewhere — jax, TensorFlow, training, or a ``variable`` that is not a
-    ``keras.Variable`` — and the caller multiplies by ``ops.transpose(variable)`` as usual."""
+    ``(vocabulary, hidden)`` table (a tied output layer): ``inference_product`` on a ``(hidden,
+    vocabulary)`` copy (``transposed_table``; MKL's one-row product reads the transposed view at half
+    the copy's speed, and oneDNN's linear, for more rows, is faster on the copy too: t5-small's table
+    at 8 rows ~1.4 ms against ~3 on the table as it is), or oneDNN's linear on the table as it is
+    where no copy is kept (a table over ``TRANSPOSED_TABLE_MAX_BYTES``). None elsewhere — jax,
+    TensorFlow, training, or a ``variable`` that is not a ``keras.Variable`` — and the caller
+    multiplies by ``ops.transpose(variable)`` as usual."""
     if keras.config.backend() != "torch" or not isinstance(variable, keras.Variable):
         return None
     import torch
 
     if torch.is_grad_enabled():
         return None
-    rows = inputs.numel() // inputs.shape[-1]
-    table = transposed_table(owner, variable, inputs.dtype) if rows < TABLE_AS_IS_MIN_ROWS else None
+    table = transposed_table(owner, variable, inputs.dtype)
     if table is not None:
-        return row_product(inputs, table)
-    return torch.nn.functional.linear(inputs, cast_if_needed(variable_tensor(variable), inputs.dtype))
+        return inference_product(inputs, table)
+    table = cast_if_needed(variable_tensor(variable), inputs.dtype)
+    out = onednn_linear(inputs, table)
+    return torch.nn.functional.linear(inputs, table) if out is None else out
 
 
 def transposed_table(owner, variable, dtype):
