@@ -22,7 +22,7 @@ backward, ``torch.optim.Adam``). The first call of each (tracing, compilation) i
 then ``--repeats`` timed calls, median.
 
 Each backend runs in its own subprocess (the backend is fixed at import); ``--torch-threads`` sets
-``torch.set_num_threads`` in the torch worker.
+``torch.set_num_threads`` in the torch worker (default: torch's own thread count, as a user gets it).
 """
 
 import argparse
@@ -74,7 +74,8 @@ def worker(args):
     if backend == "torch":
         import torch
 
-        torch.set_num_threads(args.torch_threads)
+        if args.torch_threads:  # 0: torch's default (what a user gets: one per core)
+            torch.set_num_threads(args.torch_threads)
     keras.utils.set_random_seed(0)
     rng = np.random.default_rng(0)
     vocabulary = SIZES[args.size]["vocabulary_size"]
@@ -151,7 +152,7 @@ def main():
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--fit-steps", type=int, default=3)
     parser.add_argument("--fit-batch", type=int, default=8)
-    parser.add_argument("--torch-threads", type=int, default=1)
+    parser.add_argument("--torch-threads", type=int, default=0, help="torch.set_num_threads; 0 (default): torch's own default")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
