@@ -178,15 +178,15 @@ def inference_product(inputs, matrix):
       view, no copy: 8 rows × t5-small's 512 × 32,128 output table ~1.4 ms against MKL's ~6 ms, and
       a ViT-sized 4,096 × 768 × 3,072 product ~42 ms against ~89.
 
-    Anything else (other dtypes or devices, a torch without oneDNN, code being compiled by
-    ``torch.compile``) is a plain ``torch.matmul``. The
-    results round differently from MKL's (float32: ~1e-7 relative)."""
+    Anything else (other dtypes or devices, a torch without oneDNN, no rows, code being compiled by
+    ``torch.compile``) is a plain ``torch.matmul``. The results round differently from MKL's
+    (float32: ~1e-7 relative)."""
     import torch
 
-    if torch.compiler.is_compiling():  # inside ``compiled_block_step``: the compiler picks its kernels
-        return torch.matmul(inputs, matrix)
     k, m = matrix.shape
     rows = inputs.numel() // k
+    if rows == 0 or torch.compiler.is_compiling():  # compiled_block_step: the compiler picks kernels
+        return torch.matmul(inputs, matrix)
     if rows == 1:
         if k * m < ROW_PRODUCT_SPLIT_MIN_WEIGHTS or k % 2 or not matrix.is_contiguous() or torch.get_num_threads() < 2:
             return torch.matmul(inputs, matrix)
