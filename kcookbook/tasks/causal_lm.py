@@ -15,10 +15,11 @@
   runs eagerly under ``no_grad``, writes the cache in place and calls layers directly
   (``torch_speedups.DIRECT_CALLS``), skipping Keras' per-call bookkeeping. ``lm.jit_compile = True`` (or
   ``compile(jit_compile=True)``) also runs each one-token step through one ``torch.compile``d
-  decoder block that every layer shares (``compiled_block_step``): ~10-30 s of compilation on a
-  CPU, once per process and block configuration, then 1.25-1.4x the eager tokens/s of SmolLM2-135M
-  (see ``benchmarks/README.md``). Off by default, as Keras leaves ``torch.compile`` off: it pays
-  back after roughly a thousand generated tokens. The compiled loop is kept per
+  decoder block that every layer shares (``compiled_block_step``): seconds of compilation on a
+  CPU, once per process and block configuration. Off by default, as Keras leaves ``torch.compile``
+  off; on this project's CPU the eager loop, whose products take ``torch_speedups.inference_product``'s
+  kernels, is the faster one (SmolLM2-135M: 48.6 against 36.3 tokens/s at batch 1, 279 against 150
+  at batch 8; ``benchmarks/README.md``, 2026-12-07). The compiled loop is kept per
   (batch size, max_length, sampler, stop tokens), so calling again with the same shapes does not
   compile again (``generate_trace_count`` counts compilations).
 
