@@ -605,7 +605,7 @@ def test_variable_tensor_reads_what_the_value_property_reads(keras_internals, mo
     ((1, 1, 512), 2, "float32", "split"),    # one token of batch 1, leading axes kept
     ((1, 512), 1, "float32", "matmul"),      # one thread: one plain product
     ((8, 1, 512), 2, "float32", "onednn"),   # batch 8: oneDNN's linear on the transposed view
-    ((8, 1, 512), 2, "float64", "onednn declines"),  # not float32: oneDNN asked, torch's own product
+    ((8, 1, 512), 2, "float64", "matmul"),   # not float32: torch's own product
 ])
 def test_inference_product_equals_the_float64_product(shape, threads, dtype, kernel, monkeypatch):
     """``torch_speedups.inference_product`` (a decoded token's dense layers and tied output table on
@@ -630,5 +630,28 @@ def test_inference_product_equals_the_float64_product(shape, threads, dtype, ker
         torch.set_num_threads(before)
     assert out.shape == shape[:-1] + matrix.shape[1:] and out.dtype == dtype
     if kernel != "onednn" or torch.backends.mkldnn.is_available():
-        assert used == {"matmul": [], "onednn declines": ["onednn"]}.get(kernel, [kernel])
+        assert used == ([] if kernel == "matmul" else [kernel])
     np.testing.assert_allclose(out, x.astype("float64") @ matrix.astype("float64"), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's inference-time product kernels")
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_onednn_linear_equals_the_float64_product(dtype):
+    """``torch_speedups.onednn_linear`` (tied output tables at any batch, dense layers from two rows
+    on) multiplies by a ``(out, in)`` weight, a tensor or a transposed view, as numpy's float64
+    product of the same (rounded) numbers does, to the dtype's precision."""
+    import torch
+
+    from kcookbook.components.torch_speedups import onednn_linear
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((3, 1, 64)).astype("float32")).to(getattr(torch, dtype))
+    weight = torch.from_numpy(rng.standard_normal((64, 96)).astype("float32")).to(getattr(torch, dtype))
+    expected = x.double().numpy() @ weight.double().numpy()
+    tolerance = 1e-5 if dtype == "float32" else 5e-2
+    for view in (weight.t(), weight.t().contiguous()):
+        out = onednn_linear(x, view)
+        if out is None:
+            pytest.skip("this torch has no oneDNN linear")
+        assert out.dtype == x.dtype and out.shape == (3, 1, 96)
+        np.testing.assert_allclose(out.double().numpy(), expected, rtol=tolerance, atol=tolerance * 8)

@@ -192,7 +192,7 @@ def inference_product(inputs, matrix):
             return torch.matmul(inputs, matrix)
         partial = torch.bmm(inputs.reshape(2, 1, k // 2), matrix.view(2, k // 2, m))  # (2, 1, m)
         return (partial[0] + partial[1]).reshape(*inputs.shape[:-1], m)
-    out = onednn_linear(inputs, matrix.t())
+    out = onednn_linear(inputs, matrix.t()) if inputs.dtype == torch.float32 else None
     return torch.matmul(inputs, matrix) if out is None else out
 
 
@@ -200,12 +200,13 @@ def onednn_linear(inputs, weight):
     """torch: ``inputs @ weightᵀ`` for a ``(out, in)`` ``weight`` (a tensor or a strided view) by
     oneDNN's linear kernel, the one ``torch.compile`` uses for frozen CPU models
     (``torch.ops.mkldnn._linear_pointwise``); None where it cannot run — a torch built without
-    oneDNN or without that operator, tensors that are not float32 on the CPU — and the caller uses
-    torch's own product."""
+    oneDNN or without that operator, tensors that are not both float32 or both bfloat16 on the
+    CPU — and the caller uses torch's own product."""
     import torch
 
-    if (inputs.dtype != torch.float32 or weight.dtype != torch.float32 or inputs.device.type != "cpu"
-            or weight.device.type != "cpu" or not torch.backends.mkldnn.is_available()):
+    if (inputs.dtype not in (torch.float32, torch.bfloat16) or weight.dtype != inputs.dtype
+            or inputs.device.type != "cpu" or weight.device.type != "cpu"
+            or not torch.backends.mkldnn.is_available()):
         return None
     try:
         linear = torch.ops.mkldnn._linear_pointwise
@@ -438,7 +439,7 @@ def table_product(owner, variable, inputs):
     vocabulary)`` copy (``transposed_table``; MKL's one-row product reads the transposed view at half
     the copy's speed, and oneDNN's linear, for more rows, is faster on the copy too: t5-small's table
     at 8 rows ~1.4 ms against ~3 on the table as it is), or oneDNN's linear on the table as it is
-    where no copy is kept (a table over ``TRANSPOSED_TABLE_MAX_BYTES``). None elsewhere — jax,
+    where no copy is kept (a table over ``TRANSPOSED_TABLE_MAX_BYTES``, or in bfloat16). None elsewhere — jax,
     TensorFlow, training, or a ``variable`` that is not a ``keras.Variable`` — and the caller
     multiplies by ``ops.transpose(variable)`` as usual."""
     if keras.config.backend() != "torch" or not isinstance(variable, keras.Variable):
@@ -447,7 +448,9 @@ def table_product(owner, variable, inputs):
 
     if torch.is_grad_enabled():
         return None
-    table = transposed_table(owner, variable, inputs.dtype)
+    # bfloat16: oneDNN's linear on the table as it is (SmolLM2's, one row: ~1.7 ms against ~4 for
+    # every product on a transposed copy), so no copy is made.
+    table = transposed_table(owner, variable, inputs.dtype) if inputs.dtype != torch.bfloat16 else None
     if table is not None:
         return inference_product(inputs, table)
     table = cast_if_needed(variable_tensor(variable), inputs.dtype)
