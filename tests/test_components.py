@@ -655,3 +655,28 @@ def test_onednn_linear_equals_the_float64_product(dtype):
             pytest.skip("this torch has no oneDNN linear")
         assert out.dtype == x.dtype and out.shape == (3, 1, 96)
         np.testing.assert_allclose(out.double().numpy(), expected, rtol=tolerance, atol=tolerance * 8)
+
+
+@pytest.mark.skipif(keras.config.backend() != "torch", reason="torch's int8 kernel for int8 Dense layers")
+@pytest.mark.parametrize("shape, activation", [((1, 1, 48), None), ((3, 5, 48), "relu")])
+def test_int8_dense_direct_call_equals_keras_int8_call(shape, activation):
+    """A decoding step's int8 ``Dense`` on torch (``DIRECT_CALLS`` → ``int8_dense_on_torch``,
+    ``torch._int_mm``) gives what Keras' own int8 call gives: the same row quantisation, exact int32
+    sums, the same scales — equal to float32 rounding."""
+    import torch
+
+    from kcookbook.components.torch_speedups import DIRECT_CALLS, KERAS_CALLS
+
+    rng = np.random.default_rng(0)
+    layer = keras.layers.Dense(40, activation=activation)
+    layer.build(shape)
+    layer.set_weights([rng.standard_normal((48, 40)).astype("float32"), rng.standard_normal(40).astype("float32")])
+    layer.quantize("int8")
+    x = ops.convert_to_tensor(rng.standard_normal(shape).astype("float32"))
+    with torch.no_grad():
+        expected = numpy(KERAS_CALLS(layer, x))
+        out = numpy(DIRECT_CALLS(layer, x))
+    assert out.shape == expected.shape == shape[:-1] + (40,)
+    np.testing.assert_allclose(out, expected, rtol=1e-6, atol=1e-6)
+    float_out = numpy(x) @ numpy(layer._kernel).astype("float32") / numpy(layer.kernel_scale) + numpy(layer.bias)
+    assert np.abs(out - (np.maximum(float_out, 0) if activation else float_out)).max() < 0.5  # int8 noise only
