@@ -33,6 +33,9 @@ passes them down as arguments; nothing is switched by a global:
 ``inference_product`` is a product by the fastest CPU kernel for its rows (one row split over two
 of torch's threads, more rows oneDNN's linear; ``dense_on_torch`` and ``table_product`` use it).
 
+``int8_dense_on_torch`` runs an int8 ``Dense`` (Keras' W8A8 numerics) with torch's int8 product
+(``DIRECT_CALLS`` takes it for int8 ``keras.layers.Dense`` layers on torch).
+
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
 (``DIRECT_CALLS`` takes the first for ``keras.layers.Dense``; ``RMSNormalization`` the second on torch).
 ``fused_group_norm_channels_last`` is a channels-last group norm in torch's one ``group_norm`` kernel
