@@ -86,13 +86,13 @@ class LayerCalls:
             kind = type(layer)
             if kind is keras.layers.Dropout and not kwargs.get("training"):
                 return args[0]  # what its call returns outside training
-            if layer.quantization_mode is not None:
-                if (kind is keras.layers.Dense and layer.quantization_mode == "int8" and not kwargs
-                        and keras.config.backend() == "torch"):
-                    return int8_dense_on_torch(layer, *args)
-                return layer.quantized_call(*args, **kwargs)
             if kind is keras.layers.Dense and not kwargs and keras.config.backend() == "torch":
-                return dense_on_torch(layer, *args)
+                if layer.quantization_mode is None:
+                    return dense_on_torch(layer, *args)
+                if layer.quantization_mode == "int8":
+                    return int8_dense_on_torch(layer, *args)
+            if layer.quantization_mode is not None:
+                return layer.quantized_call(*args, **kwargs)
             return layer.call(*args, **kwargs)
         return layer(*args, **kwargs)
 
@@ -156,9 +156,11 @@ def dense_on_torch(layer, inputs):
     kernel = variable_tensor(layer._kernel)
     if layer.lora_enabled or inputs.dtype != kernel.dtype:
         return layer.call(inputs)
-    import torch
+    return dense_bias_and_activation(layer, inference_product(inputs, kernel))
 
-    x = inference_product(inputs, kernel)
+
+def dense_bias_and_activation(layer, x):
+    """torch: what a ``keras.layers.Dense`` adds after its product — its bias, then its activation."""
     if layer.bias is not None:
         x = x + variable_tensor(layer.bias)
     return x if layer.activation is keras.activations.linear else torch_activation(layer.activation)(x)
@@ -186,10 +188,7 @@ def int8_dense_on_torch(layer, inputs):
     quantized = torch.clamp(torch.round(rows * inputs_scale), low, high).to(torch.int8)
     x = torch._int_mm(quantized, variable_tensor(layer._kernel)).to(torch.float32)
     x = x / (variable_tensor(layer.kernel_scale) * inputs_scale)
-    if layer.bias is not None:
-        x = x + variable_tensor(layer.bias)
-    x = x.reshape(*inputs.shape[:-1], x.shape[-1])
-    return x if layer.activation is keras.activations.linear else torch_activation(layer.activation)(x)
+    return dense_bias_and_activation(layer, x.reshape(*inputs.shape[:-1], x.shape[-1]))
 
 
 # ``inference_product`` splits a one-row product over torch's threads from this many weights (a
@@ -222,7 +221,8 @@ def inference_product(inputs, matrix):
     if rows == 0 or torch.compiler.is_compiling():  # compiled_block_step: the compiler picks kernels
         return torch.matmul(inputs, matrix)
     if rows == 1:
-        if k * m < ROW_PRODUCT_SPLIT_MIN_WEIGHTS or k % 2 or not matrix.is_contiguous() or torch.get_num_threads() < 2:
+        if (k * m < ROW_PRODUCT_SPLIT_MIN_WEIGHTS or k % 2 or not matrix.is_contiguous()
+                or torch.get_num_threads() < 2):
             return torch.matmul(inputs, matrix)
         partial = torch.bmm(inputs.reshape(2, 1, k // 2), matrix.view(2, k // 2, m))  # (2, 1, m)
         return (partial[0] + partial[1]).reshape(*inputs.shape[:-1], m)
@@ -473,9 +473,9 @@ def table_product(owner, variable, inputs):
     vocabulary)`` copy (``transposed_table``; MKL's one-row product reads the transposed view at half
     the copy's speed, and oneDNN's linear, for more rows, is faster on the copy too: t5-small's table
     at 8 rows ~1.4 ms against ~3 on the table as it is), or oneDNN's linear on the table as it is
-    where no copy is kept (a table over ``TRANSPOSED_TABLE_MAX_BYTES``, or in bfloat16). None elsewhere — jax,
-    TensorFlow, training, or a ``variable`` that is not a ``keras.Variable`` — and the caller
-    multiplies by ``ops.transpose(variable)`` as usual."""
+    where no copy is kept (a table over ``TRANSPOSED_TABLE_MAX_BYTES``, or in bfloat16). None
+    elsewhere — jax, TensorFlow, training, or a ``variable`` that is not a ``keras.Variable`` — and
+    the caller multiplies by ``ops.transpose(variable)`` as usual."""
     if keras.config.backend() != "torch" or not isinstance(variable, keras.Variable):
         return None
     import torch
