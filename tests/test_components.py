@@ -271,6 +271,44 @@ def test_reversible_embedding_reverse_follows_assigned_weights_in_inference():
     assert (kept is not None) == (keras.config.backend() == "torch")
 
 
+@pytest.mark.parametrize("tie_weights", [True, False])
+def test_int8_reverse_projection_is_keras_reversible_embedding_and_passes_gradients(tie_weights):
+    """int8 logits equal Keras' own int8 ``keras.layers.ReversibleEmbedding`` (W8A8: each row
+    quantised by its absolute maximum, exact int32 sums, both scales) — on torch with gradients off
+    through ``torch._int_mm`` too; the gradient reaching the hidden states is the product with the
+    dequantised table (straight-through), which Keras' layer does not give (its rounding has none)."""
+    import contextlib
+
+    ours = ReversibleEmbedding(50, 16, tie_weights=tie_weights)
+    reference = keras.layers.ReversibleEmbedding(50, 16, tie_weights=tie_weights)
+    for layer in (ours, reference):
+        layer.build((None,))
+    rng = np.random.default_rng(4)
+    reference.embeddings.assign(numpy(ours.embeddings))
+    if not tie_weights:
+        reference.reverse_embeddings.assign(numpy(ours.reverse_embeddings))
+    ours.quantize("int8"), reference.quantize("int8")
+    hidden = rng.normal(size=(2, 3, 16)).astype("float32")
+    hidden[0, 0, 5] = 9.0  # an outlier: its row's scale differs from the others'
+    expected = numpy(reference(hidden, reverse=True))
+    np.testing.assert_allclose(numpy(ours(hidden, reverse=True)), expected, rtol=1e-6, atol=1e-6)
+    inference = contextlib.nullcontext()
+    if keras.config.backend() == "torch":
+        import torch
+
+        inference = torch.no_grad()
+    with inference:
+        np.testing.assert_allclose(numpy(ours(hidden, reverse=True)), expected, rtol=1e-6, atol=1e-6)
+
+    if tie_weights:
+        table = numpy(ours._embeddings).astype("float32") / numpy(ours.embeddings_scale)[:, None]
+    else:
+        table = (numpy(ours.reverse_embeddings).astype("float32") / numpy(ours.reverse_embeddings_scale)).T
+    weights = rng.normal(size=(2, 3, 50)).astype("float32")
+    gradient = _input_gradient(lambda x: ours(x, reverse=True), hidden, weights)
+    np.testing.assert_allclose(gradient, weights @ table, rtol=1e-5, atol=1e-5)
+
+
 def test_no_transposed_copy_of_a_table_above_the_memory_cap(monkeypatch):
     """A kept copy doubles the table's memory: above ``TRANSPOSED_TABLE_MAX_BYTES`` none is made,
     and the reverse projection is the same product."""

@@ -14,7 +14,7 @@ import keras
 
 import numpy as np
 
-from kcookbook.components.embeddings import PositionEmbedding
+from kcookbook.components.embeddings import PositionEmbedding, ReversibleEmbedding
 from kcookbook.components.mixture_of_experts import MixtureOfExperts
 from kcookbook.components.validation import (
     check_divisible,
@@ -33,8 +33,9 @@ from kcookbook.presets import save_preset
 # 262,144-token vocabulary, Llama 3.1 405B's 126 layers × 16,384 wide × 128 heads, Llama 4's 10M-token
 # context, ResNet-152's 36-block stack) and tight enough that a typo cannot allocate the machine away
 # (``vocabulary_size=10**12`` aborts a jax process; ``num_layers=10**6`` builds for minutes).
-# Keras's int8 layers that quantise their inputs at each call (``inputs_quantizer``).
-_INT8_ACTIVATION_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense)
+# Keras's int8 layers that quantise their inputs at each call (``inputs_quantizer``; the token
+# embedding's for its reverse projection, the output layer).
+_INT8_ACTIVATION_LAYERS = (keras.layers.Dense, keras.layers.EinsumDense, ReversibleEmbedding)
 MAX_WIDTH = 65_536
 _INT_FIELDS = {  # name: (low, high, None allowed)
     "vocabulary_size": (1, 2**20, False),
@@ -317,8 +318,8 @@ class Backbone(keras.Model):
         return policy_map
 
     def _int8_activation_quantizers(self):
-        """``{layer path: serialised quantizer or None}`` for the int8 ``Dense``/``EinsumDense`` layers
-        whose activation quantizer is not Keras's default one (per-token absmax). A layer rebuilt
+        """``{layer path: serialised quantizer or None}`` for the int8 ``Dense``/``EinsumDense`` and
+        ``ReversibleEmbedding`` (the output layer) layers whose activation quantizer is not Keras's default one (per-token absmax). A layer rebuilt
         from the config alone gets the default (``Dense._int8_build``): this is what it needs to
         compute as it was quantised, e.g. ``None`` for weight-only int8."""
         default = keras.saving.serialize_keras_object(keras.quantizers.AbsMaxQuantizer())
@@ -339,7 +340,7 @@ class Backbone(keras.Model):
         unknown = sorted(set(quantizers) - set(layers))
         if unknown:
             raise ValueError(f"{self.name}: int8_activation_quantizers names {unknown[:3]}, which are not "
-                             "int8 Dense/EinsumDense layers of this backbone (known e.g. "
+                             "int8 Dense/EinsumDense/ReversibleEmbedding layers of this backbone (known e.g. "
                              f"{sorted(layers)[:3]}). The config was edited or written for another model.")
         for path, quantizer in quantizers.items():
             quantizer = keras.saving.deserialize_keras_object(quantizer)

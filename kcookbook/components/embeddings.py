@@ -3,7 +3,7 @@
 import keras
 from keras import ops
 
-from kcookbook.components.torch_speedups import dynamic_slice, table_product
+from kcookbook.components.torch_speedups import dynamic_slice, int8_product_on_torch, table_product
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -17,8 +17,9 @@ class ReversibleEmbedding(keras.layers.Embedding):
     (``reverse_embeddings``): decoders whose output layer is not the input embedding (Llama).
 
     ``quantize("int8")`` stores the table as int8 with one scale per token (Keras's ``Embedding``
-    scheme) and the untied output table likewise, one scale per vocabulary entry; lookups and the
-    reverse projection dequantise on the fly, so the biggest matrices of a small LM shrink 4×.
+    scheme) and the untied output table likewise, one scale per vocabulary entry, so the biggest
+    matrices of a small LM shrink 4×; lookups dequantise, the reverse projection multiplies in int8
+    (Keras' ``keras.layers.ReversibleEmbedding`` scheme).
 
     >>> emb = ReversibleEmbedding(input_dim=10, output_dim=4)
     >>> tuple(emb(ops.zeros((2, 3), "int32")).shape), tuple(emb(ops.zeros((2, 4)), reverse=True).shape)
@@ -47,15 +48,44 @@ class ReversibleEmbedding(keras.layers.Embedding):
         return ops.matmul(inputs, ops.cast(ops.transpose(self.embeddings), inputs.dtype))
 
     def _int8_call(self, inputs, reverse=False, training=None):
-        """What Keras calls instead of ``call`` once the layer is int8."""
+        """What Keras calls instead of ``call`` once the layer is int8. The reverse projection is
+        Keras' own int8 ``ReversibleEmbedding``'s (W8A8): each row of ``inputs`` quantised to int8
+        by its absolute maximum (``inputs_quantizer``), int8 × int8 summed exactly in int32 (on
+        torch by ``torch._int_mm``), divided by the row's and the vocabulary entry's scales. Its
+        gradient reaches ``inputs`` through the dequantised table, as in Keras' int8 ``Dense`` (the
+        rounding has none), so LoRA layers below an int8 output layer train (QLoRA). Weight-only
+        int8 (``activation_quantizer=None``) multiplies float activations by the dequantised table."""
         if not reverse:
             return super()._int8_call(inputs, training=training)
-        if self.tie_weights:  # int8 table, one scale per vocabulary entry
-            table, scale = ops.transpose(self._embeddings), self.embeddings_scale
-        else:
-            table, scale = self.reverse_embeddings, self.reverse_embeddings_scale
-        logits = ops.matmul(inputs, ops.cast(table, inputs.dtype))
-        return ops.divide(logits, ops.cast(scale, inputs.dtype))
+        if self.tie_weights:  # int8 (vocabulary, hidden) table, one scale per vocabulary entry
+            table, scale, equation = self._embeddings, self.embeddings_scale, ("rh,vh->rv", "...v,vh->...h")
+        else:  # int8 (hidden, vocabulary)
+            table, scale, equation = self.reverse_embeddings, self.reverse_embeddings_scale, ("rh,hv->rv", "...v,hv->...h")
+        forward, backward = equation
+
+        @ops.custom_gradient
+        def logits_with_inputs_gradient(inputs, table, scale):
+            def grad_fn(*args, upstream=None):
+                upstream = args[0] if upstream is None else upstream
+                scaled = ops.divide(upstream, ops.cast(scale, upstream.dtype))
+                return ops.einsum(backward, scaled, ops.cast(table, upstream.dtype)), None, None
+
+            # One 2-D product, the table as stored: XLA's CPU int8 product is slow for other forms
+            # (a transposed table, a (batch, 1, hidden) operand), benchmarks/README.md.
+            rows = ops.reshape(inputs, (-1, self.output_dim))
+            if self.inputs_quantizer is None:  # weight-only int8: float rows
+                sums, rows_scale = ops.einsum(forward, rows, ops.cast(table, rows.dtype)), 1.0
+            else:
+                product = int8_product_on_torch(rows, self.inputs_quantizer, ops.transpose(table)
+                                                if self.tie_weights else table)
+                if product is None:
+                    quantized, rows_scale = self.inputs_quantizer(rows)
+                    product = ops.cast(ops.einsum(forward, quantized, table), self.compute_dtype), rows_scale
+                sums, rows_scale = product
+            logits = ops.divide(sums, ops.multiply(rows_scale, ops.cast(scale, sums.dtype)))
+            return ops.reshape(logits, tuple(ops.shape(inputs)[:-1]) + (self.input_dim,)), grad_fn
+
+        return logits_with_inputs_gradient(inputs, ops.convert_to_tensor(table), ops.convert_to_tensor(scale))
 
     def float_tables(self):
         """``{"embeddings": (input_dim, output_dim), "reverse_embeddings": (output_dim, input_dim) when
@@ -91,6 +121,9 @@ class ReversibleEmbedding(keras.layers.Embedding):
     def quantized_build(self, embeddings_shape, mode, config=None):
         """Build int8 variables (a preset saved after quantising loads into this)."""
         super().quantized_build(embeddings_shape, mode, config)
+        if mode == "int8":  # the reverse projection's activations, as Keras' ReversibleEmbedding
+            self.inputs_quantizer = keras.quantizers.QuantizationConfig.activation_quantizer_or_default(
+                config, keras.quantizers.AbsMaxQuantizer(axis=-1))
         if not self.tie_weights and mode == "int8":
             self.reverse_embeddings = self.add_weight(name="reverse_embeddings",
                                                       shape=(self.output_dim, self.input_dim),

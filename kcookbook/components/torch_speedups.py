@@ -174,21 +174,37 @@ def int8_dense_on_torch(layer, inputs):
     instead of Keras' torch ``matmul``, which multiplies int8 tensors as int32 (~81 µs). Other cases
     (LoRA, another input quantizer, not float32 on the CPU, a torch without ``_int_mm``) go through
     ``layer.quantized_call``."""
+    if layer.lora_enabled or layer.compute_dtype != "float32":
+        return layer.quantized_call(inputs)
+    product = int8_product_on_torch(inputs, getattr(layer, "inputs_quantizer", None), variable_tensor(layer._kernel))
+    if product is None:
+        return layer.quantized_call(inputs)
+    sums, inputs_scale = product
+    return dense_bias_and_activation(layer, sums / (variable_tensor(layer.kernel_scale) * inputs_scale))
+
+
+def int8_product_on_torch(inputs, quantizer, matrix):
+    """torch: the int8 half of Keras' W8A8 product of float32 ``inputs`` (..., k) and an int8
+    ``matrix`` (k, m) — a tensor or a strided view such as a table's transpose: each row of
+    ``inputs`` quantised by its absolute maximum with ``quantizer``'s settings (an
+    ``AbsMaxQuantizer`` to int8), int8 × int8 summed exactly in int32 by ``torch._int_mm``.
+    Returns ``(sums as float32 (..., m), the rows' scales (..., 1))``; the caller divides by both
+    scales. None where it cannot run (another quantizer, not float32 on the CPU, a torch without
+    ``_int_mm``, no rows, not torch) and the caller goes through Keras' ops."""
+    if keras.config.backend() != "torch":
+        return None
     import torch
 
-    quantizer = getattr(layer, "inputs_quantizer", None)
-    if (layer.lora_enabled or type(quantizer) is not keras.quantizers.AbsMaxQuantizer
-            or quantizer.output_dtype != "int8" or inputs.dtype != torch.float32
-            or inputs.device.type != "cpu" or not hasattr(torch, "_int_mm")
-            or layer.compute_dtype != "float32"):
-        return layer.quantized_call(inputs)
+    if (type(quantizer) is not keras.quantizers.AbsMaxQuantizer or quantizer.output_dtype != "int8"
+            or inputs.dtype != torch.float32 or inputs.device.type != "cpu"
+            or not hasattr(torch, "_int_mm") or inputs.numel() == 0):
+        return None
     rows = inputs.reshape(-1, inputs.shape[-1])
     low, high = quantizer.value_range
     inputs_scale = high / (rows.abs().amax(-1, keepdim=True) + quantizer.epsilon)
     quantized = torch.clamp(torch.round(rows * inputs_scale), low, high).to(torch.int8)
-    x = torch._int_mm(quantized, variable_tensor(layer._kernel)).to(torch.float32)
-    x = x / (variable_tensor(layer.kernel_scale) * inputs_scale)
-    return dense_bias_and_activation(layer, x.reshape(*inputs.shape[:-1], x.shape[-1]))
+    sums = torch._int_mm(quantized, matrix).to(torch.float32)
+    return sums.reshape(*inputs.shape[:-1], sums.shape[-1]), inputs_scale.reshape(*inputs.shape[:-1], 1)
 
 
 # ``inference_product`` splits a one-row product over torch's threads from this many weights (a
