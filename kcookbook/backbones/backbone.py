@@ -267,15 +267,17 @@ class Backbone(keras.Model):
         type without a quantised form in ``mode``.
 
         Keras's default int8 also quantises each token's activations (W8A8). Weight-only int8 keeps
-        activations float and loses less (SmolLM2-135M perplexity +1% against +5%,
+        activations float and loses less (SmolLM2-135M perplexity +1% against +6%,
         ``benchmarks/README.md``); it saves and reloads as weight-only:
 
         >>> backbone.quantize("int8", config=keras.quantizers.Int8QuantizationConfig(
         ...     activation_quantizer=None))  # doctest: +SKIP
 
-        int8 buys memory, not speed, on a CPU: XLA's and torch's CPU int8 kernels are slower than
-        their float32 ones, the tied LM head most of all (``benchmarks/README.md``). ``filters``
-        leaves layers float, e.g. the token table and the LM head tied to it:
+        Speed on a CPU (``benchmarks/README.md``, SmolLM2-135M): W8A8 generates faster than float32
+        on torch (int8 products by ``torch._int_mm``: 1.4× at batch 1 and 8) and on jax at batch 8
+        (1.5×), slower on jax at batch 1 (0.8×: XLA's CPU int8 kernels); weight-only int8 buys
+        memory, not speed. ``filters`` leaves layers float, e.g. the token table and the LM head
+        tied to it:
 
         >>> backbone.quantize("int8", filters=lambda layer: not isinstance(
         ...     layer, keras.layers.Embedding))  # doctest: +SKIP
