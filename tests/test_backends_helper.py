@@ -130,3 +130,21 @@ def test_time_jit_compile_times_both_settings(tiny_classifier_preset, tweets):
         assert (table[f"{kind}_first_call_s"] >= table[f"{kind}_compile_s"]).all()
     with pytest.raises(ValueError, match=r"batch_size \* \(steps \+ 1\) = 10"):
         time_jit_compile(preset, tweets[:8], labels, batch_size=2, steps=4)
+
+
+def test_time_greedy_generation_loads_each_weight_format(tmp_path):
+    from kcookbook.benchmarks import WEIGHT_FORMATS, time_greedy_generation
+    from test_decoder_hf_parity import save_tiny_hf_model
+
+    save_tiny_hf_model("llama", str(tmp_path))
+    ticks = iter(range(1000))  # a clock that advances one second per reading: every call lasts 1 s
+    table = time_greedy_generation(str(tmp_path), [[5, 6, 7], [8, 9, 10]], new_tokens=4,
+                                   clock=lambda: float(next(ticks)))
+    assert table["format"].tolist() == list(WEIGHT_FORMATS)
+    np.testing.assert_array_equal(table["tokens_per_second"], 2 * 4 / 1.0)  # 2 rows x 4 tokens in 1 s
+    np.testing.assert_array_equal(table["first_call_s"], 1.0)
+    megabytes = dict(zip(table["format"], table["weight_megabytes"]))
+    assert megabytes["bfloat16"] == pytest.approx(megabytes["float32"] / 2, rel=0.01)
+    assert megabytes["int8"] == megabytes["int8 weight-only"] < 0.35 * megabytes["float32"]
+    with pytest.raises(ValueError, match="Unknown weight formats.*int4"):
+        time_greedy_generation(str(tmp_path), [[5]], new_tokens=1, formats=["int4"])

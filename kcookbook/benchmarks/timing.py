@@ -12,6 +12,7 @@ Three tools, each usable on its own:
   (published figures) or ``measure_peak_flops`` (a large matmul on this device).
 * ``time_jit_compile``: fit and predict of one model with ``jit_compile`` off and on, the first
   call (compilation) apart from the step time.
+* ``time_greedy_generation``: greedy tokens/s of a causal LM in float32, bfloat16 and int8.
 * One process per backend (the backend is fixed at import): a worker prints its measurements with
   ``emit_result``, and ``run_backend_worker`` runs it under a given ``KERAS_BACKEND`` and reads them.
 
@@ -263,6 +264,57 @@ def time_jit_compile(model, x, y=None, *, jit_compile=(False, True), batch_size=
                         f"{kind}_compile_s": max(first - timer.ms_per_step / 1000.0, 0.0)})
         for key, value in row.items():
             columns.setdefault(key, []).append(value)
+    return {key: np.asarray(values) for key, values in columns.items()}
+
+
+# Weight formats ``time_greedy_generation`` loads a causal LM in: name → how (JSON-friendly names, so
+# the choice travels to another backend's process with ``kcookbook.backends.run_on_backend``).
+WEIGHT_FORMATS = {
+    "float32": {},
+    "bfloat16": {"dtype": "bfloat16"},
+    "int8": {"quantize": "int8"},  # Keras's default: int8 weights and per-token int8 activations
+    "int8 weight-only": {"quantize": "int8", "activation_quantizer": None},
+}
+
+
+def time_greedy_generation(preset, prompt_ids, new_tokens, *, formats=tuple(WEIGHT_FORMATS), repeats=1,
+                           clock=time.perf_counter):
+    """Greedy tokens/s of one ``CausalLM`` preset in several weight formats (``WEIGHT_FORMATS``),
+    on this backend. Each format gets a fresh model (``from_preset``, with ``dtype="bfloat16"`` or
+    then ``backbone.quantize("int8", ...)``); one ``generate`` call on ``prompt_ids`` (rows of
+    equal length) compiles for the shape, then ``repeats`` timed calls generate ``new_tokens``
+    tokens per row with no stop token. Returns arrays: ``format``, ``tokens_per_second`` (new tokens
+    of every row per second, the median call), ``first_call_s`` and ``weight_megabytes``."""
+    unknown = [name for name in formats if name not in WEIGHT_FORMATS]
+    if unknown:
+        raise ValueError(f"Unknown weight formats {unknown}; choose from {list(WEIGHT_FORMATS)}.")
+    if new_tokens < 1 or repeats < 1:
+        raise ValueError(f"new_tokens and repeats must be at least 1, got {new_tokens} and {repeats}.")
+    from kcookbook.tasks import CausalLM  # benchmarks sit above the model code
+
+    prompt_ids = np.asarray(prompt_ids, dtype="int32")
+    max_length = prompt_ids.shape[1] + new_tokens
+    columns = {"format": [], "tokens_per_second": [], "first_call_s": [], "weight_megabytes": []}
+    for name in formats:
+        how = WEIGHT_FORMATS[name]
+        lm = CausalLM.from_preset(preset, **({"dtype": how["dtype"]} if "dtype" in how else {}))
+        if "quantize" in how:
+            config = (keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)
+                      if "activation_quantizer" in how else None)
+            lm.backbone.quantize(how["quantize"], config=config)
+        begin = clock()
+        lm.generate(prompt_ids, max_length=max_length, stop_token_ids=None)
+        first = clock() - begin
+        seconds = []
+        for _ in range(repeats):
+            begin = clock()
+            lm.generate(prompt_ids, max_length=max_length, stop_token_ids=None)
+            seconds.append(clock() - begin)
+        columns["format"].append(name)
+        columns["tokens_per_second"].append(prompt_ids.shape[0] * new_tokens / float(np.median(seconds)))
+        columns["first_call_s"].append(first)
+        columns["weight_megabytes"].append(weight_bytes(lm) / 1e6)
+        del lm
     return {key: np.asarray(values) for key, values in columns.items()}
 
 
