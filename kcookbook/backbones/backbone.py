@@ -321,9 +321,10 @@ class Backbone(keras.Model):
 
     def _int8_activation_quantizers(self):
         """``{layer path: serialised quantizer or None}`` for the int8 ``Dense``/``EinsumDense`` and
-        ``ReversibleEmbedding`` (the output layer) layers whose activation quantizer is not Keras's default one (per-token absmax). A layer rebuilt
-        from the config alone gets the default (``Dense._int8_build``): this is what it needs to
-        compute as it was quantised, e.g. ``None`` for weight-only int8."""
+        ``ReversibleEmbedding`` (output layer) layers whose activation quantizer is not Keras's
+        default one (per-token absmax). A layer rebuilt from the config alone gets the default
+        (``Dense._int8_build``): this is what it needs to compute as it was quantised, e.g. ``None``
+        for weight-only int8."""
         default = keras.saving.serialize_keras_object(keras.quantizers.AbsMaxQuantizer())
         quantizers = {}
         for layer in self._flatten_layers(include_self=False):

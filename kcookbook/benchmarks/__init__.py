@@ -11,8 +11,8 @@ The scripts that compare kcookbook with keras_hub and transformers, and their da
 repository's ``benchmarks/`` folder (``benchmarks/README.md``).
 """
 
-from kcookbook.benchmarks.timing import (PEAK_FLOPS, WEIGHT_FORMATS, StepTimer, time_calls, time_greedy_generation,
-                                         time_jit_compile, weight_bytes)
+from kcookbook.benchmarks.timing import (PEAK_FLOPS, WEIGHT_FORMATS, StepTimer, time_calls,
+                                         time_greedy_generation, time_jit_compile, weight_bytes)
 
-__all__ = ["PEAK_FLOPS", "WEIGHT_FORMATS", "StepTimer", "time_calls", "time_greedy_generation", "time_jit_compile",
-           "weight_bytes"]
+__all__ = ["PEAK_FLOPS", "WEIGHT_FORMATS", "StepTimer", "time_calls", "time_greedy_generation",
+           "time_jit_compile", "weight_bytes"]

@@ -57,11 +57,13 @@ class ReversibleEmbedding(keras.layers.Embedding):
         int8 (``activation_quantizer=None``) multiplies float activations by the dequantised table."""
         if not reverse:
             return super()._int8_call(inputs, training=training)
+        # einsum equations of the forward product (rows × table) and of the input gradient
         if self.tie_weights:  # int8 (vocabulary, hidden) table, one scale per vocabulary entry
-            table, scale, equation = self._embeddings, self.embeddings_scale, ("rh,vh->rv", "...v,vh->...h")
+            table, scale = self._embeddings, self.embeddings_scale
+            forward, backward = "rh,vh->rv", "...v,vh->...h"
         else:  # int8 (hidden, vocabulary)
-            table, scale, equation = self.reverse_embeddings, self.reverse_embeddings_scale, ("rh,hv->rv", "...v,hv->...h")
-        forward, backward = equation
+            table, scale = self.reverse_embeddings, self.reverse_embeddings_scale
+            forward, backward = "rh,hv->rv", "...v,hv->...h"
 
         @ops.custom_gradient
         def logits_with_inputs_gradient(inputs, table, scale):

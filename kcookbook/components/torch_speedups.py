@@ -176,7 +176,8 @@ def int8_dense_on_torch(layer, inputs):
     ``layer.quantized_call``."""
     if layer.lora_enabled or layer.compute_dtype != "float32":
         return layer.quantized_call(inputs)
-    product = int8_product_on_torch(inputs, getattr(layer, "inputs_quantizer", None), variable_tensor(layer._kernel))
+    quantizer = getattr(layer, "inputs_quantizer", None)
+    product = int8_product_on_torch(inputs, quantizer, variable_tensor(layer._kernel))
     if product is None:
         return layer.quantized_call(inputs)
     sums, inputs_scale = product
