@@ -149,3 +149,5 @@ def test_time_greedy_generation_loads_each_weight_format(tmp_path):
     assert megabytes["int8"] == megabytes["int8 weight-only"] < 0.35 * megabytes["float32"]
     with pytest.raises(ValueError, match="Unknown weight formats.*int4"):
         time_greedy_generation(str(tmp_path), [[5]], new_tokens=1, formats=["int4"])
+    with pytest.raises(ValueError, match="new_tokens and repeats must be at least 1"):
+        time_greedy_generation(str(tmp_path), [[5]], new_tokens=0)

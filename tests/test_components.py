@@ -272,7 +272,7 @@ def test_reversible_embedding_reverse_follows_assigned_weights_in_inference():
 
 
 @pytest.mark.parametrize("tie_weights", [True, False])
-def test_int8_reverse_projection_is_keras_reversible_embedding_and_passes_gradients(tie_weights):
+def test_int8_reverse_projection_is_keras_reversible_embedding_and_passes_gradients(tie_weights, monkeypatch):
     """int8 logits equal Keras' own int8 ``keras.layers.ReversibleEmbedding`` (W8A8: each row
     quantised by its absolute maximum, exact int32 sums, both scales) — on torch with gradients off
     through ``torch._int_mm`` too; the gradient reaching the hidden states is the product with the
@@ -297,8 +297,12 @@ def test_int8_reverse_projection_is_keras_reversible_embedding_and_passes_gradie
         import torch
 
         inference = torch.no_grad()
+        int_mm, calls = torch._int_mm, []
+        monkeypatch.setattr(torch, "_int_mm", lambda *a: calls.append(1) or int_mm(*a))
     with inference:
         np.testing.assert_allclose(numpy(ours(hidden, reverse=True)), expected, rtol=1e-6, atol=1e-6)
+    if keras.config.backend() == "torch":
+        assert calls, "torch's int8 kernel (torch._int_mm) was not used"
 
     if tie_weights:
         table = numpy(ours._embeddings).astype("float32") / numpy(ours.embeddings_scale)[:, None]
