@@ -88,12 +88,15 @@ RECIPE_DURATIONS ?= --durations=20 --durations-min=20
 # torch's default.
 TEST_OMP_WAIT_POLICY ?= PASSIVE
 
+# A native crash (TensorFlow's runtime can segfault in fit after an abandoned tf.data pipeline) does
+# not end a backend's block: tests/run_resuming_after_crash.py runs the tests that had not passed once
+# more in a new process and prints why.
 test-unit: audio-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
 	@echo "== unit tests, KERAS_BACKEND=$*"
-	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) -m pytest -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
+	@XLA_FLAGS="$(UNIT_XLA_FLAGS) $$XLA_FLAGS" OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) KERAS_BACKEND=$* KCOOKBOOK_BACKEND_INDEPENDENT_ON=$(INDEPENDENT_BACKEND) $(PY) tests/run_resuming_after_crash.py -- -q -p no:cacheprovider $(UNIT_DURATIONS) tests --ignore=tests/cross_backend --ignore=tests/site --ignore=tests/packaging
 
 # The edit-test loop: every unit test except those marked `slow` (real weights, more than ~5 s each),
 # on one backend. `make test` stays the full run (every test, three backends, cross-backend, recipes).
