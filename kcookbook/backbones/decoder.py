@@ -25,7 +25,10 @@ output layer are written here once:
 
 import keras
 
+import numpy as np
+
 from kcookbook.backbones.backbone import Backbone
+from kcookbook.components import activation_smoothing
 from kcookbook.components.decoder_block import run_decoder_blocks
 from kcookbook.components.torch_speedups import KERAS_CALLS
 
@@ -84,6 +87,31 @@ class DecoderBackbone(Backbone):
         the same as calling the backbone, with ``calls`` choosing how layers are called."""
         return run_decoder(self.embed, self.blocks, self.final_norm, token_ids, padding_mask,
                            calls=calls)
+
+    def smooth_activations(self, token_ids, strength=0.5, batch_size=8):
+        """Move activation outliers into the weights before ``quantize("int8")`` (SmoothQuant;
+        ``components/activation_smoothing.py``): the float model's outputs stay the same, and
+        Keras' default int8 (per-token activation scales) loses less.
+
+        ``token_ids``: calibration text, ``(examples, length)`` ids with no padding (every position
+        counts), e.g. a few hundred tokens of the kind of text the model will see. Returns the
+        factors of each ``(producer, projections)`` pair (``DecoderBlock.smoothable_inputs``).
+
+        >>> backbone.smooth_activations(calibration_ids)  # doctest: +SKIP
+        >>> backbone.quantize("int8")  # doctest: +SKIP
+        """
+        token_ids = np.asarray(keras.ops.convert_to_numpy(token_ids))
+        if token_ids.ndim != 2 or token_ids.shape[0] == 0 or token_ids.shape[1] == 0:
+            raise ValueError("smooth_activations takes calibration token ids of shape (examples, "
+                             f"length), at least one of each; got shape {token_ids.shape}.")
+        pairs = [pair for block in self.blocks for pair in block.smoothable_inputs()]
+        activation_smoothing.check_smoothable(pairs)  # before the calibration pass
+        calls = activation_smoothing.MaximumRecordingCalls(
+            [dense for _, projections in pairs for dense in projections])
+        for start in range(0, len(token_ids), batch_size):
+            batch = token_ids[start:start + batch_size].astype("int32")
+            self.hidden_states(batch, np.ones_like(batch), calls=calls)
+        return activation_smoothing.smooth(pairs, calls.maxima, strength)
 
     def empty_cache(self, batch_size, max_length, step_length=None):
         """One zero key/value cache per block for generation up to ``max_length`` positions: every

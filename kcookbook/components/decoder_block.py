@@ -19,6 +19,7 @@ attention options (``query_scale``, ``attention_logit_soft_cap``, ``query_key_no
 import keras
 from keras import ops
 
+from kcookbook.components.activation_smoothing import DenseColumns
 from kcookbook.components.causal_attention import CausalSelfAttention
 from kcookbook.components.feed_forward import FeedForward, GatedFeedForward
 from kcookbook.components.mixture_of_experts import MixtureOfExperts
@@ -124,6 +125,23 @@ class DecoderBlock(keras.layers.Layer):
                                     dtype=self.dtype_policy, name=name)
         return keras.layers.LayerNormalization(epsilon=self.norm_epsilon, dtype=self.dtype_policy,
                                                name=name)
+
+    def smoothable_inputs(self):
+        """``(producer, [Dense, ...])`` pairs for ``activation_smoothing``: what produces a
+        projection's input, and the projections that read it unchanged. Each normalisation with
+        the attention's fused ``qkv`` or a feed-forward's first projection; a gated feed-forward's
+        ``up`` columns with its output projection. A mixture of experts is left out (its router and
+        experts would all have to change together), as is the attention's output projection (its
+        input is the value heads' mix, shared by grouped query heads)."""
+        pairs = [(self.attention_norm, [self.attention.qkv])]
+        if isinstance(self.feed_forward, GatedFeedForward):
+            gate_up, width = self.feed_forward.gate_up, self.feed_forward.intermediate_dim
+            # The up columns first: the norm's pair then reads gate_up's rows as they end up.
+            pairs += [(DenseColumns(gate_up, width, 2 * width), [self.feed_forward.output_dense]),
+                      (self.feed_forward_norm, [gate_up])]
+        elif isinstance(self.feed_forward, FeedForward):
+            pairs.append((self.feed_forward_norm, [self.feed_forward.intermediate]))
+        return pairs
 
     def build(self, input_shape):
         for layer in (self.attention, self.feed_forward, self.attention_norm, self.feed_forward_norm,
