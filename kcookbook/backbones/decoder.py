@@ -24,7 +24,6 @@ output layer are written here once:
 """
 
 import keras
-
 import numpy as np
 
 from kcookbook.backbones.backbone import Backbone

@@ -74,21 +74,20 @@ class DenseColumns:
 def divide_output(producer, factors):
     """Make output channel ``j`` of ``producer`` (a normalisation or ``DenseColumns``)
     ``factors[j]`` times smaller by changing its weights."""
-    norm = producer
     if isinstance(producer, DenseColumns):
         producer.divide(factors)
-    elif isinstance(norm, RMSNormalization):
-        scale = keras.ops.convert_to_numpy(norm.scale).astype("float64")
-        if norm.unit_offset:  # the layer multiplies by 1 + scale
-            _assign(norm.scale, (1.0 + scale) / factors - 1.0)
+    elif isinstance(producer, RMSNormalization):
+        scale = keras.ops.convert_to_numpy(producer.scale).astype("float64")
+        if producer.unit_offset:  # the layer multiplies by 1 + scale
+            _assign(producer.scale, (1.0 + scale) / factors - 1.0)
         else:
-            _assign(norm.scale, scale / factors)
-    elif isinstance(norm, keras.layers.LayerNormalization):
-        for weight in (norm.gamma, norm.beta):
+            _assign(producer.scale, scale / factors)
+    elif isinstance(producer, keras.layers.LayerNormalization):
+        for weight in (producer.gamma, producer.beta):
             if weight is not None:
                 _assign(weight, keras.ops.convert_to_numpy(weight).astype("float64") / factors)
     else:
-        raise TypeError(f"Cannot fold a smoothing scale into {type(norm).__name__} {norm.name!r}: "
+        raise TypeError(f"Cannot fold a smoothing scale into {type(producer).__name__}: "
                         "RMSNormalization, LayerNormalization and DenseColumns are supported.")
 
 
@@ -110,7 +109,7 @@ def _check_smoothable(dense):
     if dense.quantization_mode is not None:
         raise ValueError(f"{dense.path} is already quantised ({dense.quantization_mode}): smooth the "
                          "float model, then quantize.")
-    if getattr(dense, "lora_enabled", False):
+    if dense.lora_enabled:
         raise ValueError(f"{dense.path} has LoRA enabled: smooth and quantize first, then enable "
                          "LoRA (QLoRA), or merge the adapters before smoothing.")
 
