@@ -91,7 +91,7 @@ TEST_OMP_WAIT_POLICY ?= PASSIVE
 # A native crash (TensorFlow's runtime can segfault in fit after an abandoned tf.data pipeline) does
 # not end a backend's block: tests/run_resuming_after_crash.py runs the tests that had not passed once
 # more in a new process and prints why.
-test-unit: audio-deps
+test-unit: audio-deps compiler-deps
 	@$(MAKE) --no-print-directory -j2 --output-sync=target $(addprefix test-unit-,$(BACKENDS))
 
 test-unit-%:
@@ -128,13 +128,21 @@ audio-deps:
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q espeak-ng; }
 
+# jax's int8 layers decode on a C++ kernel compiled on first use (kcookbook/kernels); its tests need
+# a C++ compiler, installed from Debian's packages only when missing.
+.PHONY: compiler-deps
+compiler-deps:
+	@command -v c++ >/dev/null || command -v g++ >/dev/null || { \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -q && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q g++; }
+
 test-site: docs-deps
 	@echo "== the recipe site, built once and checked in headless Chromium"
 	KERAS_BACKEND=jax $(PY) -m pytest -q -p no:cacheprovider tests/site
 
 # Once, not per backend: the wheel and sdist build and pass twine check, the wheel installed with [jax]
 # alone into a fresh venv works (pip fetches jax & co. into it), and `make lab`'s server answers.
-test-packaging:
+test-packaging: compiler-deps
 	@echo "== packaging: wheel, sdist, a jax-only install, the lab server"
 	KERAS_BACKEND=torch $(PY) -m pytest -q -p no:cacheprovider tests/packaging
 
@@ -142,7 +150,7 @@ test-packaging:
 # and in order): much of a recipe's time is single-threaded (imports, XLA compilation, Python).
 # recipes/conftest.py puts the notebooks longest first (their saved run times); --no-loadscope-reorder
 # keeps that order (pytest-xdist otherwise re-sorts files by their number of cells).
-test-recipes: audio-deps
+test-recipes: audio-deps compiler-deps
 	@echo "== recipes under nbval"
 	OMP_WAIT_POLICY=$(TEST_OMP_WAIT_POLICY) $(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder $(RECIPE_DURATIONS) --nbval-lax --nbval-sanitize-with recipes/nbval_sanitize.cfg -p no:cacheprovider recipes/
 

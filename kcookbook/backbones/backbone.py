@@ -278,10 +278,11 @@ class Backbone(keras.Model):
         loses less (SmolLM2-135M: +2.7 % perplexity; ``DecoderBackbone.smooth_activations``).
 
         Speed on a CPU (``benchmarks/README.md``, SmolLM2-135M): W8A8 generates faster than float32
-        on torch (int8 products by ``torch._int_mm``: 1.4× at batch 1 and 8) and on jax at batch 8
-        (1.5×), slower on jax at batch 1 (0.8×: XLA's CPU int8 kernels); weight-only int8 buys
-        memory, not speed. ``filters`` leaves layers float, e.g. the token table and the LM head
-        tied to it:
+        on torch (int8 products by ``torch._int_mm``: 1.4× at batch 1 and 8) and on jax (batch 1:
+        2.3–2.6×, on kcookbook's C++ kernel, ``kcookbook.kernels.int8_products``, compiled on first
+        use; batch 8: 1.4–1.5×, XLA's int8 product); weight-only int8 on jax 2.5–2.7× at batch 1
+        (the same kernel), 1.1× at batch 8. ``filters`` leaves layers float, e.g. the token table and
+        the LM head tied to it:
 
         >>> backbone.quantize("int8", filters=lambda layer: not isinstance(
         ...     layer, keras.layers.Embedding))  # doctest: +SKIP

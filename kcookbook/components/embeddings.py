@@ -4,6 +4,7 @@ import keras
 from keras import ops
 
 from kcookbook.components.torch_speedups import dynamic_slice, int8_product_on_torch, table_product
+from kcookbook.kernels.int8_products import MAX_INT8_ROWS, int8_product
 
 
 @keras.saving.register_keras_serializable(package="kcookbook")
@@ -51,7 +52,8 @@ class ReversibleEmbedding(keras.layers.Embedding):
         """What Keras calls instead of ``call`` once the layer is int8. The reverse projection is
         Keras' own int8 ``ReversibleEmbedding``'s (W8A8): each row of ``inputs`` quantised to int8
         by its absolute maximum (``inputs_quantizer``), int8 × int8 summed exactly in int32 (on
-        torch by ``torch._int_mm``), divided by the row's and the vocabulary entry's scales. Its
+        torch by ``torch._int_mm``; on jax's CPU backend, for a few rows, in float32 by
+        ``kernels.int8_products``, exact below 2^24), divided by the row's and the vocabulary entry's scales. Its
         gradient reaches ``inputs`` through the dequantised table, as in Keras' int8 ``Dense`` (the
         rounding has none), so LoRA layers below an int8 output layer train (QLoRA). Weight-only
         int8 (``activation_quantizer=None``) multiplies float activations by the dequantised table."""
@@ -74,15 +76,22 @@ class ReversibleEmbedding(keras.layers.Embedding):
 
             # One 2-D product, the table as stored: XLA's CPU int8 product is slow for other forms
             # (a transposed table, a (batch, 1, hidden) operand), benchmarks/README.md.
+            # (jax's CPU backend, a few rows: kcookbook's int8 kernel; else None)
             rows = ops.reshape(inputs, (-1, self.output_dim))
+            layout = "rows" if self.tie_weights else "columns"
             if self.inputs_quantizer is None:  # weight-only int8: float rows
-                sums, rows_scale = ops.einsum(forward, rows, ops.cast(table, rows.dtype)), 1.0
+                sums, rows_scale = int8_product(rows, table, layout), 1.0
+                if sums is None:
+                    sums = ops.einsum(forward, rows, ops.cast(table, rows.dtype))
             else:
                 product = int8_product_on_torch(rows, self.inputs_quantizer, ops.transpose(table)
                                                 if self.tie_weights else table)
                 if product is None:
                     quantized, rows_scale = self.inputs_quantizer(rows)
-                    product = ops.cast(ops.einsum(forward, quantized, table), self.compute_dtype), rows_scale
+                    sums = int8_product(ops.cast(quantized, "float32"), table, layout, MAX_INT8_ROWS)
+                    if sums is None:
+                        sums = ops.cast(ops.einsum(forward, quantized, table), self.compute_dtype)
+                    product = sums, rows_scale
                 sums, rows_scale = product
             logits = ops.divide(sums, ops.multiply(rows_scale, ops.cast(scale, sums.dtype)))
             return ops.reshape(logits, tuple(ops.shape(inputs)[:-1]) + (self.input_dim,)), grad_fn

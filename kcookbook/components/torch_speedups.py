@@ -10,6 +10,8 @@ passes them down as arguments; nothing is switched by a global:
   ``__call__``: input conversion, dtype autocasting, masks, name scopes, training-flag resolution
   and, on torch, ``nn.Module`` hooks); ``DIRECT_CALLS`` calls ``layer.call(x)`` on built layers.
   ``layer_calls()`` gives ``DIRECT_CALLS`` on torch. Direct calls are for inference only.
+  ``INT8_KERNEL_CALLS`` (jax's inference loops) goes through Keras but runs int8 ``Dense`` layers'
+  few-row products on kcookbook's CPU kernel (``kcookbook.kernels.int8_products``).
 * ``write_key_value_in_place`` — new keys and values go into the cache with ``index_copy_``
   instead of a ``slice_update`` that copies the whole cache (``CausalSelfAttention.write_key_value``
   picks it by the backend's name); ``write_in_place`` is the same write along any axis
@@ -61,6 +63,8 @@ import warnings
 import keras
 from keras import ops
 
+from kcookbook.kernels.int8_products import int8_dense
+
 try:  # Keras internals, read for speed only (pyproject allows any keras>=3.15): where a later Keras
     # has moved them, variable_tensor takes the public ``variable.value`` instead of failing.
     from keras.src.backend.common.stateless_scope import in_stateless_scope
@@ -75,13 +79,19 @@ class LayerCalls:
     ``calls(layer, *args, **kwargs)`` calls any layer. ``calls.nested(layer, ...)`` calls one of
     kcookbook's components whose ``call`` takes ``calls=`` (decoder blocks, attention,
     feed-forward layers) and, when direct, hands itself on, so the component's sublayers are
-    called the same way.
+    called the same way. ``int8_kernel=True`` runs int8 ``Dense`` layers through
+    ``kernels.int8_products.int8_dense`` where it applies, and hands itself on through Keras too.
     """
 
-    def __init__(self, direct):
+    def __init__(self, direct, int8_kernel=False):
         self.direct = bool(direct)
+        self.int8_kernel = bool(int8_kernel)
 
     def __call__(self, layer, *args, **kwargs):
+        if self.int8_kernel and type(layer) is keras.layers.Dense and layer.built and not kwargs:
+            outputs = int8_dense(layer, *args)  # None where the kernel does not apply
+            if outputs is not None:
+                return outputs
         if self.direct and layer.built:  # a quantised layer computes in quantized_call, not call
             kind = type(layer)
             if kind is keras.layers.Dropout and not kwargs.get("training"):
@@ -99,6 +109,8 @@ class LayerCalls:
     def nested(self, layer, *args, **kwargs):
         if self.direct and layer.built:
             return layer.call(*args, calls=self, **kwargs)
+        if self.int8_kernel:
+            return layer(*args, calls=self, **kwargs)
         return layer(*args, **kwargs)
 
     def activation(self, function):
@@ -109,11 +121,14 @@ class LayerCalls:
         return function
 
     def __repr__(self):
+        if self.int8_kernel:
+            return "INT8_KERNEL_CALLS"
         return "DIRECT_CALLS" if self.direct else "KERAS_CALLS"
 
 
 KERAS_CALLS = LayerCalls(direct=False)
 DIRECT_CALLS = LayerCalls(direct=True)
+INT8_KERNEL_CALLS = LayerCalls(direct=False, int8_kernel=True)
 
 
 def variable_tensor(variable):
@@ -324,8 +339,12 @@ def inference_layout(owner, name, variable, make, key=None):
 
 def layer_calls(backend=None):
     """The layer calls of an inference loop on ``backend`` (default: Keras' backend): direct on
-    torch, where the loop runs eagerly; through Keras elsewhere, where it is traced once."""
-    return DIRECT_CALLS if (backend or keras.config.backend()) == "torch" else KERAS_CALLS
+    torch, where the loop runs eagerly; through Keras elsewhere, where it is traced once, and on jax
+    with int8 ``Dense`` layers' few-row products on kcookbook's CPU kernel (``kernels.int8_products``)."""
+    backend = backend or keras.config.backend()
+    if backend == "torch":
+        return DIRECT_CALLS
+    return INT8_KERNEL_CALLS if backend == "jax" else KERAS_CALLS
 
 
 STANDARD_DTYPES = {}  # dtype object or name → Keras' name for it, as standardize_dtype found it

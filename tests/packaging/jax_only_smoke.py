@@ -56,5 +56,13 @@ except PresetError as e:
 else:
     raise AssertionError("a .pth preset loaded without torch")
 
+# The int8 kernel's C++ source ships in the wheel and compiles from it (into a fresh cache).
+os.environ["KCOOKBOOK_CACHE"] = scratch
+from kcookbook.kernels import int8_products  # noqa: E402
+
+assert int8_products.SOURCE.is_file() and int8_products.SOURCE.is_relative_to(sys.prefix), int8_products.SOURCE
+sums = int8_products.int8_product(np.ones((1, 3), "float32"), np.arange(6, dtype="int8").reshape(3, 2), "columns")
+assert sums is not None and np.asarray(sums).tolist() == [[6.0, 9.0]], sums
+
 np.savez(out_path, embeddings=embeddings, modules=np.array(modules))
 print(f"jax-only smoke check passed: {len(modules)} modules imported, {len(sentences)} sentences embedded")

@@ -1,0 +1,148 @@
+"""kcookbook's int8 kernel for jax's CPU backend (``kcookbook/kernels/int8_products.cc``), checked
+against float64 numpy products and against Keras's own int8 layers; off jax it must step aside."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import keras
+import numpy as np
+import pytest
+
+from kcookbook.components.torch_speedups import INT8_KERNEL_CALLS, KERAS_CALLS, layer_calls
+from kcookbook.kernels import int8_products
+from kcookbook.tasks import CausalLM
+
+from test_decoder_hf_parity import VOCAB, save_tiny_hf_model
+
+jax_only = pytest.mark.skipif(keras.config.backend() != "jax",
+                              reason="an XLA FFI kernel: jax only (other backends: test_steps_aside_...)")
+WEIGHT_ONLY = keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)
+
+
+@jax_only
+@pytest.mark.parametrize("rows", [1, 3, 4, 5, 16])
+def test_products_match_float64_in_both_layouts(rows):
+    rng = np.random.default_rng(rows)
+    k, n = 577, 1000  # neither a multiple of the column tiles nor of a vector's width
+    x = rng.standard_normal((rows, k)).astype("float32")
+    w = rng.integers(-128, 128, (k, n), dtype=np.int8)
+    expected = x.astype("float64") @ w.astype("float64")
+    for layout, matrix in (("columns", w), ("rows", np.ascontiguousarray(w.T))):
+        sums = int8_products.int8_product(x, matrix, layout)
+        assert sums is not None, layout
+        assert sums.shape == (rows, n) and sums.dtype == np.float32
+        np.testing.assert_allclose(np.asarray(sums), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+
+
+@jax_only
+def test_int8_rows_sum_exactly_below_two_to_the_24():
+    """Keras's W8A8 sums int8 × int8 exactly in int32; the kernel's float32 sums must equal them."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(-127, 128, (4, 1000)).astype("float32")  # |sum| ≤ 1000 · 127 · 128 < 2^24
+    w = rng.integers(-128, 128, (1000, 300), dtype=np.int8)
+    exact = x.astype(np.int64) @ w.astype(np.int64)
+    np.testing.assert_array_equal(np.asarray(int8_products.int8_product(x, w, "columns", 4)), exact)
+    np.testing.assert_array_equal(np.asarray(int8_products.int8_product(x, np.ascontiguousarray(w.T), "rows", 4)),
+                                  exact)
+
+
+def test_steps_aside_where_it_does_not_apply():
+    x, w = np.ones((1, 4), "float32"), np.ones((4, 2), "int8")
+    with pytest.raises(ValueError, match="layout must be one of"):
+        int8_products.int8_product(x, w, "diagonal")
+    if keras.config.backend() != "jax":
+        assert int8_products.int8_product(x, w, "columns") is None
+        assert layer_calls() is not INT8_KERNEL_CALLS
+        return
+    assert layer_calls() is INT8_KERNEL_CALLS
+    assert int8_products.int8_product(x, w, "columns") is not None
+    assert int8_products.int8_product(np.ones((17, 4), "float32"), w, "columns") is None  # prefill
+    assert int8_products.int8_product(np.ones((5, 4), "float32"), w, "columns", int8_products.MAX_INT8_ROWS) is None
+    assert int8_products.int8_product(x.astype("float16"), w, "columns") is None
+    assert int8_products.int8_product(x, w.astype("int32"), "columns") is None
+
+
+@jax_only
+@pytest.mark.parametrize("config", [None, WEIGHT_ONLY], ids=["w8a8", "weight_only"])
+def test_int8_dense_matches_keras_int8_dense(config):
+    layer = keras.layers.Dense(300, activation="silu")
+    layer.build((None, 200))
+    layer.quantize("int8", config=config)
+    x = np.random.default_rng(1).standard_normal((2, 1, 200)).astype("float32")
+    ours = int8_products.int8_dense(layer, keras.ops.convert_to_tensor(x))
+    assert ours is not None
+    expected = keras.ops.convert_to_numpy(layer(x))  # Keras's Dense._int8_call
+    assert ours.shape == expected.shape
+    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-5)
+    float_layer = keras.layers.Dense(300)
+    float_layer.build((None, 200))
+    assert int8_products.int8_dense(float_layer, keras.ops.convert_to_tensor(x)) is None
+
+
+@jax_only
+@pytest.mark.parametrize("family,config", [("llama", None), ("gemma", WEIGHT_ONLY)],
+                         ids=["llama-untied-w8a8", "gemma-tied-weight_only"])
+def test_decoding_on_the_kernel_matches_keras_and_uses_it(family, config, tmp_path, monkeypatch):
+    save_tiny_hf_model(family, str(tmp_path / "source"))
+    on_kernel, on_keras = (CausalLM.from_preset(str(tmp_path / "source")) for _ in range(2))
+    for lm in (on_kernel, on_keras):
+        lm.backbone.quantize("int8", config=config)
+    prompt = np.random.default_rng(4).integers(3, VOCAB, (1, 6)).astype("int32")
+    inputs = {"token_ids": prompt, "padding_mask": np.ones_like(prompt)}
+
+    import jax
+
+    hidden = np.random.default_rng(5).standard_normal((1, on_kernel.backbone.hidden_dim)).astype("float32")
+    step = jax.jit(lambda h: on_kernel.backbone.logits(
+        on_kernel.backbone.blocks[0](h[:, None], calls=INT8_KERNEL_CALLS)[:, 0], INT8_KERNEL_CALLS))
+    lowered = step.lower(hidden).as_text()
+    tied = on_kernel.backbone.token_embedding.tie_weights  # the output layer: (vocabulary, hidden) rows
+    assert "kcookbook_int8_columns" in lowered and ("kcookbook_int8_rows" in lowered) == tied
+    ours = on_kernel.generate(inputs, max_length=16, stop_token_ids=None)
+
+    monkeypatch.setitem(int8_products.LOADED, "available", False)  # Keras's int8 ops from here
+    reference = jax.jit(lambda h: on_keras.backbone.logits(
+        on_keras.backbone.blocks[0](h[:, None], calls=KERAS_CALLS)[:, 0], KERAS_CALLS))
+    assert "kcookbook_int8" not in reference.lower(hidden).as_text()
+    np.testing.assert_allclose(np.asarray(step(hidden)), np.asarray(reference(hidden)), rtol=1e-5, atol=1e-5)
+    expected = on_keras.generate(inputs, max_length=16, stop_token_ids=None)
+    np.testing.assert_array_equal(ours["token_ids"], expected["token_ids"])
+
+
+@jax_only
+def test_without_a_compiler_it_warns_once_and_keras_computes(tmp_path):
+    """A fresh process with no compiler: one warning naming the fix, and the int8 layer still works."""
+    script = textwrap.dedent("""
+        import warnings
+        import keras, numpy as np
+        from kcookbook.kernels import int8_products
+        layer = keras.layers.Dense(8)
+        layer.build((None, 4))
+        layer.quantize("int8")
+        x = keras.ops.ones((1, 4))
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            assert int8_products.int8_dense(layer, x) is None
+            assert int8_products.int8_dense(layer, x) is None
+        messages = [str(w.message) for w in caught if "int8 kernel" in str(w.message)]
+        assert len(messages) == 1, messages
+        assert "C++ compiler" in messages[0] and "KCOOKBOOK_INT8_KERNEL=0" in messages[0], messages[0]
+        assert np.isfinite(keras.ops.convert_to_numpy(layer(x))).all()
+        print("ok")
+    """)
+    env = dict(os.environ, KERAS_BACKEND="jax", CXX=str(tmp_path / "no-such-compiler"),
+               KCOOKBOOK_CACHE=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+@jax_only
+def test_the_library_is_compiled_once_per_cache_and_written_whole(tmp_path, monkeypatch):
+    monkeypatch.setenv("KCOOKBOOK_CACHE", str(tmp_path))
+    library = int8_products.compiled_library()
+    assert library.parent == tmp_path / "kernels" and library.suffix == ".so"
+    assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial file left
+    written = library.stat().st_mtime_ns
+    assert int8_products.compiled_library() == library and library.stat().st_mtime_ns == written
