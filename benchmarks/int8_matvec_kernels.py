@@ -1,4 +1,4 @@
-"""Why int8 weights do not speed up batch-1 decoding on jax's CPU backend: the matrix-vector kernels.
+"""Why XLA's int8 kernels do not speed up batch-1 decoding on jax's CPU backend, and kcookbook's does.
 
     .venv/bin/python benchmarks/int8_matvec_kernels.py
     .venv/bin/python benchmarks/int8_matvec_kernels.py --rounds 5 --calls 20 --torch
@@ -17,7 +17,10 @@ so that, as in the model, the weights come from memory rather than a cache:
 * ``int8 weight-only, fused reduce``: ``sum(x * W_int8ᵀ.astype(float32), axis=-1) * scale`` on
   transposed weights, which XLA fuses into one loop that reads each int8 weight once (no copy);
 * ``int8 x int8 -> int32 dot``: Keras's default int8 (weights *and* activations quantised);
-* ``bfloat16 dot``: bf16 operands, float32 accumulation.
+* ``bfloat16 dot``: bf16 operands, float32 accumulation;
+* ``kcookbook int8 kernel``: ``kcookbook.kernels.int8_products`` (a C++ loop that widens each int8
+  weight in a register, on XLA's threads), on ``W (k, m)`` as Keras's int8 ``Dense`` stores it and
+  on ``Wᵀ (m, k)`` as a tied embedding table stores it.
 
 ``GB/s`` is the weight bytes the kernel must read (``k·m`` × bytes per weight) per second; a kernel
 at the memory-bandwidth floor reads int8 four times faster than float32. ``--torch`` adds torch's
@@ -26,8 +29,11 @@ shapes, for comparison (torch threads: ``--torch-threads``).
 """
 
 import argparse
+import os
 import statistics
 import time
+
+os.environ.setdefault("KERAS_BACKEND", "jax")  # kcookbook's int8 kernel runs on jax's CPU backend
 
 SHAPES = {  # SmolLM2-135M, per token: 30 layers of each projection, plus the tied LM head once
     "attention q/o (576 x 576)": (576, 576),
@@ -50,6 +56,8 @@ def parse_args(argv=None):
 def jax_kernels(k, m, rng):
     import jax
     import jax.numpy as jnp
+
+    from kcookbook.kernels.int8_products import int8_product
 
     x = jnp.asarray(rng.standard_normal((1, k)), jnp.float32)
     w = jnp.asarray(rng.standard_normal((k, m)) * 0.05, jnp.float32)
@@ -75,6 +83,10 @@ def jax_kernels(k, m, rng):
             (x, w_int8_t, scale), 1),
         "int8 x int8 -> int32 dot": (jax.jit(int8_dot), (x_int8, w_int8), 1),
         "bfloat16 dot": (jax.jit(bf16_dot), (x, w_bf16), 2),
+        "kcookbook int8 kernel, W (k, m)": (
+            jax.jit(lambda a, b, s: int8_product(a, b, "columns") * s), (x, w_int8, scale), 1),
+        "kcookbook int8 kernel, Wᵀ (m, k)": (
+            jax.jit(lambda a, bt, s: int8_product(a, bt, "rows") * s), (x, w_int8_t, scale), 1),
     }
 
 

@@ -42,7 +42,9 @@ SOURCE = pathlib.Path(__file__).with_name("int8_products.cc")
 MAX_ROWS = 16
 MAX_INT8_ROWS = 4
 TARGETS = {"columns": "kcookbook_int8_columns", "rows": "kcookbook_int8_rows"}
-FLAGS = ["-O3", "-march=native", "-mprefer-vector-width=512", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17", "-w"]
+FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17", "-w"]
+if platform.machine() in ("x86_64", "AMD64"):  # AVX-512 CPUs: whole 512-bit registers (an x86-only flag)
+    FLAGS.insert(2, "-mprefer-vector-width=512")
 LOADED = {}  # "available": whether the targets are registered with jax (decided once per process)
 
 
@@ -106,7 +108,7 @@ def load_kernel():
 
     try:
         library = ctypes.cdll.LoadLibrary(str(compiled_library()))
-    except (OSError, subprocess.SubprocessError) as error:
+    except (OSError, subprocess.SubprocessError, AttributeError) as error:  # AttributeError: a jax without jax.ffi
         details = getattr(error, "stderr", None) or str(error)
         warnings.warn(f"kcookbook's int8 kernel for jax's CPU backend could not be built ({details.strip()[-600:]}); "
                       "int8 layers use XLA's products, which decode more slowly than float32 here. Install a C++ "
