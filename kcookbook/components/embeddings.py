@@ -53,10 +53,11 @@ class ReversibleEmbedding(keras.layers.Embedding):
         Keras' own int8 ``ReversibleEmbedding``'s (W8A8): each row of ``inputs`` quantised to int8
         by its absolute maximum (``inputs_quantizer``), int8 × int8 summed exactly in int32 (on
         torch by ``torch._int_mm``; on jax's CPU backend, for a few rows, in float32 by
-        ``kernels.int8_products``, exact below 2^24), divided by the row's and the vocabulary entry's scales. Its
-        gradient reaches ``inputs`` through the dequantised table, as in Keras' int8 ``Dense`` (the
-        rounding has none), so LoRA layers below an int8 output layer train (QLoRA). Weight-only
-        int8 (``activation_quantizer=None``) multiplies float activations by the dequantised table."""
+        ``kernels.int8_products``, exact below 2^24), divided by the row's and the vocabulary
+        entry's scales. Its gradient reaches ``inputs`` through the dequantised table, as in Keras'
+        int8 ``Dense`` (the rounding has none), so LoRA layers below an int8 output layer train
+        (QLoRA). Weight-only int8 (``activation_quantizer=None``) multiplies float activations by the
+        dequantised table (on jax's CPU backend, for a few rows, by the same kernel)."""
         if not reverse:
             return super()._int8_call(inputs, training=training)
         # einsum equations of the forward product (rows × table) and of the input gradient
@@ -75,8 +76,8 @@ class ReversibleEmbedding(keras.layers.Embedding):
                 return ops.einsum(backward, scaled, ops.cast(table, upstream.dtype)), None, None
 
             # One 2-D product, the table as stored: XLA's CPU int8 product is slow for other forms
-            # (a transposed table, a (batch, 1, hidden) operand), benchmarks/README.md.
-            # (jax's CPU backend, a few rows: kcookbook's int8 kernel; else None)
+            # (a transposed table, a (batch, 1, hidden) operand), benchmarks/README.md. A few rows on
+            # jax's CPU backend go to kcookbook's int8 kernel (int8_product; None elsewhere).
             rows = ops.reshape(inputs, (-1, self.output_dim))
             layout = "rows" if self.tie_weights else "columns"
             if self.inputs_quantizer is None:  # weight-only int8: float rows
