@@ -1,5 +1,6 @@
-"""kcookbook's int8 kernel for jax's CPU backend (``kcookbook/kernels/int8_products.cc``), checked
-against float64 numpy products and against Keras's own int8 layers; off jax it must step aside."""
+"""kcookbook's int8 kernel (``kcookbook/kernels/int8_products.cc``: an XLA custom call on jax, a C
+function on torch), checked against float64 numpy products and against Keras's own int8 layers; on
+TensorFlow it must step aside."""
 
 import os
 import subprocess
@@ -10,18 +11,23 @@ import keras
 import numpy as np
 import pytest
 
-from kcookbook.components.torch_speedups import INT8_KERNEL_CALLS, KERAS_CALLS, layer_calls
+from kcookbook.components.torch_speedups import INT8_KERNEL_CALLS, KERAS_CALLS, int8_dense_on_torch, layer_calls
 from kcookbook.kernels import int8_products
 from kcookbook.tasks import CausalLM
 
 from test_decoder_hf_parity import VOCAB, save_tiny_hf_model
 
-jax_only = pytest.mark.skipif(keras.config.backend() != "jax",
-                              reason="an XLA FFI kernel: jax only (other backends: test_steps_aside_...)")
+BACKEND = keras.config.backend()
+jax_only = pytest.mark.skipif(BACKEND != "jax", reason="the XLA custom call: jax only")
+with_kernel = pytest.mark.skipif(BACKEND == "tensorflow", reason="jax and torch only (test_steps_aside_...)")
 WEIGHT_ONLY = keras.quantizers.Int8QuantizationConfig(activation_quantizer=None)
 
 
-@jax_only
+def tensor(array):
+    return keras.ops.convert_to_tensor(array)
+
+
+@with_kernel
 @pytest.mark.parametrize("rows", [1, 3, 4, 5, 16])
 def test_products_match_float64_in_both_layouts(rows):
     rng = np.random.default_rng(rows)
@@ -30,58 +36,77 @@ def test_products_match_float64_in_both_layouts(rows):
     w = rng.integers(-128, 128, (k, n), dtype=np.int8)
     expected = x.astype("float64") @ w.astype("float64")
     for layout, matrix in (("columns", w), ("rows", np.ascontiguousarray(w.T))):
-        sums = int8_products.int8_product(x, matrix, layout)
+        sums = int8_products.int8_product(tensor(x), tensor(matrix), layout)
         assert sums is not None, layout
+        sums = keras.ops.convert_to_numpy(sums)
         assert sums.shape == (rows, n) and sums.dtype == np.float32
-        np.testing.assert_allclose(np.asarray(sums), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+        np.testing.assert_allclose(sums, expected, rtol=0, atol=1e-5 * np.abs(expected).max())
 
 
-@jax_only
+@with_kernel
 def test_int8_rows_sum_exactly_below_two_to_the_24():
     """Keras's W8A8 sums int8 × int8 exactly in int32; the kernel's float32 sums must equal them."""
     rng = np.random.default_rng(7)
     x = rng.integers(-127, 128, (4, 1000)).astype("float32")  # |sum| ≤ 1000 · 127 · 128 < 2^24
     w = rng.integers(-128, 128, (1000, 300), dtype=np.int8)
     exact = x.astype(np.int64) @ w.astype(np.int64)
-    np.testing.assert_array_equal(np.asarray(int8_products.int8_product(x, w, "columns", 4)), exact)
-    np.testing.assert_array_equal(np.asarray(int8_products.int8_product(x, np.ascontiguousarray(w.T), "rows", 4)),
-                                  exact)
+    for layout, matrix in (("columns", w), ("rows", np.ascontiguousarray(w.T))):
+        sums = int8_products.int8_product(tensor(x), tensor(matrix), layout, 4)
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(sums), exact)
 
 
 def test_steps_aside_where_it_does_not_apply():
     x, w = np.ones((1, 4), "float32"), np.ones((4, 2), "int8")
     with pytest.raises(ValueError, match="layout must be one of"):
         int8_products.int8_product(x, w, "diagonal")
-    if keras.config.backend() != "jax":
-        assert int8_products.int8_product(x, w, "columns") is None
-        assert layer_calls() is not INT8_KERNEL_CALLS
+    assert (layer_calls() is INT8_KERNEL_CALLS) == (BACKEND == "jax")  # torch: int8_dense_on_torch
+    if BACKEND == "tensorflow":
+        assert int8_products.int8_product(tensor(x), tensor(w), "columns") is None
         return
-    assert layer_calls() is INT8_KERNEL_CALLS
-    assert int8_products.int8_product(x, w, "columns") is not None
-    assert int8_products.int8_product(np.ones((17, 4), "float32"), w, "columns") is None  # prefill
-    assert int8_products.int8_product(np.ones((5, 4), "float32"), w, "columns", int8_products.MAX_INT8_ROWS) is None
-    assert int8_products.int8_product(x.astype("float16"), w, "columns") is None
-    assert int8_products.int8_product(x, w.astype("int32"), "columns") is None
+    assert int8_products.int8_product(tensor(x), tensor(w), "columns") is not None
+    assert int8_products.int8_product(tensor(np.ones((17, 4), "float32")), tensor(w), "columns") is None  # prefill
+    assert int8_products.int8_product(tensor(np.ones((5, 4), "float32")), tensor(w), "columns",
+                                      int8_products.MAX_INT8_ROWS) is None
+    assert int8_products.int8_product(tensor(x.astype("float16")), tensor(w), "columns") is None
+    assert int8_products.int8_product(tensor(x), tensor(w.astype("int32")), "columns") is None
 
 
-@jax_only
+@with_kernel
 @pytest.mark.parametrize("config", [None, WEIGHT_ONLY], ids=["w8a8", "weight_only"])
-def test_int8_dense_matches_keras_int8_dense(config):
+def test_int8_dense_matches_keras_int8_dense(config, monkeypatch):
     layer = keras.layers.Dense(300, activation="silu")
     layer.build((None, 200))
     layer.quantize("int8", config=config)
     x = np.random.default_rng(1).standard_normal((2, 1, 200)).astype("float32")
-    ours = int8_products.int8_dense(layer, keras.ops.convert_to_tensor(x))
+    if BACKEND == "jax":
+        ours = int8_products.int8_dense(layer, tensor(x))
+        float_layer = keras.layers.Dense(300)
+        float_layer.build((None, 200))
+        assert int8_products.int8_dense(float_layer, tensor(x)) is None
+    else:  # torch's int8 Dense in inference loops; count the kernel's calls
+        calls = count_torch_kernel_calls(monkeypatch)
+        ours = int8_dense_on_torch(layer, tensor(x))
+        assert calls == [1]
     assert ours is not None
     expected = keras.ops.convert_to_numpy(layer(x))  # Keras's Dense._int8_call
     assert ours.shape == expected.shape
-    np.testing.assert_allclose(np.asarray(ours), expected, rtol=1e-5, atol=1e-5)
-    float_layer = keras.layers.Dense(300)
-    float_layer.build((None, 200))
-    assert int8_products.int8_dense(float_layer, keras.ops.convert_to_tensor(x)) is None
+    np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), expected, rtol=1e-5, atol=1e-5)
 
 
-@jax_only
+def count_torch_kernel_calls(monkeypatch):
+    """torch: wrap the kernel's C function so that each call appends 1 to the returned list."""
+    product, calls = int8_products.torch_kernel(), []
+    assert product is not None
+
+    def counted(*args):
+        calls.append(1)
+        return product(*args)
+
+    monkeypatch.setitem(int8_products.LOADED, "torch", counted)
+    return calls
+
+
+@with_kernel
 @pytest.mark.parametrize("family,config", [("llama", None), ("gemma", WEIGHT_ONLY)],
                          ids=["llama-untied-w8a8", "gemma-tied-weight_only"])
 def test_decoding_on_the_kernel_matches_keras_and_uses_it(family, config, tmp_path, monkeypatch):
@@ -92,6 +117,22 @@ def test_decoding_on_the_kernel_matches_keras_and_uses_it(family, config, tmp_pa
     prompt = np.random.default_rng(4).integers(3, VOCAB, (1, 6)).astype("int32")
     inputs = {"token_ids": prompt, "padding_mask": np.ones_like(prompt)}
 
+    if BACKEND == "jax":
+        check_jax_step_uses_the_kernel_and_matches_keras(on_kernel, on_keras, monkeypatch)
+        ours = on_kernel.generate(inputs, max_length=16, stop_token_ids=None)
+        monkeypatch.setitem(int8_products.LOADED, "jax", False)  # Keras's int8 ops from here
+    else:
+        calls = count_torch_kernel_calls(monkeypatch)
+        ours = on_kernel.generate(inputs, max_length=16, stop_token_ids=None)
+        assert len(calls) >= 9 * 9  # 2 blocks × 4 projections + the output layer, 10 new tokens
+        monkeypatch.setitem(int8_products.LOADED, "torch", None)  # torch._int_mm / Keras's ops from here
+    expected = on_keras.generate(inputs, max_length=16, stop_token_ids=None)
+    np.testing.assert_array_equal(ours["token_ids"], expected["token_ids"])
+
+
+def check_jax_step_uses_the_kernel_and_matches_keras(on_kernel, on_keras, monkeypatch):
+    """jax: a decoding step's lowered program calls the kernel (the rows layout exactly when the
+    output layer is tied), and its logits equal those of Keras's int8 ops."""
     import jax
 
     hidden = np.random.default_rng(5).standard_normal((1, on_kernel.backbone.hidden_dim)).astype("float32")
@@ -100,15 +141,13 @@ def test_decoding_on_the_kernel_matches_keras_and_uses_it(family, config, tmp_pa
     lowered = step.lower(hidden).as_text()
     tied = on_kernel.backbone.token_embedding.tie_weights  # the output layer: (vocabulary, hidden) rows
     assert "kcookbook_int8_columns" in lowered and ("kcookbook_int8_rows" in lowered) == tied
-    ours = on_kernel.generate(inputs, max_length=16, stop_token_ids=None)
-
-    monkeypatch.setitem(int8_products.LOADED, "available", False)  # Keras's int8 ops from here
-    reference = jax.jit(lambda h: on_keras.backbone.logits(
-        on_keras.backbone.blocks[0](h[:, None], calls=KERAS_CALLS)[:, 0], KERAS_CALLS))
-    assert "kcookbook_int8" not in reference.lower(hidden).as_text()
-    np.testing.assert_allclose(np.asarray(step(hidden)), np.asarray(reference(hidden)), rtol=1e-5, atol=1e-5)
-    expected = on_keras.generate(inputs, max_length=16, stop_token_ids=None)
-    np.testing.assert_array_equal(ours["token_ids"], expected["token_ids"])
+    ours = np.asarray(step(hidden))
+    with monkeypatch.context() as keras_only:
+        keras_only.setitem(int8_products.LOADED, "jax", False)
+        reference = jax.jit(lambda h: on_keras.backbone.logits(
+            on_keras.backbone.blocks[0](h[:, None], calls=KERAS_CALLS)[:, 0], KERAS_CALLS))
+        assert "kcookbook_int8" not in reference.lower(hidden).as_text()
+        np.testing.assert_allclose(ours, np.asarray(reference(hidden)), rtol=1e-5, atol=1e-5)
 
 
 @jax_only

@@ -63,7 +63,7 @@ import warnings
 import keras
 from keras import ops
 
-from kcookbook.kernels.int8_products import int8_dense
+from kcookbook.kernels.int8_products import MAX_INT8_ROWS, int8_dense, int8_product
 
 try:  # Keras internals, read for speed only (pyproject allows any keras>=3.15): where a later Keras
     # has moved them, variable_tensor takes the public ``variable.value`` instead of failing.
@@ -192,6 +192,12 @@ def int8_dense_on_torch(layer, inputs):
     if layer.lora_enabled or layer.compute_dtype != "float32":
         return layer.quantized_call(inputs)
     quantizer = getattr(layer, "inputs_quantizer", None)
+    if quantizer is None:  # weight-only int8: float rows, a few of them on kcookbook's int8 kernel
+        sums = int8_product(inputs.reshape(-1, inputs.shape[-1]), variable_tensor(layer._kernel), "columns")
+        if sums is None:
+            return layer.quantized_call(inputs)
+        sums = sums.reshape(*inputs.shape[:-1], sums.shape[-1])
+        return dense_bias_and_activation(layer, sums / variable_tensor(layer.kernel_scale))
     product = int8_product_on_torch(inputs, quantizer, variable_tensor(layer._kernel))
     if product is None:
         return layer.quantized_call(inputs)
@@ -205,8 +211,9 @@ def int8_product_on_torch(inputs, quantizer, matrix):
     ``inputs`` quantised by its absolute maximum with ``quantizer``'s settings (an
     ``AbsMaxQuantizer`` to int8), int8 × int8 summed exactly in int32 by ``torch._int_mm``.
     Returns ``(sums as float32 (..., m), the rows' scales (..., 1))``; the caller divides by both
-    scales. None where it cannot run (another quantizer, not float32 on the CPU, a torch without
-    ``_int_mm``, no rows, not torch) and the caller goes through Keras' ops."""
+    scales. A few rows go to kcookbook's int8 kernel instead (``kernels.int8_products``: the same
+    sums, faster at batch 1). None where it cannot run (another quantizer, not float32 on the CPU,
+    a torch without ``_int_mm``, no rows, not torch) and the caller goes through Keras' ops."""
     if keras.config.backend() != "torch":
         return None
     import torch
@@ -218,8 +225,15 @@ def int8_product_on_torch(inputs, quantizer, matrix):
     rows = inputs.reshape(-1, inputs.shape[-1])
     low, high = quantizer.value_range
     inputs_scale = high / (rows.abs().amax(-1, keepdim=True) + quantizer.epsilon)
-    quantized = torch.clamp(torch.round(rows * inputs_scale), low, high).to(torch.int8)
-    sums = torch._int_mm(quantized, matrix).to(torch.float32)
+    quantized = torch.clamp(torch.round(rows * inputs_scale), low, high)
+    # A few rows: kcookbook's int8 kernel (exact sums), on the matrix or the table it is a view of
+    sums = None
+    if matrix.is_contiguous():
+        sums = int8_product(quantized, matrix, "columns", MAX_INT8_ROWS)
+    elif matrix.T.is_contiguous():
+        sums = int8_product(quantized, matrix.T, "rows", MAX_INT8_ROWS)
+    if sums is None:
+        sums = torch._int_mm(quantized.to(torch.int8), matrix).to(torch.float32)
     return sums.reshape(*inputs.shape[:-1], sums.shape[-1]), inputs_scale.reshape(*inputs.shape[:-1], 1)
 
 

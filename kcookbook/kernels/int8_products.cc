@@ -1,4 +1,5 @@
-// int8 weights times a few float32 rows, for jax's CPU backend (an XLA FFI custom call).
+// int8 weights times a few float32 rows: decoding's products on a CPU, for jax (an XLA FFI custom
+// call) and for torch (a plain C function on tensors' memory).
 //
 // Decoding one token multiplies one activation row (or a few: the batch) by every weight matrix,
 // so its speed is how fast the weights are read. XLA's CPU int8 products convert the weights to
@@ -7,23 +8,30 @@
 // the inner loops (-O3 -march=native). Sums are float32: exact for the products of int8 rows
 // (Keras' W8A8) while a sum stays below 2^24.
 //
-//   kcookbook_int8_columns: y (rows, n) = x (rows, k) @ w (k, n)      (Keras' int8 Dense kernel)
-//   kcookbook_int8_rows:    y (rows, n) = x (rows, k) @ t (n, k)^T    (a tied int8 embedding table)
+//   columns: y (rows, n) = x (rows, k) @ w (k, n)      (Keras' int8 Dense kernel)
+//   rows:    y (rows, n) = x (rows, k) @ t (n, k)^T    (a tied int8 embedding table)
 //
-// Both split the outputs into parts that the calling thread and one task on XLA's thread pool
-// take in turn (the caller takes every part if the pool is busy).
+// XLA FFI targets (built with -DKCOOKBOOK_XLA_FFI and jaxlib's headers): kcookbook_int8_columns and
+// kcookbook_int8_rows. Always: kcookbook_int8_product(x, w, y, rows, k, n, layout, threads).
+// Both split the outputs into parts that the calling thread and one helper take in turn (XLA's
+// thread pool, or one thread of this library's own); the caller takes every part the helper has
+// not started, so a busy helper only costs time.
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <thread>
 
+#ifdef KCOOKBOOK_XLA_FFI
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+#endif
 
 namespace {
 
@@ -115,9 +123,52 @@ void rows_part(const float* x, const int8_t* t, float* y, int64_t rows, int64_t 
   }
 }
 
-// Runs part(n0, n1) over [0, n) in parts of `grain` outputs, on the caller and one pool task.
-template <typename Part>
-void in_parts(ffi::ThreadPool& pool, int64_t n, int64_t grain, Part part) {
+// One helper thread for callers without XLA's pool (torch), started on first use and never
+// stopped; Schedule hands it a task (replacing one it has not started: that task's parts are
+// taken by its caller).
+class HelperThread {
+ public:
+  static HelperThread& get() {
+    static HelperThread* helper = new HelperThread();
+    return *helper;
+  }
+  int64_t num_threads() const { return 2; }
+  void Schedule(std::function<void()> task) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = std::move(task);
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  HelperThread() { std::thread([this] { run(); }).detach(); }
+  void run() {
+    for (;;) {
+      std::function<void()> task;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ready_.wait(lock, [this] { return static_cast<bool>(task_); });
+        task = std::move(task_);
+        task_ = nullptr;
+      }
+      task();
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::function<void()> task_;
+};
+
+// The caller alone.
+struct NoHelper {
+  int64_t num_threads() const { return 1; }
+  void Schedule(std::function<void()>) {}
+};
+
+// Runs part(n0, n1) over [0, n) in parts of `grain` outputs, on the caller and one helper task.
+template <typename Pool, typename Part>
+void in_parts(Pool& pool, int64_t n, int64_t grain, Part part) {
   const int64_t parts = (n + grain - 1) / grain;
   if (parts < 2 || pool.num_threads() < 2) {
     part(0, n);
@@ -138,6 +189,9 @@ void in_parts(ffi::ThreadPool& pool, int64_t n, int64_t grain, Part part) {
   while (progress->done.load(std::memory_order_acquire) < parts) std::this_thread::yield();
 }
 
+constexpr int64_t kColumnsGrain = 256, kRowsGrain = 2048;  // outputs per part
+
+#ifdef KCOOKBOOK_XLA_FFI
 ffi::Error Int8Columns(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ffi::S8> w,
                        ffi::ResultBuffer<ffi::F32> y) {
   if (w.dimensions().size() != 2 || x.dimensions().size() == 0 || x.dimensions().back() != w.dimensions()[0])
@@ -146,7 +200,7 @@ ffi::Error Int8Columns(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffe
   const float* xp = x.typed_data();
   const int8_t* wp = w.typed_data();
   float* yp = y->typed_data();
-  in_parts(pool, n, 256, [=](int64_t n0, int64_t n1) { columns_part(xp, wp, yp, rows, k, n, n0, n1); });
+  in_parts(pool, n, kColumnsGrain, [=](int64_t n0, int64_t n1) { columns_part(xp, wp, yp, rows, k, n, n0, n1); });
   return ffi::Error::Success();
 }
 
@@ -158,12 +212,15 @@ ffi::Error Int8Rows(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<f
   const float* xp = x.typed_data();
   const int8_t* tp = t.typed_data();
   float* yp = y->typed_data();
-  in_parts(pool, n, 2048, [=](int64_t n0, int64_t n1) { rows_part(xp, tp, yp, rows, k, n, n0, n1); });
+  in_parts(pool, n, kRowsGrain, [=](int64_t n0, int64_t n1) { rows_part(xp, tp, yp, rows, k, n, n0, n1); });
   return ffi::Error::Success();
 }
 
+#endif  // KCOOKBOOK_XLA_FFI
+
 }  // namespace
 
+#ifdef KCOOKBOOK_XLA_FFI
 XLA_FFI_DEFINE_HANDLER_SYMBOL(kcookbook_int8_columns, Int8Columns,
                               ffi::Ffi::Bind()
                                   .Ctx<ffi::ThreadPool>()
@@ -176,3 +233,18 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kcookbook_int8_rows, Int8Rows,
                                   .Arg<ffi::Buffer<ffi::F32>>()
                                   .Arg<ffi::Buffer<ffi::S8>>()
                                   .Ret<ffi::Buffer<ffi::F32>>());
+#endif  // KCOOKBOOK_XLA_FFI
+
+// The same products on raw memory (torch's tensors): layout 0 multiplies by w (k, n), layout 1 by
+// t (n, k)^T; threads > 1 lets the helper thread take parts too.
+extern "C" void kcookbook_int8_product(const float* x, const int8_t* w, float* y, int64_t rows,
+                                       int64_t k, int64_t n, int32_t layout, int32_t threads) {
+  NoHelper alone;
+  if (layout == 0) {
+    auto part = [=](int64_t n0, int64_t n1) { columns_part(x, w, y, rows, k, n, n0, n1); };
+    threads > 1 ? in_parts(HelperThread::get(), n, kColumnsGrain, part) : in_parts(alone, n, kColumnsGrain, part);
+  } else {
+    auto part = [=](int64_t n0, int64_t n1) { rows_part(x, w, y, rows, k, n, n0, n1); };
+    threads > 1 ? in_parts(HelperThread::get(), n, kRowsGrain, part) : in_parts(alone, n, kRowsGrain, part);
+  }
+}

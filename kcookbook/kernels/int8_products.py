@@ -1,23 +1,25 @@
-"""int8 weights times a few float32 rows on jax's CPU backend, by a C++ loop compiled on first use.
+"""int8 weights times a few float32 rows on a CPU, by a C++ loop compiled on first use (jax, torch).
 
 Decoding a token multiplies one row per sequence by every weight matrix, so a step's time is how
 fast the weights are read. XLA's CPU backend has no int8 product that reads them at memory speed
 (it converts them in memory first: ``benchmarks/README.md``, "Why int8 cannot reach 1.8×"), so
 Keras's ``quantize("int8")`` made batch-1 decoding on jax *slower* than float32. The loop in
-``int8_products.cc`` widens each int8 weight in a register and reads it once (an XLA FFI custom
-call, multi-threaded on XLA's pool). It runs where it applies — jax, the CPU, float32 rows, at most
-``MAX_ROWS`` rows (decoding; prefill and training keep XLA's products) — and the callers fall back
-to Keras's own ops everywhere else: on another backend or device, and when no C++ compiler is found
-(a warning says so once). ``KCOOKBOOK_INT8_KERNEL=0`` turns it off.
+``int8_products.cc`` widens each int8 weight in a register and reads it once: on jax an XLA FFI
+custom call (on XLA's threads), on torch a plain C function on the tensors' memory (with one helper
+thread). It runs where it applies — jax or torch, the CPU, float32 rows, at most ``MAX_ROWS`` rows
+(decoding; prefill and training keep the backend's products) — and the callers fall back to Keras's
+own ops everywhere else: on TensorFlow, another device, and when no C++ compiler is found (a warning
+says so once). ``KCOOKBOOK_INT8_KERNEL=0`` turns it off.
 
 The library is compiled with ``$CXX`` (else ``c++``/``g++``/``clang++``) and ``-march=native`` into
-``$KCOOKBOOK_CACHE/kernels`` (default ``~/.cache/kcookbook/kernels``), once per source, jaxlib,
-compiler and CPU (about 2 s), written under a temporary name and renamed into place.
+``$KCOOKBOOK_CACHE/kernels`` (default ``~/.cache/kcookbook/kernels``), once per source, compiler, CPU
+and (for jax, with XLA's headers) jaxlib, in about 2 s, written under a temporary name and renamed
+into place.
 
     >>> import numpy as np
     >>> rows = np.ones((1, 3), "float32")
     >>> matrix = np.arange(6, dtype="int8").reshape(3, 2)
-    >>> sums = int8_product(rows, matrix, "columns")  # None off jax's CPU backend
+    >>> sums = int8_product(rows, matrix, "columns")  # None on TensorFlow
     >>> sums is None or np.asarray(sums).tolist() == [[6.0, 9.0]]
     True
 """
@@ -45,18 +47,24 @@ TARGETS = {"columns": "kcookbook_int8_columns", "rows": "kcookbook_int8_rows"}
 FLAGS = ["-O3", "-march=native", "-fopenmp-simd", "-shared", "-fPIC", "-std=c++17", "-w"]
 if platform.machine() in ("x86_64", "AMD64"):  # AVX-512 CPUs: whole 512-bit registers (an x86-only flag)
     FLAGS.insert(2, "-mprefer-vector-width=512")
-LOADED = {}  # "available": whether the targets are registered with jax (decided once per process)
+LOADED = {}  # "jax": whether XLA has the targets; "torch": the C function or None (once per process)
 
 
 def int8_product(rows, matrix, layout, max_rows=MAX_ROWS):
     """float32 ``rows`` (r, k) times an int8 ``matrix``, summed in float32: ``rows @ matrix`` for
     ``layout="columns"`` (``matrix`` (k, n), Keras's int8 ``Dense`` kernel) or ``rows @ matrix.T``
-    for ``"rows"`` (``matrix`` (n, k), a tied embedding table). None where the kernel does not apply
-    (not jax on the CPU, not float32, more than ``max_rows`` rows — ``MAX_INT8_ROWS`` for rows of
-    int8 values —, no kernel): the caller then uses Keras's ops."""
+    for ``"rows"`` (``matrix`` (n, k), a tied embedding table). On jax an XLA custom call (inside
+    ``jit`` too); on torch a call on the tensors' memory (no autograd: inference, or inside a custom
+    gradient). None where the kernel does not apply (TensorFlow, not the CPU, not float32 × int8,
+    more than ``max_rows`` rows — ``MAX_INT8_ROWS`` for rows of int8 values —, no kernel): the caller
+    then uses Keras's ops."""
     if layout not in TARGETS:
         raise ValueError(f"layout must be one of {sorted(TARGETS)}, not {layout!r}.")
-    if keras.config.backend() != "jax" or len(rows.shape) != 2 or not 0 < rows.shape[0] <= max_rows:
+    if len(rows.shape) != 2 or not 0 < rows.shape[0] <= max_rows:
+        return None
+    if keras.config.backend() == "torch":
+        return product_on_torch(rows, matrix, layout)
+    if keras.config.backend() != "jax":
         return None
     import jax
     import jax.numpy as jnp
@@ -67,6 +75,30 @@ def int8_product(rows, matrix, layout, max_rows=MAX_ROWS):
     columns = matrix.shape[1] if layout == "columns" else matrix.shape[0]
     shape = jax.ShapeDtypeStruct((rows.shape[0], columns), jnp.float32)
     return jax.ffi.ffi_call(TARGETS[layout], shape)(jnp.asarray(rows), jnp.asarray(matrix))
+
+
+def product_on_torch(rows, matrix, layout):
+    """torch: ``int8_product`` on CPU tensors by the library's plain C function, its outputs split
+    with one helper thread when torch runs more than one thread."""
+    import torch
+
+    if (not isinstance(rows, torch.Tensor) or not isinstance(matrix, torch.Tensor)
+            or rows.dtype != torch.float32 or matrix.dtype != torch.int8 or rows.device.type != "cpu"
+            or matrix.device.type != "cpu" or (rows.requires_grad and torch.is_grad_enabled())):
+        return None
+    product = torch_kernel()
+    if product is None:
+        return None
+    k = rows.shape[1]
+    n, matrix_k = (matrix.shape[1], matrix.shape[0]) if layout == "columns" else matrix.shape
+    if matrix_k != k:
+        raise ValueError(f"int8_product: rows (r, {k}) and a {layout!r} matrix of shape {tuple(matrix.shape)} "
+                         "do not match.")
+    rows, matrix = rows.contiguous(), matrix.contiguous()
+    sums = torch.empty((rows.shape[0], n), dtype=torch.float32)
+    product(rows.data_ptr(), matrix.data_ptr(), sums.data_ptr(), rows.shape[0], k, n,
+            0 if layout == "columns" else 1, 2 if torch.get_num_threads() > 1 else 1)
+    return sums
 
 
 def int8_dense(layer, inputs):
@@ -94,53 +126,73 @@ def int8_dense(layer, inputs):
 
 
 def kernel_available():
-    """Whether the kernel is compiled and registered with jax (tried once per process; a failure
+    """jax: whether the kernel is compiled and registered with XLA (tried once per process; a failure
     warns with the compiler's message and leaves Keras's products in place)."""
-    if "available" not in LOADED:
-        LOADED["available"] = load_kernel()
-    return LOADED["available"]
+    if "jax" not in LOADED:
+        library = load_library(for_xla=True)
+        if library is not None:
+            import jax
+
+            for target in TARGETS.values():
+                jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
+        LOADED["jax"] = library is not None
+    return LOADED["jax"]
 
 
-def load_kernel():
+def torch_kernel():
+    """torch: the library's ``kcookbook_int8_product`` as a ``ctypes`` function, or None (tried once
+    per process, as ``kernel_available``)."""
+    if "torch" not in LOADED:
+        library = load_library(for_xla=False)
+        product = None
+        if library is not None:
+            product = library.kcookbook_int8_product
+            product.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 2
+            product.restype = None
+        LOADED["torch"] = product
+    return LOADED["torch"]
+
+
+def load_library(for_xla):
+    """The compiled library loaded with ``ctypes``, or None: turned off by ``KCOOKBOOK_INT8_KERNEL=0``,
+    or it could not be built (a warning says why and how to fix it)."""
     if os.environ.get("KCOOKBOOK_INT8_KERNEL", "1") == "0":
-        return False
-    import jax
-
+        return None
     try:
-        library = ctypes.cdll.LoadLibrary(str(compiled_library()))
+        return ctypes.cdll.LoadLibrary(str(compiled_library(for_xla)))
     except (OSError, subprocess.SubprocessError, AttributeError) as error:  # AttributeError: a jax without jax.ffi
         details = getattr(error, "stderr", None) or str(error)
-        warnings.warn(f"kcookbook's int8 kernel for jax's CPU backend could not be built ({details.strip()[-600:]}); "
-                      "int8 layers use XLA's products, which decode more slowly than float32 here. Install a C++ "
-                      "compiler (e.g. `apt-get install g++`, or set CXX), or set KCOOKBOOK_INT8_KERNEL=0 to "
-                      "silence this.", stacklevel=3)
-        return False
-    for target in TARGETS.values():
-        jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, target)), platform="cpu")
-    return True
+        warnings.warn(f"kcookbook's int8 kernel could not be built ({details.strip()[-600:]}); int8 layers use "
+                      f"{keras.config.backend()}'s own products, which decode more slowly. Install a C++ compiler "
+                      "(e.g. `apt-get install g++`, or set CXX), or set KCOOKBOOK_INT8_KERNEL=0 to silence this.",
+                      stacklevel=4)
+        return None
 
 
-def compiled_library():
-    """The kernel's shared library, compiled into the cache if this source, jaxlib, compiler and
-    CPU have none yet. Raises ``OSError`` (no compiler) or ``subprocess.CalledProcessError``."""
-    import jax
-    import jaxlib
-
+def compiled_library(for_xla=True):
+    """The kernel's shared library — with the XLA FFI targets (``for_xla``, built with jaxlib's
+    headers) or the plain C function alone — compiled into the cache if this source, compiler, CPU
+    (and jaxlib) have none yet. Raises ``OSError`` (no compiler) or ``subprocess.CalledProcessError``."""
     compiler = os.environ.get("CXX") or next(
         (found for name in ("c++", "g++", "clang++") if (found := shutil.which(name))), None)
     if compiler is None:
         raise OSError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
-    source = SOURCE.read_bytes()
-    identity = [jaxlib.__version__, compiler, *FLAGS, platform.machine(), cpu_flags()]
-    key = hashlib.sha256(source + "\0".join(identity).encode()).hexdigest()[:16]
+    flags = list(FLAGS)
+    if for_xla:
+        import jax
+        import jaxlib
+
+        flags += ["-DKCOOKBOOK_XLA_FFI", "-I", jax.ffi.include_dir()]
+    identity = [compiler, *flags, platform.machine(), cpu_flags(), jaxlib.__version__ if for_xla else ""]
+    key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(identity).encode()).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("KCOOKBOOK_CACHE") or pathlib.Path.home() / ".cache" / "kcookbook")
-    library = cache / "kernels" / f"int8_products-{key}.so"
+    library = cache / "kernels" / f"int8_products-{'xla-' if for_xla else ''}{key}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
     partial = library.with_name(f"{library.name}.{os.getpid()}.partial")
     try:
-        subprocess.run([compiler, *FLAGS, "-I", jax.ffi.include_dir(), str(SOURCE), "-o", str(partial)],
+        subprocess.run([compiler, *flags, str(SOURCE), "-o", str(partial)],
                        check=True, capture_output=True, text=True, timeout=300)
         os.replace(partial, library)  # another process may have written the same file: same content
     finally:
