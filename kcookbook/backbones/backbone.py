@@ -277,12 +277,12 @@ class Backbone(keras.Model):
         ``smooth_activations(calibration_ids)`` (SmoothQuant), which keeps W8A8's int8 products and
         loses less (SmolLM2-135M: +2.7 % perplexity; ``DecoderBackbone.smooth_activations``).
 
-        Speed on a CPU (``benchmarks/README.md``, SmolLM2-135M): W8A8 generates faster than float32
-        on torch (int8 products by ``torch._int_mm``: 1.4× at batch 1 and 8) and on jax (batch 1:
-        2.3–2.6×, on kcookbook's C++ kernel, ``kcookbook.kernels.int8_products``, compiled on first
-        use; batch 8: 1.4–1.5×, XLA's int8 product); weight-only int8 on jax 2.5–2.7× at batch 1
-        (the same kernel), 1.1× at batch 8. ``filters`` leaves layers float, e.g. the token table and
-        the LM head tied to it:
+        Speed on a CPU (``benchmarks/README.md``, SmolLM2-135M): decoding's few-row products run on
+        kcookbook's C++ int8 kernel on jax and torch (``kcookbook.kernels.int8_products``, compiled
+        on first use). On jax W8A8 and weight-only int8 generate 2.3–2.7× float32's tokens/s at batch
+        1 (batch 8: 1.5× and 1.1×); on torch W8A8 1.4× (``torch._int_mm`` beyond 4 rows) and
+        weight-only 1.4–2.2×. ``filters`` leaves layers float, e.g. the token table and the LM head
+        tied to it:
 
         >>> backbone.quantize("int8", filters=lambda layer: not isinstance(
         ...     layer, keras.layers.Embedding))  # doctest: +SKIP
