@@ -71,6 +71,14 @@ def test_steps_aside_where_it_does_not_apply():
     assert int8_products.int8_product(tensor(x), tensor(w.astype("int32")), "columns") is None
 
 
+def test_mismatched_shapes_are_refused_naming_both():
+    x, w = np.ones((1, 4), "float32"), np.ones((5, 2), "int8")
+    with pytest.raises(ValueError, match=r"rows \(1, 4\) and a 'columns' matrix of shape \(5, 2\) do not match"):
+        int8_products.int8_product(tensor(x), tensor(w), "columns")
+    with pytest.raises(ValueError, match=r"'rows' matrix is \(n, k\)"):
+        int8_products.int8_product(tensor(x), tensor(w), "rows")
+
+
 @with_kernel
 @pytest.mark.parametrize("config", [None, WEIGHT_ONLY], ids=["w8a8", "weight_only"])
 def test_int8_dense_matches_keras_int8_dense(config, monkeypatch):

@@ -62,6 +62,10 @@ def int8_product(rows, matrix, layout, max_rows=MAX_ROWS):
         raise ValueError(f"layout must be one of {sorted(TARGETS)}, not {layout!r}.")
     if len(rows.shape) != 2 or not 0 < rows.shape[0] <= max_rows:
         return None
+    if len(matrix.shape) != 2 or matrix.shape[0 if layout == "columns" else 1] != rows.shape[1]:
+        expected = "(k, n)" if layout == "columns" else "(n, k)"
+        raise ValueError(f"int8_product: rows {tuple(rows.shape)} and a {layout!r} matrix of shape "
+                         f"{tuple(matrix.shape)} do not match: a {layout!r} matrix is {expected} for rows (r, k).")
     if keras.config.backend() == "torch":
         return product_on_torch(rows, matrix, layout)
     if keras.config.backend() != "jax":
@@ -89,11 +93,7 @@ def product_on_torch(rows, matrix, layout):
     product = torch_kernel()
     if product is None:
         return None
-    k = rows.shape[1]
-    n, matrix_k = (matrix.shape[1], matrix.shape[0]) if layout == "columns" else matrix.shape
-    if matrix_k != k:
-        raise ValueError(f"int8_product: rows (r, {k}) and a {layout!r} matrix of shape {tuple(matrix.shape)} "
-                         "do not match.")
+    k, n = rows.shape[1], matrix.shape[1] if layout == "columns" else matrix.shape[0]  # shapes checked
     rows, matrix = rows.contiguous(), matrix.contiguous()
     sums = torch.empty((rows.shape[0], n), dtype=torch.float32)
     product(rows.data_ptr(), matrix.data_ptr(), sums.data_ptr(), rows.shape[0], k, n,
