@@ -2,7 +2,9 @@
 function on torch), checked against float64 numpy products and against Keras's own int8 layers; on
 TensorFlow it must step aside."""
 
+import ctypes
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -193,3 +195,49 @@ def test_the_library_is_compiled_once_per_cache_and_written_whole(tmp_path, monk
     assert [p.name for p in library.parent.iterdir()] == [library.name]  # no partial file left
     written = library.stat().st_mtime_ns
     assert int8_products.compiled_library() == library and library.stat().st_mtime_ns == written
+
+
+torch_only = pytest.mark.skipif(BACKEND != "torch", reason="the plain C function: torch only")
+
+
+@torch_only
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/maps")
+def test_torch_products_run_on_torchs_own_openmp_runtime():
+    """The library is built with OpenMP and uses the libgomp torch loaded: one OpenMP runtime in the
+    process (a second one's threads would compete with torch's for the cores)."""
+    import torch
+
+    product = int8_products.torch_kernel()
+    assert product is not None
+    with open("/proc/self/maps") as maps:
+        runtimes = {line.split()[-1] for line in maps if os.path.basename(line.split()[-1]).startswith("libgomp.so")}
+    assert len(runtimes) == 1, runtimes
+    assert hasattr(ctypes.CDLL(str(int8_products.compiled_library(for_xla=False))), "GOMP_parallel")
+    rng = np.random.default_rng(3)
+    x, w = rng.standard_normal((2, 300)).astype("float32"), rng.integers(-128, 128, (300, 5000), dtype=np.int8)
+    expected, threads = x.astype("float64") @ w, torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            sums = int8_products.int8_product(torch.from_numpy(x), torch.from_numpy(w), "columns")
+            np.testing.assert_allclose(sums.numpy(), expected, rtol=0, atol=1e-5 * np.abs(expected).max())
+    finally:
+        torch.set_num_threads(threads)
+
+
+@torch_only
+def test_a_compiler_without_openmp_builds_the_one_thread_library(tmp_path, monkeypatch):
+    """A compiler that rejects -fopenmp (clang without libomp): the library is built without it."""
+    compiler = tmp_path / "c++"
+    real = next(shutil.which(name) for name in ("c++", "g++", "clang++") if shutil.which(name))
+    compiler.write_text(f'#!/bin/sh\ncase " $* " in *" -fopenmp "*) echo "unsupported: -fopenmp" >&2; exit 1;; esac\n'
+                        f'exec {real} "$@"\n')
+    compiler.chmod(0o755)
+    monkeypatch.setenv("CXX", str(compiler))
+    monkeypatch.setenv("KCOOKBOOK_CACHE", str(tmp_path / "cache"))
+    library = ctypes.CDLL(str(int8_products.compiled_library(for_xla=False)))
+    assert not hasattr(library, "GOMP_parallel")
+    x, w, y = np.ones((1, 3), "float32"), np.arange(6, dtype="int8").reshape(3, 2), np.zeros((1, 2), "float32")
+    library.kcookbook_int8_product(*(ctypes.c_void_p(a.ctypes.data) for a in (x, w, y)), ctypes.c_int64(1),
+                                   ctypes.c_int64(3), ctypes.c_int64(2), ctypes.c_int32(0), ctypes.c_int32(2))
+    assert y.tolist() == [[6.0, 9.0]]

@@ -13,18 +13,17 @@
 //
 // XLA FFI targets (built with -DKCOOKBOOK_XLA_FFI and jaxlib's headers): kcookbook_int8_columns and
 // kcookbook_int8_rows. Always: kcookbook_int8_product(x, w, y, rows, k, n, layout, threads).
-// Both split the outputs into parts that the calling thread and one helper take in turn (XLA's
-// thread pool, or one thread of this library's own); the caller takes every part the helper has
-// not started, so a busy helper only costs time.
+// Both split the outputs into parts. XLA's: the calling thread and one task on XLA's thread pool
+// take them in turn (the caller takes every part the task has not started, so a busy pool only
+// costs time). torch's: an OpenMP loop (built with -fopenmp; the process's one libgomp, torch's,
+// so its threads are torch's own, with no second pool competing for the cores), else the caller.
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
 #include <cstdint>
 #include <cstring>
 #include <functional>
 #include <memory>
-#include <mutex>
 #include <thread>
 
 #ifdef KCOOKBOOK_XLA_FFI
@@ -123,50 +122,7 @@ void rows_part(const float* x, const int8_t* t, float* y, int64_t rows, int64_t 
   }
 }
 
-// One helper thread for callers without XLA's pool (torch), started on first use and never
-// stopped; Schedule hands it a task (replacing one it has not started: that task's parts are
-// taken by its caller).
-class HelperThread {
- public:
-  static HelperThread& get() {
-    static HelperThread* helper = new HelperThread();
-    return *helper;
-  }
-  int64_t num_threads() const { return 2; }
-  void Schedule(std::function<void()> task) {
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      task_ = std::move(task);
-    }
-    ready_.notify_one();
-  }
-
- private:
-  HelperThread() { std::thread([this] { run(); }).detach(); }
-  void run() {
-    for (;;) {
-      std::function<void()> task;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        ready_.wait(lock, [this] { return static_cast<bool>(task_); });
-        task = std::move(task_);
-        task_ = nullptr;
-      }
-      task();
-    }
-  }
-  std::mutex mutex_;
-  std::condition_variable ready_;
-  std::function<void()> task_;
-};
-
-// The caller alone.
-struct NoHelper {
-  int64_t num_threads() const { return 1; }
-  void Schedule(std::function<void()>) {}
-};
-
-// Runs part(n0, n1) over [0, n) in parts of `grain` outputs, on the caller and one helper task.
+// Runs part(n0, n1) over [0, n) in parts of `grain` outputs, on the caller and one task on `pool`.
 template <typename Pool, typename Part>
 void in_parts(Pool& pool, int64_t n, int64_t grain, Part part) {
   const int64_t parts = (n + grain - 1) / grain;
@@ -236,15 +192,13 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kcookbook_int8_rows, Int8Rows,
 #endif  // KCOOKBOOK_XLA_FFI
 
 // The same products on raw memory (torch's tensors): layout 0 multiplies by w (k, n), layout 1 by
-// t (n, k)^T; threads > 1 lets the helper thread take parts too.
+// t (n, k)^T, on `threads` OpenMP threads (torch.get_num_threads()).
 extern "C" void kcookbook_int8_product(const float* x, const int8_t* w, float* y, int64_t rows,
                                        int64_t k, int64_t n, int32_t layout, int32_t threads) {
-  NoHelper alone;
-  if (layout == 0) {
-    auto part = [=](int64_t n0, int64_t n1) { columns_part(x, w, y, rows, k, n, n0, n1); };
-    threads > 1 ? in_parts(HelperThread::get(), n, kColumnsGrain, part) : in_parts(alone, n, kColumnsGrain, part);
-  } else {
-    auto part = [=](int64_t n0, int64_t n1) { rows_part(x, w, y, rows, k, n, n0, n1); };
-    threads > 1 ? in_parts(HelperThread::get(), n, kRowsGrain, part) : in_parts(alone, n, kRowsGrain, part);
+  const int64_t grain = layout == 0 ? kColumnsGrain : kRowsGrain, parts = (n + grain - 1) / grain;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parts > 1)
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t n0 = p * grain, n1 = std::min(n, n0 + grain);
+    layout == 0 ? columns_part(x, w, y, rows, k, n, n0, n1) : rows_part(x, w, y, rows, k, n, n0, n1);
   }
 }

@@ -5,8 +5,8 @@ fast the weights are read. XLA's CPU backend has no int8 product that reads them
 (it converts them in memory first: ``benchmarks/README.md``, "Why int8 cannot reach 1.8×"), so
 Keras's ``quantize("int8")`` made batch-1 decoding on jax *slower* than float32. The loop in
 ``int8_products.cc`` widens each int8 weight in a register and reads it once: on jax an XLA FFI
-custom call (on XLA's threads), on torch a plain C function on the tensors' memory (with one helper
-thread). It runs where it applies — jax or torch, the CPU, float32 rows, at most ``MAX_ROWS`` rows
+custom call (on XLA's threads), on torch a plain C function on the tensors' memory (on torch's
+OpenMP threads). It runs where it applies — jax or torch, the CPU, float32 rows, at most ``MAX_ROWS`` rows
 (decoding; prefill and training keep the backend's products) — and the callers fall back to Keras's
 own ops everywhere else: on TensorFlow, another device, and when no C++ compiler is found (a warning
 says so once). ``KCOOKBOOK_INT8_KERNEL=0`` turns it off.
@@ -83,7 +83,7 @@ def int8_product(rows, matrix, layout, max_rows=MAX_ROWS):
 
 def product_on_torch(rows, matrix, layout):
     """torch: ``int8_product`` on CPU tensors by the library's plain C function, its outputs split
-    with one helper thread when torch runs more than one thread."""
+    over ``torch.get_num_threads()`` OpenMP threads (torch's own: one libgomp per process)."""
     import torch
 
     if (not isinstance(rows, torch.Tensor) or not isinstance(matrix, torch.Tensor)
@@ -97,7 +97,7 @@ def product_on_torch(rows, matrix, layout):
     rows, matrix = rows.contiguous(), matrix.contiguous()
     sums = torch.empty((rows.shape[0], n), dtype=torch.float32)
     product(rows.data_ptr(), matrix.data_ptr(), sums.data_ptr(), rows.shape[0], k, n,
-            0 if layout == "columns" else 1, 2 if torch.get_num_threads() > 1 else 1)
+            0 if layout == "columns" else 1, torch.get_num_threads())
     return sums
 
 
@@ -171,22 +171,32 @@ def load_library(for_xla):
 
 def compiled_library(for_xla=True):
     """The kernel's shared library — with the XLA FFI targets (``for_xla``, built with jaxlib's
-    headers) or the plain C function alone — compiled into the cache if this source, compiler, CPU
-    (and jaxlib) have none yet. Raises ``OSError`` (no compiler) or ``subprocess.CalledProcessError``."""
+    headers) or the plain C function alone, with OpenMP (torch's threads; without it if the compiler
+    has no OpenMP: one thread) — compiled into the cache if this source, compiler, CPU (and jaxlib)
+    have none yet. Raises ``OSError`` (no compiler) or ``subprocess.CalledProcessError``."""
     compiler = os.environ.get("CXX") or next(
         (found for name in ("c++", "g++", "clang++") if (found := shutil.which(name))), None)
     if compiler is None:
         raise OSError("no C++ compiler found (looked for $CXX, c++, g++, clang++)")
-    flags = list(FLAGS)
     if for_xla:
         import jax
         import jaxlib
 
-        flags += ["-DKCOOKBOOK_XLA_FFI", "-I", jax.ffi.include_dir()]
-    identity = [compiler, *flags, platform.machine(), cpu_flags(), jaxlib.__version__ if for_xla else ""]
+        return cached_build(compiler, FLAGS + ["-DKCOOKBOOK_XLA_FFI", "-I", jax.ffi.include_dir()],
+                            "xla-", jaxlib.__version__)
+    try:
+        return cached_build(compiler, FLAGS + ["-fopenmp"], "", "")
+    except subprocess.CalledProcessError:  # e.g. clang without libomp
+        return cached_build(compiler, FLAGS, "", "")
+
+
+def cached_build(compiler, flags, prefix, version):
+    """The library built by ``compiler`` with ``flags``, in the cache under a key of everything
+    that changes the build (written under a temporary name, then renamed)."""
+    identity = [compiler, *flags, platform.machine(), cpu_flags(), version]
     key = hashlib.sha256(SOURCE.read_bytes() + "\0".join(identity).encode()).hexdigest()[:16]
     cache = pathlib.Path(os.environ.get("KCOOKBOOK_CACHE") or pathlib.Path.home() / ".cache" / "kcookbook")
-    library = cache / "kernels" / f"int8_products-{'xla-' if for_xla else ''}{key}.so"
+    library = cache / "kernels" / f"int8_products-{prefix}{key}.so"
     if library.exists():
         return library
     library.parent.mkdir(parents=True, exist_ok=True)
