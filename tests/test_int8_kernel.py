@@ -101,18 +101,26 @@ def test_int8_dense_matches_keras_int8_dense(config, monkeypatch):
     expected = keras.ops.convert_to_numpy(layer(x))  # Keras's Dense._int8_call
     assert ours.shape == expected.shape
     np.testing.assert_allclose(keras.ops.convert_to_numpy(ours), expected, rtol=1e-5, atol=1e-5)
+    if BACKEND == "torch" and config is None:  # W8A8: the same quantised rows, exact sums, same divisions
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(ours), expected)
+        many = np.random.default_rng(2).standard_normal((8, 1, 200)).astype("float32")  # torch._int_mm's rows
+        np.testing.assert_array_equal(keras.ops.convert_to_numpy(int8_dense_on_torch(layer, tensor(many))),
+                                      keras.ops.convert_to_numpy(layer(many)))
 
 
 def count_torch_kernel_calls(monkeypatch):
-    """torch: wrap the kernel's C function so that each call appends 1 to the returned list."""
-    product, calls = int8_products.torch_kernel(), []
-    assert product is not None
+    """torch: wrap the kernel's C functions so that each call appends 1 to the returned list."""
+    assert int8_products.torch_kernel() is not None
+    calls = []
 
-    def counted(*args):
-        calls.append(1)
-        return product(*args)
+    def counted(function):
+        def call(*args):
+            calls.append(1)
+            return function(*args)
+        return call
 
-    monkeypatch.setitem(int8_products.LOADED, "torch", counted)
+    for name in ("torch", "torch dense"):
+        monkeypatch.setitem(int8_products.LOADED, name, counted(int8_products.LOADED[name]))
     return calls
 
 

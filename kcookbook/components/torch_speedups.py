@@ -63,7 +63,7 @@ import warnings
 import keras
 from keras import ops
 
-from kcookbook.kernels.int8_products import MAX_INT8_ROWS, int8_dense, int8_product
+from kcookbook.kernels.int8_products import MAX_INT8_ROWS, int8_dense, int8_product, scaled_product_on_torch
 
 try:  # Keras internals, read for speed only (pyproject allows any keras>=3.15): where a later Keras
     # has moved them, variable_tensor takes the public ``variable.value`` instead of failing.
@@ -192,17 +192,27 @@ def int8_dense_on_torch(layer, inputs):
     if layer.lora_enabled or layer.compute_dtype != "float32":
         return layer.quantized_call(inputs)
     quantizer = getattr(layer, "inputs_quantizer", None)
-    if quantizer is None:  # weight-only int8: float rows, a few of them on kcookbook's int8 kernel
-        sums = int8_product(inputs.reshape(-1, inputs.shape[-1]), variable_tensor(layer._kernel), "columns")
-        if sums is None:
-            return layer.quantized_call(inputs)
-        sums = sums.reshape(*inputs.shape[:-1], sums.shape[-1])
-        return dense_bias_and_activation(layer, sums / variable_tensor(layer.kernel_scale))
+    # A few rows: kcookbook's int8 kernel, quantisation and scales included (one call)
+    if quantizer is None or is_int8_absmax(quantizer):
+        w8a8 = quantizer is not None
+        outputs = scaled_product_on_torch(inputs.reshape(-1, inputs.shape[-1]), variable_tensor(layer._kernel),
+                                          variable_tensor(layer.kernel_scale), quantizer.value_range if w8a8 else None,
+                                          quantizer.epsilon if w8a8 else 0.0)
+        if outputs is not None:
+            return dense_bias_and_activation(layer, outputs.reshape(*inputs.shape[:-1], outputs.shape[-1]))
+    if quantizer is None:  # weight-only int8 beyond the kernel's rows: Keras's ops
+        return layer.quantized_call(inputs)
     product = int8_product_on_torch(inputs, quantizer, variable_tensor(layer._kernel))
     if product is None:
         return layer.quantized_call(inputs)
     sums, inputs_scale = product
     return dense_bias_and_activation(layer, sums / (variable_tensor(layer.kernel_scale) * inputs_scale))
+
+
+def is_int8_absmax(quantizer):
+    """Whether ``quantizer`` is Keras' default activation quantizer of int8 layers (each row to int8
+    by its absolute maximum), whose numerics kcookbook's int8 kernels reproduce."""
+    return type(quantizer) is keras.quantizers.AbsMaxQuantizer and quantizer.output_dtype == "int8"
 
 
 def int8_product_on_torch(inputs, quantizer, matrix):
@@ -218,13 +228,13 @@ def int8_product_on_torch(inputs, quantizer, matrix):
         return None
     import torch
 
-    if (type(quantizer) is not keras.quantizers.AbsMaxQuantizer or quantizer.output_dtype != "int8"
-            or inputs.dtype != torch.float32 or inputs.device.type != "cpu"
+    if (not is_int8_absmax(quantizer) or inputs.dtype != torch.float32 or inputs.device.type != "cpu"
             or not hasattr(torch, "_int_mm") or inputs.numel() == 0):
         return None
     rows = inputs.reshape(-1, inputs.shape[-1])
     low, high = quantizer.value_range
-    inputs_scale = high / (rows.abs().amax(-1, keepdim=True) + quantizer.epsilon)
+    # torch.div, as Keras' quantizer divides: ``high / tensor`` would multiply by the reciprocal
+    inputs_scale = torch.div(torch.tensor(float(high)), rows.abs().amax(-1, keepdim=True) + quantizer.epsilon)
     quantized = torch.clamp(torch.round(rows * inputs_scale), low, high)
     # A few rows: kcookbook's int8 kernel (exact sums), on the matrix or the table it is a view of
     sums = None

@@ -12,13 +12,15 @@
 //   rows:    y (rows, n) = x (rows, k) @ t (n, k)^T    (a tied int8 embedding table)
 //
 // XLA FFI targets (built with -DKCOOKBOOK_XLA_FFI and jaxlib's headers): kcookbook_int8_columns and
-// kcookbook_int8_rows. Always: kcookbook_int8_product(x, w, y, rows, k, n, layout, threads).
+// kcookbook_int8_rows. Always: kcookbook_int8_product(x, w, y, rows, k, n, layout, threads) and
+// kcookbook_int8_dense (the product with Keras' scales, and W8A8's row quantisation, for torch).
 // Both split the outputs into parts. XLA's: the calling thread and one task on XLA's thread pool
 // take them in turn (the caller takes every part the task has not started, so a busy pool only
 // costs time). torch's: an OpenMP loop (built with -fopenmp; the process's one libgomp, torch's,
 // so its threads are torch's own, with no second pool competing for the cores), else the caller.
 
 #include <algorithm>
+#include <cmath>
 #include <atomic>
 #include <cstdint>
 #include <cstring>
@@ -200,5 +202,38 @@ extern "C" void kcookbook_int8_product(const float* x, const int8_t* w, float* y
   for (int64_t p = 0; p < parts; ++p) {
     const int64_t n0 = p * grain, n1 = std::min(n, n0 + grain);
     layout == 0 ? columns_part(x, w, y, rows, k, n, n0, n1) : rows_part(x, w, y, rows, k, n, n0, n1);
+  }
+}
+
+// An int8 Dense layer's output before its bias, with Keras' numerics, in one call (torch: one op
+// instead of the ~10 small ones around the product): y (rows, n) = (x' @ w) / (scale * row_scale),
+// w (k, n) int8, scale (n,). Weight-only (quantize == 0): x' = x, row_scale = 1. W8A8
+// (quantize != 0, Keras' AbsMaxQuantizer): each row's row_scale = high / (max |x| + epsilon) and
+// x' = clamp(round-half-even(x * row_scale), low, high), in float32 as torch computes them.
+extern "C" void kcookbook_int8_dense(const float* x, const int8_t* w, const float* scale, float* y,
+                                     int64_t rows, int64_t k, int64_t n, int32_t threads, int32_t quantize,
+                                     float low, float high, float epsilon) {
+  std::unique_ptr<float[]> quantized, row_scales(new float[rows]);
+  for (int64_t r = 0; r < rows; ++r) row_scales[r] = 1.f;
+  if (quantize) {
+    quantized.reset(new float[rows * k]);
+    for (int64_t r = 0; r < rows; ++r) {
+      const float* xr = x + r * k;
+      float largest = 0.f;
+      for (int64_t i = 0; i < k; ++i) largest = std::max(largest, std::fabs(xr[i]));
+      const float row_scale = high / (largest + epsilon);
+      for (int64_t i = 0; i < k; ++i)
+        quantized[r * k + i] = std::min(std::max(std::nearbyint(xr[i] * row_scale), low), high);
+      row_scales[r] = row_scale;
+    }
+    x = quantized.get();
+  }
+  const int64_t parts = (n + kColumnsGrain - 1) / kColumnsGrain;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parts > 1)
+  for (int64_t p = 0; p < parts; ++p) {
+    const int64_t n0 = p * kColumnsGrain, n1 = std::min(n, n0 + kColumnsGrain);
+    columns_part(x, w, y, rows, k, n, n0, n1);
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = n0; j < n1; ++j) y[r * n + j] /= scale[j] * row_scales[r];
   }
 }

@@ -101,6 +101,32 @@ def product_on_torch(rows, matrix, layout):
     return sums
 
 
+def scaled_product_on_torch(rows, kernel, kernel_scale, quantizer_range=None, epsilon=0.0):
+    """torch: an int8 ``Dense`` layer's output before its bias for float32 ``rows`` (r, k), its int8
+    ``kernel`` (k, n) and ``kernel_scale`` (n,), in one call of the library: ``(rows @ kernel) /
+    kernel_scale`` (weight-only), or with ``quantizer_range=(low, high)`` and ``epsilon`` each row
+    first quantised as Keras' ``AbsMaxQuantizer`` does and the sums divided by both scales (W8A8).
+    None where ``int8_product`` would return None (at most ``MAX_INT8_ROWS`` rows for W8A8)."""
+    import torch
+
+    max_rows = MAX_ROWS if quantizer_range is None else MAX_INT8_ROWS
+    if (not isinstance(rows, torch.Tensor) or rows.dim() != 2 or not 0 < rows.shape[0] <= max_rows
+            or rows.dtype != torch.float32 or kernel.dtype != torch.int8 or kernel_scale.dtype != torch.float32
+            or rows.device.type != "cpu" or kernel.device.type != "cpu" or kernel_scale.device.type != "cpu"
+            or (rows.requires_grad and torch.is_grad_enabled()) or torch_kernel() is None):
+        return None
+    (k, n), (low, high) = kernel.shape, quantizer_range or (0, 0)
+    if rows.shape[1] != k or tuple(kernel_scale.shape) != (n,):
+        raise ValueError(f"scaled_product_on_torch: rows {tuple(rows.shape)}, kernel {tuple(kernel.shape)} and scale "
+                         f"{tuple(kernel_scale.shape)} do not match: rows (r, k), kernel (k, n), scale (n,).")
+    rows, kernel, kernel_scale = rows.contiguous(), kernel.contiguous(), kernel_scale.contiguous()
+    outputs = torch.empty((rows.shape[0], n), dtype=torch.float32)
+    LOADED["torch dense"](rows.data_ptr(), kernel.data_ptr(), kernel_scale.data_ptr(), outputs.data_ptr(),
+                          rows.shape[0], k, n, torch.get_num_threads(), quantizer_range is not None,
+                          low, high, epsilon)
+    return outputs
+
+
 def int8_dense(layer, inputs):
     """An int8 ``keras.layers.Dense``'s output with the kernel's product and Keras's numerics
     (``Dense._int8_call``: rows quantised by the layer's ``inputs_quantizer`` for W8A8, float rows
@@ -149,6 +175,9 @@ def torch_kernel():
             product = library.kcookbook_int8_product
             product.argtypes = [ctypes.c_void_p] * 3 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 2
             product.restype = None
+            dense = LOADED["torch dense"] = library.kcookbook_int8_dense
+            dense.argtypes = [ctypes.c_void_p] * 4 + [ctypes.c_int64] * 3 + [ctypes.c_int32] * 2 + [ctypes.c_float] * 3
+            dense.restype = None
         LOADED["torch"] = product
     return LOADED["torch"]
 
