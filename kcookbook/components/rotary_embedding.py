@@ -12,6 +12,7 @@ Gemma, Mixtral, SmolLM2).
 """
 
 import keras
+import numpy as np
 from keras import ops
 
 from kcookbook.components.torch_speedups import cast_if_needed, concatenate
@@ -42,9 +43,11 @@ class RotaryEmbedding(keras.layers.Layer):
     def cos_sin(self, positions, head_dim, dtype="float32"):
         """The ``(1, length, 1, head_dim)`` cosines and sines of ``positions``' rotation angles; compute
         them once and ``rotate`` queries and keys with them."""
-        inverse_frequencies = [self.max_wavelength ** (-i / head_dim) for i in range(0, head_dim, 2)]
+        # computed in float64 by numpy, then float32 (a numpy array: converting a Python list is
+        # ~170 µs per decoding step on eager torch, the array ~10)
+        inverse_frequencies = float(self.max_wavelength) ** (-np.arange(0, head_dim, 2) / head_dim)
         positions = ops.cast(positions, "float32") / self.scaling_factor
-        angles = positions[:, None] * ops.convert_to_tensor(inverse_frequencies, "float32")[None, :]
+        angles = positions[:, None] * ops.convert_to_tensor(inverse_frequencies.astype("float32"))[None, :]
         angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
         return cast_if_needed(ops.cos(angles), dtype), cast_if_needed(ops.sin(angles), dtype)
 

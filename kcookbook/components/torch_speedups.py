@@ -35,7 +35,8 @@ passes them down as arguments; nothing is switched by a global:
 ``inference_product`` is a product by the fastest CPU kernel for its rows (one row split over two
 of torch's threads, more rows oneDNN's linear; ``dense_on_torch`` and ``table_product`` use it).
 
-``int8_dense_on_torch`` runs an int8 ``Dense`` (Keras' W8A8 numerics) with torch's int8 product
+``int8_dense_on_torch`` runs an int8 ``Dense`` with Keras' numerics (W8A8 or weight-only): a few
+rows in one call of kcookbook's int8 kernel, more W8A8 rows with torch's int8 product
 (``DIRECT_CALLS`` takes it for int8 ``keras.layers.Dense`` layers on torch).
 
 ``dense_on_torch`` and ``fused_rms_normalization`` run a dense layer and an RMS norm as torch ops
@@ -182,13 +183,16 @@ def dense_bias_and_activation(layer, x):
 
 
 def int8_dense_on_torch(layer, inputs):
-    """torch: an int8 ``keras.layers.Dense``'s ``quantized_call`` with Keras' numerics — each row of
-    ``inputs`` quantised by its absolute maximum (``AbsMaxQuantizer``), int8 × int8 summed exactly in
-    int32, divided by the kernel's and the row's scales, then bias and activation — with the int32
-    product on torch's int8 kernel (``torch._int_mm``: one row × 576 × 1,536 ~7–23 µs on this CPU)
-    instead of Keras' torch ``matmul``, which multiplies int8 tensors as int32 (~81 µs). Other cases
-    (LoRA, another input quantizer, not float32 on the CPU, a torch without ``_int_mm``) go through
-    ``layer.quantized_call``."""
+    """torch: an int8 ``keras.layers.Dense``'s ``quantized_call`` with Keras' numerics — W8A8: each
+    row of ``inputs`` quantised by its absolute maximum (``AbsMaxQuantizer``), int8 × int8 summed
+    exactly, divided by the kernel's and the row's scales; weight-only: float rows times the int8
+    kernel, divided by its scales; then bias and activation. A few rows (a decoding step) take one
+    call of kcookbook's int8 kernel for all of it but bias and activation
+    (``kernels.int8_products.scaled_product_on_torch``: one W8A8 576 × 1,536 layer ~25 µs against
+    ~41 as separate torch ops around the kernel). More W8A8 rows use torch's int8 product
+    (``torch._int_mm``) instead of Keras' torch ``matmul``, which multiplies int8 tensors as int32.
+    Other cases (LoRA, another input quantizer, not float32 on the CPU, weight-only beyond the
+    kernel's rows) go through ``layer.quantized_call``."""
     if layer.lora_enabled or layer.compute_dtype != "float32":
         return layer.quantized_call(inputs)
     quantizer = getattr(layer, "inputs_quantizer", None)
