@@ -280,7 +280,7 @@ class Backbone(keras.Model):
         Speed on a CPU (``benchmarks/README.md``, SmolLM2-135M): decoding's few-row products run on
         kcookbook's C++ int8 kernel on jax and torch (``kcookbook.kernels.int8_products``, compiled
         on first use). On jax W8A8 and weight-only int8 generate 2.3–2.7× float32's tokens/s at batch
-        1 (batch 8: 1.5× and 1.1×); on torch W8A8 1.4× (``torch._int_mm`` beyond 4 rows) and
+        1 (batch 8: 1.5× and 1.1×); on torch W8A8 1.4–1.7× (``torch._int_mm`` beyond 4 rows) and
         weight-only 1.4–2.2×. ``filters`` leaves layers float, e.g. the token table and the LM head
         tied to it:
 
