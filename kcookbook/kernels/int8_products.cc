@@ -20,8 +20,8 @@
 // so its threads are torch's own, with no second pool competing for the cores), else the caller.
 
 #include <algorithm>
-#include <cmath>
 #include <atomic>
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <functional>

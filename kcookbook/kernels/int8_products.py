@@ -6,7 +6,8 @@ fast the weights are read. XLA's CPU backend has no int8 product that reads them
 Keras's ``quantize("int8")`` made batch-1 decoding on jax *slower* than float32. The loop in
 ``int8_products.cc`` widens each int8 weight in a register and reads it once: on jax an XLA FFI
 custom call (on XLA's threads), on torch plain C functions on the tensors' memory (on torch's
-OpenMP threads; ``scaled_product_on_torch`` also quantises W8A8's rows and divides by the scales). It runs where it applies — jax or torch, the CPU, float32 rows, at most ``MAX_ROWS`` rows
+OpenMP threads; ``scaled_product_on_torch`` also quantises W8A8's rows and divides by the scales).
+It runs where it applies — jax or torch, the CPU, float32 rows, at most ``MAX_ROWS`` rows
 (decoding; prefill and training keep the backend's products) — and the callers fall back to Keras's
 own ops everywhere else: on TensorFlow, another device, and when no C++ compiler is found (a warning
 says so once). ``KCOOKBOOK_INT8_KERNEL=0`` turns it off.
