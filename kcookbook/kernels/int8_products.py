@@ -84,7 +84,10 @@ def int8_product(rows, matrix, layout, max_rows=MAX_ROWS):
 
 def product_on_torch(rows, matrix, layout):
     """torch: ``int8_product`` on CPU tensors by the library's plain C function, its outputs split
-    over ``torch.get_num_threads()`` OpenMP threads (torch's own: one libgomp per process)."""
+    over ``torch.get_num_threads()`` OpenMP threads (torch's own: one libgomp per process). Like
+    torch's own ops, it hangs in a process forked after OpenMP ran unless the child first calls
+    ``torch.set_num_threads(1)`` (as torch's ``DataLoader`` workers do): GNU OpenMP's threads do not
+    survive a fork."""
     import torch
 
     if (not isinstance(rows, torch.Tensor) or not isinstance(matrix, torch.Tensor)
