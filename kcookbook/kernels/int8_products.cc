@@ -193,16 +193,23 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(kcookbook_int8_rows, Int8Rows,
                                   .Ret<ffi::Buffer<ffi::F32>>());
 #endif  // KCOOKBOOK_XLA_FFI
 
+// Runs part(n0, n1) over [0, n) in parts of `grain` outputs on `threads` OpenMP threads (torch's:
+// the process's one libgomp); serially when built without OpenMP, or for one thread or one part.
+template <typename Part>
+void in_openmp_parts(int32_t threads, int64_t n, int64_t grain, Part part) {
+  const int64_t parts = (n + grain - 1) / grain;
+#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parts > 1)
+  for (int64_t p = 0; p < parts; ++p) part(p * grain, std::min(n, (p + 1) * grain));
+}
+
 // The same products on raw memory (torch's tensors): layout 0 multiplies by w (k, n), layout 1 by
 // t (n, k)^T, on `threads` OpenMP threads (torch.get_num_threads()).
 extern "C" void kcookbook_int8_product(const float* x, const int8_t* w, float* y, int64_t rows,
                                        int64_t k, int64_t n, int32_t layout, int32_t threads) {
-  const int64_t grain = layout == 0 ? kColumnsGrain : kRowsGrain, parts = (n + grain - 1) / grain;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parts > 1)
-  for (int64_t p = 0; p < parts; ++p) {
-    const int64_t n0 = p * grain, n1 = std::min(n, n0 + grain);
-    layout == 0 ? columns_part(x, w, y, rows, k, n, n0, n1) : rows_part(x, w, y, rows, k, n, n0, n1);
-  }
+  if (layout == 0)
+    in_openmp_parts(threads, n, kColumnsGrain, [=](int64_t n0, int64_t n1) { columns_part(x, w, y, rows, k, n, n0, n1); });
+  else
+    in_openmp_parts(threads, n, kRowsGrain, [=](int64_t n0, int64_t n1) { rows_part(x, w, y, rows, k, n, n0, n1); });
 }
 
 // An int8 Dense layer's output before its bias, with Keras' numerics, in one call (torch: one op
@@ -228,12 +235,10 @@ extern "C" void kcookbook_int8_dense(const float* x, const int8_t* w, const floa
     }
     x = quantized.get();
   }
-  const int64_t parts = (n + kColumnsGrain - 1) / kColumnsGrain;
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1 && parts > 1)
-  for (int64_t p = 0; p < parts; ++p) {
-    const int64_t n0 = p * kColumnsGrain, n1 = std::min(n, n0 + kColumnsGrain);
+  const float* row_scale = row_scales.get();
+  in_openmp_parts(threads, n, kColumnsGrain, [=](int64_t n0, int64_t n1) {
     columns_part(x, w, y, rows, k, n, n0, n1);
     for (int64_t r = 0; r < rows; ++r)
-      for (int64_t j = n0; j < n1; ++j) y[r * n + j] /= scale[j] * row_scales[r];
-  }
+      for (int64_t j = n0; j < n1; ++j) y[r * n + j] /= scale[j] * row_scale[r];
+  });
 }
