@@ -249,3 +249,14 @@ def test_a_compiler_without_openmp_builds_the_one_thread_library(tmp_path, monke
     library.kcookbook_int8_product(*(ctypes.c_void_p(a.ctypes.data) for a in (x, w, y)), ctypes.c_int64(1),
                                    ctypes.c_int64(3), ctypes.c_int64(2), ctypes.c_int32(0), ctypes.c_int32(2))
     assert y.tolist() == [[6.0, 9.0]]
+
+
+@torch_only
+def test_scaled_product_refuses_mismatched_shapes_naming_all_three():
+    import torch
+
+    rows, kernel = torch.ones((1, 4)), torch.ones((5, 3), dtype=torch.int8)
+    with pytest.raises(ValueError, match=r"rows \(1, 4\), kernel \(5, 3\) and scale \(3,\) do not match"):
+        int8_products.scaled_product_on_torch(rows, kernel, torch.ones(3))
+    with pytest.raises(ValueError, match=r"scale \(2,\) do not match"):
+        int8_products.scaled_product_on_torch(torch.ones((1, 5)), kernel, torch.ones(2))
